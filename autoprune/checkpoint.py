@@ -1,0 +1,108 @@
+"""Dense-baseline checkpoints: what ``autoprune train`` writes and every other command reads."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+
+FORMAT_KEY = "autoprune_checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A trained model with what is needed to rebuild it and judge it."""
+
+    model: str
+    dataset: str
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+    state_dict: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    epochs: int = 0
+
+    def build(self) -> nn.Module:
+        """Recreate the model and load the weights."""
+        from autoprune.models import create_model
+
+        model = create_model(self.model, in_channels=self.in_channels, num_classes=self.num_classes,
+                             image_size=self.image_size)
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise UserError(f"checkpoint weights do not fit model '{self.model}': {first}") from None
+        return model
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically (a half-written checkpoint never appears under ``path``)."""
+        import autoprune
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, Any] = {
+            FORMAT_KEY: FORMAT_VERSION,
+            "model": self.model,
+            "dataset": self.dataset,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "image_size": list(self.image_size),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict.items()},
+            "metrics": dict(self.metrics),
+            "seed": self.seed,
+            "epochs": self.epochs,
+            "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
+        }
+        tmp = path.with_name(path.name + ".partial")
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint written by ``autoprune train``.
+
+    Raises:
+        UserError: when the file is missing, unreadable, or not an autoprune checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' does not exist; train one with 'autoprune train --model M --dataset D'.")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, foreign formats
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise UserError(f"checkpoint '{path}' cannot be read as an autoprune checkpoint ({first}).") from None
+    if not isinstance(raw, dict) or FORMAT_KEY not in raw:
+        raise UserError(
+            f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry); "
+            "train a baseline with 'autoprune train' or pass the right file."
+        )
+    if raw[FORMAT_KEY] > FORMAT_VERSION:
+        raise UserError(f"checkpoint '{path}' has format {raw[FORMAT_KEY]}, newer than this autoprune reads; upgrade.")
+    return Checkpoint(
+        model=raw["model"],
+        dataset=raw["dataset"],
+        in_channels=int(raw["in_channels"]),
+        num_classes=int(raw["num_classes"]),
+        image_size=tuple(raw["image_size"]),  # type: ignore[arg-type]
+        state_dict=raw["state_dict"],
+        metrics=dict(raw.get("metrics", {})),
+        seed=int(raw.get("seed", 0)),
+        epochs=int(raw.get("epochs", 0)),
+    )
+
+
+def default_checkpoint_path(model: str, dataset: str, root: str | os.PathLike = "runs") -> Path:
+    """``runs/baselines/<model>-<dataset>.pt`` with path-unfriendly characters replaced."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{model}-{dataset}")
+    return Path(root) / "baselines" / f"{safe}.pt"

@@ -1,0 +1,220 @@
+"""The ``autoprune`` command: parse, call the library, print. Nothing else lives here.
+
+Errors the user can fix print one line (``autoprune: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _add_common_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=None, help="folder with dataset files (default: ./data)")
+    p.add_argument("--download", action="store_true", help="allow downloading torchvision datasets into --data-dir")
+
+
+def _device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoprune",
+        description="Find the per-layer pruning rates and sparsity types that make a CNN fastest on a device "
+        "within an accuracy budget (StructADMM + Optuna + MLflow).",
+    )
+    from autoprune import __version__
+
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train the dense baseline and write a checkpoint")
+    p.add_argument("--model", required=True, help="model name (see 'autoprune list models')")
+    p.add_argument("--dataset", default="digits", help="dataset name (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: 15)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="checkpoint path (default: runs/baselines/<model>-<dataset>.pt)")
+    p.add_argument("--json", action="store_true", help="print the resulting metrics as JSON")
+    _device_arg(p)
+    _add_common_data(p)
+
+    p = sub.add_parser("layers", help="list the prunable layers of a model and their channel couplings")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dataset", default="digits", help="sets input channels, size and classes (default: %(default)s)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("prune", help="prune a model with ADMM (or magnitude) from a YAML config")
+    p.add_argument("--config", required=True, help="YAML config (model, dataset, checkpoint, layers, admm)")
+    p.add_argument("--method", default="admm", help="admm or magnitude (default: %(default)s)")
+    p.add_argument("--admm-iters", type=int, default=None)
+    p.add_argument("--admm-epochs", type=float, default=None)
+    p.add_argument("--admm-steps", type=int, default=None, help="optimizer steps per ADMM iteration instead of epochs")
+    p.add_argument("--retrain-epochs", type=float, default=None)
+    p.add_argument("--rho", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--out", default=None, help="output folder (default: runs/prune/<config name>)")
+    p.add_argument("--json", action="store_true")
+    _device_arg(p)
+
+    p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
+    p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
+    return parser
+
+
+# -- commands ----------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from autoprune.device import resolve_device
+    from autoprune.pipeline import train_baseline
+
+    device = resolve_device(args.device)
+    reporter = _reporter(args)
+    ckpt, path = train_baseline(args.model, args.dataset, epochs=args.epochs, device=device, seed=args.seed,
+                                data_dir=args.data_dir, download=args.download, out=args.out,
+                                batch_size=args.batch_size, lr=args.lr, reporter=reporter)
+    result = {"checkpoint": str(path), "model": ckpt.model, "dataset": ckpt.dataset, "epochs": ckpt.epochs,
+              "device": str(device), **ckpt.metrics}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"trained {ckpt.model} on {ckpt.dataset} for {ckpt.epochs} epochs ({device})")
+        print(f"  validation accuracy {ckpt.metrics['val_acc']:.2%}   test accuracy {ckpt.metrics['test_acc']:.2%}")
+        print(f"  checkpoint: {path}")
+        print(f"next: autoprune layers --model {ckpt.model} --dataset {ckpt.dataset}   (then write a prune config)")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from autoprune.pipeline import list_layers
+
+    rows = list_layers(args.model, args.dataset, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"prunable layers of {args.model} ({args.dataset} inputs)")
+    for col in ("name", "kind", "weight shape", "MACs", "filters", "channels", "coupled with"):
+        table.add_column(col, justify="right" if col == "MACs" else "left")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], "×".join(map(str, r["weight_shape"])), f"{r['macs']:,}",
+                      "yes" if r["filters_prunable"] else "no", "yes" if r["channels_prunable"] else "no",
+                      ", ".join(r["coupled"]) or "-")
+    Console().print(table)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoprune.config import PruneConfig
+    from autoprune.device import resolve_device
+    from autoprune.pipeline import run_prune
+
+    config = PruneConfig.from_yaml(args.config)
+    device = resolve_device(args.device)
+    overrides = {"iters": args.admm_iters, "epochs": args.admm_epochs, "steps": args.admm_steps,
+                 "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
+    out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
+    outcome = run_prune(config, method=args.method, device=device, overrides=overrides, out_dir=out,
+                        reporter=_reporter(args))
+    s = outcome.summary
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    _print_prune_summary(s)
+    return 0
+
+
+def _print_prune_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    d, p = s["dense"], s["pruned"]
+    console.print(f"[bold]{s['method']}[/bold] pruning of {s['model']} on {s['dataset']} ({s['device']}, {s['seconds']:.1f} s)")
+    console.print(f"  accuracy   dense val {d['val_acc']:.2%} / test {d['test_acc']:.2%}   ->   "
+                  f"pruned val {p['val_acc']:.2%} / test {p['test_acc']:.2%}   "
+                  f"(drop {s['accuracy_drop']['val']*100:+.2f} / {s['accuracy_drop']['test']*100:+.2f} points)")
+    console.print(f"  params     {d['params_nonzero']:,} -> {p['params_nonzero']:,} non-zero")
+    console.print(f"  MACs       {d['macs']:,} -> {p['macs']:,} effective ({p['mac_reduction']:.2f}x fewer)")
+    table = Table()
+    for col in ("layer", "shape", "type", "rate", "achieved sparsity", "MACs"):
+        table.add_column(col)
+    for layer in s["layers"]:
+        table.add_row(layer["name"], "×".join(map(str, layer["weight_shape"])), layer["type"],
+                      "-" if layer["rate"] is None else f"{layer['rate']:.2f}", f"{layer['sparsity']:.1%}",
+                      f"{layer['macs']:,} / {layer['macs_dense']:,}")
+    console.print(table)
+    if s["residuals"]:
+        last = s["residuals"][-1]["residual"]
+        console.print(f"  ADMM residual ||W-Z||/||W|| after the last iteration: max {max(last.values()):.3g}")
+    for note in s["notes"]:
+        console.print(f"  note: {note}")
+    if "out_dir" in s:
+        console.print(f"  written: {s['out_dir']}/result.json, masked_model.pt, config.yaml")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from autoprune.models import describe_models
+
+        for name, desc in describe_models().items():
+            print(f"{name:14s} {desc}")
+        print("tv:NAME        any torchvision classification model ('autoprune list tv-models')")
+        print("pkg.mod:fn     your own model: a callable returning an nn.Module")
+    elif args.what == "tv-models":
+        from autoprune.models import list_torchvision_models
+
+        print("\n".join(list_torchvision_models()))
+    elif args.what == "datasets":
+        from autoprune.data import describe_datasets
+
+        for name, desc in describe_datasets().items():
+            print(f"{name:16s} {desc}")
+    else:
+        from autoprune.sparsity import describe_sparsity_types
+
+        for name, desc in describe_sparsity_types().items():
+            print(f"{name:14s} {desc}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "list": cmd_list}
+
+
+def _reporter(args: argparse.Namespace):  # noqa: ANN202
+    from autoprune.progress import Reporter, RichReporter
+
+    return Reporter() if getattr(args, "json", False) and not sys.stderr.isatty() else RichReporter()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from autoprune.errors import UserError
+
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"autoprune: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("autoprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

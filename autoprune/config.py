@@ -1,0 +1,241 @@
+"""Pruning configurations: per-layer targets, ADMM settings, and their YAML form.
+
+The YAML format (read by ``autoprune prune --config``, written by later tools)::
+
+    model: digits-cnn
+    dataset: digits
+    checkpoint: runs/baselines/digits-cnn-digits.pt   # optional: trained when absent
+    layers:                                          # layer name or glob -> target
+      features.0: {type: filter, rate: 0.5}
+      "features.*": {type: shape, rate: 0.7}         # the most specific match wins
+    admm: {iters: 4, epochs: 1, rho: 0.001, rho_growth: 1.3, retrain_epochs: 2}
+
+Unknown keys are errors. Layer patterns are matched with :func:`fnmatch.fnmatchcase`;
+an exact name beats any glob, and among globs the one with more literal characters
+wins (ties: the one written first). ``{type: none}`` leaves a layer dense.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import ConfigError, UserError
+
+NONE_TYPE = "none"
+
+
+@dataclass(frozen=True)
+class LayerTarget:
+    """What one layer should become: a sparsity type and the fraction of groups removed.
+
+    Args:
+        type: A sparsity type name (``filter``, ``shape``, ``2:4``, ...) or ``none``.
+        rate: Fraction of the type's groups to remove, in [0, 1). ``None`` only where
+            the type implies it (n:m) or for ``none``.
+    """
+
+    type: str
+    rate: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        if self.rate is not None:
+            out["rate"] = float(self.rate)
+        return out
+
+
+@dataclass(frozen=True)
+class AdmmSettings:
+    """The ADMM schedule (defaults follow the StructADMM authors' progressive code).
+
+    Args:
+        iters: ADMM iterations (W-step, Z-step, U-step each).
+        epochs: Epochs of SGD per W-step. Ignored when ``steps`` is set.
+        steps: Optimizer steps per W-step instead of whole epochs.
+        rho: Initial penalty rho_0.
+        rho_growth: rho is multiplied by this after every iteration ...
+        rho_max: ... up to this cap.
+        retrain_epochs: Masked retraining epochs after the hard prune.
+        lr: Learning rate of the W-step and of retraining; restarts every iteration.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        batch_size: Training batch size.
+    """
+
+    iters: int = 4
+    epochs: float = 1.0
+    steps: int | None = None
+    rho: float = 1e-3
+    rho_growth: float = 1.3
+    rho_max: float = 1.0
+    retrain_epochs: float = 2.0
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("iters", self.iters >= 0, "an integer >= 0"),
+            ("epochs", self.epochs > 0, "> 0"),
+            ("steps", self.steps is None or self.steps > 0, "> 0"),
+            ("rho", self.rho > 0, "> 0"),
+            ("rho_growth", self.rho_growth >= 1, ">= 1"),
+            ("rho_max", self.rho_max >= self.rho, ">= rho"),
+            ("retrain_epochs", self.retrain_epochs >= 0, ">= 0"),
+            ("lr", self.lr > 0, "> 0"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"The '{name}' ADMM setting must be {want}. Got {getattr(self, name)} instead.")
+
+    def replace(self, **changes: Any) -> AdmmSettings:
+        """Return a copy with the given (non-None) fields changed."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """A whole pruning job: which model, which data, which per-layer targets."""
+
+    model: str
+    dataset: str
+    layers: dict[str, LayerTarget]
+    checkpoint: str | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    admm: AdmmSettings = field(default_factory=AdmmSettings)
+
+    # -- YAML -----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "config") -> PruneConfig:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a mapping with keys model, dataset, layers; got {type(raw).__name__}.")
+        allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm"}
+        _reject_unknown(raw, allowed, source)
+        for key in ("model", "dataset", "layers"):
+            if key not in raw:
+                raise ConfigError(f"{source}: missing required key '{key}'.")
+        if not isinstance(raw["layers"], dict) or not raw["layers"]:
+            raise ConfigError(f"{source}: 'layers' must map layer names or globs to {{type, rate}}.")
+        layers = {str(pat): _parse_target(val, f"{source}: layers['{pat}']") for pat, val in raw["layers"].items()}
+        admm_raw = raw.get("admm") or {}
+        if not isinstance(admm_raw, dict):
+            raise ConfigError(f"{source}: 'admm' must be a mapping.")
+        fields = {f.name for f in dataclasses.fields(AdmmSettings)}
+        _reject_unknown(admm_raw, fields, f"{source}: admm")
+        try:
+            admm = AdmmSettings(**admm_raw)
+        except TypeError as exc:  # wrong value types
+            raise ConfigError(f"{source}: admm: {exc}") from None
+        ckpt = raw.get("checkpoint")
+        return cls(
+            model=str(raw["model"]),
+            dataset=str(raw["dataset"]),
+            layers=layers,
+            checkpoint=None if ckpt is None else str(ckpt),
+            data_dir=None if raw.get("data_dir") is None else str(raw["data_dir"]),
+            seed=int(raw.get("seed", 0)),
+            admm=admm,
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> PruneConfig:
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file '{p}' does not exist.")
+        try:
+            raw = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+            raise ConfigError(f"config file '{p}' is not valid YAML: {first}") from None
+        return cls.from_dict(raw, source=str(p))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self.model, "dataset": self.dataset}
+        if self.checkpoint is not None:
+            out["checkpoint"] = self.checkpoint
+        if self.data_dir is not None:
+            out["data_dir"] = self.data_dir
+        out["seed"] = self.seed
+        out["layers"] = {k: v.to_dict() for k, v in self.layers.items()}
+        out["admm"] = {k: v for k, v in dataclasses.asdict(self.admm).items() if v is not None}
+        return out
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(map(str, raw)) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))}).")
+
+
+def _parse_target(val: Any, where: str) -> LayerTarget:
+    if isinstance(val, str):  # shorthand "filter:0.5" or "none"
+        kind, _, rate = val.partition(":")
+        if kind == NONE_TYPE:
+            return LayerTarget(NONE_TYPE)
+        if ":" in rate or not rate:  # "2:4" style n:m shorthand
+            return LayerTarget(val)
+        try:
+            return LayerTarget(kind, float(rate))
+        except ValueError:
+            raise ConfigError(f"{where}: cannot read '{val}'; write {{type: filter, rate: 0.5}}.") from None
+    if not isinstance(val, dict):
+        raise ConfigError(f"{where}: expected {{type: ..., rate: ...}}, got {val!r}.")
+    _reject_unknown(val, {"type", "rate"}, where)
+    if "type" not in val:
+        raise ConfigError(f"{where}: missing 'type'.")
+    rate = val.get("rate")
+    if rate is not None:
+        try:
+            rate = float(rate)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: rate must be a number, got {rate!r}.") from None
+    return LayerTarget(str(val["type"]), rate)
+
+
+def _specificity(pattern: str) -> int:
+    return sum(1 for ch in pattern if ch not in "*?[]")
+
+
+def resolve_layer_targets(
+    patterns: dict[str, LayerTarget], layer_names: list[str], *, where: str = "config"
+) -> dict[str, LayerTarget]:
+    """Map every matched layer name to its target (the most specific pattern wins).
+
+    Layers resolved to ``none`` are left out of the result.
+
+    Raises:
+        ConfigError: when a pattern matches no prunable layer.
+    """
+    chosen: dict[str, tuple[tuple[int, int, int], LayerTarget]] = {}
+    for order, (pattern, target) in enumerate(patterns.items()):
+        matches = [n for n in layer_names if fnmatch.fnmatchcase(n, pattern)]
+        if not matches:
+            shown = ", ".join(layer_names[:8]) + (", ..." if len(layer_names) > 8 else "")
+            raise ConfigError(
+                f"{where}: layer pattern '{pattern}' matches no prunable layer "
+                f"(layers: {shown}; run 'autoprune layers --model ...' to list them)."
+            )
+        exact = pattern in layer_names
+        for name in matches:
+            key = (1 if exact else 0, _specificity(pattern), -order)
+            if name not in chosen or key > chosen[name][0]:
+                chosen[name] = (key, target)
+    ordered = [n for n in layer_names if n in chosen]
+    return {n: chosen[n][1] for n in ordered if chosen[n][1].type != NONE_TYPE}

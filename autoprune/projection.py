@@ -1,0 +1,241 @@
+"""The constraint sets of one pruning job and the Euclidean projection onto them.
+
+A :class:`Projector` is built from a model's :class:`~autoprune.groups.ChannelGraph` and
+the resolved per-layer targets ``{layer: LayerTarget}``. It splits every target into
+
+* a *group* part — ``filter`` (a layer's output channels) and ``channel`` (its input
+  channels) act on the coupled :class:`~autoprune.groups.ChannelGroup` as one unit: the
+  score of a channel is the summed squared L2 norm of its slices over every coupled
+  weight, and the top ``keep_count`` channels are kept in all of them;
+* a *per-layer* part — ``irregular``, ``shape``, ``n:m`` (and the column half of
+  ``filter+shape``) act on the layer's own weight, after the group part.
+
+``project`` gives ADMM's Z-step, ``hard_masks`` the masks of the hard prune, which also
+cover BatchNorm entries, biases and the readers of removed channels, so that the masked
+model is exactly what compaction will build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autoprune.config import LayerTarget
+from autoprune.errors import ConfigError
+from autoprune.groups import DEPTHWISE, IN, NORM, OUT, ChannelGraph, ChannelGroup, GroupMember
+from autoprune.sparsity import SparsityType, get_sparsity, keep_count, topk_mask
+
+FILTER_SHAPE = "filter+shape"
+
+
+@dataclass
+class GroupTarget:
+    """The structured constraint on one channel group."""
+
+    group: ChannelGroup
+    rate: float
+    by_out: set[str] = field(default_factory=set)  # layers that asked for filter pruning
+    by_in: set[str] = field(default_factory=set)  # layers that asked for channel pruning
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def scored(self) -> list[GroupMember]:
+        """The members whose weights are constrained (and scored) by ADMM."""
+        out = []
+        if self.by_out:
+            out += [m for m in self.group.producers]
+        if self.by_in:
+            out += [m for m in self.group.consumers if m not in out]
+        return out
+
+
+class Projector:
+    """Projection onto the sparsity sets of a model's layer targets.
+
+    Args:
+        model: The model whose parameters are projected (names must not change).
+        graph: Its channel graph.
+        targets: Resolved targets per layer name (``none`` already dropped).
+    """
+
+    def __init__(self, model: nn.Module, graph: ChannelGraph, targets: dict[str, LayerTarget]) -> None:
+        self.model = model
+        self.graph = graph
+        self.targets = dict(targets)
+        self.group_targets: dict[int, GroupTarget] = {}
+        self.layer_types: dict[str, tuple[SparsityType, float]] = {}
+        self.exact_layers: dict[str, tuple[SparsityType, float]] = {}  # filter+shape alone in its group
+        self.notes: list[str] = []
+        for name, tgt in targets.items():
+            if name not in graph.layers:
+                raise ConfigError(f"layer '{name}' is not a prunable layer of this model.")
+            stype = get_sparsity(tgt.type)
+            rate = stype.check_rate(tgt.rate, where=f"layer {name}")
+            weight = model.get_submodule(name).weight
+            why = stype.applies_to(weight)
+            if why:
+                raise ConfigError(f"layer '{name}': {tgt.type} sparsity does not apply ({why}).")
+            if stype.name in ("filter", FILTER_SHAPE):
+                self._add_group(name, rate, "out")
+            elif stype.name == "channel":
+                self._add_group(name, rate, "in")
+            if stype.name == FILTER_SHAPE:
+                self.layer_types[name] = (get_sparsity("shape"), rate)
+            elif stype.structured is None:
+                self.layer_types[name] = (stype, rate)
+        # filter+shape alone in its group: use the type's own joint projection
+        for name, tgt in targets.items():
+            if get_sparsity(tgt.type).name != FILTER_SHAPE:
+                continue
+            gt = self.group_targets[graph.layers[name].out_group]  # type: ignore[index]
+            weights = [m for m in gt.scored if m.role in (OUT, DEPTHWISE, IN)]
+            if gt.by_out == {name} and not gt.by_in and [m.module for m in weights] == [name]:
+                self.exact_layers[name] = (get_sparsity(FILTER_SHAPE), self.layer_types.pop(name)[1])
+                del self.group_targets[gt.group.index]
+        for gt in self.group_targets.values():
+            self.notes += gt.notes
+
+    # -- construction -------------------------------------------------------
+    def _add_group(self, name: str, rate: float, side: str) -> None:
+        info = self.graph.layers[name]
+        group = self.graph.out_group(name) if side == "out" else self.graph.in_group(name)
+        if group is None:
+            raise ConfigError(
+                f"layer '{name}' reads the model input; its input channels cannot be pruned "
+                f"(use filter pruning on it, or channel pruning on a later layer)."
+            )
+        if not group.prunable:
+            kind = "filters" if side == "out" else "input channels"
+            raise ConfigError(f"layer '{name}': its {kind} cannot be pruned because {group.reason}.")
+        gt = self.group_targets.get(group.index)
+        if gt is None:
+            gt = self.group_targets[group.index] = GroupTarget(group, rate)
+        elif rate != gt.rate:
+            gt.notes.append(
+                f"layers {sorted(gt.by_out | gt.by_in | {name})} share coupled channels; "
+                f"they are pruned together at the highest rate asked ({max(rate, gt.rate):g})."
+            )
+            gt.rate = max(rate, gt.rate)
+        (gt.by_out if side == "out" else gt.by_in).add(name)
+        del info
+
+    # -- what ADMM constrains ------------------------------------------------
+    @property
+    def constrained_layers(self) -> list[str]:
+        """Layers whose weights carry an ADMM constraint (Z and U variables)."""
+        names = set(self.layer_types) | set(self.exact_layers)
+        for gt in self.group_targets.values():
+            names |= {m.module for m in gt.scored}
+        return [n for n in self.graph.layers if n in names]
+
+    def _weight(self, name: str) -> torch.Tensor:
+        return self.model.get_submodule(name).weight
+
+    def group_keep(self, gt: GroupTarget, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Boolean mask over the group's root channels: the channels that stay."""
+        scores = torch.zeros(gt.group.size, dtype=torch.float32, device=next(iter(weights.values())).device)
+        for m in gt.scored:
+            w = weights.get(m.module)
+            if w is None:
+                w = self._weight(m.module).detach()
+            norms = _slice_norms_sq(self.model.get_submodule(m.module), m.role, w)
+            scores.index_add_(0, m.root_idxs.to(scores.device), norms[m.idxs.to(norms.device)])
+        return topk_mask(scores, keep_count(gt.group.size, gt.rate))
+
+    def masks(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Support of the projection of ``weights`` (layer name -> bool mask) for constrained layers."""
+        out: dict[str, torch.Tensor] = {}
+        for gt in self.group_targets.values():
+            keep = self.group_keep(gt, weights)
+            for m in gt.scored:
+                w = weights.get(m.module, self._weight(m.module))
+                mask = _member_mask(self.model.get_submodule(m.module), m, keep, tuple(w.shape), w.device)
+                out[m.module] = out[m.module] & mask if m.module in out else mask
+        for name, (stype, rate) in self.exact_layers.items():
+            out[name] = stype.mask(weights.get(name, self._weight(name)), rate)
+        for name, (stype, rate) in self.layer_types.items():
+            w = weights.get(name, self._weight(name))
+            base = out.get(name)
+            inner = stype.mask(w if base is None else w * base, rate)
+            out[name] = inner if base is None else base & inner
+        return out
+
+    def project(self, weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Z = Π(weights): returns (projected weights, masks) for every constrained layer."""
+        masks = self.masks(weights)
+        return {n: weights[n] * masks[n] for n in masks}, masks
+
+    # -- the hard prune -------------------------------------------------------
+    @torch.no_grad()
+    def hard_masks(self) -> dict[str, torch.Tensor]:
+        """Masks for every parameter touched by the prune (param name -> bool mask).
+
+        Computed from the model's current weights. Beyond the constrained weights they
+        cover biases and norm parameters of removed channels and the input slices of
+        the layers that read them, so that the masked model computes exactly what the
+        compacted model will.
+        """
+        weights = {n: self._weight(n).detach() for n in self.constrained_layers}
+        layer_masks = self.masks(weights)
+        params: dict[str, torch.Tensor] = {}
+
+        def merge(pname: str, mask: torch.Tensor) -> None:
+            params[pname] = params[pname] & mask if pname in params else mask
+
+        for gt in self.group_targets.values():
+            keep = self.group_keep(gt, weights)
+            for m in gt.group.members:
+                mod = self.model.get_submodule(m.module)
+                if m.role == NORM:
+                    for pn, p in mod.named_parameters(recurse=False):
+                        if p.ndim >= 1 and p.shape[0] >= int(m.idxs.max()) + 1:
+                            merge(f"{m.module}.{pn}", _dim0_mask(p.shape, m, keep, p.device))
+                    continue
+                merge(f"{m.module}.weight", _member_mask(mod, m, keep, tuple(mod.weight.shape), mod.weight.device))
+                if m.role in (OUT, DEPTHWISE) and getattr(mod, "bias", None) is not None:
+                    merge(f"{m.module}.bias", _dim0_mask(mod.bias.shape, m, keep, mod.bias.device))
+        for name, mask in layer_masks.items():
+            merge(f"{name}.weight", mask)
+        return params
+
+
+def _slice_norms_sq(mod: nn.Module, role: str, w: torch.Tensor) -> torch.Tensor:
+    """Squared L2 norm of each channel slice of ``w`` along the member's dimension."""
+    w = w.detach().float()
+    if role in (OUT, DEPTHWISE):
+        return w.reshape(w.shape[0], -1).pow(2).sum(1)
+    if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+        g = mod.groups
+        o, ig = w.shape[0], w.shape[1]
+        v = w.reshape(g, o // g, ig, -1).permute(0, 2, 1, 3).reshape(g * ig, -1)
+        return v.pow(2).sum(1)
+    return w.transpose(0, 1).reshape(w.shape[1], -1).pow(2).sum(1)
+
+
+def _pruned_own_idxs(m: GroupMember, keep: torch.Tensor) -> torch.Tensor:
+    gone = ~keep[m.root_idxs.to(keep.device)]
+    return m.idxs.to(keep.device)[gone]
+
+
+def _dim0_mask(shape: tuple[int, ...] | torch.Size, m: GroupMember, keep: torch.Tensor, device) -> torch.Tensor:  # noqa: ANN001
+    mask = torch.ones(tuple(shape), dtype=torch.bool, device=device)
+    mask[_pruned_own_idxs(m, keep).to(device)] = False
+    return mask
+
+
+def _member_mask(mod: nn.Module, m: GroupMember, keep: torch.Tensor, shape: tuple[int, ...], device) -> torch.Tensor:  # noqa: ANN001
+    """Mask of ``mod``'s weight that removes the group's pruned channels on the member's side."""
+    if m.role in (OUT, DEPTHWISE):
+        return _dim0_mask(shape, m, keep, device)
+    gone = _pruned_own_idxs(m, keep).to(device)
+    mask = torch.ones(shape, dtype=torch.bool, device=device)
+    if isinstance(mod, nn.Conv2d) and mod.groups > 1:
+        g = mod.groups
+        o, ig = shape[0], shape[1]
+        view = mask.view(g, o // g, ig, *shape[2:])
+        view[gone // ig, :, gone % ig] = False
+        return mask
+    mask[:, gone] = False
+    return mask

@@ -1,0 +1,155 @@
+"""Training and evaluation loops shared by baselines, ADMM and retraining."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune.data import make_loader
+from autoprune.progress import Reporter
+
+StepHook = Callable[[], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that a CPU run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Plain supervised training (the dense baseline)."""
+
+    epochs: int = 15
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+
+
+def make_sgd(model: nn.Module, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
+    """SGD with weight decay on weights only (not on BN parameters or biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim > 1 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def run_epochs(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    *,
+    device: torch.device,
+    epochs: float,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    batch_size: int = 64,
+    seed: int = 0,
+    steps: int | None = None,
+    grad_hook: StepHook | None = None,
+    after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+    reporter: Reporter | None = None,
+    description: str = "train",
+    on_loss: Callable[[float], None] | None = None,
+) -> float:
+    """Train with SGD and a cosine learning rate over ``epochs`` (or ``steps``) and return the mean loss.
+
+    Args:
+        grad_hook: Called after ``backward()`` and before the optimizer step; ADMM adds
+            its penalty gradient here and masked retraining zeroes pruned gradients.
+        after_step: Called after every optimizer step (masked retraining re-applies masks
+            to weights and optimizer state here).
+        on_loss: Receives the mean training loss of each epoch.
+    """
+    reporter = reporter or Reporter()
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)
+    per_epoch = len(loader)
+    total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
+    opt = make_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    model.train()
+    step, running, count, epoch_loss, epoch_n = 0, 0.0, 0, 0.0, 0
+    with reporter.task(description, total) as task:
+        while step < total:
+            for x, y in loader:
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                opt.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                if grad_hook is not None:
+                    grad_hook()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step(opt)
+                value = float(loss.detach())
+                running += value
+                count += 1
+                epoch_loss += value
+                epoch_n += 1
+                step += 1
+                task.advance()
+                if step % 10 == 0 or step == total:
+                    task.set(epoch=f"{min(step // per_epoch + 1, math.ceil(total / per_epoch))}/{math.ceil(total / per_epoch)}", loss=running / count)
+                if step >= total:
+                    break
+            if on_loss is not None and epoch_n:
+                on_loss(epoch_loss / epoch_n)
+            epoch_loss, epoch_n = 0.0, 0
+    return running / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, dataset: torch.utils.data.Dataset, *, device: torch.device, batch_size: int = 256
+) -> float:
+    """Top-1 accuracy in [0, 1] on ``dataset``."""
+    model.eval()
+    correct, total = 0, 0
+    for x, y in make_loader(dataset, batch_size=batch_size, shuffle=False):
+        pred = model(x.to(device)).argmax(dim=1)
+        correct += int((pred.cpu() == y).sum())
+        total += int(y.numel())
+    return correct / max(total, 1)
+
+
+def train_model(
+    model: nn.Module,
+    train_set: torch.utils.data.Dataset,
+    val_set: torch.utils.data.Dataset,
+    *,
+    device: torch.device,
+    settings: TrainSettings,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+) -> dict[str, float]:
+    """Train a dense model from scratch; returns the final training loss and validation accuracy."""
+    reporter = reporter or Reporter()
+    model.to(device)
+    loss = run_epochs(
+        model,
+        train_set,
+        device=device,
+        epochs=settings.epochs,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        batch_size=settings.batch_size,
+        seed=seed,
+        reporter=reporter,
+        description=f"train {settings.epochs} epochs",
+    )
+    return {"train_loss": loss, "val_acc": evaluate(model, val_set, device=device)}
