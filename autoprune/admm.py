@@ -30,6 +30,7 @@ from autoprune.projection import Projector
 from autoprune.train import run_epochs
 
 METHODS = ("admm", "magnitude")
+NOT_CONVERGED = 0.5  # a final primal residual above this is reported as non-convergence
 
 
 @dataclass
@@ -50,6 +51,7 @@ class PruneHistory:
     iterations: list[AdmmIteration] = field(default_factory=list)
     retrain_losses: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    hard_prune_val_acc: float | None = None  # accuracy right after the hard prune, before retraining
 
 
 def admm_phase(
@@ -66,8 +68,9 @@ def admm_phase(
     """Run ``settings.iters`` ADMM iterations in place on ``model`` (no pruning yet)."""
     reporter = reporter or Reporter()
     history = history or PruneHistory("admm")
-    names = projector.constrained_layers
-    params = {n: model.get_submodule(n).weight for n in names}
+    names = projector.constrained_params
+    named = dict(model.named_parameters())
+    params = {n: named[n] for n in names}
     with torch.no_grad():
         z, _ = projector.project({n: p.detach().clone() for n, p in params.items()})
         u = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -108,6 +111,15 @@ def admm_phase(
             task.advance()
             task.set(rho=current_rho, loss=loss, max_residual=worst)
             rho = min(rho * settings.rho_growth, settings.rho_max)
+    if history.iterations:
+        last = history.iterations[-1].residual
+        worst = max(last, key=last.get) if last else None
+        if worst is not None and last[worst] > NOT_CONVERGED:
+            history.notes.append(
+                f"ADMM did not converge: ||W-Z||/||W|| is {last[worst]:.2f} for {worst} after {settings.iters} "
+                f"iterations (rho reached {history.iterations[-1].rho:.3g}); the hard prune will cost accuracy. "
+                "Raise rho (about 1 for schedules of a few epochs), rho_growth or the ADMM epochs."
+            )
     return history
 
 
@@ -178,6 +190,7 @@ def prune(
     device: torch.device,
     seed: int = 0,
     reporter: Reporter | None = None,
+    val_set: torch.utils.data.Dataset | None = None,
 ) -> tuple[dict[str, torch.Tensor], PruneHistory]:
     """Prune ``model`` in place with ADMM (or one-shot magnitude) and masked retraining.
 
@@ -203,6 +216,10 @@ def prune(
             retrain_epochs += settings.iters * settings.epochs
     masks = projector.hard_masks()
     apply_masks(model, masks)
+    if val_set is not None:
+        from autoprune.train import evaluate
+
+        history.hard_prune_val_acc = evaluate(model, val_set, device=device)
     masked_retrain(
         model,
         masks,

@@ -72,7 +72,7 @@ class AdmmSettings:
     steps: int | None = None
     rho: float = 1e-3
     rho_growth: float = 1.3
-    rho_max: float = 1.0
+    rho_max: float = 100.0
     retrain_epochs: float = 2.0
     lr: float = 0.01
     momentum: float = 0.9

@@ -194,7 +194,7 @@ def run_prune(
     seed_everything(config.seed)
     t0 = time.perf_counter()
     masks, history = admm.prune(model, projector, splits.train, settings, method=method, device=device,
-                                seed=config.seed, reporter=reporter)
+                                seed=config.seed, reporter=reporter, val_set=splits.val)
     seconds = time.perf_counter() - t0
     val_acc = evaluate(model, splits.val, device=device)
     test_acc = evaluate(model, splits.test, device=device)
@@ -217,6 +217,7 @@ def run_prune(
             for it in history.iterations
         ],
         "retrain_losses": history.retrain_losses,
+        "hard_prune_val_acc": history.hard_prune_val_acc,
         "notes": history.notes,
         "seconds": seconds,
     }

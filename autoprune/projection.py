@@ -8,7 +8,10 @@ the resolved per-layer targets ``{layer: LayerTarget}``. It splits every target 
   score of a channel is the summed squared L2 norm of its slices over every coupled
   weight, and the top ``keep_count`` channels are kept in all of them;
 * a *per-layer* part — ``irregular``, ``shape``, ``n:m`` (and the column half of
-  ``filter+shape``) act on the layer's own weight, after the group part.
+  ``filter+shape``) act on the layer's own weight, after the group part. ``filter+shape``
+  thus picks rows first (over the coupled group, BatchNorm included) and then the best
+  columns given those rows; the sparsity type's own joint projection is used where a
+  layer is projected alone (``SparsityType.project``).
 
 ``project`` gives ADMM's Z-step, ``hard_masks`` the masks of the hard prune, which also
 cover BatchNorm entries, biases and the readers of removed channels, so that the masked
@@ -42,10 +45,16 @@ class GroupTarget:
 
     @property
     def scored(self) -> list[GroupMember]:
-        """The members whose weights are constrained (and scored) by ADMM."""
+        """The members whose parameters are constrained (and scored) by ADMM.
+
+        Filter pruning constrains every producer of the channels *and* the per-channel
+        norm parameters (BatchNorm's scale and shift): a conv followed by BatchNorm is
+        invariant to the scale of its filters, so only driving the BN entries to zero
+        as well makes a channel really vanish before the hard prune.
+        """
         out = []
         if self.by_out:
-            out += [m for m in self.group.producers]
+            out += [m for m in self.group.members if m.role in (OUT, DEPTHWISE, NORM)]
         if self.by_in:
             out += [m for m in self.group.consumers if m not in out]
         return out
@@ -66,7 +75,6 @@ class Projector:
         self.targets = dict(targets)
         self.group_targets: dict[int, GroupTarget] = {}
         self.layer_types: dict[str, tuple[SparsityType, float]] = {}
-        self.exact_layers: dict[str, tuple[SparsityType, float]] = {}  # filter+shape alone in its group
         self.notes: list[str] = []
         for name, tgt in targets.items():
             if name not in graph.layers:
@@ -85,15 +93,6 @@ class Projector:
                 self.layer_types[name] = (get_sparsity("shape"), rate)
             elif stype.structured is None:
                 self.layer_types[name] = (stype, rate)
-        # filter+shape alone in its group: use the type's own joint projection
-        for name, tgt in targets.items():
-            if get_sparsity(tgt.type).name != FILTER_SHAPE:
-                continue
-            gt = self.group_targets[graph.layers[name].out_group]  # type: ignore[index]
-            weights = [m for m in gt.scored if m.role in (OUT, DEPTHWISE, IN)]
-            if gt.by_out == {name} and not gt.by_in and [m.module for m in weights] == [name]:
-                self.exact_layers[name] = (get_sparsity(FILTER_SHAPE), self.layer_types.pop(name)[1])
-                del self.group_targets[gt.group.index]
         for gt in self.group_targets.values():
             self.notes += gt.notes
 
@@ -122,82 +121,93 @@ class Projector:
         del info
 
     # -- what ADMM constrains ------------------------------------------------
+    def _member_params(self, m: GroupMember, side: str | None) -> list[str]:
+        """Parameter names of a member that carry the group's channels (``side`` None: all)."""
+        mod = self.model.get_submodule(m.module)
+        if m.role == NORM:
+            return [f"{m.module}.{pn}" for pn, p in mod.named_parameters(recurse=False) if p.ndim == 1]
+        names = [f"{m.module}.weight"]
+        if m.role in (OUT, DEPTHWISE) and side != "in" and getattr(mod, "bias", None) is not None:
+            names.append(f"{m.module}.bias")
+        return names
+
     @property
-    def constrained_layers(self) -> list[str]:
-        """Layers whose weights carry an ADMM constraint (Z and U variables)."""
-        names = set(self.layer_types) | set(self.exact_layers)
+    def constrained_params(self) -> list[str]:
+        """Parameter names that carry an ADMM constraint (Z and U variables), in model order."""
+        names = {f"{n}.weight" for n in self.layer_types}
         for gt in self.group_targets.values():
-            names |= {m.module for m in gt.scored}
-        return [n for n in self.graph.layers if n in names]
+            for m in gt.scored:
+                names |= set(self._member_params(m, None if gt.by_out else "in"))
+        return [n for n, _ in self.model.named_parameters() if n in names]
 
-    def _weight(self, name: str) -> torch.Tensor:
-        return self.model.get_submodule(name).weight
+    def _param(self, name: str) -> torch.Tensor:
+        return self.model.get_parameter(name).detach()
 
-    def group_keep(self, gt: GroupTarget, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    def group_keep(self, gt: GroupTarget, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Boolean mask over the group's root channels: the channels that stay."""
-        scores = torch.zeros(gt.group.size, dtype=torch.float32, device=next(iter(weights.values())).device)
+        device = self.model.get_submodule(gt.group.root).weight.device
+        scores = torch.zeros(gt.group.size, dtype=torch.float32, device=device)
         for m in gt.scored:
-            w = weights.get(m.module)
-            if w is None:
-                w = self._weight(m.module).detach()
-            norms = _slice_norms_sq(self.model.get_submodule(m.module), m.role, w)
-            scores.index_add_(0, m.root_idxs.to(scores.device), norms[m.idxs.to(norms.device)])
+            mod = self.model.get_submodule(m.module)
+            for pname in self._member_params(m, None if gt.by_out else "in"):
+                p = params[pname] if pname in params else self._param(pname)
+                if p.ndim == 1:
+                    norms = p.detach().float().pow(2)
+                else:
+                    norms = _slice_norms_sq(mod, m.role, p)
+                scores.index_add_(0, m.root_idxs.to(device), norms[m.idxs.to(norms.device)].to(device))
         return topk_mask(scores, keep_count(gt.group.size, gt.rate))
 
-    def masks(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Support of the projection of ``weights`` (layer name -> bool mask) for constrained layers."""
+    def _group_param_masks(self, gt: GroupTarget, keep: torch.Tensor, members: list[GroupMember],
+                           side: str | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for gt in self.group_targets.values():
-            keep = self.group_keep(gt, weights)
-            for m in gt.scored:
-                w = weights.get(m.module, self._weight(m.module))
-                mask = _member_mask(self.model.get_submodule(m.module), m, keep, tuple(w.shape), w.device)
-                out[m.module] = out[m.module] & mask if m.module in out else mask
-        for name, (stype, rate) in self.exact_layers.items():
-            out[name] = stype.mask(weights.get(name, self._weight(name)), rate)
-        for name, (stype, rate) in self.layer_types.items():
-            w = weights.get(name, self._weight(name))
-            base = out.get(name)
-            inner = stype.mask(w if base is None else w * base, rate)
-            out[name] = inner if base is None else base & inner
+        for m in members:
+            mod = self.model.get_submodule(m.module)
+            for pname in self._member_params(m, side):
+                p = self.model.get_parameter(pname)
+                if p.ndim == 1:
+                    mask = _dim0_mask(p.shape, m, keep, p.device)
+                else:
+                    mask = _member_mask(mod, m, keep, tuple(p.shape), p.device)
+                out[pname] = out[pname] & mask if pname in out else mask
         return out
 
-    def project(self, weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Z = Π(weights): returns (projected weights, masks) for every constrained layer."""
-        masks = self.masks(weights)
-        return {n: weights[n] * masks[n] for n in masks}, masks
+    def masks(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Support of the projection of ``params`` (param name -> bool mask) for the constrained parameters."""
+        out: dict[str, torch.Tensor] = {}
+        for gt in self.group_targets.values():
+            keep = self.group_keep(gt, params)
+            for pname, mask in self._group_param_masks(gt, keep, gt.scored, None if gt.by_out else "in").items():
+                out[pname] = out[pname] & mask if pname in out else mask
+        for name, (stype, rate) in self.layer_types.items():
+            pname = f"{name}.weight"
+            w = params[pname] if pname in params else self._param(pname)
+            base = out.get(pname)
+            inner = stype.mask(w if base is None else w * base, rate)
+            out[pname] = inner if base is None else base & inner
+        return out
+
+    def project(self, params: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Z = Π(params): returns (projected parameters, masks) for every constrained parameter."""
+        masks = self.masks(params)
+        return {n: params[n] * masks[n] for n in masks if n in params}, masks
 
     # -- the hard prune -------------------------------------------------------
     @torch.no_grad()
     def hard_masks(self) -> dict[str, torch.Tensor]:
         """Masks for every parameter touched by the prune (param name -> bool mask).
 
-        Computed from the model's current weights. Beyond the constrained weights they
-        cover biases and norm parameters of removed channels and the input slices of
-        the layers that read them, so that the masked model computes exactly what the
+        Computed from the model's current parameters. Beyond the constrained ones they
+        cover biases and norm parameters of removed channels and the input slices of the
+        layers that read them, so that the masked model computes exactly what the
         compacted model will.
         """
-        weights = {n: self._weight(n).detach() for n in self.constrained_layers}
-        layer_masks = self.masks(weights)
-        params: dict[str, torch.Tensor] = {}
-
-        def merge(pname: str, mask: torch.Tensor) -> None:
-            params[pname] = params[pname] & mask if pname in params else mask
-
+        current = {n: self._param(n) for n in self.constrained_params}
+        params = self.masks(current)
         for gt in self.group_targets.values():
-            keep = self.group_keep(gt, weights)
-            for m in gt.group.members:
-                mod = self.model.get_submodule(m.module)
-                if m.role == NORM:
-                    for pn, p in mod.named_parameters(recurse=False):
-                        if p.ndim >= 1 and p.shape[0] >= int(m.idxs.max()) + 1:
-                            merge(f"{m.module}.{pn}", _dim0_mask(p.shape, m, keep, p.device))
-                    continue
-                merge(f"{m.module}.weight", _member_mask(mod, m, keep, tuple(mod.weight.shape), mod.weight.device))
-                if m.role in (OUT, DEPTHWISE) and getattr(mod, "bias", None) is not None:
-                    merge(f"{m.module}.bias", _dim0_mask(mod.bias.shape, m, keep, mod.bias.device))
-        for name, mask in layer_masks.items():
-            merge(f"{name}.weight", mask)
+            keep = self.group_keep(gt, current)
+            for pname, mask in self._group_param_masks(gt, keep, gt.group.members, None).items():
+                params[pname] = params[pname] & mask if pname in params else mask
         return params
 
 

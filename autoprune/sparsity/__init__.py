@@ -32,12 +32,12 @@ from autoprune.sparsity._base import (
 )
 
 # Import order is registry order.
-from autoprune.sparsity._irregular import IrregularSparsity  # noqa: E402  isort: skip
-from autoprune.sparsity._filter import FilterSparsity  # noqa: E402  isort: skip
-from autoprune.sparsity._channel import ChannelSparsity  # noqa: E402  isort: skip
-from autoprune.sparsity._shape import ShapeSparsity  # noqa: E402  isort: skip
-from autoprune.sparsity._filter_shape import FilterShapeSparsity  # noqa: E402  isort: skip
-from autoprune.sparsity._nm import NMSparsity  # noqa: E402  isort: skip
+from autoprune.sparsity._irregular import IrregularSparsity  # isort: skip
+from autoprune.sparsity._filter import FilterSparsity  # isort: skip
+from autoprune.sparsity._channel import ChannelSparsity  # isort: skip
+from autoprune.sparsity._shape import ShapeSparsity  # isort: skip
+from autoprune.sparsity._filter_shape import FilterShapeSparsity  # isort: skip
+from autoprune.sparsity._nm import NMSparsity  # isort: skip
 
 __all__ = [
     "ChannelSparsity",

@@ -332,6 +332,7 @@ class GroupSparsity(SparsityType):
             return self.expand_group_mask(keep, weight.shape)
 
     def kept_weights(self, shape: tuple[int, ...] | torch.Size, rate: float | None) -> int:
+        """Kept groups times the group size (groups of equal size; override otherwise)."""
         rate = self.check_rate(rate)
         g = self.n_groups(shape)
         return keep_count(g, rate) * (math.prod(shape) // g)
@@ -386,7 +387,7 @@ def register_sparsity(cls: T) -> T:
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise ValueError(f"{cls.__name__}.name must be a lower-case name, got {name!r}")
     if not isinstance(getattr(cls, "description", None), str):
-        raise ValueError(f"{cls.__name__} needs a 'description' string")
+        raise TypeError(f"{cls.__name__} needs a 'description' string")
     if cls.structured not in (None, "out", "in"):
         raise ValueError(f"{cls.__name__}.structured must be 'out', 'in' or None, got {cls.structured!r}")
     old = _REGISTRY.get(name)
@@ -426,7 +427,10 @@ def get_sparsity(name: str) -> SparsityType:
         if inst is not None:
             return inst
     raise unknown_name(
-        "sparsity type", name, list_sparsity_types(), hint="N:M patterns are written with numbers, e.g. '2:4'."
+        "sparsity type",
+        name,
+        list_sparsity_types(),
+        hint="N:M patterns are written with numbers, e.g. '2:4'.",
     )
 
 
@@ -443,4 +447,3 @@ def describe_sparsity_types() -> dict[str, str]:
 def registered_class(name: str) -> type[SparsityType]:
     """The class registered under ``name`` (exact registry name)."""
     return _REGISTRY[name]
-

@@ -49,7 +49,9 @@ class FilterShapeSparsity(SparsityType):
     """
 
     name = "filter+shape"
-    description = "filters and im2col columns at once (a dense sub-matrix of the GEMM matrix), one rate for both"
+    description = (
+        "filters and im2col columns at once (a dense sub-matrix of the GEMM matrix), one rate for both"
+    )
     structured = "out"
 
     exact_limit: ClassVar[int] = 20_000
@@ -84,8 +86,8 @@ class FilterShapeSparsity(SparsityType):
         n_col_sets = math.comb(k, k_c)
         if min(n_row_sets, n_col_sets) <= self.exact_limit:
             if n_row_sets <= n_col_sets:
-                return _enumerate(scores, k_r, k_c)
-            cols, rows = _enumerate(scores.t(), k_c, k_r)
+                return _enumerate(scores, k_r, k_c, n_row_sets)
+            cols, rows = _enumerate(scores.t(), k_c, k_r, n_col_sets)
             return rows, cols
         return self._alternate(scores, k_r, k_c)
 
@@ -112,10 +114,10 @@ def _value(s: Tensor, rows: Tensor, cols: Tensor) -> float:
     return float(rows.to(s.dtype) @ s @ cols.to(s.dtype))
 
 
-def _enumerate(s: Tensor, k_r: int, k_c: int) -> tuple[Tensor, Tensor]:
-    """Exact: try every row subset, each with its best columns."""
+def _enumerate(s: Tensor, k_r: int, k_c: int, n_sets: int) -> tuple[Tensor, Tensor]:
+    """Exact: try every row subset (``n_sets`` of them), each with its best columns."""
     o, k = s.shape
-    combos = _combinations(o, k_r, limit=max(FilterShapeSparsity.exact_limit, 1)).to(s.device)
+    combos = _combinations(o, k_r, limit=n_sets).to(s.device)
     batch = max(1, (1 << 22) // k)
     best_value, best_index, best_sums = None, 0, None
     for start in range(0, combos.shape[0], batch):

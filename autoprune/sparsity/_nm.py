@@ -62,13 +62,17 @@ class NMSparsity(SparsityType):
     """
 
     name = "n:m"
-    description = "N:M: in each run of M consecutive weights along the input dimension keep the N largest (e.g. 2:4)"
+    description = (
+        "N:M: in each run of M consecutive weights along the input dimension keep the N largest (e.g. 2:4)"
+    )
     structured = None
     examples = ("2:4", "1:4")
 
     def __init__(self, n: int = 2, m: int = 4) -> None:
         if not (isinstance(n, int) and isinstance(m, int)) or not 1 <= n <= m:
-            raise UserError(f"An N:M sparsity pattern needs whole numbers with 1 <= N <= M. Got {n}:{m} instead.")
+            raise UserError(
+                f"An N:M sparsity pattern needs whole numbers with 1 <= N <= M. Got {n}:{m} instead."
+            )
         self.n = n
         self.m = m
 

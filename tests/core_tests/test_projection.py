@@ -60,8 +60,9 @@ def test_group_projection_is_the_closest_point_brute_force():
     graph = ChannelGraph(model, torch.zeros(1, 1, 4, 4))
     rate = 0.4
     proj = Projector(model, graph, {"a": LayerTarget("filter", rate)})
-    weights = {n: model.get_submodule(n).weight.detach().clone() for n in proj.constrained_layers}
-    assert set(weights) == {"a", "b"}  # the coupled producer is constrained too
+    weights = {n: model.get_parameter(n).detach().clone() for n in proj.constrained_params}
+    # the coupled producer is constrained too, with the biases and the BatchNorm entries of the channels
+    assert set(weights) == {"a.weight", "a.bias", "b.weight", "b.bias", "bn.weight", "bn.bias"}
     z, masks = proj.project(weights)
     best = min(
         sum(float((w - w * _keep_rows(w, kept)).pow(2).sum()) for w in weights.values())
@@ -69,8 +70,9 @@ def test_group_projection_is_the_closest_point_brute_force():
     )
     ours = sum(float((weights[n] - z[n]).pow(2).sum()) for n in weights)
     assert ours == pytest.approx(best, rel=1e-6)
-    rows_a = masks["a"].flatten(1).any(1)
-    rows_b = masks["b"].flatten(1).any(1)
+    rows_a = masks["a.weight"].flatten(1).any(1)
+    rows_b = masks["b.weight"].flatten(1).any(1)
+    assert torch.equal(masks["bn.weight"], rows_a) and torch.equal(masks["a.bias"], rows_a)
     assert torch.equal(rows_a, rows_b) and int(rows_a.sum()) == keep_count(5, rate)
 
 
@@ -87,7 +89,7 @@ def _compact_with_torch_pruning(model: nn.Module, proj: Projector, example: torc
     compact = copy.deepcopy(model)
     names = dict(compact.named_modules())
     dg = tp.DependencyGraph().build_dependency(compact, example_inputs=example, verbose=False)
-    weights = {n: model.get_submodule(n).weight.detach() for n in proj.constrained_layers}
+    weights = {n: model.get_parameter(n).detach() for n in proj.constrained_params}
     for gt in proj.group_targets.values():
         keep = proj.group_keep(gt, weights)
         root = names[gt.group.root]

@@ -59,7 +59,7 @@ def _weight(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     return torch.randn(shape, generator=g)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _feasible(example: str, shape: tuple[int, ...], rate: float) -> torch.Tensor:
     return get_sparsity(example).feasible_masks(shape, rate)
 
@@ -106,7 +106,9 @@ def test_projection_is_idempotent(example: str, shape: tuple[int, ...], rate: fl
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("example", "shape", "rate"), _cases(TINY_SHAPES))
-def test_projection_is_closest_feasible_point(example: str, shape: tuple[int, ...], rate: float, seed: int) -> None:
+def test_projection_is_closest_feasible_point(
+    example: str, shape: tuple[int, ...], rate: float, seed: int
+) -> None:
     sp = get_sparsity(example)
     w = _weight(shape, seed).double()
     masks = _feasible(example, shape, rate)
@@ -123,7 +125,9 @@ def test_projection_is_closest_feasible_point(example: str, shape: tuple[int, ..
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("example", "shape", "rate"), _cases(SHAPES))
-def test_mask_is_the_support_of_the_projection(example: str, shape: tuple[int, ...], rate: float, seed: int) -> None:
+def test_mask_is_the_support_of_the_projection(
+    example: str, shape: tuple[int, ...], rate: float, seed: int
+) -> None:
     sp = get_sparsity(example)
     w = _weight(shape, seed)
     assert (w != 0).all()

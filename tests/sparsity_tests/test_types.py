@@ -59,6 +59,28 @@ def test_topk_mask_matches_a_stable_sort_with_many_ties(seed: int) -> None:
         assert torch.equal(mask, _reference_topk(scores, k))
 
 
+@pytest.mark.parametrize("kind", ("ties", "gauss", "sorted", "constant", "nan"))
+def test_topk_mask_on_long_inputs(kind: str) -> None:
+    """Long inputs take the sampled-band path; the result must not depend on it."""
+    n = 300_000
+    g = torch.Generator().manual_seed(1)
+    scores = {
+        "ties": lambda: torch.randint(0, 50, (n,), generator=g).float(),
+        "gauss": lambda: torch.randn(n, generator=g),
+        "sorted": lambda: torch.arange(n, dtype=torch.float32),
+        "constant": lambda: torch.ones(n),
+        "nan": lambda: torch.randn(n, generator=g).masked_fill(
+            torch.rand(n, generator=g) < 0.3, float("nan")
+        ),
+    }[kind]()
+    order = torch.sort(torch.nan_to_num(scores, nan=-math.inf), descending=True, stable=True).indices
+    for k in (1, 7, n // 100, n // 3, n // 2, n - 5000, n - 1):
+        mask = topk_mask(scores, k)
+        expected = torch.zeros(n, dtype=torch.bool)
+        expected[order[:k]] = True
+        assert torch.equal(mask, expected)
+
+
 def test_topk_mask_ties_go_to_the_lower_index() -> None:
     assert topk_mask(torch.tensor([2.0, 2.0, 2.0, 2.0]), 2).tolist() == [True, True, False, False]
     assert topk_mask(torch.tensor([1.0, 3.0, 3.0, 2.0]), 1).tolist() == [False, True, False, False]
@@ -150,6 +172,18 @@ def test_nm_runs_follow_the_gemm_row() -> None:
     assert (mask.sum(1) == 2).all()
 
 
+@pytest.mark.parametrize("pattern", ("2:4", "3:8", "5:16", "8:32"))
+def test_nm_ties_go_to_the_lower_index(pattern: str) -> None:
+    """m <= 16 ranks by pairwise comparison, larger m sorts; both must match a stable sort."""
+    sp = get_sparsity(pattern)
+    g = torch.Generator().manual_seed(0)
+    w = torch.randint(-3, 4, (16, 2 * sp.m), generator=g).float()  # many equal magnitudes
+    runs = w.abs().reshape(-1, sp.m)
+    order = torch.sort(runs, dim=1, descending=True, stable=True).indices
+    expected = torch.zeros(runs.shape, dtype=torch.bool).scatter_(1, order[:, : sp.n], True)
+    assert torch.equal(sp.mask(w, None), expected.reshape(w.shape))
+
+
 def test_nm_name_parsing() -> None:
     sp = get_sparsity(" 4:8 ")
     assert (sp.n, sp.m, sp.label, sp.implied_rate) == (4, 8, "4:8", 0.5)
@@ -220,7 +254,8 @@ def test_filter_shape_exact_enumerates_the_smaller_side() -> None:
     mask = get_sparsity("filter+shape").mask(w, 0.5).reshape(4, -1)
     s = w.double() ** 2
     best = max(
-        float(torch.topk(s[list(rows)].sum(0), 300).values.sum()) for rows in itertools.combinations(range(4), 2)
+        float(torch.topk(s[list(rows)].sum(0), 300).values.sum())
+        for rows in itertools.combinations(range(4), 2)
     )
     assert math.isclose(float((s * mask).sum()), best, rel_tol=1e-12)
 
@@ -240,7 +275,9 @@ def test_registered_type_is_usable_and_described() -> None:
 
         def expand_group_mask(self, group_mask, shape):  # type: ignore[no-untyped-def]
             o = shape[0]
-            return group_mask.repeat_interleave(2).reshape(o, 1).expand(o, math.prod(shape[1:])).reshape(shape)
+            return (
+                group_mask.repeat_interleave(2).reshape(o, 1).expand(o, math.prod(shape[1:])).reshape(shape)
+            )
 
     try:
         assert "test-row-pairs" in list_sparsity_types()
