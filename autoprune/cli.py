@@ -65,6 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _device_arg(p)
 
+    p = sub.add_parser("bench", help="measure dense vs compacted latency of a pruning config on a device")
+    p.add_argument("--model", default=None, help="model name (taken from --config when given)")
+    p.add_argument("--dataset", default="digits", help="sets input shape and classes (default: %(default)s)")
+    p.add_argument("--checkpoint", default=None)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--config", default=None, help="YAML config whose 'layers' give the targets")
+    g.add_argument("--uniform", default=None, metavar="TYPE:RATE",
+                   help="one target on every conv but the first, e.g. filter:0.5, shape:0.8, 2:4")
+    p.add_argument("--input-shape", default=None, metavar="C,H,W", help="override the dataset's input shape")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="fp32", help="fp32, fp16 (CUDA) or bf16")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the measurement")
+    p.add_argument("--repeats", type=int, default=30)
+    p.add_argument("--json", action="store_true")
+    _device_arg(p)
+
     p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
     return parser
@@ -189,7 +207,62 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "list": cmd_list}
+def cmd_bench(args: argparse.Namespace) -> int:
+    from autoprune.bench import run_bench
+    from autoprune.config import PruneConfig
+    from autoprune.device import resolve_device
+    from autoprune.errors import UserError
+    from autoprune.latency import LatencySettings
+
+    if args.config is None and args.uniform is None:
+        raise UserError("give --config FILE or --uniform TYPE:RATE (e.g. --uniform filter:0.5).")
+    config = PruneConfig.from_yaml(args.config) if args.config else None
+    if config is None and not args.model:
+        raise UserError("--model is required with --uniform.")
+    shape = None
+    if args.input_shape:
+        try:
+            shape = tuple(int(v) for v in args.input_shape.split(","))
+            assert len(shape) == 3 and min(shape) > 0
+        except (ValueError, AssertionError):
+            raise UserError(f"--input-shape '{args.input_shape}' is not C,H,W (e.g. 3,224,224).") from None
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
+    device = resolve_device(args.device)
+    latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=args.channels_last,
+                              threads=args.threads, repeats=args.repeats)
+    r = run_bench(args.model or config.model, dataset=args.dataset, checkpoint=args.checkpoint, config=config,
+                  uniform=args.uniform, device=device, latency=latency, input_shape=shape,
+                  num_classes=args.num_classes)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    d, c = r["dense"], r["compacted"]
+    console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
+                  f"{latency.dtype}, {d['latency']['device']}")
+    console.print(f"  dense      {d['latency']['median_ms']:.3f} ms (p90 {d['latency']['p90_ms']:.3f})   "
+                  f"MACs {d['macs_dense']:,}   params {d['params']:,}")
+    console.print(f"  compacted  {c['latency']['median_ms']:.3f} ms (p90 {c['latency']['p90_ms']:.3f})   "
+                  f"MACs {c['macs']:,}   params {c['params_compact']:,}")
+    console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x")
+    if r["slower_than_dense"]:
+        console.print("  [red]the compacted model is slower than dense on this device: do not deploy this config[/red]")
+    table = Table()
+    for col in ("layer", "type", "rate", "shape before", "shape after", "kernel", "MACs"):
+        table.add_column(col)
+    for layer in r["layers"]:
+        table.add_row(layer["name"], layer["type"], "-" if layer["rate"] is None else f"{layer['rate']:.2f}",
+                      "×".join(map(str, layer["weight_shape"])), "×".join(map(str, layer["weight_shape_after"])),
+                      layer["kernel"], f"{layer['macs']:,}")
+    console.print(table)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "list": cmd_list}
 
 
 def _reporter(args: argparse.Namespace):  # noqa: ANN202

@@ -157,8 +157,13 @@ class ChannelGraph:
                 g.prunable, g.reason = False, f"it holds the outputs of '{self.output_layer}', the model's output layer"
             else:
                 unknown = [m.module for m in members if m.role == NORM and not _is_simple_norm(model.get_submodule(m.module))]
+                grouped = [m.module for m in members if _is_grouped(model.get_submodule(m.module))]
                 if unknown:
                     g.prunable, g.reason = False, f"it passes through '{unknown[0]}', a module autoprune cannot mask"
+                elif grouped:
+                    g.prunable, g.reason = False, (
+                        f"it feeds the grouped convolution '{grouped[0]}' (removing single channels would unbalance "
+                        "its groups; not supported yet)")
             self.groups.append(g)
             for m in members:
                 if m.module not in self.layers:
@@ -197,6 +202,10 @@ def _channels(mod: nn.Module) -> int:
     if isinstance(mod, nn.Linear):
         return mod.out_features
     return int(getattr(mod, "num_features", 0))
+
+
+def _is_grouped(mod: nn.Module) -> bool:
+    return isinstance(mod, nn.Conv2d) and mod.groups > 1 and not (mod.groups == mod.in_channels == mod.out_channels)
 
 
 def _is_simple_norm(mod: nn.Module) -> bool:

@@ -76,6 +76,7 @@ class Projector:
         self.group_targets: dict[int, GroupTarget] = {}
         self.layer_types: dict[str, tuple[SparsityType, float]] = {}
         self.notes: list[str] = []
+        self.kept_channels_: dict[int, torch.Tensor] = {}  # group index -> kept root channels (set by hard_masks)
         for name, tgt in targets.items():
             if name not in graph.layers:
                 raise ConfigError(f"layer '{name}' is not a prunable layer of this model.")
@@ -206,6 +207,7 @@ class Projector:
         params = self.masks(current)
         for gt in self.group_targets.values():
             keep = self.group_keep(gt, current)
+            self.kept_channels_[gt.group.index] = keep
             for pname, mask in self._group_param_masks(gt, keep, gt.group.members, None).items():
                 params[pname] = params[pname] & mask if pname in params else mask
         return params

@@ -1,0 +1,141 @@
+"""``autoprune bench``: dense vs compacted latency of a pruned configuration, measured."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.errors import UserError
+from autoprune.groups import ChannelGraph
+from autoprune.latency import LatencyCache, LatencySettings, check_dtype
+
+
+def parse_uniform(spec: str) -> LayerTarget:
+    """``filter:0.5`` → LayerTarget('filter', 0.5); ``2:4`` → LayerTarget('2:4')."""
+    kind, sep, rate = spec.rpartition(":")
+    if not sep or not kind:
+        raise UserError(f"--uniform '{spec}' is not TYPE:RATE (e.g. filter:0.5, shape:0.8, 2:4).")
+    try:
+        value = float(rate)
+    except ValueError:
+        raise UserError(f"--uniform '{spec}': the rate '{rate}' is not a number.") from None
+    if kind.isdigit():  # "2:4"
+        return LayerTarget(spec)
+    return LayerTarget(kind, value)
+
+
+def uniform_targets(graph: ChannelGraph, target: LayerTarget) -> dict[str, LayerTarget]:
+    """Every conv layer but the first (reads the input) and the output layer; for filter and
+    channel targets, only layers whose channel group can be pruned."""
+    from autoprune.sparsity import get_sparsity
+
+    side = get_sparsity(target.type).structured
+    out = {}
+    for n, info in graph.layers.items():
+        if info.kind != "conv" or info.reads_input or info.is_output:
+            continue
+        group = graph.out_group(n) if side == "out" else graph.in_group(n) if side == "in" else None
+        if side is not None and (group is None or not group.prunable):
+            continue
+        out[n] = target
+    return out
+
+
+def run_bench(
+    model_name: str,
+    *,
+    dataset: str = "digits",
+    checkpoint: str | os.PathLike | None = None,
+    config: PruneConfig | None = None,
+    uniform: str | None = None,
+    device: torch.device,
+    latency: LatencySettings,
+    input_shape: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    cache_path: str | os.PathLike | None = "runs/latency_cache.json",
+) -> dict[str, Any]:
+    """Prune by magnitude projection to the targets, compact, and measure dense vs compacted."""
+    from autoprune.admm import apply_masks
+    from autoprune.checkpoint import load_checkpoint
+    from autoprune.compact import compact_model
+    from autoprune.models import create_model
+    from autoprune.projection import Projector
+    from autoprune.stats import layer_stats, model_counts
+
+    check_dtype(latency.dtype, device)
+    if (config is None) == (uniform is None):
+        raise UserError("give exactly one of --config FILE or --uniform TYPE:RATE.")
+    if config is not None:
+        model_name, dataset = config.model, config.dataset
+        checkpoint = checkpoint or config.checkpoint
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.model != model_name:
+            raise UserError(f"checkpoint '{checkpoint}' holds model '{ckpt.model}', not '{model_name}'.")
+        model = ckpt.build()
+        shape = (ckpt.in_channels, *ckpt.image_size)
+    else:
+        if input_shape is None:
+            from autoprune.data import get_dataset
+
+            splits = get_dataset(dataset, data_dir=config.data_dir if config else None)
+            shape = (splits.in_channels, *splits.image_size)
+            num_classes = num_classes or splits.num_classes
+        else:
+            shape = tuple(input_shape)
+        torch.manual_seed(0)
+        model = create_model(model_name, in_channels=shape[0], num_classes=num_classes or 10,
+                             image_size=(shape[1], shape[2]))
+    model.eval()
+    example = torch.randn(1, *shape)
+    graph = ChannelGraph(model, example)
+    if config is not None:
+        targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
+    else:
+        targets = uniform_targets(graph, parse_uniform(uniform))  # type: ignore[arg-type]
+    if not targets:
+        raise UserError("no layer to prune: the config or --uniform selects nothing.")
+    masked = copy.deepcopy(model)
+    projector = Projector(masked, graph, targets)
+    apply_masks(masked, projector.hard_masks())
+    stats = layer_stats(masked, projector.graph, targets)
+    counts = model_counts(masked, stats)
+    dense_counts = model_counts(model, layer_stats(model, graph))
+
+    cache = LatencyCache(cache_path)
+    dense_lat, _ = cache.measure(copy.deepcopy(model), shape, device=device, settings=latency)
+    masked_lat = dense_lat  # a masked dense model has the dense architecture
+    result = compact_model(masked, projector, example, device=device, latency=latency)
+    compact_lat, _ = cache.measure(result.model, shape, device=device, settings=latency)
+    fell_back = compact_lat.median_ms > masked_lat.median_ms
+    # the real parameter count of the compacted model
+    compact_params = sum(p.numel() for p in result.model.parameters())
+    layers = []
+    for s in stats:
+        row = s.to_dict()
+        try:
+            after = tuple(result.model.get_submodule(s.name).weight.shape)
+        except AttributeError:
+            after = tuple(s.weight_shape)
+        choice = result.choices.get(s.name)
+        row.update({"weight_shape_after": list(after), "kernel": choice.form if choice else "dense",
+                    "candidates_ms": choice.candidates_ms if choice else {}})
+        layers.append(row)
+    return {
+        "model": model_name,
+        "input_shape": list(shape),
+        "device": str(device),
+        "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype, "channels_last": latency.channels_last,
+                     "threads": latency.threads},
+        "dense": {"latency": dense_lat.to_dict(), **dense_counts},
+        "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
+        "speedup": dense_lat.median_ms / compact_lat.median_ms,
+        "mac_ratio": dense_counts["macs_dense"] / max(counts["macs"], 1),
+        "param_ratio": dense_counts["params"] / max(compact_params, 1),
+        "slower_than_dense": fell_back,
+        "layers": layers,
+        "notes": projector.notes,
+    }

@@ -1,0 +1,109 @@
+"""Masked model → real model: channel removal plus, per layer, the fastest correct kernel.
+
+``compact_model`` first removes every pruned channel group physically
+(:mod:`autoprune.compact.channels`). Then, for each layer that keeps an intra-layer
+sparsity (shape, irregular, N:M), it times every correct form of that layer on the
+target device at the deployment batch size (:func:`autoprune.compact.kernels.candidate_forms`:
+masked dense, shape-wise gather-GEMM, CSR, semi-structured) and keeps the fastest. The
+masked dense form is always a candidate, so no layer gets slower by compaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from autoprune.compact.channels import remove_channels
+from autoprune.latency import LatencySettings, measure_latency
+from autoprune.projection import Projector
+
+__all__ = ["CompactResult", "LayerChoice", "compact_model", "remove_channels"]
+
+
+@dataclass
+class LayerChoice:
+    """The kernel chosen for one layer and what each candidate measured (ms per batch)."""
+
+    name: str
+    sparsity: str
+    form: str
+    candidates_ms: dict[str, float] = field(default_factory=dict)
+    weight_shape: tuple[int, ...] = ()
+
+
+@dataclass
+class CompactResult:
+    model: nn.Module
+    choices: dict[str, LayerChoice]
+
+
+def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+
+
+def _input_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for n in names:
+        def hook(mod, inp, out, n=n):  # noqa: ANN001, ANN202
+            shapes.setdefault(n, tuple(inp[0].shape[1:]))
+        handles.append(model.get_submodule(n).register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model.eval()(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def compact_model(
+    masked_model: nn.Module,
+    projector: Projector,
+    example_input: torch.Tensor,
+    *,
+    device: torch.device,
+    latency: LatencySettings | None = None,
+    choose_kernels: bool = True,
+) -> CompactResult:
+    """Build the real pruned model for ``device``.
+
+    Args:
+        masked_model: The hard-pruned model (``projector.hard_masks()`` applied).
+        projector: The projector whose masks were applied.
+        example_input: One input batch (any batch size) on the CPU.
+        latency: Measurement settings for the per-layer kernel choice (batch size, dtype).
+        choose_kernels: If False, intra-layer sparse layers stay masked dense.
+    """
+    latency = latency or LatencySettings()
+    compact = remove_channels(masked_model.cpu(), projector, example_input.cpu())
+    sparse_layers = [n for n in projector.layer_types]
+    choices: dict[str, LayerChoice] = {}
+    if not sparse_layers:
+        return CompactResult(compact.to(device), choices)
+    from autoprune.compact.kernels import candidate_forms
+    from autoprune.latency import DTYPES
+
+    shapes = _input_shapes(compact, example_input.cpu(), sparse_layers)
+    dtype = DTYPES[latency.dtype]
+    quick = LatencySettings(batch_size=latency.batch_size, dtype=latency.dtype, channels_last=latency.channels_last,
+                            threads=latency.threads, warmup=3, repeats=15, min_seconds=0.1)
+    for name in sparse_layers:
+        module = compact.get_submodule(name)
+        mask = module.weight.detach() != 0
+        forms = candidate_forms(module, mask, device=device, dtype=dtype) if choose_kernels else {}
+        stype = projector.layer_types[name][0].name
+        if len(forms) <= 1:
+            choices[name] = LayerChoice(name, stype, "dense", {}, tuple(module.weight.shape))
+            continue
+        timed = {form: measure_latency(m, shapes[name], device=device, settings=quick).median_ms
+                 for form, m in forms.items()}
+        best = min(timed, key=timed.get)
+        choices[name] = LayerChoice(name, stype, best, timed, tuple(module.weight.shape))
+        if best != "dense":
+            _set_submodule(compact, name, forms[best])
+    return CompactResult(compact.to(device), choices)

@@ -1,0 +1,219 @@
+"""Latency measured on the device — never estimated — with a cache keyed by architecture.
+
+``measure_latency`` runs a model in inference mode with warm-up and repeats: on CPU with
+a set thread count and ``time.perf_counter``; on CUDA with CUDA events after a
+synchronisation. It reports the median, p90 and spread for a batch size and dtype
+(fp32/fp16/bf16), optionally in channels_last.
+
+``LatencyCache`` stores results in a JSON file keyed by the model's architecture
+fingerprint (module types, parameter shapes, kernel forms), the device, and the
+measurement settings, so one configuration is measured once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autoprune.errors import UserError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How to measure."""
+
+    batch_size: int = 32
+    dtype: str = "fp32"
+    channels_last: bool = False
+    threads: int | None = None  # CPU threads (default: all of torch's current setting)
+    warmup: int = 5
+    repeats: int = 30
+    min_seconds: float = 0.5  # keep repeating until at least this much time was measured (up to 10x repeats)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Milliseconds per batch."""
+
+    median_ms: float
+    p90_ms: float
+    p10_ms: float
+    min_ms: float
+    repeats: int
+    batch_size: int
+    dtype: str
+    device: str
+    threads: int | None
+    channels_last: bool
+
+    @property
+    def spread(self) -> float:
+        """(p90 − p10) / median: the relative noise of the measurement."""
+        return (self.p90_ms - self.p10_ms) / max(self.median_ms, 1e-12)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["spread"] = self.spread
+        return d
+
+
+def check_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for a name, refusing what the device cannot run."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use one of: {', '.join(DTYPES)}.")
+    if device.type == "cpu" and dtype == "fp16":
+        raise UserError("dtype fp16 is not supported for CPU inference here; use fp32 or bf16 on CPU, fp16 on CUDA.")
+    if device.type == "cuda" and dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"this CUDA device ({torch.cuda.get_device_name(device)}) cannot run bf16; use fp16 or fp32.")
+    return DTYPES[dtype]
+
+
+_thread_lock = threading.Lock()
+
+
+def _percentile(sorted_vals: list[float], q: float) -> float:
+    if len(sorted_vals) == 1:
+        return sorted_vals[0]
+    pos = q * (len(sorted_vals) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_vals) - 1)
+    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    settings: LatencySettings = LatencySettings(),
+) -> LatencyResult:
+    """Time ``model`` on a batch of ``settings.batch_size`` inputs of ``input_shape`` (C, H, W)."""
+    dtype = check_dtype(settings.dtype, device)
+    model = model.to(device=device, dtype=dtype).eval()
+    x = torch.randn(settings.batch_size, *input_shape, device=device, dtype=dtype)
+    if settings.channels_last and x.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    times: list[float] = []
+    with _thread_lock:
+        old_threads = torch.get_num_threads()
+        if device.type == "cpu" and settings.threads:
+            torch.set_num_threads(settings.threads)
+        try:
+            for _ in range(settings.warmup):
+                model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            total, limit = 0.0, settings.repeats * 10
+            while len(times) < settings.repeats or (total < settings.min_seconds and len(times) < limit):
+                if device.type == "cuda":
+                    start.record()
+                    model(x)
+                    end.record()
+                    end.synchronize()
+                    ms = start.elapsed_time(end)
+                else:
+                    t0 = time.perf_counter()
+                    model(x)
+                    ms = (time.perf_counter() - t0) * 1e3
+                times.append(ms)
+                total += ms / 1e3
+        finally:
+            torch.set_num_threads(old_threads)
+    s = sorted(times)
+    return LatencyResult(
+        median_ms=statistics.median(s),
+        p90_ms=_percentile(s, 0.9),
+        p10_ms=_percentile(s, 0.1),
+        min_ms=s[0],
+        repeats=len(s),
+        batch_size=settings.batch_size,
+        dtype=settings.dtype,
+        device=device_description(device),
+        threads=settings.threads if device.type == "cpu" else None,
+        channels_last=settings.channels_last,
+    )
+
+
+def device_description(device: torch.device) -> str:
+    """A stable human-readable name of the device (CPU model or GPU name)."""
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu:{model}"
+
+
+def architecture_fingerprint(model: nn.Module) -> str:
+    """A hash of what determines speed: module types, their settings and parameter shapes."""
+    parts = []
+    for name, mod in model.named_modules():
+        own = [(pn, tuple(p.shape)) for pn, p in mod.named_parameters(recurse=False)]
+        own += [(bn, tuple(b.shape)) for bn, b in mod.named_buffers(recurse=False) if b is not None]
+        extra = mod.extra_repr() if not list(mod.children()) else ""
+        parts.append(f"{name}|{type(mod).__name__}|{extra}|{own}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+class LatencyCache:
+    """A JSON file of latency results keyed by architecture, device and settings."""
+
+    def __init__(self, path: str | os.PathLike | None) -> None:
+        self.path = Path(path) if path else None
+        self._data: dict[str, dict] = {}
+        if self.path and self.path.is_file():
+            try:
+                self._data = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError):
+                self._data = {}
+
+    @staticmethod
+    def key(fingerprint: str, device: torch.device, input_shape: tuple[int, ...], settings: LatencySettings) -> str:
+        return "|".join([fingerprint, device_description(device), torch.__version__, str(tuple(input_shape)),
+                         str(settings.batch_size), settings.dtype, str(settings.channels_last), str(settings.threads)])
+
+    def get(self, key: str) -> LatencyResult | None:
+        raw = self._data.get(key)
+        if raw is None:
+            return None
+        raw = {k: v for k, v in raw.items() if k != "spread"}
+        return LatencyResult(**raw)
+
+    def put(self, key: str, result: LatencyResult) -> None:
+        self._data[key] = result.to_dict()
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._data, indent=1))
+            os.replace(tmp, self.path)
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+                settings: LatencySettings) -> tuple[LatencyResult, bool]:
+        """The cached result for this architecture, or a new measurement. Returns (result, was_cached)."""
+        key = self.key(architecture_fingerprint(model), device, input_shape, settings)
+        hit = self.get(key)
+        if hit is not None:
+            return hit, True
+        result = measure_latency(model, input_shape, device=device, settings=settings)
+        self.put(key, result)
+        return result, False
