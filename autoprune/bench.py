@@ -10,7 +10,7 @@ import torch
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencyCache, LatencySettings, check_dtype
+from autoprune.latency import LatencyCache, LatencySettings, architecture_fingerprint, check_dtype, compare_latency
 
 
 def parse_uniform(spec: str) -> LayerTarget:
@@ -105,12 +105,16 @@ def run_bench(
     counts = model_counts(masked, stats)
     dense_counts = model_counts(model, layer_stats(model, graph))
 
-    cache = LatencyCache(cache_path)
-    dense_lat, _ = cache.measure(copy.deepcopy(model), shape, device=device, settings=latency)
-    masked_lat = dense_lat  # a masked dense model has the dense architecture
     result = compact_model(masked, projector, example, device=device, latency=latency)
-    compact_lat, _ = cache.measure(result.model, shape, device=device, settings=latency)
-    fell_back = compact_lat.median_ms > masked_lat.median_ms
+    # dense and compacted are timed in interleaved rounds in this process (a fair comparison);
+    # the cache keeps each result for the search, which reuses them by architecture
+    timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
+                            settings=latency)
+    dense_lat, compact_lat = timed["dense"], timed["compacted"]
+    cache = LatencyCache(cache_path)
+    for m, res in ((model, dense_lat), (result.model, compact_lat)):
+        cache.put(cache.key(architecture_fingerprint(m), device, shape, latency), res)
+    fell_back = compact_lat.median_ms > dense_lat.median_ms
     # the real parameter count of the compacted model
     compact_params = sum(p.numel() for p in result.model.parameters())
     layers = []
@@ -136,6 +140,7 @@ def run_bench(
         "mac_ratio": dense_counts["macs_dense"] / max(counts["macs"], 1),
         "param_ratio": dense_counts["params"] / max(compact_params, 1),
         "slower_than_dense": fell_back,
+        "kernels_reverted": result.reverted,
         "layers": layers,
         "notes": projector.notes,
     }

@@ -149,6 +149,40 @@ def measure_latency(
     )
 
 
+def compare_latency(
+    models: dict[str, nn.Module],
+    input_shape: tuple[int, ...],
+    *,
+    device: torch.device,
+    settings: LatencySettings = LatencySettings(),
+    rounds: int = 3,
+) -> dict[str, LatencyResult]:
+    """Measure several models in interleaved rounds, so that drift of the machine (other
+    load, allocator state, clocks) affects them alike; each result pools all rounds."""
+    per_round = max(1, settings.repeats // rounds)
+    pooled: dict[str, list[LatencyResult]] = {k: [] for k in models}
+    one = LatencySettings(batch_size=settings.batch_size, dtype=settings.dtype, channels_last=settings.channels_last,
+                          threads=settings.threads, warmup=settings.warmup, repeats=per_round,
+                          min_seconds=settings.min_seconds / rounds)
+    for _ in range(rounds):
+        for name, model in models.items():
+            pooled[name].append(measure_latency(model, input_shape, device=device, settings=one))
+    out = {}
+    for name, results in pooled.items():
+        medians = sorted(r.median_ms for r in results)
+        first = results[0]
+        out[name] = LatencyResult(
+            median_ms=statistics.median(medians),
+            p90_ms=statistics.median(sorted(r.p90_ms for r in results)),
+            p10_ms=statistics.median(sorted(r.p10_ms for r in results)),
+            min_ms=min(r.min_ms for r in results),
+            repeats=sum(r.repeats for r in results),
+            batch_size=first.batch_size, dtype=first.dtype, device=first.device, threads=first.threads,
+            channels_last=first.channels_last,
+        )
+    return out
+
+
 def device_description(device: torch.device) -> str:
     """A stable human-readable name of the device (CPU model or GPU name)."""
     if device.type == "cuda":

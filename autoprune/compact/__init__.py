@@ -10,13 +10,14 @@ masked dense form is always a candidate, so no layer gets slower by compaction.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from autoprune.compact.channels import remove_channels
-from autoprune.latency import LatencySettings, measure_latency
+from autoprune.latency import LatencySettings, compare_latency, measure_latency
 from autoprune.projection import Projector
 
 __all__ = ["CompactResult", "LayerChoice", "compact_model", "remove_channels"]
@@ -37,6 +38,7 @@ class LayerChoice:
 class CompactResult:
     model: nn.Module
     choices: dict[str, LayerChoice]
+    reverted: bool = False  # the per-layer kernels were slower as a whole and were undone
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -92,6 +94,7 @@ def compact_model(
     dtype = DTYPES[latency.dtype]
     quick = LatencySettings(batch_size=latency.batch_size, dtype=latency.dtype, channels_last=latency.channels_last,
                             threads=latency.threads, warmup=3, repeats=15, min_seconds=0.1)
+    plain = copy.deepcopy(compact)  # channel-removed, intra-layer sparsity still masked dense
     for name in sparse_layers:
         module = compact.get_submodule(name)
         mask = module.weight.detach() != 0
@@ -106,4 +109,12 @@ def compact_model(
         choices[name] = LayerChoice(name, stype, best, timed, tuple(module.weight.shape))
         if best != "dense":
             _set_submodule(compact, name, forms[best])
+    if any(c.form != "dense" for c in choices.values()):
+        # layers timed alone need not compose: check the whole model against the plain one
+        shape = tuple(example_input.shape[1:])
+        timed = compare_latency({"plain": plain, "kernels": compact}, shape, device=device, settings=quick)
+        if timed["kernels"].median_ms > timed["plain"].median_ms:
+            for c in choices.values():
+                c.form = "dense"
+            return CompactResult(plain.to(device), choices, reverted=True)
     return CompactResult(compact.to(device), choices)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.cli import main
+from autoprune.errors import UserError
+from autoprune.latency import LatencyCache, LatencySettings, architecture_fingerprint, check_dtype, measure_latency
+
+QUICK = LatencySettings(batch_size=4, warmup=1, repeats=5, min_seconds=0.0)
+
+
+def _net(width: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(width * 64, 10))
+
+
+def test_measure_reports_ordered_percentiles():
+    r = measure_latency(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    assert r.repeats >= 5 and r.batch_size == 4 and r.dtype == "fp32"
+    assert 0 < r.min_ms <= r.p10_ms <= r.median_ms <= r.p90_ms
+    assert r.device.startswith("cpu:")
+
+
+def test_cache_measures_an_architecture_once(tmp_path):
+    cache = LatencyCache(tmp_path / "lat.json")
+    a, hit_a = cache.measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    b, hit_b = cache.measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)  # same shapes, new weights
+    _, hit_c = cache.measure(_net(16), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    assert (hit_a, hit_b, hit_c) == (False, True, False)
+    assert a == b
+    reread = LatencyCache(tmp_path / "lat.json")  # persisted
+    _, hit_d = reread.measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    assert hit_d
+    assert architecture_fingerprint(_net(8)) != architecture_fingerprint(_net(9))
+
+
+def test_dtype_the_device_cannot_run():
+    with pytest.raises(UserError, match="fp16"):
+        check_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(UserError, match="unknown dtype"):
+        check_dtype("int3", torch.device("cpu"))
+
+
+def _err(capsys, code):  # noqa: ANN001, ANN202
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("autoprune: error:"), err
+    return err
+
+
+def test_bench_bad_input(capsys, tmp_path):
+    assert "fp16" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--dtype", "fp16",
+                                        "--device", "cpu"]))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: digits-cnn\ndataset: digits\nlayers: {'conv*': {type: filter, rate: 0.5}}\n")
+    assert "matches no prunable layer" in _err(capsys, main(["bench", "--config", str(cfg), "--device", "cpu"]))
+    assert "TYPE:RATE" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter"]))
+    if not torch.cuda.is_available():
+        assert "CUDA" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
+                                            "--device", "cuda"]))
+
+
+def test_bench_json_filter(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--batch-size", "8", "--repeats", "5",
+                 "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["mac_ratio"] > 1.5 and r["param_ratio"] > 1.5
+    rows = {layer["name"]: layer for layer in r["layers"]}
+    assert rows["features.3"]["weight_shape_after"][0] == 32  # half of 64 filters are gone for real
+    assert rows["features.0"]["weight_shape_after"] == [32, 1, 3, 3]  # the first conv is not pruned by --uniform
+    assert r["dense"]["latency"]["median_ms"] > 0 and r["compacted"]["latency"]["median_ms"] > 0
+    assert (tmp_path / "runs" / "latency_cache.json").is_file()
