@@ -71,6 +71,7 @@ def compact_model(
     device: torch.device,
     latency: LatencySettings | None = None,
     choose_kernels: bool = True,
+    force_form: str | None = None,
 ) -> CompactResult:
     """Build the real pruned model for ``device``.
 
@@ -80,6 +81,8 @@ def compact_model(
         example_input: One input batch (any batch size) on the CPU.
         latency: Measurement settings for the per-layer kernel choice (batch size, dtype).
         choose_kernels: If False, intra-layer sparse layers stay masked dense.
+        force_form: Use this kernel form wherever it is a candidate, without timing
+            (for tests and for exporting a known choice).
     """
     latency = latency or LatencySettings()
     compact = remove_channels(masked_model.cpu(), projector, example_input.cpu())
@@ -100,6 +103,12 @@ def compact_model(
         mask = module.weight.detach() != 0
         forms = candidate_forms(module, mask, device=device, dtype=dtype) if choose_kernels else {}
         stype = projector.layer_types[name][0].name
+        if force_form is not None:
+            form = force_form if force_form in forms else "dense"
+            choices[name] = LayerChoice(name, stype, form, {}, tuple(module.weight.shape))
+            if form != "dense":
+                _set_submodule(compact, name, forms[form])
+            continue
         if len(forms) <= 1:
             choices[name] = LayerChoice(name, stype, "dense", {}, tuple(module.weight.shape))
             continue
@@ -109,7 +118,7 @@ def compact_model(
         choices[name] = LayerChoice(name, stype, best, timed, tuple(module.weight.shape))
         if best != "dense":
             _set_submodule(compact, name, forms[best])
-    if any(c.form != "dense" for c in choices.values()):
+    if force_form is None and any(c.form != "dense" for c in choices.values()):
         # layers timed alone need not compose: check the whole model against the plain one
         shape = tuple(example_input.shape[1:])
         timed = compare_latency({"plain": plain, "kernels": compact}, shape, device=device, settings=quick)
