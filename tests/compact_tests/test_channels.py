@@ -17,19 +17,12 @@ from autoprune.models import create_model, list_models
 from autoprune.projection import Projector
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
-            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.2
-            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
 
 
-def _check(model_name: str, size: int, target: LayerTarget, channels: int = 3) -> None:
+def _check(model_name: str, size: int, target: LayerTarget, randomize_bn, channels: int = 3) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=channels, num_classes=10, image_size=(size, size)).eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.randn(2, channels, size, size)
     graph = ChannelGraph(model, x[:1])
     targets = uniform_targets(graph, target)
@@ -44,9 +37,9 @@ def _check(model_name: str, size: int, target: LayerTarget, channels: int = 3) -
 
 @pytest.mark.parametrize("model_name", list_models())
 @pytest.mark.parametrize("kind", ["filter", "channel"])
-def test_every_registry_model(model_name, kind):
+def test_every_registry_model(model_name, kind, randomize_bn):
     size = 8 if model_name in ("digits-cnn", "lenet5") else 32
-    _check(model_name, size, LayerTarget(kind, 0.5))
+    _check(model_name, size, LayerTarget(kind, 0.5), randomize_bn)
 
 
 TV = ["tv:resnet18", "tv:vgg11_bn", "tv:alexnet", "tv:mobilenet_v2", "tv:densenet121", "tv:googlenet",
@@ -55,5 +48,5 @@ TV = ["tv:resnet18", "tv:vgg11_bn", "tv:alexnet", "tv:mobilenet_v2", "tv:densene
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", TV)
-def test_torchvision_families(model_name):
-    _check(model_name, 64, LayerTarget("filter", 0.3))
+def test_torchvision_families(model_name, randomize_bn):
+    _check(model_name, 64, LayerTarget("filter", 0.3), randomize_bn)

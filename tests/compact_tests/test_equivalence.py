@@ -21,13 +21,6 @@ TYPES = [t for t in list_sparsity_types() if t != "n:m"] + ["2:4"]
 CPU = torch.device("cpu")
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
-            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
-            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.2
-            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
 
 
 def _targets(graph: ChannelGraph, model: nn.Module, type_name: str) -> dict[str, LayerTarget]:
@@ -37,10 +30,10 @@ def _targets(graph: ChannelGraph, model: nn.Module, type_name: str) -> dict[str,
     return {n: t for n, t in out.items() if stype.applies_to(model.get_submodule(n).weight) is None}
 
 
-def _masked_and_projector(model_name: str, size: int, type_name: str):  # noqa: ANN202
+def _masked_and_projector(model_name: str, size: int, type_name: str, randomize_bn):  # noqa: ANN001, ANN202
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=3, num_classes=10, image_size=(size, size)).eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     x = torch.randn(2, 3, size, size)
     graph = ChannelGraph(model, x[:1])
     targets = _targets(graph, model, type_name)
@@ -56,9 +49,9 @@ FORMS = ["dense", "shape-gemm", "csr"]
 
 @pytest.mark.parametrize("model_name", list_models())
 @pytest.mark.parametrize("type_name", TYPES)
-def test_compacted_equals_masked(model_name, type_name):
+def test_compacted_equals_masked(model_name, type_name, randomize_bn):
     size = 8 if model_name in ("digits-cnn", "lenet5") else 16
-    masked, proj, x = _masked_and_projector(model_name, size, type_name)
+    masked, proj, x = _masked_and_projector(model_name, size, type_name, randomize_bn)
     with torch.no_grad():
         ref = masked(x)
     used = set()
@@ -86,8 +79,8 @@ TV = ["tv:resnet18", "tv:vgg11_bn", "tv:alexnet", "tv:mobilenet_v2", "tv:densene
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", TV)
 @pytest.mark.parametrize("type_name", ["filter", "shape", "irregular"])
-def test_torchvision_models(model_name, type_name):
-    masked, proj, x = _masked_and_projector(model_name, 64, type_name)
+def test_torchvision_models(model_name, type_name, randomize_bn):
+    masked, proj, x = _masked_and_projector(model_name, 64, type_name, randomize_bn)
     with torch.no_grad():
         ref = masked(x)
     form = {"filter": "dense", "shape": "shape-gemm", "irregular": "csr"}[type_name]

@@ -36,14 +36,6 @@ class TinyResidual(nn.Module):
         return self.fc(torch.relu(self.head(x)).flatten(1))
 
 
-def _randomize_bn(model: nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
-            m.bias.data = torch.randn(m.bias.shape, generator=g)
-            m.running_mean = torch.randn(m.running_mean.shape, generator=g) * 0.1
-            m.running_var = torch.rand(m.running_var.shape, generator=g) + 0.5
 
 
 def test_residual_outputs_form_one_group():
@@ -112,13 +104,13 @@ def _compact_with_torch_pruning(model: nn.Module, proj: Projector, example: torc
                                 "features.denseblock2.denselayer3.conv1": LayerTarget("filter", 0.5)}),
     ],
 )
-def test_masked_model_equals_compacted_model(model_name, size, targets):
+def test_masked_model_equals_compacted_model(model_name, size, targets, randomize_bn):
     """After the hard prune, removing the zeroed channels changes nothing: outputs stay equal."""
     from autoprune.config import resolve_layer_targets
 
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=3, num_classes=10, image_size=(size, size)).eval()
-    _randomize_bn(model)
+    randomize_bn(model)
     example = torch.randn(2, 3, size, size)
     graph = ChannelGraph(model, example[:1])
     resolved = resolve_layer_targets(targets, list(graph.layers))
