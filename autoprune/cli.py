@@ -223,9 +223,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.input_shape:
         try:
             shape = tuple(int(v) for v in args.input_shape.split(","))
-            assert len(shape) == 3 and min(shape) > 0
-        except (ValueError, AssertionError):
-            raise UserError(f"--input-shape '{args.input_shape}' is not C,H,W (e.g. 3,224,224).") from None
+        except ValueError:
+            shape = ()
+        if len(shape) != 3 or min(shape) <= 0:
+            raise UserError(f"--input-shape '{args.input_shape}' is not C,H,W (e.g. 3,224,224).")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
     device = resolve_device(args.device)

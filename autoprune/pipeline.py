@@ -190,7 +190,7 @@ def run_prune(
     model.to(device)
     dense_val = evaluate(model, splits.val, device=device)
     dense_test = evaluate(model, splits.test, device=device)
-    dense_stats = layer_stats(model, graph)
+    dense_counts = model_counts(model, layer_stats(model, graph))
     seed_everything(config.seed)
     t0 = time.perf_counter()
     masks, history = admm.prune(model, projector, splits.train, settings, method=method, device=device,
@@ -200,7 +200,6 @@ def run_prune(
     test_acc = evaluate(model, splits.test, device=device)
     stats = layer_stats(model, graph, targets)
     counts = model_counts(model, stats)
-    dense_counts = model_counts(ckpt.build(), dense_stats)
     summary: dict[str, Any] = {
         "model": config.model,
         "dataset": config.dataset,

@@ -99,7 +99,6 @@ class Projector:
 
     # -- construction -------------------------------------------------------
     def _add_group(self, name: str, rate: float, side: str) -> None:
-        info = self.graph.layers[name]
         group = self.graph.out_group(name) if side == "out" else self.graph.in_group(name)
         if group is None:
             raise ConfigError(
@@ -119,7 +118,6 @@ class Projector:
             )
             gt.rate = max(rate, gt.rate)
         (gt.by_out if side == "out" else gt.by_in).add(name)
-        del info
 
     # -- what ADMM constrains ------------------------------------------------
     def _member_params(self, m: GroupMember, side: str | None) -> list[str]:
@@ -173,11 +171,15 @@ class Projector:
                 out[pname] = out[pname] & mask if pname in out else mask
         return out
 
-    def masks(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Support of the projection of ``params`` (param name -> bool mask) for the constrained parameters."""
+    def masks(self, params: dict[str, torch.Tensor],
+              keeps: dict[int, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Support of the projection of ``params`` (param name -> bool mask) for the constrained parameters.
+
+        ``keeps`` may give each group's kept channels when the caller has them already.
+        """
         out: dict[str, torch.Tensor] = {}
         for gt in self.group_targets.values():
-            keep = self.group_keep(gt, params)
+            keep = keeps[gt.group.index] if keeps is not None else self.group_keep(gt, params)
             for pname, mask in self._group_param_masks(gt, keep, gt.scored, None if gt.by_out else "in").items():
                 out[pname] = out[pname] & mask if pname in out else mask
         for name, (stype, rate) in self.layer_types.items():
@@ -204,10 +206,10 @@ class Projector:
         compacted model will.
         """
         current = {n: self._param(n) for n in self.constrained_params}
-        params = self.masks(current)
-        for gt in self.group_targets.values():
-            keep = self.group_keep(gt, current)
-            self.kept_channels_[gt.group.index] = keep
+        self.kept_channels_ = {gi: self.group_keep(gt, current) for gi, gt in self.group_targets.items()}
+        params = self.masks(current, self.kept_channels_)
+        for gi, gt in self.group_targets.items():
+            keep = self.kept_channels_[gi]
             for pname, mask in self._group_param_masks(gt, keep, gt.group.members, None).items():
                 params[pname] = params[pname] & mask if pname in params else mask
         return params
