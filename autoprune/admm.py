@@ -19,6 +19,7 @@ the same number of training epochs on masked retraining, for a fair comparison.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -191,8 +192,13 @@ def prune(
     seed: int = 0,
     reporter: Reporter | None = None,
     val_set: torch.utils.data.Dataset | None = None,
+    on_hard_prune: Callable[[float], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], PruneHistory]:
     """Prune ``model`` in place with ADMM (or one-shot magnitude) and masked retraining.
+
+    Args:
+        on_hard_prune: Called with the validation accuracy right after the hard prune
+            (needs ``val_set``), before retraining; it may raise to stop the run there.
 
     Returns:
         The hard-prune masks (parameter name -> bool) and the run's history.
@@ -220,6 +226,8 @@ def prune(
         from autoprune.train import evaluate
 
         history.hard_prune_val_acc = evaluate(model, val_set, device=device)
+        if on_hard_prune is not None:
+            on_hard_prune(history.hard_prune_val_acc)
     masked_retrain(
         model,
         masks,

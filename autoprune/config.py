@@ -9,6 +9,7 @@ The YAML format (read by ``autoprune prune --config``, written by later tools)::
       features.0: {type: filter, rate: 0.5}
       "features.*": {type: shape, rate: 0.7}         # the most specific match wins
     admm: {iters: 4, epochs: 1, rho: 0.001, rho_growth: 1.3, retrain_epochs: 2}
+    origin: {study: ..., trial: 12, metrics: {...}}  # optional, informational (written by search/export)
 
 Unknown keys are errors. Layer patterns are matched with :func:`fnmatch.fnmatchcase`;
 an exact name beats any glob, and among globs the one with more literal characters
@@ -113,13 +114,14 @@ class PruneConfig:
     data_dir: str | None = None
     seed: int = 0
     admm: AdmmSettings = field(default_factory=AdmmSettings)
+    origin: dict[str, Any] | None = None  # where the config came from (study, trial, measured metrics); informational
 
     # -- YAML -----------------------------------------------------------------
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "config") -> PruneConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with keys model, dataset, layers; got {type(raw).__name__}.")
-        allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm"}
+        allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm", "origin"}
         _reject_unknown(raw, allowed, source)
         for key in ("model", "dataset", "layers"):
             if key not in raw:
@@ -137,6 +139,9 @@ class PruneConfig:
         except TypeError as exc:  # wrong value types
             raise ConfigError(f"{source}: admm: {exc}") from None
         ckpt = raw.get("checkpoint")
+        origin = raw.get("origin")
+        if origin is not None and not isinstance(origin, dict):
+            raise ConfigError(f"{source}: 'origin' must be a mapping (it records where the config came from).")
         return cls(
             model=str(raw["model"]),
             dataset=str(raw["dataset"]),
@@ -145,6 +150,7 @@ class PruneConfig:
             data_dir=None if raw.get("data_dir") is None else str(raw["data_dir"]),
             seed=int(raw.get("seed", 0)),
             admm=admm,
+            origin=origin,
         )
 
     @classmethod
@@ -170,6 +176,8 @@ class PruneConfig:
         out["seed"] = self.seed
         out["layers"] = {k: v.to_dict() for k, v in self.layers.items()}
         out["admm"] = {k: v for k, v in dataclasses.asdict(self.admm).items() if v is not None}
+        if self.origin is not None:
+            out["origin"] = self.origin
         return out
 
     def to_yaml(self) -> str:

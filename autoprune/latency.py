@@ -230,12 +230,26 @@ class LatencyCache:
         raw = self._data.get(key)
         if raw is None:
             return None
-        raw = {k: v for k, v in raw.items() if k != "spread"}
+        raw = {k: v for k, v in raw.items() if k not in ("spread", "extra")}
         return LatencyResult(**raw)
 
-    def put(self, key: str, result: LatencyResult) -> None:
-        self._data[key] = result.to_dict()
+    def extra(self, key: str) -> dict | None:
+        """What was stored beside a result (e.g. the kernels chosen), or None."""
+        raw = self._data.get(key)
+        return None if raw is None else raw.get("extra")
+
+    def put(self, key: str, result: LatencyResult, extra: dict | None = None) -> None:
+        entry = result.to_dict()
+        if extra is not None:
+            entry["extra"] = extra
+        self._data[key] = entry
         if self.path:
+            # merge with what other processes wrote meanwhile, then replace atomically
+            if self.path.is_file():
+                try:
+                    self._data = {**json.loads(self.path.read_text()), **self._data}
+                except (OSError, json.JSONDecodeError):
+                    pass
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(self._data, indent=1))

@@ -1,0 +1,181 @@
+"""Plain records of a study and its trials, rebuilt from the Optuna storage.
+
+The Optuna storage is the source of truth: every number a trial measured is kept in the
+trial's user attributes (``autoprune.*``) and the study's settings and dense baseline in
+the study's user attributes. :func:`study_record` turns a study into these dataclasses,
+which the summary table, the MLflow mirror and the plots read, so none of them needs
+Optuna's objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STUDY_ATTR = "autoprune.study"  # study user attr: StudyMeta as a dict
+TRIAL_ATTR = "autoprune.trial"  # trial user attr: the measured metrics
+TARGETS_ATTR = "autoprune.targets"  # trial user attr: {layer: {type, rate}}
+REASON_ATTR = "autoprune.stop_reason"  # trial user attr: why a trial stopped early or failed
+OBJECTIVES = ("accuracy", "latency_ms")
+DIRECTIONS = ("maximize", "minimize")
+CONSTRAINT = "accuracy_drop_over_budget"
+
+
+@dataclass
+class StudyMeta:
+    """What a study searches and its dense baseline (fixed when the study is created)."""
+
+    name: str
+    model: str
+    dataset: str
+    checkpoint: str
+    device: str  # "cpu", "cuda", ...
+    device_description: str  # "cpu:AMD EPYC ...", "cuda:NVIDIA H100 ..."
+    budget: float  # accuracy drop allowed: absolute fraction (0.02 = 2 points), or relative
+    budget_mode: str  # "absolute" or "relative"
+    latency_batch: int
+    dtype: str
+    space: str  # the search space file, or "auto"
+    space_spec: dict[str, Any]  # the resolved space (variables and their layers)
+    sampler: str
+    seed: int
+    admm: dict[str, Any]
+    dense_accuracy: float  # validation accuracy, fraction
+    dense_test_accuracy: float
+    dense_latency_ms: float
+    dense_latency_p90_ms: float
+    dense_macs: float
+    dense_params: float
+    versions: dict[str, str] = field(default_factory=dict)
+    objectives: tuple[str, ...] = OBJECTIVES
+
+    def allowed_drop(self) -> float:
+        """The budget as an absolute drop in accuracy (fraction)."""
+        if self.budget_mode == "relative":
+            return self.budget * self.dense_accuracy
+        return self.budget
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["objectives"] = list(self.objectives)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StudyMeta:
+        known = {f for f in cls.__dataclass_fields__}
+        data = {k: v for k, v in raw.items() if k in known}
+        data["objectives"] = tuple(data.get("objectives", OBJECTIVES))
+        return cls(**data)
+
+
+@dataclass
+class TrialRecord:
+    """One trial as measured. Accuracies are fractions; latency is ms per batch."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED (stopped early), FAIL, RUNNING, WAITING
+    params: dict[str, Any] = field(default_factory=dict)  # Optuna's parameters
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer -> {type, rate}
+    is_dense: bool = False
+    accuracy: float | None = None  # validation accuracy after retraining
+    accuracy_drop: float | None = None  # dense - accuracy (absolute)
+    hard_prune_accuracy: float | None = None  # right after the hard prune, before retraining
+    latency_ms: float | None = None  # median, compacted model, on the study's device and batch
+    latency_p90_ms: float | None = None
+    speedup: float | None = None  # dense latency / latency
+    macs: float | None = None  # effective MACs of the pruned model
+    params_count: float | None = None  # nonzero parameters
+    sparsity: float | None = None  # fraction of weights removed, over all prunable layers
+    kernels: dict[str, str] = field(default_factory=dict)  # layer -> kernel form chosen
+    feasible: bool | None = None  # accuracy drop within the budget
+    stop_reason: str | None = None
+    residuals: list[float] = field(default_factory=list)  # ADMM primal residual per iteration (mean over layers)
+    train_losses: list[float] = field(default_factory=list)  # per ADMM iteration, then per retraining epoch
+    seconds: float | None = None
+    pareto: bool = False  # on the accuracy-latency front of the completed trials
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sparsity_summary(self) -> str:
+        """``filter 50% ×2, shape 80%`` — the targets in a few words."""
+        if self.is_dense or not self.targets:
+            return "dense"
+        counts: dict[str, int] = {}
+        for t in self.targets.values():
+            label = t["type"] if t.get("rate") is None else f"{t['type']} {round(100 * t['rate'])}%"
+            counts[label] = counts.get(label, 0) + 1
+        return ", ".join(f"{k} ×{n}" if n > 1 else k for k, n in counts.items())
+
+
+@dataclass
+class StudyRecord:
+    """A study: its settings, its trials, and the derived front."""
+
+    meta: StudyMeta
+    storage: str
+    trials: list[TrialRecord]
+
+    @property
+    def completed(self) -> list[TrialRecord]:
+        return [t for t in self.trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None]
+
+    @property
+    def front(self) -> list[TrialRecord]:
+        """The Pareto front of completed trials (max accuracy, min latency), fastest first."""
+        return sorted((t for t in self.completed if t.pareto), key=lambda t: t.latency_ms)
+
+    @property
+    def feasible(self) -> list[TrialRecord]:
+        return [t for t in self.completed if t.feasible]
+
+    def best_feasible(self) -> TrialRecord | None:
+        """The fastest trial within the budget (ties: the more accurate)."""
+        feasible = self.feasible
+        if not feasible:
+            return None
+        return min(feasible, key=lambda t: (t.latency_ms, -(t.accuracy or 0.0)))
+
+    def most_accurate(self) -> TrialRecord | None:
+        done = self.completed
+        return max(done, key=lambda t: (t.accuracy, -t.latency_ms)) if done else None
+
+
+def mark_pareto(trials: list[TrialRecord]) -> None:
+    """Set ``pareto`` on the completed trials no other completed trial dominates."""
+    done = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None]
+    for t in trials:
+        t.pareto = False
+    for t in done:
+        t.pareto = not any(
+            (o.accuracy >= t.accuracy and o.latency_ms <= t.latency_ms)
+            and (o.accuracy > t.accuracy or o.latency_ms < t.latency_ms)
+            for o in done
+        )
+
+
+def study_record(study: Any, storage: str) -> StudyRecord:
+    """Rebuild the records of an Optuna study created by ``autoprune search``."""
+    from autoprune.errors import UserError
+
+    raw = study.user_attrs.get(STUDY_ATTR)
+    if raw is None:
+        raise UserError(f"study '{study.study_name}' in {storage} was not created by 'autoprune search'.")
+    meta = StudyMeta.from_dict(raw)
+    trials = []
+    for ft in study.get_trials(deepcopy=False):
+        measured = dict(ft.user_attrs.get(TRIAL_ATTR, {}))
+        known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto"}
+        rec = TrialRecord(
+            number=ft.number,
+            state=ft.state.name,
+            params=dict(ft.params),
+            targets=dict(ft.user_attrs.get(TARGETS_ATTR, {})),
+            stop_reason=ft.user_attrs.get(REASON_ATTR),
+            **{k: v for k, v in measured.items() if k in known},
+        )
+        if rec.state == "COMPLETE" and ft.values is not None:
+            rec.accuracy, rec.latency_ms = float(ft.values[0]), float(ft.values[1])
+        trials.append(rec)
+    mark_pareto(trials)
+    return StudyRecord(meta, storage, trials)

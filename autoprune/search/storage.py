@@ -1,0 +1,81 @@
+"""Optuna storages from a URL, with one clear error when they cannot be opened.
+
+* ``sqlite:///runs/optuna.db`` (the default), ``postgresql://user:pw@host/db``,
+  ``mysql+pymysql://...``: Optuna's RDB storage (SQLAlchemy URLs);
+* ``journal:///path/to/study.log`` or a path ending in ``.log`` / ``.journal``: a
+  journal file, which several processes (also on several machines sharing a file
+  system with working locks) can append to.
+
+PostgreSQL, MySQL and journal files serve several workers; SQLite serves one process
+well and a few on one machine passably.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import UserError
+
+DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
+
+
+def default_storage(runs_dir: str | Path = "runs") -> str:
+    """``sqlite:///<runs_dir>/optuna.db``."""
+    return f"sqlite:///{Path(runs_dir) / 'optuna.db'}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password replaced by ``***``."""
+    return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _journal_path(url: str) -> Path | None:
+    if url.startswith("journal://"):
+        return Path(url[len("journal://"):])
+    if "://" not in url and (url.endswith(".log") or url.endswith(".journal")):
+        return Path(url)
+    return None
+
+
+def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
+    """An Optuna storage for ``url``.
+
+    Raises:
+        UserError: for an unknown scheme, a missing driver, or a server that cannot be reached.
+    """
+    import optuna
+
+    journal = _journal_path(url)
+    if journal is not None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        try:
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(journal)))
+        except OSError as exc:
+            raise UserError(f"cannot open the journal file '{journal}': {exc.strerror or exc}.") from None
+    if "://" not in url:
+        raise UserError(f"--storage '{url}' is not a storage URL; use sqlite:///FILE.db, postgresql://USER@HOST/DB, "
+                        f"or journal:///FILE.log.")
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if str(path) and str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create the folder of the storage '{url}': {exc.strerror or exc}.") from None
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        engine_kwargs = {"connect_args": {"connect_timeout": 5}}
+    elif url.startswith("sqlite"):
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ModuleNotFoundError as exc:
+        raise UserError(f"--storage {redact(url)} needs the database driver '{exc.name}'; install it "
+                        f"(PostgreSQL: pip install psycopg2-binary).") from None
+    except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, auth failure
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open the Optuna storage {redact(url)}: {first[:300]}") from None

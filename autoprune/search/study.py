@@ -1,0 +1,476 @@
+"""The search: an Optuna study over per-layer sparsity, shared by any number of workers.
+
+``run_search`` opens (or creates) the study in its storage, measures the dense baseline
+once per study, and then runs trials until the study has the requested number.
+
+Trial slots. The study's trials are created as WAITING slots up front: the dense
+configuration and a few uniform ones first (so the front starts from known points),
+then empty slots up to ``--trials``. A worker claims a slot by moving it from WAITING to
+RUNNING, which Optuna's storages do atomically (RDB row update, journal log order), and
+only claims slots numbered below the target (plus one per failed trial). Several
+``autoprune search`` processes on one study thus finish exactly the requested number
+of trials between them, whatever their timing; slots that two workers enqueued at the
+same moment beyond the target simply stay WAITING.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from autoprune.errors import UserError
+from autoprune.progress import Reporter
+from autoprune.search.records import (
+    DIRECTIONS,
+    OBJECTIVES,
+    REASON_ATTR,
+    STUDY_ATTR,
+    StudyMeta,
+    StudyRecord,
+    TrialRecord,
+    study_record,
+)
+from autoprune.search.settings import SearchSettings
+from autoprune.search.storage import default_storage, open_storage, redact
+
+READY_ATTR = "autoprune.ready"
+SEED_CONFIGS = (("filter", 0.5), ("filter", 0.3), ("shape", 0.7), ("filter", 0.7))
+AUTO_BATCHES = (32, 64, 128, 256, 512, 1024)
+AUTO_MIN_MS = 10.0
+
+
+@dataclass
+class SearchResult:
+    """What a search run did: the study's record and what this worker added."""
+
+    record: StudyRecord
+    study_dir: Path
+    best_config: Path | None
+    ran: list[int] = field(default_factory=list)  # trial numbers this worker ran
+    interrupted: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.record
+        best = rec.best_feasible()
+        most = rec.most_accurate()
+        return {
+            "study": rec.meta.name,
+            "storage": redact(rec.storage),
+            "study_dir": str(self.study_dir),
+            "meta": rec.meta.to_dict(),
+            "allowed_drop": rec.meta.allowed_drop(),
+            "trials": {
+                "total": len([t for t in rec.trials if t.state != "WAITING"]),
+                "complete": len(rec.completed),
+                "pruned": len([t for t in rec.trials if t.state == "PRUNED"]),
+                "failed": len([t for t in rec.trials if t.state == "FAIL"]),
+                "feasible": len(rec.feasible),
+                "ran_here": self.ran,
+            },
+            "front": [t.to_dict() | {"summary": t.sparsity_summary()} for t in rec.front],
+            "best_feasible": None if best is None else best.to_dict() | {"summary": best.sparsity_summary()},
+            "most_accurate": None if most is None else most.number,
+            "best_config": None if self.best_config is None else str(self.best_config),
+            "interrupted": self.interrupted,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
+
+
+# -- pieces -------------------------------------------------------------------
+def make_sampler(name: str, seed: int | None) -> Any:  # noqa: ANN401
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
+                                          constant_liar=True)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=10)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise UserError(f"unknown sampler '{name}'; use one of: tpe, nsga2, random.")
+
+
+def _versions() -> dict[str, str]:
+    import optuna
+
+    from autoprune import __version__
+
+    return {"autoprune": __version__, "torch": torch.__version__, "optuna": optuna.__version__}
+
+
+def _latency_settings(batch: int, s: SearchSettings) -> Any:  # noqa: ANN401
+    from autoprune.latency import LatencySettings
+
+    return LatencySettings(batch_size=batch, dtype=s.dtype, channels_last=s.channels_last, threads=s.threads,
+                           warmup=5, repeats=30, min_seconds=0.5)
+
+
+def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, s: SearchSettings) -> int:
+    """The smallest batch from 32 up at which the dense model takes ≥ 10 ms: compute, not
+    per-call overhead, dominates there, as it does when serving batches."""
+    from autoprune.latency import LatencySettings, measure_latency
+
+    for b in AUTO_BATCHES:
+        quick = LatencySettings(batch_size=b, dtype=s.dtype, channels_last=s.channels_last, threads=s.threads,
+                                warmup=2, repeats=5, min_seconds=0.05)
+        if measure_latency(model, shape, device=device, settings=quick).median_ms >= AUTO_MIN_MS:
+            return b
+    return AUTO_BATCHES[-1]
+
+
+def _load_existing(storage: Any, name: str) -> Any | None:  # noqa: ANN401
+    import optuna
+
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler())
+    except KeyError:
+        return None
+
+
+def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> StudyMeta:  # noqa: ANN401
+    """The stored settings of an existing study, refusing a clash with what was asked."""
+    import optuna
+
+    name = study.study_name
+    raw = study.user_attrs.get(STUDY_ATTR)
+    directions = [d.name.lower() for d in study.directions]
+    if raw is None or tuple(raw.get("objectives", ())) != OBJECTIVES or tuple(directions) != DIRECTIONS:
+        have = raw.get("objectives") if raw else directions
+        raise UserError(f"study '{name}' exists with other objectives ({have}); autoprune search needs "
+                        f"{list(OBJECTIVES)} ({'/'.join(DIRECTIONS)}). Use another --study-name.")
+    meta = StudyMeta.from_dict(raw)
+    if s.resume:
+        return meta
+    clashes = []
+    for key, asked, stored in (
+        ("model", s.model, meta.model), ("dataset", s.dataset, meta.dataset),
+        ("budget", s.budget, meta.budget), ("budget_mode", s.budget_mode, meta.budget_mode),
+        ("device", device.type, torch.device(meta.device).type), ("dtype", s.dtype, meta.dtype),
+        ("latency_batch", s.latency_batch, meta.latency_batch), ("sampler", s.sampler, meta.sampler),
+        ("seed", s.seed, meta.seed), ("space", s.space, meta.space),
+    ):
+        if key in s.given and asked is not None and asked != stored:
+            clashes.append(f"{key} {stored!r} (asked: {asked!r})")
+    if s.model != meta.model and "model" not in s.given:
+        clashes.append(f"model {meta.model!r} (asked: {s.model!r})")
+    if clashes:
+        raise UserError(f"study '{name}' already exists with {', '.join(clashes)}; add --resume to continue it "
+                        f"with its own settings, or pick another --study-name.")
+    del optuna
+    return meta
+
+
+def _prepare_dense(s: SearchSettings, device: torch.device, reporter: Reporter) -> tuple[Any, Any, Path, dict]:
+    """Load (or train once and cache) the dense baseline and measure it."""
+    from autoprune.config import PruneConfig
+    from autoprune.pipeline import checkpoint_for, load_dataset
+
+    splits = load_dataset(s.dataset, data_dir=s.data_dir)
+    cfg = PruneConfig(model=s.model, dataset=s.dataset, layers={}, checkpoint=s.checkpoint, data_dir=s.data_dir,
+                      seed=s.seed)
+    ckpt, path, _ = checkpoint_for(cfg, splits.name, device=device, reporter=reporter)
+    return splits, ckpt, path, {}
+
+
+def _measure_dense(ckpt: Any, splits: Any, device: torch.device, s: SearchSettings, graph: Any,  # noqa: ANN401
+                   reporter: Reporter) -> dict[str, Any]:
+    from autoprune.latency import check_dtype, measure_latency
+    from autoprune.stats import layer_stats, model_counts
+    from autoprune.train import evaluate
+
+    check_dtype(s.dtype, device)
+    model = ckpt.build().to(device)
+    acc = evaluate(model, splits.val, device=device)
+    test_acc = evaluate(model, splits.test, device=device)
+    shape = (splits.in_channels, *splits.image_size)
+    batch = s.latency_batch or choose_latency_batch(ckpt.build(), shape, device, s)
+    lat = measure_latency(ckpt.build(), shape, device=device, settings=_latency_settings(batch, s))
+    counts = model_counts(model, layer_stats(model, graph))
+    reporter.log(f"dense {s.model} on {s.dataset}: validation {100 * acc:.1f}%, test {100 * test_acc:.1f}%, "
+                 f"{lat.median_ms:.3g} ms per batch of {batch} on {lat.device}")
+    return {"dense_accuracy": acc, "dense_test_accuracy": test_acc, "dense_latency_ms": lat.median_ms,
+            "dense_latency_p90_ms": lat.p90_ms, "dense_macs": float(counts["macs"]),
+            "dense_params": float(counts["params"]), "latency_batch": batch, "device_description": lat.device}
+
+
+def _enqueue_slots(study: Any, target: int, seeds: list[dict[str, Any]] | None = None) -> None:  # noqa: ANN401
+    """Seed configurations (new study only), then empty WAITING slots up to ``target``."""
+    from optuna.trial import TrialState
+
+    for params in seeds or []:
+        study.enqueue_trial(params, skip_if_exists=True)
+    trials = study.get_trials(deepcopy=False)
+    failed = sum(1 for t in trials if t.state == TrialState.FAIL)
+    for _ in range(max(0, target + failed - len(trials))):
+        study.enqueue_trial({})
+
+
+def _claim(study: Any, target: int) -> Any | None:  # noqa: ANN401
+    """Claim the lowest-numbered WAITING slot below the target; None when none is left."""
+    import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage  # the storage this Study object wraps
+    trials = study.get_trials(deepcopy=False)
+    limit = target + sum(1 for t in trials if t.state == TrialState.FAIL)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in sorted((t for t in trials if t.state == TrialState.WAITING), key=lambda t: t.number):
+        if t.number >= limit:
+            break
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        return optuna.trial.Trial(study, trial_id)
+    return None
+
+
+def _seed_params(space: Any) -> list[dict[str, Any]]:  # noqa: ANN401
+    seeds = []
+    dense = space.dense_params()
+    if dense is not None:
+        seeds.append(dense)
+    for kind, rate in SEED_CONFIGS:
+        p = space.uniform_params(kind, rate)
+        if p is not None and p not in seeds:
+            seeds.append(p)
+    return seeds
+
+
+def best_config_yaml(record: StudyRecord, trial: TrialRecord, *, data_dir: str | None = None) -> str:
+    """The ``autoprune prune --config`` YAML of a trial, with where it came from."""
+    from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
+
+    meta = record.meta
+    layers = {k: LayerTarget(v["type"], v.get("rate")) for k, v in trial.targets.items()}
+    cfg = PruneConfig(
+        model=meta.model, dataset=meta.dataset, layers=layers, checkpoint=meta.checkpoint, data_dir=data_dir,
+        seed=meta.seed, admm=AdmmSettings(**meta.admm),
+        origin={
+            "study": meta.name, "storage": redact(record.storage), "trial": trial.number,
+            "budget": meta.budget, "budget_mode": meta.budget_mode,
+            "device": meta.device_description, "latency_batch": meta.latency_batch, "dtype": meta.dtype,
+            "metrics": {
+                "val_accuracy": trial.accuracy, "accuracy_drop": trial.accuracy_drop,
+                "latency_ms": trial.latency_ms, "latency_p90_ms": trial.latency_p90_ms, "speedup": trial.speedup,
+                "macs": trial.macs, "params_nonzero": trial.params_count, "sparsity": trial.sparsity,
+                "dense_val_accuracy": meta.dense_accuracy, "dense_latency_ms": meta.dense_latency_ms,
+            },
+        },
+    )
+    return cfg.to_yaml()
+
+
+# -- the run ------------------------------------------------------------------
+def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: Any = None) -> SearchResult:  # noqa: ANN401, C901
+    """Run (or join, or resume) a search and return its study record.
+
+    Raises:
+        UserError: for bad settings, an unreachable storage, a study that clashes.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from autoprune.device import resolve_device
+    from autoprune.groups import ChannelGraph
+    from autoprune.latency import LatencyCache, check_dtype
+    from autoprune.pipeline import example_input, load_dataset
+    from autoprune.search.objective import SearchContext, TrialStopped, run_trial
+    from autoprune.search.space import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    reporter = reporter or Reporter()
+    t_start = time.perf_counter()
+    s.validate()
+    device = resolve_device(s.device)
+    check_dtype(s.dtype, device)
+    url = s.storage or default_storage(s.runs_dir)
+    storage = open_storage(url)
+    name = s.study_name or s.default_study_name(device.type)
+
+    study = _load_existing(storage, name)
+    if study is None and s.resume:
+        raise UserError(f"no study named '{name}' in {redact(url)}; run without --resume to start it.")
+    creator = False
+    if study is not None:
+        meta = _check_compatible(study, s, device)
+        if "device" not in s.given:  # a study is measured on one kind of device
+            device = resolve_device(torch.device(meta.device).type)
+        s.model, s.dataset, s.seed, s.sampler = meta.model, meta.dataset, meta.seed, meta.sampler
+        s.checkpoint = meta.checkpoint
+        splits = load_dataset(meta.dataset, data_dir=s.data_dir)
+        from autoprune.checkpoint import load_checkpoint
+
+        if not Path(meta.checkpoint).is_file():
+            raise UserError(f"study '{name}' was made from the checkpoint '{meta.checkpoint}', which is gone; "
+                            f"restore it or start a new study.")
+        ckpt = load_checkpoint(meta.checkpoint)
+        graph = ChannelGraph(ckpt.build(), example_input(splits))
+        space = load_space(meta.space if meta.space != "auto" else "auto", meta.model, graph, device=device.type)
+    else:
+        splits, ckpt, ckpt_path, _ = _prepare_dense(s, device, reporter)
+        graph = ChannelGraph(ckpt.build(), example_input(splits))
+        space = load_space(s.space, s.model, graph, device=device.type)
+        dense = _measure_dense(ckpt, splits, device, s, graph, reporter)
+        meta = StudyMeta(
+            name=name, model=s.model, dataset=splits.name, checkpoint=str(ckpt_path), device=str(device),
+            budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
+            space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
+            admm=dict(s.admm.__dict__), versions=_versions(), **dense,
+        )
+        try:
+            study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
+                                        sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
+            creator = True
+            study.set_user_attr(STUDY_ATTR, meta.to_dict())
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
+            study = _load_existing(storage, name)
+            meta = _wait_for_meta(study)
+    for note in space.notes:
+        reporter.log(f"note: {note}")
+
+    # the sampler: the study creator uses the seed as given; joining workers shift it, so that
+    # their random start-up trials differ (their runs are not reproducible one by one anyway)
+    seed = meta.seed if creator else meta.seed + 1 + os.getpid() % 100_000
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(meta.sampler, seed))
+    if creator:
+        _enqueue_slots(study, s.trials, _seed_params(space))
+        study.set_user_attr(READY_ATTR, True)
+    else:
+        _wait_ready(study)
+        _enqueue_slots(study, s.trials)
+
+    study_dir = Path(s.runs_dir) / name.replace("/", "-")
+    study_dir.mkdir(parents=True, exist_ok=True)
+    abandon = s.abandon_drop
+    ctx = SearchContext(
+        meta=meta, space=space, splits=splits, checkpoint=ckpt, graph=graph, device=device,
+        latency=_latency_settings(meta.latency_batch, s), cache=LatencyCache(Path(s.runs_dir) / "latency_cache.json"),
+        admm=s.admm if creator else s.admm.__class__(**meta.admm), min_speedup=s.min_speedup,
+        abandon_drop=abandon, reporter=reporter,
+    )
+    if tracker is not None:
+        tracker.start_study(meta, url)
+
+    ran: list[int] = []
+    interrupted = False
+    finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    best_speedup = _best_speedup(study_record(study, url))
+    reporter.log(f"study '{name}' in {redact(url)}: {finished} of {s.trials} trials done; "
+                 f"budget {100 * meta.allowed_drop():.2g} points below dense {100 * meta.dense_accuracy:.1f}%")
+    with reporter.task(f"search {name}", total=s.trials) as task:
+        task.advance(min(finished, s.trials))
+        task.set(best=_fmt_best(best_speedup))
+        while True:
+            try:
+                trial = _claim(study, s.trials)
+            except KeyboardInterrupt:
+                interrupted = True
+                break
+            if trial is None:
+                break
+            state, values, reason = TrialState.COMPLETE, None, None
+            try:
+                values = run_trial(trial, ctx)
+            except TrialStopped as stop:
+                state, reason = TrialState.PRUNED, str(stop)
+            except KeyboardInterrupt:
+                state, reason, interrupted = TrialState.FAIL, "interrupted by the user (Ctrl-C)", True
+            except UserError as exc:
+                state, reason = TrialState.FAIL, str(exc)
+            except Exception as exc:  # a trial that breaks must not end the study  # noqa: BLE001
+                first = (str(exc).strip().splitlines() or [""])[0]
+                state, reason = TrialState.FAIL, f"{type(exc).__name__}: {first}"[:500]
+            if reason is not None:
+                trial.set_user_attr(REASON_ATTR, reason)
+            study.tell(trial, values=list(values) if values is not None else None, state=state)
+            ran.append(trial.number)
+            record = study_record(study, url)
+            done = next(t for t in record.trials if t.number == trial.number)
+            reporter.log(_trial_line(done, record.meta))
+            if tracker is not None:
+                tracker.log_trial(record.meta, done, _trial_yaml(record, done))
+            best_speedup = _best_speedup(record)
+            task.advance(1)
+            task.set(best=_fmt_best(best_speedup))
+            if interrupted:
+                break
+
+    record = study_record(study, url)
+    best = record.best_feasible()
+    best_path = None
+    if best is not None and not best.is_dense:
+        best_path = study_dir / "best.yaml"
+        _write_atomic(best_path, best_config_yaml(record, best, data_dir=s.data_dir))
+    result = SearchResult(record, study_dir, best_path, ran, interrupted, time.perf_counter() - t_start,
+                          notes=list(space.notes))
+    import json
+
+    _write_atomic(study_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
+    if tracker is not None:
+        tracker.finish_study(record, study=study, best_config_yaml=best_path.read_text() if best_path else None,
+                             out_dir=study_dir)
+    return result
+
+
+def _wait_for_meta(study: Any, timeout: float = 120.0) -> StudyMeta:  # noqa: ANN401
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        raw = study.user_attrs.get(STUDY_ATTR)
+        if raw is not None:
+            return StudyMeta.from_dict(raw)
+        time.sleep(0.5)
+    raise UserError(f"study '{study.study_name}' exists but its creator never stored its settings; "
+                    f"start a new study with another --study-name.")
+
+
+def _wait_ready(study: Any, timeout: float = 120.0) -> None:  # noqa: ANN401
+    t0 = time.monotonic()
+    while not study.user_attrs.get(READY_ATTR):
+        if time.monotonic() - t0 > timeout:
+            raise UserError(f"study '{study.study_name}' was never made ready by the worker that created it; "
+                            f"start a new study with another --study-name.")
+        time.sleep(0.5)
+
+
+def _best_speedup(record: StudyRecord) -> float | None:
+    best = record.best_feasible()
+    return None if best is None else best.speedup
+
+
+def _fmt_best(speedup: float | None) -> str:
+    return "no feasible trial yet" if speedup is None else f"best feasible {speedup:.2f}x"
+
+
+def _trial_line(t: TrialRecord, meta: StudyMeta) -> str:
+    head = f"trial {t.number}: {t.sparsity_summary()}"
+    if t.state == "COMPLETE":
+        ok = "within budget" if t.feasible else "over budget"
+        return (f"{head} → {100 * t.accuracy:.1f}% ({-100 * t.accuracy_drop:+.1f}), {t.latency_ms:.3g} ms "
+                f"({t.speedup:.2f}x), {ok}")
+    return f"{head} → {t.state.lower()}: {t.stop_reason}"
+
+
+def _trial_yaml(record: StudyRecord, t: TrialRecord) -> str | None:
+    if not t.targets:
+        return None
+    return best_config_yaml(record, t)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
