@@ -83,6 +83,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _device_arg(p)
 
+    p = sub.add_parser("search", help="search per-layer sparsity for the fastest model within an accuracy budget",
+                       description="Optuna search over per-layer sparsity types and rates: each trial measures the "
+                                   "compacted model's latency on the device, prunes with ADMM, and scores validation "
+                                   "accuracy. Workers sharing --storage and --study-name share one study.")
+    p.add_argument("--budget", default=None, help="accuracy drop allowed: 2%% or 0.02 (default: 2%%)")
+    p.add_argument("--budget-mode", default=None, choices=["absolute", "relative"],
+                   help="absolute points (default) or a fraction of the dense accuracy")
+    p.add_argument("--model", default=None, help="model name (default: digits-cnn)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: digits)")
+    p.add_argument("--checkpoint", default=None, help="dense baseline (default: trained once, cached under runs/)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--space", default=None,
+                   help="search space YAML, or 'auto' (default: search_spaces/<model>.yaml if shipped, else auto)")
+    p.add_argument("--trials", type=int, default=20, help="trials the study should have in all (default: %(default)s)")
+    _device_arg(p, default="cpu")
+    p.add_argument("--latency-batch", type=int, default=None,
+                   help="batch size latency is measured at (default: smallest from 32 where dense takes >= 10 ms)")
+    p.add_argument("--dtype", default=None, help="fp32 (default), fp16 (CUDA) or bf16")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
+    p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
+    p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
+    p.add_argument("--study-name", default=None, help="default: <model>-<dataset>-<device>; an existing name resumes")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL: sqlite:///FILE.db (default: sqlite:///runs/optuna.db), "
+                        "postgresql://USER@HOST/DB, journal:///FILE.log")
+    p.add_argument("--resume", action="store_true", help="continue an existing study with its own settings")
+    p.add_argument("--admm-iters", type=int, default=None, help="ADMM iterations per trial (default: 6)")
+    p.add_argument("--admm-epochs", type=float, default=None, help="epochs per ADMM iteration (default: 0.5)")
+    p.add_argument("--retrain-epochs", type=float, default=None, help="masked retraining epochs per trial (default: 2)")
+    p.add_argument("--rho", type=float, default=None, help="initial ADMM penalty (default: 1.0 for short schedules)")
+    p.add_argument("--min-speedup", type=float, default=1.0,
+                   help="stop a trial early unless its measured speedup reaches this (default: %(default)s)")
+    p.add_argument("--abandon-drop", default=None,
+                   help="stop a trial before retraining if the hard prune drops validation accuracy more than this "
+                        "(2%% style or fraction; default: never, see the README)")
+    p.add_argument("--runs-dir", default="runs", help="output folder (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not mirror the study to MLflow")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
     p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
     return parser
@@ -263,7 +304,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "list": cmd_list}
+def cmd_search(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
+
+    given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
+                         "space") if getattr(args, k) is not None}
+    if "device" in vars(args) and args.device != "cpu":
+        given.add("device")
+    admm = SEARCH_ADMM.replace(iters=args.admm_iters, epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
+                               rho=args.rho)
+    settings = SearchSettings(
+        budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
+        latency_batch=args.latency_batch, channels_last=args.channels_last, threads=args.threads,
+        study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
+        min_speedup=args.min_speedup, runs_dir=args.runs_dir, checkpoint=args.checkpoint, data_dir=args.data_dir,
+        abandon_drop=parse_budget(args.abandon_drop) if args.abandon_drop is not None else None, given=given,
+    )
+    settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
+                                                                   "seed") if getattr(args, k) is not None})
+    settings.given = given
+    tracker = None
+    reporter = _reporter(args)
+    if not args.no_tracking:
+        from autoprune.tracking import Tracker
+
+        uri = args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db"
+        tracker = Tracker(uri, warn=lambda msg: reporter.log(f"warning: {msg}"))
+    result = run_search(settings, reporter=reporter, tracker=tracker)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print_summary(result)
+    return 130 if result.interrupted else 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search,
+            "list": cmd_list}
 
 
 def _reporter(args: argparse.Namespace):  # noqa: ANN202

@@ -91,9 +91,11 @@ def train_baseline(
 
 
 def checkpoint_for(
-    config: PruneConfig, dataset_name: str, *, device: torch.device, reporter: Reporter | None = None
+    config: PruneConfig, dataset_name: str, *, device: torch.device, reporter: Reporter | None = None,
+    runs_dir: str | os.PathLike = "runs",
 ) -> tuple[Checkpoint, Path, bool]:
-    """The config's dense baseline: loaded from ``checkpoint``, or trained and cached when absent.
+    """The config's dense baseline: loaded from ``checkpoint``, or trained and cached under
+    ``<runs_dir>/baselines/`` when absent.
 
     Returns:
         (checkpoint, path, trained_now)
@@ -103,7 +105,7 @@ def checkpoint_for(
         ckpt = load_checkpoint(path)
         trained = False
     else:
-        path = default_checkpoint_path(config.model, config.dataset)
+        path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
         if path.is_file():
             ckpt, trained = load_checkpoint(path), False
         else:

@@ -116,7 +116,7 @@ class SearchSpace:
         if not _has_rate(kind):
             return LayerTarget(kind)
         rate = trial.suggest_float(var.rate_param, var.rate.low, var.rate.high, step=var.rate.step)
-        return LayerTarget(kind, float(rate))
+        return LayerTarget(kind, round(float(rate), 10))  # 0.6000000000000001 -> 0.6
 
     def targets_from_params(self, params: dict[str, Any]) -> dict[str, LayerTarget]:
         """The per-layer targets an Optuna parameter dict stands for."""

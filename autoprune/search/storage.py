@@ -13,6 +13,7 @@ well and a few on one machine passably.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,11 +72,19 @@ def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
         engine_kwargs = {"connect_args": {"connect_timeout": 5}}
     elif url.startswith("sqlite"):
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-    except ModuleNotFoundError as exc:
-        raise UserError(f"--storage {redact(url)} needs the database driver '{exc.name}'; install it "
-                        f"(PostgreSQL: pip install psycopg2-binary).") from None
-    except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, auth failure
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot open the Optuna storage {redact(url)}: {first[:300]}") from None
+    for attempt in range(6):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except ModuleNotFoundError as exc:
+            raise UserError(f"--storage {redact(url)} needs the database driver '{exc.name}'; install it "
+                            f"(PostgreSQL: pip install psycopg2-binary).") from None
+        except Exception as exc:  # sqlalchemy errors: bad URL, unreachable server, auth failure
+            text = str(exc)
+            # workers that open a fresh database at the same moment race to create Optuna's
+            # tables; the loser sees a duplicate and simply opens what the winner made
+            if attempt < 5 and any(k in text for k in ("duplicate key", "already exists", "UniqueViolation")):
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            raise UserError(f"cannot open the Optuna storage {redact(url)}: {first[:300]}") from None
+    raise AssertionError("unreachable")

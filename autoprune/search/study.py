@@ -169,16 +169,15 @@ def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> St
     return meta
 
 
-def _prepare_dense(s: SearchSettings, device: torch.device, reporter: Reporter) -> tuple[Any, Any, Path, dict]:
-    """Load (or train once and cache) the dense baseline and measure it."""
+def _dense_checkpoint(s: SearchSettings, splits: Any, device: torch.device, reporter: Reporter) -> tuple[Any, Path]:  # noqa: ANN401
+    """Load (or train once and cache under runs/) the dense baseline."""
     from autoprune.config import PruneConfig
-    from autoprune.pipeline import checkpoint_for, load_dataset
+    from autoprune.pipeline import checkpoint_for
 
-    splits = load_dataset(s.dataset, data_dir=s.data_dir)
     cfg = PruneConfig(model=s.model, dataset=s.dataset, layers={}, checkpoint=s.checkpoint, data_dir=s.data_dir,
                       seed=s.seed)
-    ckpt, path, _ = checkpoint_for(cfg, splits.name, device=device, reporter=reporter)
-    return splits, ckpt, path, {}
+    ckpt, path, _ = checkpoint_for(cfg, splits.name, device=device, reporter=reporter, runs_dir=s.runs_dir)
+    return ckpt, path
 
 
 def _measure_dense(ckpt: Any, splits: Any, device: torch.device, s: SearchSettings, graph: Any,  # noqa: ANN401
@@ -286,7 +285,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     from autoprune.device import resolve_device
     from autoprune.groups import ChannelGraph
     from autoprune.latency import LatencyCache, check_dtype
-    from autoprune.pipeline import example_input, load_dataset
+    from autoprune.pipeline import build_model, example_input, load_dataset
     from autoprune.search.objective import SearchContext, TrialStopped, run_trial
     from autoprune.search.space import load_space
 
@@ -321,9 +320,12 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         graph = ChannelGraph(ckpt.build(), example_input(splits))
         space = load_space(meta.space if meta.space != "auto" else "auto", meta.model, graph, device=device.type)
     else:
-        splits, ckpt, ckpt_path, _ = _prepare_dense(s, device, reporter)
-        graph = ChannelGraph(ckpt.build(), example_input(splits))
+        # check the space on the untrained model first: a bad file must not cost a baseline training
+        splits = load_dataset(s.dataset, data_dir=s.data_dir)
+        graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
         space = load_space(s.space, s.model, graph, device=device.type)
+        ckpt, ckpt_path = _dense_checkpoint(s, splits, device, reporter)
+        graph = ChannelGraph(ckpt.build(), example_input(splits))
         dense = _measure_dense(ckpt, splits, device, s, graph, reporter)
         meta = StudyMeta(
             name=name, model=s.model, dataset=splits.name, checkpoint=str(ckpt_path), device=str(device),
@@ -413,16 +415,21 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     best = record.best_feasible()
     best_path = None
     if best is not None and not best.is_dense:
-        best_path = study_dir / "best.yaml"
+        best_path = study_dir / "best_config.yaml"
         _write_atomic(best_path, best_config_yaml(record, best, data_dir=s.data_dir))
     result = SearchResult(record, study_dir, best_path, ran, interrupted, time.perf_counter() - t_start,
                           notes=list(space.notes))
     import json
 
     _write_atomic(study_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
+    best_yaml = best_path.read_text() if best_path else None
     if tracker is not None:
-        tracker.finish_study(record, study=study, best_config_yaml=best_path.read_text() if best_path else None,
-                             out_dir=study_dir)
+        tracker.finish_study(record, study=study, best_config_yaml=best_yaml, out_dir=study_dir)
+    else:
+        from autoprune.tracking import write_study_artifacts
+
+        write_study_artifacts(record, study_dir, study=study, best_config_yaml=best_yaml,
+                              warn=lambda m: reporter.log(f"warning: {m}"))
     return result
 
 

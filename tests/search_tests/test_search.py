@@ -1,0 +1,261 @@
+"""The search end to end on digits: trials, records, constraint, early stops, resume,
+clashes, the best config, several workers on one study, Ctrl-C, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.errors import UserError
+from autoprune.search import SearchSettings, run_search, study_record
+from autoprune.search.storage import open_storage
+
+FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
+FAST_ARGS = ["--admm-iters", "1", "--admm-epochs", "0.25", "--retrain-epochs", "0.25", "--latency-batch", "32",
+             "--no-tracking"]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _settings(tmp_path: Path, baseline: Path, **kw) -> SearchSettings:  # noqa: ANN003
+    base = dict(checkpoint=str(baseline), runs_dir=str(tmp_path / "runs"), trials=6, latency_batch=32, admm=FAST,
+                study_name="t", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    base.update(kw)
+    return SearchSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def first_search(tmp_path_factory, digits_baseline):  # noqa: ANN001, ANN201
+    tmp = tmp_path_factory.mktemp("search")
+    settings = _settings(tmp, digits_baseline[0])
+    return tmp, settings, run_search(settings)
+
+
+def test_trials_are_measured_scored_and_recorded(first_search) -> None:
+    tmp, settings, result = first_search
+    rec = result.record
+    finished = [t for t in rec.trials if t.state != "WAITING"]
+    assert [t.number for t in finished] == list(range(6))
+    assert all(t.state in ("COMPLETE", "PRUNED") for t in finished)
+    dense = finished[0]
+    assert dense.is_dense and dense.speedup == 1.0 and dense.accuracy == pytest.approx(rec.meta.dense_accuracy)
+    assert finished[1].targets and all(t["type"] == "filter" and t["rate"] == 0.5 for t in finished[1].targets.values())
+    study = optuna.load_study(study_name="t", storage=open_storage(settings.storage))
+    for ft, t in zip(study.get_trials(), rec.trials):
+        assert all(k.startswith(("layer.", "group.")) and k.endswith((".type", ".rate")) for k in ft.params)
+        if t.state == "COMPLETE":
+            assert ft.values == [pytest.approx(t.accuracy), pytest.approx(t.latency_ms)]
+            (constraint,) = ft.system_attrs["constraints"] if "constraints" in ft.system_attrs else [
+                v for k, v in ft.system_attrs.items() if k.startswith("constraints")]
+            assert constraint == pytest.approx(t.accuracy_drop - settings.budget)
+            assert t.feasible == (t.accuracy_drop <= settings.budget + 1e-12)
+            assert t.latency_ms > 0 and t.speedup == pytest.approx(rec.meta.dense_latency_ms / t.latency_ms)
+            if not t.is_dense:
+                assert t.residuals and t.train_losses and t.hard_prune_accuracy is not None
+                assert 0 < t.sparsity < 1 and t.macs < rec.meta.dense_macs
+        else:
+            assert t.stop_reason
+    # the front: no completed trial dominates a front member
+    done = rec.completed
+    for t in rec.front:
+        assert not any(o.accuracy >= t.accuracy and o.latency_ms < t.latency_ms for o in done)
+    assert json.loads((result.study_dir / "summary.json").read_text())["study"] == "t"
+
+
+def test_best_config_is_the_fastest_feasible_and_prune_reads_it(first_search, tmp_path) -> None:
+    _, _, result = first_search
+    best = result.record.best_feasible()
+    assert best is not None
+    assert all(t.latency_ms >= best.latency_ms for t in result.record.feasible)
+    if best.is_dense:
+        assert result.best_config is None
+        pytest.skip("no pruned trial was within the budget in this short run")
+    cfg = PruneConfig.from_yaml(result.best_config)
+    assert cfg.origin["trial"] == best.number and cfg.origin["study"] == "t"
+    assert cfg.origin["metrics"]["speedup"] == pytest.approx(best.speedup)
+    assert {k: v.to_dict() for k, v in cfg.layers.items()} == best.targets
+    from autoprune.pipeline import run_prune
+    import torch
+
+    outcome = run_prune(cfg, device=torch.device("cpu"), overrides={"iters": 1, "epochs": 0.1, "retrain_epochs": 0.1})
+    assert {s["name"] for s in outcome.summary["layers"] if s["type"] != "dense"} == set(best.targets)
+
+
+def test_resume_adds_trials_up_to_the_new_total(first_search, digits_baseline) -> None:
+    tmp, settings, result = first_search
+    before = {t.number: (t.state, t.accuracy, t.latency_ms) for t in result.record.trials if t.state != "WAITING"}
+    again = run_search(_settings(tmp, digits_baseline[0], trials=8))
+    after = [t for t in again.record.trials if t.state != "WAITING"]
+    assert [t.number for t in after] == list(range(8))
+    assert again.ran == [6, 7]
+    for t in after[:6]:
+        assert (t.state, t.accuracy, t.latency_ms) == before[t.number]
+    # same total again: nothing left to do
+    assert run_search(_settings(tmp, digits_baseline[0], trials=8)).ran == []
+
+
+def test_an_existing_study_with_other_settings_is_refused(first_search, digits_baseline) -> None:
+    tmp, _, _ = first_search
+    s = _settings(tmp, digits_baseline[0], budget=0.05, given={"budget"})
+    with pytest.raises(UserError, match=r"already exists with budget 0.02 \(asked: 0.05\).*--resume"):
+        run_search(s)
+    s = _settings(tmp, digits_baseline[0], budget=0.05, given={"budget"}, resume=True, trials=8)
+    assert run_search(s).record.meta.budget == 0.02  # --resume keeps the study's own settings
+
+
+def test_a_study_with_other_objectives_is_refused(tmp_path, digits_baseline) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    optuna.create_study(study_name="other", storage=url, direction="minimize")
+    with pytest.raises(UserError, match="exists with other objectives"):
+        run_search(_settings(tmp_path, digits_baseline[0], storage=url, study_name="other"))
+
+
+def test_resume_of_a_missing_study_is_refused(tmp_path, digits_baseline) -> None:
+    with pytest.raises(UserError, match="no study named 'nope'"):
+        run_search(_settings(tmp_path, digits_baseline[0], study_name="nope", resume=True))
+
+
+def test_configs_not_faster_than_dense_stop_before_training(tmp_path, digits_baseline) -> None:
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=4, min_speedup=50.0))
+    trials = [t for t in result.record.trials if t.state != "WAITING"]
+    assert trials[0].is_dense and trials[0].state == "COMPLETE"
+    for t in trials[1:]:
+        assert t.state == "PRUNED" and "not faster than dense" in t.stop_reason
+        assert t.hard_prune_accuracy is None and t.accuracy is None  # no training happened
+        assert t.latency_ms is not None
+
+
+def test_hopeless_accuracy_after_the_hard_prune_stops_before_retraining(tmp_path, digits_baseline) -> None:
+    space = tmp_path / "harsh.yaml"
+    space.write_text(yaml.safe_dump({"types": ["filter"], "rate": {"low": 0.9, "high": 0.9}}))
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=2, space=str(space), min_speedup=0.01,
+                                  abandon_drop=0.01))
+    trials = [t for t in result.record.trials if t.state != "WAITING"]
+    assert trials and all(t.state == "PRUNED" for t in trials)
+    for t in trials:
+        assert "after the hard prune" in t.stop_reason and t.hard_prune_accuracy is not None
+        assert result.record.meta.dense_accuracy - t.hard_prune_accuracy > 0.01
+
+
+# -- several workers ----------------------------------------------------------------
+def _worker(tmp: Path, baseline: Path, storage: str, trials: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint", str(baseline),
+           "--trials", str(trials), "--study-name", "shared", "--storage", storage, "--runs-dir", str(tmp / "runs"),
+           "--json", "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "0.5", "--latency-batch", "32",
+           "--no-tracking", "--min-speedup", "0.01"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
+
+
+def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 8) -> None:
+    workers = [_worker(tmp, baseline, storage, trials) for _ in range(2)]
+    outs = [w.communicate(timeout=400) for w in workers]
+    for w, (out, err) in zip(workers, outs):
+        assert w.returncode == 0, err[-2000:]
+    ran = [json.loads(out)["trials"]["ran_here"] for out, _ in outs]
+    assert set(ran[0]).isdisjoint(ran[1]), "a trial ran twice"
+    assert sorted(ran[0] + ran[1]) == list(range(trials)), "a trial was lost or one too many ran"
+    assert ran[0] and ran[1], "both workers should have taken trials"
+    study = optuna.load_study(study_name="shared", storage=open_storage(storage))
+    finished = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.WAITING]
+    assert sorted(t.number for t in finished) == list(range(trials))
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in finished)
+    rec = study_record(study, storage)
+    assert rec.trials[0].is_dense
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_journal_file_study(tmp_path, digits_baseline) -> None:
+    _two_workers(tmp_path, digits_baseline[0], f"journal:///{tmp_path / 'study.log'}")
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgresql_study(tmp_path, digits_baseline, postgres_url) -> None:
+    _two_workers(tmp_path, digits_baseline[0], postgres_url)
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_baseline) -> None:
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    cmd = [sys.executable, "-u", "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint",
+           str(digits_baseline[0]), "--trials", "30", "--study-name", "c", "--storage", storage, "--runs-dir",
+           str(tmp_path / "runs"), "--admm-iters", "6", "--admm-epochs", "1", "--retrain-epochs", "2",
+           "--latency-batch", "32", "--no-tracking", "--min-speedup", "0.01"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    study = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # wait until the first pruned trial is training
+        time.sleep(1.0)
+        try:
+            study = optuna.load_study(study_name="c", storage=storage)
+        except KeyError:
+            continue
+        if any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials()):
+            break
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Pareto front" in out and "interrupted" in out
+    assert "Traceback" not in err
+    trials = optuna.load_study(study_name="c", storage=storage).get_trials()
+    stopped = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(stopped) == 1 and "interrupted" in stopped[0].user_attrs["autoprune.stop_reason"]
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+# -- bad input ------------------------------------------------------------------------
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "autoprune.cli", "search", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--budget", "abc"], "--budget 'abc' is not a number"),
+        (["--budget", "150%"], "outside (0, 100%)"),
+        (["--budget", "0%"], "outside (0, 100%)"),
+        (["--budget", "2"], "ambiguous"),
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--sampler", "annealing"], "unknown sampler 'annealing'"),
+        (["--space", "missing.yaml"], "does not exist"),
+        (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/x"], "cannot open the Optuna storage"),
+        (["--storage", "not-a-url"], "is not a storage URL"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(tmp_path, args: list[str], message: str) -> None:
+    r = _cli(["--no-tracking", "--runs-dir", str(tmp_path / "runs"), *args], tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("autoprune: error:") and message in lines[0], r.stderr
+    assert not (tmp_path / "runs" / "optuna.db").exists() or "storage" not in message
+
+
+def test_a_space_file_with_unknown_keys_gets_exit_2(tmp_path, digits_baseline) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("types: [none, filter]\nlayerz: {}\n")
+    r = _cli(["--checkpoint", str(digits_baseline[0]), "--space", str(bad), "--no-tracking", "--runs-dir",
+              str(tmp_path / "runs"), "--storage", f"sqlite:///{tmp_path / 'x.db'}"], tmp_path)
+    assert r.returncode == 2 and "unknown key 'layerz'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    # nothing half-written: no study was created
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'x.db'}") == []
+
+
+def test_cuda_without_cuda_gets_exit_2(tmp_path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = _cli(["--device", "cuda", "--no-tracking", "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert r.returncode == 2 and "no usable CUDA device" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,145 @@
+"""Search spaces: the schema, its errors, the shipped files, and the Optuna parameters."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+import yaml
+
+from autoprune.config import LayerTarget
+from autoprune.errors import ConfigError
+from autoprune.groups import ChannelGraph
+from autoprune.models import create_model
+from autoprune.search.space import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
+
+
+def _graph(name: str, channels: int = 1, size: int = 8, classes: int = 10) -> ChannelGraph:
+    model = create_model(name, in_channels=channels, num_classes=classes, image_size=(size, size))
+    return ChannelGraph(model, torch.zeros(1, channels, size, size))
+
+
+@pytest.fixture(scope="module")
+def digits_graph() -> ChannelGraph:
+    return _graph("digits-cnn")
+
+
+SHIPPED = {
+    "digits-cnn": (1, 8), "lenet5": (1, 28), "resnet20": (3, 32), "resnet56": (3, 32), "vgg16-bn": (3, 32),
+    "tv:resnet18": (3, 32), "tv:alexnet": (3, 64),
+}
+
+
+@pytest.mark.parametrize("model", sorted(SHIPPED))
+def test_every_documented_model_ships_a_valid_space(model: str) -> None:
+    path = default_space_file(model)
+    assert path is not None and path.parent == SPACES_DIR
+    channels, size = SHIPPED[model]
+    graph = _graph(model, channels, size)
+    space = load_space(None, model, graph)
+    assert space.source == str(path)
+    assert space.variables, "a shipped space searches something"
+    searched = {n for v in space.variables for n in v.layers}
+    assert graph.output_layer not in searched
+    assert not any(graph.layers[n].reads_input for n in searched)
+    # a type that cannot apply was dropped, so every variable's types apply to its layers
+    for var in space.variables:
+        assert "none" in var.types or len(var.types) >= 1
+
+
+def test_auto_space_is_every_conv_and_linear_but_first_conv_and_classifier(digits_graph) -> None:
+    space = auto_space(digits_graph)
+    layers = [n for v in space.variables for n in v.layers]
+    assert layers == ["features.3", "features.7", "features.10", "classifier.1"]
+    by = {v.layers[0]: v for v in space.variables}
+    assert by["features.3"].types == ["none", "filter", "shape"]
+    assert by["classifier.1"].types == ["none", "filter", "irregular"]
+    assert by["features.3"].rate.low == pytest.approx(0.1) and by["features.3"].rate.high == pytest.approx(0.9)
+    assert load_space(None, "no-such-file-model", digits_graph).source == "auto"
+
+
+def test_suggest_uses_stable_names_groups_and_fixed(digits_graph) -> None:
+    raw = {
+        "types": ["none", "filter", "shape"],
+        "rate": {"low": 0.2, "high": 0.8, "step": 0.2},
+        "groups": {"mid": ["features.7", "features.10"]},
+        "fixed": {"classifier.1": {"type": "irregular", "rate": 0.5}},
+        "overrides": {"features.3": {"types": ["none", "filter"]}},
+    }
+    space = space_from_dict(raw, digits_graph)
+    assert [v.name for v in space.variables] == ["layer.features.3", "group.mid"]
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        targets = space.suggest(trial)
+        assert set(trial.params) <= {"layer.features.3.type", "layer.features.3.rate", "group.mid.type",
+                                     "group.mid.rate"}
+        assert targets["classifier.1"] == LayerTarget("irregular", 0.5)
+        if "features.7" in targets:  # one variable for the group
+            assert targets["features.7"] == targets["features.10"]
+        for t in targets.values():
+            assert t.rate in (0.2, 0.4, 0.6, 0.8) or t == LayerTarget("irregular", 0.5)
+        seen.add(trial.params["group.mid.type"])
+        study.tell(trial, [0.0, 0.0])
+        assert space.targets_from_params(trial.params) == targets
+    assert seen == {"none", "filter", "shape"}
+
+
+def test_uniform_and_dense_params(digits_graph) -> None:
+    space = auto_space(digits_graph)
+    dense = space.dense_params()
+    assert dense == {v.type_param: "none" for v in space.variables}
+    assert space.targets_from_params(dense) == {}
+    filt = space.uniform_params("filter", 0.5)
+    targets = space.targets_from_params(filt)
+    assert set(targets) == {"features.3", "features.7", "features.10", "classifier.1"}
+    assert all(t == LayerTarget("filter", 0.5) for t in targets.values())
+    shape = space.targets_from_params(space.uniform_params("shape", 0.73))
+    assert set(shape) == {"features.3", "features.7", "features.10"}  # the linear layer offers no shape
+    assert all(t.rate == pytest.approx(0.7) for t in shape.values())  # snapped to the 0.1 grid
+
+
+def test_types_that_cannot_apply_are_dropped_with_a_note(digits_graph) -> None:
+    raw = {"include": ["features.0", "features.3", "classifier.4"], "types": ["none", "filter", "2:4"]}
+    space = space_from_dict(raw, digits_graph)
+    types = {v.layers[0]: v.types for v in space.variables}
+    assert types["features.0"] == ["none", "filter"]  # K = 1*3*3 is not a multiple of 4
+    assert types["features.3"] == ["none", "filter", "2:4"]
+    assert types["classifier.4"] == ["none", "2:4"]  # the output layer keeps its classes
+    assert any("classifier.4" in n and "'filter' dropped" in n for n in space.notes)
+    assert any("features.0" in n and "'2:4' dropped" in n for n in space.notes)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"typo": 1}, "unknown key 'typo'"),
+        ({"types": ["none", "filtre"]}, "filtre"),
+        ({"types": []}, "non-empty list"),
+        ({"rate": {"low": 0.5, "high": 0.2}}, "low <= high"),
+        ({"rate": {"low": 0.1, "high": 1.0}}, "high < 1"),
+        ({"rate": {"low": 0.1, "high": 0.9, "step": 0.25}}, "not a multiple of step"),
+        ({"rate": {"lo": 0.1}}, "unknown key 'lo'"),
+        ({"include": ["conv9*"]}, "pattern 'conv9*' matches no layer"),
+        ({"overrides": {"nothing.*": {"types": ["none"]}}}, "pattern 'nothing.*' matches no layer"),
+        ({"overrides": {"features.3": {"kinds": ["none"]}}}, "unknown key 'kinds'"),
+        ({"fixed": {"features.3": {"type": "filter", "rate": 1.5}}}, "features.3"),
+        ({"groups": {"g": ["features.3"]}, "fixed": {"features.3": "none"}}, "also fixed"),
+        ({"groups": {"a": ["features.3"], "b": ["features.3"]}}, "already in group 'a'"),
+        ({"model": "resnet20"}, "written for model 'resnet20'"),
+        ({"types": ["none"]}, "nothing to search"),
+    ],
+)
+def test_space_errors_name_the_problem(digits_graph, tmp_path, raw: dict, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*").replace("(", r"\(")):
+        load_space(path, "digits-cnn", digits_graph)
+
+
+def test_missing_space_file_is_a_user_error(digits_graph, tmp_path) -> None:
+    from autoprune.errors import UserError
+
+    with pytest.raises(UserError, match="does not exist"):
+        load_space(tmp_path / "nope.yaml", "digits-cnn", digits_graph)

@@ -1,0 +1,363 @@
+"""The MLflow mirror: what a study, its trials and its artifacts look like in MLflow,
+idempotency, resume, rebuilding from a record, and tracking that never stops a search."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from autoprune.search.records import TrialRecord, mark_pareto
+from autoprune.tracking import DEFAULT_TRACKING_URI, Tracker
+
+PARENT_ARTIFACTS = {
+    "pareto.html",
+    "layer_heatmap.html",
+    "param_importances.html",
+    "report.html",
+    "best_config.yaml",
+    "dense_baseline.json",
+    "study_meta.json",
+}
+
+
+def _runs(client: MlflowClient, name: str) -> tuple[object, dict[int, object]]:
+    """The parent run and {trial number: run} of study ``name``."""
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("autoprune.role") == "study"]
+    assert len(parents) == 1
+    trials = {}
+    for r in runs:
+        if r.data.tags.get("autoprune.role") == "trial":
+            number = int(r.data.tags["trial_number"])
+            assert number not in trials, f"trial {number} has two runs"
+            trials[number] = r
+    return parents[0], trials
+
+
+def _log_study(tracker: Tracker, record, *, study=None, out_dir=None) -> dict[str, Path]:
+    tracker.start_study(record.meta, record.storage)
+    for t in record.trials:
+        tracker.log_trial(record.meta, t, config_yaml=f"# trial {t.number}\nlayers: {{}}\n")
+    return tracker.finish_study(record, study=study, best_config_yaml="layers: {}\n", out_dir=out_dir)
+
+
+def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_study_for, tmp_path):
+    warnings: list[str] = []
+    tracker = Tracker(sqlite_uri, warn=warnings.append)
+    files = _log_study(tracker, record, study=optuna_study_for(record), out_dir=tmp_path / "out")
+    assert warnings == [] and tracker.enabled
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    parent, trials = _runs(client, record.meta.name)
+    assert sorted(trials) == [0, 1, 2, 3, 4, 5]
+    for n, run in trials.items():
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.run_name == f"trial-{n}"
+
+    # parent: settings, dense baseline, storage, summary
+    p = parent.data
+    assert p.params["model"] == "digits-cnn" and p.params["budget_mode"] == "absolute"
+    assert p.params["admm.iters"] == "4" and p.params["admm.rho_growth"] == "1.3"
+    assert (
+        p.params["version.torch"] == "2.13.0" and p.params["device_description"] == "cpu:Test CPU (2 threads)"
+    )
+    assert float(p.params["dense_accuracy"]) == pytest.approx(0.97)
+    assert p.metrics["dense_latency_ms"] == pytest.approx(10.0)
+    assert p.tags["optuna.storage"] == record.storage and p.tags["optuna.study_name"] == record.meta.name
+    assert p.metrics["n_trials"] == 6 and p.metrics["n_complete"] == 4 and p.metrics["n_feasible"] == 3
+    assert p.metrics["best_feasible_speedup"] == pytest.approx(2.0)
+    assert p.metrics["best_feasible_accuracy"] == pytest.approx(0.965)
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == PARENT_ARTIFACTS
+    assert set(files) == {
+        "pareto",
+        "layer_heatmap",
+        "param_importances",
+        "report",
+        "best_config",
+        "dense_baseline",
+    }
+    assert all(path.is_file() and path.parent == tmp_path / "out" for path in files.values())
+    assert json.loads(files["dense_baseline"].read_text())["accuracy"] == pytest.approx(0.97)
+
+    # a completed trial: layer targets, Optuna params, metrics, histories, tags, config
+    t1 = trials[1]
+    assert (
+        t1.data.params["layer.features.0.type"] == "filter"
+        and t1.data.params["layer.features.0.rate"] == "0.5"
+    )
+    assert (
+        t1.data.params["layer.features.6.type"] == "2:4" and t1.data.params["layer.features.6.rate"] == "0.5"
+    )
+    assert (
+        t1.data.params["layer.classifier.1.type"] == "none"
+        and t1.data.params["layer.classifier.1.rate"] == "0.0"
+    )
+    assert t1.data.params["optuna.layer.features.3.rate"] == "0.7"
+    assert t1.data.params["seed"] == "0" and t1.data.params["version.autoprune"] == "0.1.0"
+    for key, value in {
+        "accuracy": 0.965,
+        "accuracy_drop": 0.005,
+        "hard_prune_accuracy": 0.80,
+        "latency_ms": 5.0,
+        "latency_p90_ms": 5.4,
+        "speedup": 2.0,
+        "macs": 1.1e6,
+        "params_count": 0.9e5,
+        "sparsity": 0.55,
+    }.items():
+        assert t1.data.metrics[key] == pytest.approx(value), key
+    residual = client.get_metric_history(t1.info.run_id, "admm_residual")
+    assert [(m.step, m.value) for m in sorted(residual, key=lambda m: m.step)] == [
+        (0, 0.9),
+        (1, 0.5),
+        (2, 0.2),
+        (3, 0.05),
+    ]
+    assert len(client.get_metric_history(t1.info.run_id, "train_loss")) == 6
+    assert t1.data.tags["pareto"] == "true" and t1.data.tags["feasible"] == "true"
+    assert t1.data.tags["state"] == "COMPLETE" and t1.data.tags["kernel.features.3"] == "shape-gemm"
+    assert t1.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(t1.info.run_id)] == ["config.yaml"]
+    local = client.download_artifacts(t1.info.run_id, "config.yaml", str(tmp_path))
+    assert Path(local).read_text() == "# trial 1\nlayers: {}\n"
+
+    assert {n for n, r in trials.items() if r.data.tags["pareto"] == "true"} == {0, 1, 2}
+    assert trials[2].data.tags["feasible"] == "false"
+    assert trials[4].info.status == "FINISHED" and trials[4].data.tags["state"] == "PRUNED"
+    assert trials[4].data.tags["stop_reason"].startswith("accuracy after the hard prune")
+    assert (
+        trials[5].info.status == "FAILED"
+        and trials[5].data.tags["stop_reason"] == "RuntimeError: <boom> & friends"
+    )
+    assert "accuracy" not in trials[5].data.metrics
+
+
+def test_logging_a_trial_again_updates_its_run(sqlite_uri, record):
+    tracker = Tracker(sqlite_uri, warn=pytest.fail)
+    meta = record.meta
+    tracker.start_study(meta, record.storage)
+    running = TrialRecord(
+        number=1, state="RUNNING", params=record.trials[1].params, targets=record.trials[1].targets
+    )
+    tracker.log_trial(meta, running)
+    tracker.log_trial(meta, record.trials[1], config_yaml="a: 1\n")
+    tracker.log_trial(meta, record.trials[1], config_yaml="a: 1\n")
+
+    # a second process resuming the study: same parent, same trial run
+    again = Tracker(sqlite_uri, warn=pytest.fail)
+    again.start_study(meta, record.storage)
+    again.log_trial(meta, record.trials[1])
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    _, trials = _runs(client, meta.name)  # asserts one parent and one run per trial
+    assert list(trials) == [1]
+    run = trials[1]
+    assert run.info.status == "FINISHED" and run.data.tags["state"] == "COMPLETE"
+    assert len(client.get_metric_history(run.info.run_id, "admm_residual")) == 4
+    assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 1
+
+
+def test_finish_retags_pareto_membership(sqlite_uri, record_factory):
+    record = record_factory(mark=False)  # trials logged before the front was known
+    tracker = Tracker(sqlite_uri, warn=pytest.fail)
+    tracker.start_study(record.meta, record.storage)
+    for t in record.trials:
+        tracker.log_trial(record.meta, t)
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    assert {r.data.tags["pareto"] for r in _runs(client, record.meta.name)[1].values()} == {"false"}
+
+    mark_pareto(record.trials)
+    tracker.finish_study(record, figures=False)
+    _, trials = _runs(client, record.meta.name)
+    assert {n for n, r in trials.items() if r.data.tags["pareto"] == "true"} == {0, 1, 2}
+
+
+def test_mlflow_limits_are_respected(sqlite_uri, record):
+    layers = {f"block{i}.conv": {"type": "filter", "rate": 0.25} for i in range(260)}
+    big = TrialRecord(
+        number=7,
+        state="COMPLETE",
+        targets=layers,
+        params={"note": "x" * 10_000, "odd|name<>": 1},
+        accuracy=0.9,
+        latency_ms=2.0,
+        residuals=[1.0 / (i + 1) for i in range(2500)],
+    )
+    tracker = Tracker(sqlite_uri, warn=pytest.fail)
+    tracker.log_trial(record.meta, big)
+    assert tracker.enabled
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    run = _runs(client, record.meta.name)[1][7]
+    assert sum(k.startswith("layer.") for k in run.data.params) == 520
+    assert len(run.data.params["optuna.note"]) == 6000
+    assert run.data.params["optuna.odd_name__"] == "1"
+    assert len(client.get_metric_history(run.info.run_id, "admm_residual")) == 2500
+
+
+def test_sync_study_rebuilds_the_mirror_and_can_repeat(sqlite_uri, record, tmp_path):
+    tracker = Tracker(sqlite_uri, warn=pytest.fail)
+    files = tracker.sync_study(record, lambda t: f"trial: {t.number}\n", figures=False, out_dir=tmp_path)
+    tracker2 = Tracker(sqlite_uri, warn=pytest.fail)
+    tracker2.sync_study(record, lambda t: f"trial: {t.number}\n", figures=False)
+
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    parent, trials = _runs(client, record.meta.name)
+    assert sorted(trials) == [0, 1, 2, 3, 4, 5]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {
+        "best_config.yaml",
+        "dense_baseline.json",
+        "study_meta.json",
+    }
+    assert files["best_config"].read_text() == "trial: 1\n"  # the fastest feasible trial
+    for run in trials.values():
+        assert len(client.get_metric_history(run.info.run_id, "admm_residual")) in (0, 2, 4)
+
+
+def test_unreachable_server_warns_once_and_the_search_goes_on(
+    closed_url, record, optuna_study_for, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")  # the user's choice is kept
+    warnings: list[str] = []
+    start = time.monotonic()
+    tracker = Tracker(closed_url, warn=warnings.append)
+    files = _log_study(tracker, record, study=optuna_study_for(record), out_dir=tmp_path / "out")
+    tracker.sync_study(record)
+    elapsed = time.monotonic() - start
+
+    assert len(warnings) == 1, warnings
+    assert closed_url in warnings[0] and "unreachable" in warnings[0]
+    assert warnings[0].endswith("the search goes on without tracking") and "\n" not in warnings[0]
+    assert not tracker.enabled
+    assert elapsed < 15
+    assert "report" in files and files["report"].is_file()  # the files are still written
+    import os
+
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "7"
+
+
+def test_a_failure_midway_turns_tracking_off_after_one_warning(sqlite_uri, record, monkeypatch):
+    warnings: list[str] = []
+    tracker = Tracker(sqlite_uri, warn=warnings.append)
+    tracker.start_study(record.meta, record.storage)
+    tracker.log_trial(record.meta, record.trials[0])
+    calls = []
+
+    def down(self, *args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("[Errno 111] Connection refused")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", down)
+    for t in record.trials[1:]:
+        tracker.log_trial(record.meta, t)
+    tracker.finish_study(record, figures=False)
+    assert len(calls) == 1
+    assert len(warnings) == 1 and "unreachable ([Errno 111] Connection refused)" in warnings[0]
+    assert not tracker.enabled
+
+
+def test_importance_errors_are_skipped_with_a_warning(
+    sqlite_uri, record, optuna_study_for, tmp_path, monkeypatch
+):
+    import optuna.importance
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluator exploded")
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", broken)
+    warnings: list[str] = []
+    tracker = Tracker(sqlite_uri, warn=warnings.append)
+    files = _log_study(tracker, record, study=optuna_study_for(record), out_dir=tmp_path)
+    assert len(warnings) == 1 and "importances" in warnings[0] and "evaluator exploded" in warnings[0]
+    assert tracker.enabled and "param_importances" not in files and files["report"].is_file()
+    client = MlflowClient(tracking_uri=sqlite_uri)
+    parent, _ = _runs(client, record.meta.name)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == PARENT_ARTIFACTS - {
+        "param_importances.html"
+    }
+
+
+def test_default_uri_is_sqlite_under_runs_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker()
+    assert DEFAULT_TRACKING_URI == "sqlite:///runs/mlflow.db"
+    assert tracker.tracking_uri == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
+    assert (tmp_path / "runs").is_dir()
+
+
+# ---------------------------------------------------------------- a real tracking server
+
+
+def _get(url: str, path: str, **query: str) -> dict:
+    with urllib.request.urlopen(f"{url}{path}?{urllib.parse.urlencode(query)}", timeout=10) as resp:
+        return json.load(resp)
+
+
+def _post(url: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        f"{url}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
+@pytest.mark.slow
+def test_a_study_logged_to_a_real_mlflow_server(mlflow_server, record, optuna_study_for, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    tracker = Tracker(mlflow_server, warn=pytest.fail)
+    _log_study(tracker, record, study=optuna_study_for(record))
+    tracker.log_trial(record.meta, record.trials[1])  # idempotent over HTTP too
+    assert tracker.enabled
+
+    exp = _get(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=record.meta.name)
+    exp_id = exp["experiment"]["experiment_id"]
+    runs = _post(
+        mlflow_server, "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 100}
+    )["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parents = [r for r, tg in zip(runs, tags) if tg.get("autoprune.role") == "study"]
+    assert len(parents) == 1 and len(runs) == 7
+    parent_id = parents[0]["info"]["run_id"]
+    trials = {int(tg["trial_number"]): r for r, tg in zip(runs, tags) if tg.get("autoprune.role") == "trial"}
+    assert sorted(trials) == [0, 1, 2, 3, 4, 5]
+    for r, tg in zip(runs, tags):
+        if tg.get("autoprune.role") == "trial":
+            assert tg["mlflow.parentRunId"] == parent_id
+
+    t1 = trials[1]
+    params = {p["key"]: p["value"] for p in t1["data"]["params"]}
+    metrics = {m["key"]: m["value"] for m in t1["data"]["metrics"]}
+    t1_tags = {t["key"]: t["value"] for t in t1["data"]["tags"]}
+    assert params["layer.features.3.type"] == "shape" and params["layer.features.3.rate"] == "0.7"
+    assert metrics["latency_ms"] == pytest.approx(5.0) and metrics["speedup"] == pytest.approx(2.0)
+    assert t1_tags["pareto"] == "true" and t1["info"]["status"] == "FINISHED"
+    assert trials[5]["info"]["status"] == "FAILED"
+    history = _get(
+        mlflow_server,
+        "/api/2.0/mlflow/metrics/get-history",
+        run_id=t1["info"]["run_id"],
+        metric_key="admm_residual",
+    )["metrics"]
+    assert sorted((m.get("step", 0), m["value"]) for m in history) == [
+        (0, 0.9),
+        (1, 0.5),
+        (2, 0.2),
+        (3, 0.05),
+    ]
+
+    listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=t1["info"]["run_id"])
+    assert [f["path"] for f in listed["files"]] == ["config.yaml"]
+    listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)
+    assert {f["path"] for f in listed["files"]} == PARENT_ARTIFACTS
+    parent_metrics = {m["key"]: m["value"] for m in parents[0]["data"]["metrics"]}
+    assert parent_metrics["n_trials"] == 6 and parent_metrics["best_feasible_speedup"] == pytest.approx(2.0)
