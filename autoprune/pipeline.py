@@ -151,6 +151,8 @@ class PruneOutcome:
     summary: dict[str, Any]
     model: nn.Module
     masks: dict[str, torch.Tensor]
+    projector: Any = None  # the Projector whose hard masks were applied (its kept channels drive compaction)
+    splits: Any = None  # the dataset splits used
 
     def to_dict(self) -> dict[str, Any]:
         return self.summary
@@ -230,4 +232,4 @@ def run_prune(
                     "masks": {k: v.cpu() for k, v in masks.items()}, "summary": summary}, out / "masked_model.pt")
         (out / "result.json").write_text(json.dumps(summary, indent=2))
         summary["out_dir"] = str(out)
-    return PruneOutcome(summary, model, masks)
+    return PruneOutcome(summary, model, masks, projector, splits)
