@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror the study to MLflow")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
+    p = sub.add_parser("report", help="write one self-contained HTML report of a search study")
+    p.add_argument("--study", required=True, help="the study name (see runs/<study>/ or optuna-dashboard)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
+    p.add_argument("--out", default=None, help="HTML file (default: runs/<study>/report.html)")
+
     p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
     return parser
@@ -340,7 +345,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 130 if result.interrupted else 0
 
 
-COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search,
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from autoprune.report import write_report
+    from autoprune.search.records import study_record
+    from autoprune.search.storage import default_storage, load_autoprune_study
+    from autoprune.search.study import best_config_yaml
+
+    url = args.storage or default_storage()
+    study = load_autoprune_study(args.study, url)
+    record = study_record(study, url)
+    best = record.best_feasible()
+    chosen_yaml = best_config_yaml(record, best) if best is not None and not best.is_dense else None
+    out = Path(args.out) if args.out else Path("runs") / args.study / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = write_report(record, out, study=study, chosen=best, chosen_yaml=chosen_yaml)
+    print(f"report: {path}  ({len(record.trials)} trials, {len(record.front)} on the Pareto front)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search, "report": cmd_report,
             "list": cmd_list}
 
 

@@ -271,6 +271,8 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None, *, warn: Callable[[str], None] | None = None) -> None:
         uri, db_path = _resolve_sqlite(tracking_uri or DEFAULT_TRACKING_URI)
+        # MLflow prints "View run ... at: URL" on stdout when a run ends; stdout is for --json
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = uri
         self._warn = warn if warn is not None else _log.warning
         self._enabled = True

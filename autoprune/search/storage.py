@@ -88,3 +88,21 @@ def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
             raise UserError(f"cannot open the Optuna storage {redact(url)}: {first[:300]}") from None
     raise AssertionError("unreachable")
+
+
+def load_autoprune_study(name: str, url: str) -> Any:  # noqa: ANN401 - optuna.Study
+    """An existing study by name, with a clear error listing the studies that do exist."""
+    import optuna
+
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise UserError(f"there is no Optuna storage at {url} (run 'autoprune search' first, or pass --storage).")
+    journal = _journal_path(url)
+    if journal is not None and not journal.is_file():
+        raise UserError(f"there is no journal file '{journal}' (run 'autoprune search' first, or pass --storage).")
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        have = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
+        raise UserError(f"no study named '{name}' in {redact(url)} (studies there: {have}).") from None

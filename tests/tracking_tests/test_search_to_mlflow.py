@@ -1,0 +1,82 @@
+"""A real search mirrored to a real ``mlflow server`` on 127.0.0.1, read back over REST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+
+import pytest
+
+
+def _get(base: str, path: str, **params) -> dict:  # noqa: ANN003
+    with urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(params)}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(base: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_autoprune_search_mirrors_to_a_real_mlflow_server(mlflow_server, digits_baseline, tmp_path) -> None:
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--trials", "4", "--checkpoint",
+           str(digits_baseline[0]), "--study-name", "mirrored", "--runs-dir", str(tmp_path / "runs"),
+           "--tracking-uri", mlflow_server, "--admm-iters", "2", "--admm-epochs", "0.25", "--retrain-epochs", "0.5",
+           "--latency-batch", "32", "--min-speedup", "0.01", "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "warning" not in r.stderr.lower(), r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+
+    exp = _get(mlflow_server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name="mirrored")
+    runs = _post(mlflow_server, "/api/2.0/mlflow/runs/search",
+                 {"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100})["runs"]
+    tags = [{t["key"]: t["value"] for t in run["data"].get("tags", [])} for run in runs]
+    parents = [run for run, tg in zip(runs, tags) if tg.get("autoprune.role") == "study"]
+    assert len(parents) == 1
+    parent_id = parents[0]["info"]["run_id"]
+    trials = {int(tg["trial_number"]): run for run, tg in zip(runs, tags) if tg.get("autoprune.role") == "trial"}
+    assert sorted(trials) == [0, 1, 2, 3]
+    for run in trials.values():
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["mlflow.parentRunId"] == parent_id
+
+    parent_params = {p["key"]: p["value"] for p in parents[0]["data"]["params"]}
+    assert parent_params["model"] == "digits-cnn" and parent_params["budget"] == "0.02"
+    assert "torch" in " ".join(parent_params) and "seed" in parent_params
+
+    # trial 1 is the enqueued uniform filter-50% config: every layer's type and rate, and what it measured
+    t1 = trials[1]
+    params = {p["key"]: p["value"] for p in t1["data"]["params"]}
+    assert params["layer.features.3.type"] == "filter" and float(params["layer.features.3.rate"]) == 0.5
+    metrics = {m["key"]: m["value"] for m in t1["data"]["metrics"]}
+    for key in ("accuracy", "accuracy_drop", "latency_ms", "latency_p90_ms", "speedup", "macs", "params_count",
+                "sparsity"):
+        assert key in metrics, key
+    # the mirror holds what the Optuna storage (the source of truth) holds
+    from autoprune.search import study_record
+    from autoprune.search.storage import load_autoprune_study
+
+    url = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
+    stored = study_record(load_autoprune_study("mirrored", url), url).trials[1]
+    assert metrics["speedup"] == pytest.approx(stored.speedup) and metrics["accuracy"] == pytest.approx(stored.accuracy)
+    assert summary["study"] == "mirrored"
+    history = _get(mlflow_server, "/api/2.0/mlflow/metrics/get-history", run_id=t1["info"]["run_id"],
+                   metric_key="admm_residual")["metrics"]
+    assert sorted(m.get("step", 0) for m in history) == [0, 1]  # two ADMM iterations
+    losses = _get(mlflow_server, "/api/2.0/mlflow/metrics/get-history", run_id=t1["info"]["run_id"],
+                  metric_key="train_loss")["metrics"]
+    assert len(losses) >= 3
+    t1_tags = {t["key"]: t["value"] for t in t1["data"]["tags"]}
+    assert t1_tags["state"] == "COMPLETE" and t1_tags["pareto"] in ("true", "false")
+
+    listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=t1["info"]["run_id"])
+    assert "config.yaml" in [f["path"] for f in listed["files"]]
+    listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)
+    names = {f["path"] for f in listed["files"]}
+    assert {"pareto.html", "layer_heatmap.html", "dense_baseline.json", "report.html"} <= names
