@@ -190,7 +190,7 @@ def load_space(spec: str | os.PathLike | None, model_name: str, graph: ChannelGr
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else "syntax error"
         raise ConfigError(f"search space '{path}' is not valid YAML: {first}") from None
-    return space_from_dict(raw, graph, source=str(path), model_name=model_name)
+    return space_from_dict(raw, graph, source=str(path.resolve()), model_name=model_name)
 
 
 def _default_layers(graph: ChannelGraph) -> list[str]:

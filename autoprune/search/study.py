@@ -156,7 +156,7 @@ def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> St
         ("budget", s.budget, meta.budget), ("budget_mode", s.budget_mode, meta.budget_mode),
         ("device", device.type, torch.device(meta.device).type), ("dtype", s.dtype, meta.dtype),
         ("latency_batch", s.latency_batch, meta.latency_batch), ("sampler", s.sampler, meta.sampler),
-        ("seed", s.seed, meta.seed), ("space", s.space, meta.space),
+        ("seed", s.seed, meta.seed), ("space", _space_id(s.space), _space_id(meta.space)),
     ):
         if key in s.given and asked is not None and asked != stored:
             clashes.append(f"{key} {stored!r} (asked: {asked!r})")
@@ -167,6 +167,13 @@ def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> St
                         f"with its own settings, or pick another --study-name.")
     del optuna
     return meta
+
+
+def _space_id(space: str | None) -> str | None:
+    """A space's identity for comparison: ``auto``, or the file's resolved path."""
+    if space is None or space == "auto":
+        return space
+    return str(Path(space).resolve())
 
 
 def _dense_checkpoint(s: SearchSettings, splits: Any, device: torch.device, reporter: Reporter) -> tuple[Any, Path]:  # noqa: ANN401
