@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rho", type=float, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--out", default=None, help="output folder (default: runs/prune/<config name>)")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    p.add_argument("--latency-batch", type=int, default=None,
+                   help="batch for kernel choice and the latency report (default: the search's, else 32)")
+    p.add_argument("--dtype", default=None, help="fp32, fp16 (CUDA) or bf16 (default: the search's, else fp32)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the model (default: sqlite:///runs/mlflow.db)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log the model to MLflow")
     p.add_argument("--json", action="store_true")
     _device_arg(p)
 
@@ -124,6 +130,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror the study to MLflow")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
+    p = sub.add_parser("export", help="write the chosen config of a search study as YAML for 'autoprune prune --config'")
+    p.add_argument("--study", required=True, help="the study name")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--trial", type=int, default=None, help="export this trial")
+    g.add_argument("--pick", default="fastest", help="fastest (default: fastest within the budget), knee, most-accurate")
+    p.add_argument("--out", default="best.yaml", help="YAML file to write (default: %(default)s)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("report", help="write one self-contained HTML report of a search study")
     p.add_argument("--study", required=True, help="the study name (see runs/<study>/ or optuna-dashboard)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
@@ -181,19 +196,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from autoprune.config import PruneConfig
+    from autoprune.deploy import build_deployable
     from autoprune.device import resolve_device
-    from autoprune.pipeline import run_prune
+    from autoprune.errors import UserError
+    from autoprune.latency import LatencySettings, check_dtype
+    from autoprune.pipeline import run_prune, write_prune_outputs
 
     config = PruneConfig.from_yaml(args.config)
     device = resolve_device(args.device)
+    origin = config.origin or {}
+    batch = args.latency_batch or int(origin.get("latency_batch") or 32)
+    dtype = args.dtype or str(origin.get("dtype") or "fp32")
+    if batch < 1:
+        raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
+    check_dtype(dtype, device)
+    out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
     overrides = {"iters": args.admm_iters, "epochs": args.admm_epochs, "steps": args.admm_steps,
                  "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
-    out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
-    outcome = run_prune(config, method=args.method, device=device, overrides=overrides, out_dir=out,
-                        reporter=_reporter(args))
+    reporter = _reporter(args)
+    outcome = run_prune(config, method=args.method, device=device, overrides=overrides, reporter=reporter)
+    deploy = build_deployable(outcome, out, device=device, latency=LatencySettings(batch_size=batch, dtype=dtype),
+                              force=args.force, reporter=reporter)
+    write_prune_outputs(outcome, config, out)
     s = outcome.summary
+    s["deploy"] = deploy
+    if not args.no_tracking:
+        from autoprune.deploy import load_pruned, log_model_to_mlflow
+        from autoprune.pipeline import example_input
+
+        uri = args.tracking_uri or "sqlite:///runs/mlflow.db"
+        run_id = log_model_to_mlflow(load_pruned(out), example_input(outcome.splits, batch=2), uri,
+                                     str(origin.get("study") or "autoprune-prune"), f"prune-{out.name}", deploy,
+                                     warn=lambda m: reporter.log(f"warning: {m}"))
+        s["mlflow_run_id"] = run_id
+        (out / "result.json").write_text(json.dumps(s, indent=2, default=str))
     if args.json:
-        print(json.dumps(s, indent=2))
+        print(json.dumps(s, indent=2, default=str))
         return 0
     _print_prune_summary(s)
     return 0
@@ -224,8 +264,19 @@ def _print_prune_summary(s: dict[str, Any]) -> None:
         console.print(f"  ADMM residual ||W-Z||/||W|| after the last iteration: max {max(last.values()):.3g}")
     for note in s["notes"]:
         console.print(f"  note: {note}")
+    d = s.get("deploy")
+    if d:
+        console.print(f"  deployable model: {d['speedup']:.2f}x faster than dense ({d['pruned']['latency_ms']:.3g} ms vs "
+                      f"{d['dense']['latency_ms']:.3g} ms, batch {d['batch_size']} {d['dtype']}, "
+                      f"{d['device_description']}), test accuracy {d['pruned']['test_acc']:.2%} after reloading")
+        for name, info in d.get("exports", {}).items():
+            if info.get("file") is None:
+                console.print(f"  note: {name} export skipped: {info.get('skipped')}")
     if "out_dir" in s:
-        console.print(f"  written: {s['out_dir']}/result.json, masked_model.pt, config.yaml")
+        console.print(f"  written: {s['out_dir']}/ model.pt + architecture.json (autoprune.load_pruned), model.pt2, "
+                      f"model.onnx, report.json, report.md, result.json, masked_model.pt, config.yaml")
+    if s.get("mlflow_run_id"):
+        console.print(f"  MLflow model: runs:/{s['mlflow_run_id']}/model")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -365,7 +416,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search, "report": cmd_report,
+def cmd_export(args: argparse.Namespace) -> int:
+    from autoprune.export import export_config
+    from autoprune.search.storage import default_storage
+
+    r = export_config(args.study, args.storage or default_storage(), trial=args.trial, pick=args.pick, out=args.out)
+    if args.json:
+        print(json.dumps(r, indent=2, default=str))
+        return 0
+    m = r.get("metrics") or {}
+    speed = f", {m['speedup']:.2f}x faster" if m.get("speedup") else ""
+    acc = f", validation {100 * m['val_accuracy']:.1f}%" if m.get("val_accuracy") is not None else ""
+    print(f"trial {r['trial']} of study {r['study']} ({r['pick']}{speed}{acc}) -> {r['out']}")
+    print(f"next: autoprune prune --config {r['out']} --admm-epochs 2 --retrain-epochs 10 --out runs/deploy/{r['study']}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search, "export": cmd_export, "report": cmd_report,
             "list": cmd_list}
 
 

@@ -224,12 +224,20 @@ def run_prune(
         "notes": history.notes,
         "seconds": seconds,
     }
+    outcome = PruneOutcome(summary, model, masks, projector, splits)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml())
-        torch.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                    "masks": {k: v.cpu() for k, v in masks.items()}, "summary": summary}, out / "masked_model.pt")
-        (out / "result.json").write_text(json.dumps(summary, indent=2))
-        summary["out_dir"] = str(out)
-    return PruneOutcome(summary, model, masks, projector, splits)
+        write_prune_outputs(outcome, config, out_dir)
+    return outcome
+
+
+def write_prune_outputs(outcome: PruneOutcome, config: PruneConfig, out_dir: str | os.PathLike) -> Path:
+    """``config.yaml``, ``masked_model.pt`` and ``result.json`` of a prune run, into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml())
+    torch.save({"state_dict": {k: v.cpu() for k, v in outcome.model.state_dict().items()},
+                "masks": {k: v.cpu() for k, v in outcome.masks.items()}, "summary": outcome.summary},
+               out / "masked_model.pt")
+    outcome.summary["out_dir"] = str(out)
+    (out / "result.json").write_text(json.dumps(outcome.summary, indent=2))
+    return out

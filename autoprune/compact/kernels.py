@@ -290,6 +290,40 @@ class ShapeSparseConv2d(nn.Module):
         """Number of im2col columns computed."""
         return int(self.col_c.numel())
 
+    def spec(self) -> dict:
+        """The constructor arguments as plain data (JSON); the weights, bias and kept column
+        indices come back through the state dict (see :meth:`from_spec`)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kept_columns": self.kept_columns,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "dilation": list(self.dilation),
+            "pad": list(self.pad),
+            "bias": self.bias is not None,
+            "gemm": self.gemm,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> ShapeSparseConv2d:
+        """An uninitialised module of the shape :meth:`spec` describes; load a state dict into it."""
+        o, k = int(spec["out_channels"]), int(spec["kept_columns"])
+        idx = torch.zeros(k, dtype=torch.long)
+        return cls(
+            torch.zeros(o, k),
+            torch.zeros(o) if spec["bias"] else None,
+            idx,
+            idx.clone(),
+            idx.clone(),
+            in_channels=int(spec["in_channels"]),
+            kernel_size=tuple(spec["kernel_size"]),
+            stride=tuple(spec["stride"]),
+            dilation=tuple(spec["dilation"]),
+            pad=tuple(spec["pad"]),
+            gemm=spec.get("gemm", "conv1x1"),
+        )
+
     def extra_repr(self) -> str:
         k = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         return (
@@ -472,6 +506,15 @@ class _CSRWeight(nn.Module):
         self.register_buffer("col_indices", col)
         self.register_buffer("values", values)
 
+    @classmethod
+    def placeholder(cls, shape2d: tuple[int, int], nnz: int) -> _CSRWeight:
+        """Buffers of the right sizes for ``nnz`` stored weights (filled by ``load_state_dict``)."""
+        w = cls(torch.zeros(int(shape2d[0]), int(shape2d[1])))
+        w.crow_indices = torch.zeros(int(shape2d[0]) + 1, dtype=torch.long)
+        w.col_indices = torch.zeros(int(nnz), dtype=torch.long)
+        w.values = torch.zeros(int(nnz))
+        return w
+
     @property
     def nnz(self) -> int:
         return int(self.values.numel())
@@ -511,6 +554,24 @@ class CSRLinear(nn.Module):
         w = linear.weight.detach()
         mask = _check_mask(weight_mask, w, "weight mask")
         return cls(w * mask, _bias(linear))
+
+    def spec(self) -> dict:
+        """The constructor arguments as plain data (JSON); the CSR buffers and bias come back
+        through the state dict (see :meth:`from_spec`)."""
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "nnz": self.sparse_weight.nnz,
+            "bias": self.bias is not None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> CSRLinear:
+        """An uninitialised module of the shape :meth:`spec` describes; load a state dict into it."""
+        o, i = int(spec["out_features"]), int(spec["in_features"])
+        module = cls(torch.zeros(o, i), torch.zeros(o) if spec["bias"] else None)
+        module.sparse_weight = _CSRWeight.placeholder((o, i), int(spec["nnz"]))
+        return module
 
     def extra_repr(self) -> str:
         return (
@@ -588,6 +649,41 @@ class CSRConv2d(nn.Module):
             dilation=tuple(conv.dilation),
             pad=_conv_pad(conv),
         )
+
+    def spec(self) -> dict:
+        """The constructor arguments as plain data (JSON); the CSR buffers, used column
+        indices and bias come back through the state dict (see :meth:`from_spec`)."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "used_columns": int(self.col_c.numel()),
+            "nnz": self.sparse_weight.nnz,
+            "kernel_size": list(self.kernel_size),
+            "stride": list(self.stride),
+            "dilation": list(self.dilation),
+            "pad": list(self.pad),
+            "bias": self.bias is not None,
+        }
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> CSRConv2d:
+        """An uninitialised module of the shape :meth:`spec` describes; load a state dict into it."""
+        o, k = int(spec["out_channels"]), int(spec["used_columns"])
+        idx = torch.zeros(k, dtype=torch.long)
+        module = cls(
+            torch.zeros(o, k),
+            torch.zeros(o) if spec["bias"] else None,
+            idx,
+            idx.clone(),
+            idx.clone(),
+            in_channels=int(spec["in_channels"]),
+            kernel_size=tuple(spec["kernel_size"]),
+            stride=tuple(spec["stride"]),
+            dilation=tuple(spec["dilation"]),
+            pad=tuple(spec["pad"]),
+        )
+        module.sparse_weight = _CSRWeight.placeholder((o, k), int(spec["nnz"]))
+        return module
 
     def extra_repr(self) -> str:
         return (

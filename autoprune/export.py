@@ -1,0 +1,241 @@
+"""Pick a configuration from a finished (or running) study and write it as a prune config.
+
+``autoprune export`` is the step between the search and the full-length prune::
+
+    autoprune search --budget 2% ...              # the study, in the Optuna storage
+    autoprune export --study S --pick knee --out best.yaml
+    autoprune prune --config best.yaml --out runs/deploy/S
+
+Only *pruned* trials can be exported (the dense trial has nothing to prune), and by
+default only trials within the study's accuracy budget. Three picks:
+
+* ``fastest`` (default): the fastest pruned trial within the budget (ties: the more
+  accurate) — what ``autoprune search`` writes as ``best_config.yaml``.
+* ``most-accurate``: the most accurate pruned trial within the budget (ties: the faster).
+* ``knee``: the trial where the accuracy–latency front bends most. Take the Pareto front
+  of the pruned trials within the budget, put each point in normalised coordinates
+  ``u = (log latency − log latency_min) / (log latency_max − log latency_min)`` and
+  ``v = (accuracy − accuracy_min) / (accuracy_max − accuracy_min)``, so that the fastest
+  front point sits at (0, 0) and the most accurate at (1, 1). The knee is the point
+  farthest *above* the straight line between them, i.e. with the largest ``v − u``: the
+  most accuracy for its latency relative to trading the two off linearly (log latency,
+  because a speed-up is a ratio). With two front points or fewer, or none above the
+  line, it falls back to ``fastest``.
+
+``--trial N`` exports one trial by number instead (any COMPLETE pruned trial, even
+over budget: the user asked for it).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import UserError
+
+__all__ = ["PICKS", "export_config", "feasible_front", "pick_trial"]
+
+PICKS = ("fastest", "most-accurate", "knee")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _points(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} points"
+
+
+def _is_pruned(t: Any) -> bool:  # noqa: ANN401 - TrialRecord
+    return not t.is_dense and bool(t.targets)
+
+
+def _candidates(record: Any) -> list[Any]:  # noqa: ANN401
+    """Completed pruned trials within the budget."""
+    return [t for t in record.feasible if _is_pruned(t)]
+
+
+def feasible_front(record: Any) -> list[Any]:  # noqa: ANN401 - StudyRecord -> list[TrialRecord]
+    """The accuracy–latency Pareto front of the pruned trials within the budget, fastest first."""
+    cands = _candidates(record)
+    front = [
+        t for t in cands
+        if not any(o.accuracy >= t.accuracy and o.latency_ms <= t.latency_ms
+                   and (o.accuracy > t.accuracy or o.latency_ms < t.latency_ms) for o in cands)
+    ]
+    return sorted(front, key=lambda t: (t.latency_ms, -t.accuracy))
+
+
+def _fastest(cands: list[Any]) -> Any:  # noqa: ANN401
+    return min(cands, key=lambda t: (t.latency_ms, -t.accuracy, t.number))
+
+
+def _knee(record: Any, cands: list[Any]) -> Any:  # noqa: ANN401
+    front = feasible_front(record)
+    if len(front) <= 2:
+        return _fastest(cands)
+    lat = [math.log(max(t.latency_ms, 1e-12)) for t in front]
+    acc = [t.accuracy for t in front]
+    lat_span = max(lat) - min(lat)
+    acc_span = max(acc) - min(acc)
+    if lat_span <= 0 or acc_span <= 0:
+        return _fastest(cands)
+
+    def above(t: Any) -> float:  # noqa: ANN401 - (signed distance to the line) * sqrt(2)
+        u = (math.log(max(t.latency_ms, 1e-12)) - min(lat)) / lat_span
+        v = (t.accuracy - min(acc)) / acc_span
+        return v - u
+
+    best = max(front, key=lambda t: (above(t), -t.latency_ms))
+    return best if above(best) > 1e-12 else _fastest(cands)
+
+
+def _no_feasible_message(record: Any) -> str:  # noqa: ANN401
+    meta = record.meta
+    budget = f"{_points(meta.allowed_drop())} below dense {_pct(meta.dense_accuracy)}"
+    pruned = [t for t in record.completed if _is_pruned(t)]
+    if not pruned:
+        others = [t for t in record.trials if _is_pruned(t) and t.state != "COMPLETE"]
+        detail = f" ({len(others)} pruned trial(s) stopped early or failed)" if others else ""
+        return (f"study '{meta.name}' has no completed pruned trial yet{detail}; run more trials "
+                f"(autoprune search --study-name {meta.name} --resume --trials N).")
+    best = max(pruned, key=lambda t: (t.accuracy, -t.latency_ms))
+    return (f"no pruned trial of study '{meta.name}' is within the budget ({budget}); the most accurate pruned "
+            f"trial is {best.number} ({_pct(best.accuracy)}, drop {_points(best.accuracy_drop)}, "
+            f"{best.latency_ms:.3g} ms): export it with --trial {best.number}, or search with a larger --budget.")
+
+
+def pick_trial(record: Any, *, trial: int | None = None, pick: str = "fastest") -> Any:  # noqa: ANN401
+    """The trial of a study to export.
+
+    Args:
+        record: A :class:`~autoprune.search.records.StudyRecord`.
+        trial: A trial number; overrides ``pick``.
+        pick: ``fastest``, ``most-accurate`` or ``knee`` (see the module docstring).
+
+    Returns:
+        The :class:`~autoprune.search.records.TrialRecord`.
+
+    Raises:
+        UserError: unknown pick or trial number; a trial that did not complete; the dense
+            trial; no pruned trial within the budget (naming the most accurate pruned one).
+    """
+    name = record.meta.name
+    if trial is not None:
+        by_number = {t.number: t for t in record.trials}
+        chosen = by_number.get(trial)
+        if chosen is None:
+            numbers = sorted(by_number)
+            have = f"trials {numbers[0]}–{numbers[-1]}" if numbers else "no trials"
+            raise UserError(f"study '{name}' has no trial {trial} (it has {have}).")
+        if chosen.state != "COMPLETE" or chosen.accuracy is None or chosen.latency_ms is None:
+            reason = f" ({chosen.stop_reason})" if chosen.stop_reason else ""
+            raise UserError(f"trial {trial} of study '{name}' is {chosen.state}{reason}, not COMPLETE; "
+                            f"export a completed trial.")
+        if not _is_pruned(chosen):
+            raise UserError(f"trial {trial} of study '{name}' is the dense model (nothing to prune); "
+                            f"export a pruned trial.")
+        return chosen
+    if pick not in PICKS:
+        raise UserError(f"unknown --pick '{pick}'; use one of: {', '.join(PICKS)}.")
+    cands = _candidates(record)
+    if not cands:
+        raise UserError(_no_feasible_message(record))
+    if pick == "fastest":
+        return _fastest(cands)
+    if pick == "most-accurate":
+        return max(cands, key=lambda t: (t.accuracy, -t.latency_ms, -t.number))
+    return _knee(record, cands)
+
+
+def _study_names(storage: Any) -> list[str]:  # noqa: ANN401
+    import optuna
+
+    return sorted(optuna.get_all_study_names(storage))
+
+
+def _missing_file(url: str) -> Path | None:
+    """The file of a SQLite or journal storage URL when it does not exist (opening it would
+    create an empty one), else None."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].partition("?")[0]
+        if not path or path == ":memory:":
+            return None
+    elif url.startswith("journal://"):
+        path = url[len("journal://"):]
+    elif "://" not in url and url.endswith((".log", ".journal")):
+        path = url
+    else:
+        return None
+    return None if Path(path).exists() else Path(path)
+
+
+def export_config(
+    study_name: str,
+    storage_url: str,
+    *,
+    trial: int | None = None,
+    pick: str = "fastest",
+    out: str | os.PathLike,
+) -> dict[str, Any]:
+    """Write the ``autoprune prune --config`` YAML of one trial of a study.
+
+    Args:
+        study_name: The study.
+        storage_url: Its Optuna storage (``sqlite:///runs/optuna.db``, ``postgresql://...``,
+            ``journal:///...``).
+        trial: A trial number, or None to pick one.
+        pick: ``fastest``, ``most-accurate`` or ``knee`` (see :func:`pick_trial`).
+        out: The YAML file to write (atomically; its folder is created).
+
+    Returns:
+        ``{"study", "storage", "trial", "pick", "summary", "metrics", "out"}``.
+
+    Raises:
+        UserError: an unknown study (the message lists the storage's studies), a storage
+            that cannot be opened, or anything :func:`pick_trial` refuses.
+    """
+    import optuna
+
+    from autoprune.search.records import study_record
+    from autoprune.search.storage import open_storage, redact
+    from autoprune.search.study import best_config_yaml
+
+    if pick not in PICKS and trial is None:
+        raise UserError(f"unknown --pick '{pick}'; use one of: {', '.join(PICKS)}.")
+    missing = _missing_file(storage_url)
+    if missing is not None:
+        raise UserError(f"no Optuna storage at '{missing}'; run 'autoprune search' first, or point --storage at "
+                        f"the study's database.")
+    storage = open_storage(storage_url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = _study_names(storage)
+        known = ", ".join(names) if names else "none"
+        raise UserError(f"no study named '{study_name}' in {redact(storage_url)} (studies there: {known}).") from None
+    record = study_record(study, storage_url)
+    chosen = pick_trial(record, trial=trial, pick=pick)
+    text = best_config_yaml(record, chosen)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return {
+        "study": record.meta.name,
+        "storage": redact(storage_url),
+        "trial": chosen.number,
+        "pick": "trial" if trial is not None else pick,
+        "summary": chosen.sparsity_summary(),
+        "metrics": {
+            "val_accuracy": chosen.accuracy, "accuracy_drop": chosen.accuracy_drop, "feasible": chosen.feasible,
+            "latency_ms": chosen.latency_ms, "latency_p90_ms": chosen.latency_p90_ms, "speedup": chosen.speedup,
+            "macs": chosen.macs, "params_nonzero": chosen.params_count, "sparsity": chosen.sparsity,
+            "dense_val_accuracy": record.meta.dense_accuracy, "dense_latency_ms": record.meta.dense_latency_ms,
+        },
+        "out": str(path),
+    }
