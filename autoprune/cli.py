@@ -102,8 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--space", default=None,
                    help="search space YAML, or 'auto' (default: search_spaces/<model>.yaml if shipped, else auto)")
-    p.add_argument("--trials", type=int, default=20, help="trials the study should have in all (default: %(default)s)")
-    _device_arg(p, default="cpu")
+    p.add_argument("--trials", type=int, default=None,
+                   help="trials the study should have in all (default: 20, or the study's own target)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, cuda:N or auto (default: cpu, or the study's own device)")
     p.add_argument("--latency-batch", type=int, default=None,
                    help="batch size latency is measured at (default: smallest from 32 where dense takes >= 10 ms)")
     p.add_argument("--dtype", default=None, help="fp32 (default), fp16 (CUDA) or bf16")
@@ -205,7 +207,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config = PruneConfig.from_yaml(args.config)
     device = resolve_device(args.device)
     origin = config.origin or {}
-    batch = args.latency_batch or int(origin.get("latency_batch") or 32)
+    batch = args.latency_batch if args.latency_batch is not None else int(origin.get("latency_batch") or 32)
     dtype = args.dtype or str(origin.get("dtype") or "fp32")
     if batch < 1:
         raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
@@ -366,9 +368,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
-                         "space") if getattr(args, k) is not None}
-    if "device" in vars(args) and args.device != "cpu":
-        given.add("device")
+                         "space", "device", "trials") if getattr(args, k) is not None}
+    if any(v is not None for v in (args.admm_iters, args.admm_epochs, args.retrain_epochs, args.rho)):
+        given.add("admm")
     admm = SEARCH_ADMM.replace(iters=args.admm_iters, epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
                                rho=args.rho)
     settings = SearchSettings(
@@ -388,6 +390,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
         uri = args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db"
         tracker = Tracker(uri, warn=lambda msg: reporter.log(f"warning: {msg}"))
+    import signal
+
+    def _stop(signum, frame):  # noqa: ANN001, ANN202 - SIGTERM/SIGHUP end the trial as Ctrl-C does
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     result = run_search(settings, reporter=reporter, tracker=tracker)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))

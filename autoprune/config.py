@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,9 @@ def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
 
 
 def _parse_target(val: Any, where: str) -> LayerTarget:
-    if isinstance(val, str):  # shorthand "filter:0.5" or "none"
+    if isinstance(val, str):  # shorthand "filter:0.5", "2:4" or "none"
+        if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", val):
+            return LayerTarget(val.replace(" ", ""))
         kind, _, rate = val.partition(":")
         if kind == NONE_TYPE:
             return LayerTarget(NONE_TYPE)

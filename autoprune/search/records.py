@@ -48,6 +48,8 @@ class StudyMeta:
     dense_params: float
     versions: dict[str, str] = field(default_factory=dict)
     objectives: tuple[str, ...] = OBJECTIVES
+    channels_last: bool = False
+    threads: int | None = None
 
     def allowed_drop(self) -> float:
         """The budget as an absolute drop in accuracy (fraction)."""

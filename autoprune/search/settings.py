@@ -50,8 +50,8 @@ class SearchSettings:
     data_dir: str | None = None
     budget: float = 0.02
     budget_mode: str = "absolute"
-    trials: int = 20
-    device: str = "cpu"
+    trials: int | None = None  # the study's total; None: the study's stored target, else 20
+    device: str | None = None  # None: cpu for a new study, the study's own device for an existing one
     latency_batch: int | None = None  # None: the smallest batch (>= 32) where dense takes >= 10 ms
     dtype: str = "fp32"
     channels_last: bool = False
@@ -72,7 +72,7 @@ class SearchSettings:
     given: set[str] = field(default_factory=set)
 
     def validate(self) -> None:
-        if self.trials < 1:
+        if self.trials is not None and self.trials < 1:
             raise UserError(f"--trials must be at least 1 (got {self.trials}).")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler '{self.sampler}'; use one of: {', '.join(SAMPLERS)}.")

@@ -97,6 +97,16 @@ class SearchSpace:
             "fixed": {k: v.to_dict() for k, v in self.fixed.items()},
         }
 
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> SearchSpace:
+        """The space stored with a study (:meth:`to_dict`), so workers and resumed runs search
+        exactly what the study was created with, whatever happened to the file since."""
+        variables = [Variable(v["name"], list(v["layers"]), list(v["types"]),
+                              RateRange(v["rate"]["low"], v["rate"]["high"], v["rate"]["step"]))
+                     for v in spec.get("variables", [])]
+        fixed = {k: LayerTarget(v["type"], v.get("rate")) for k, v in spec.get("fixed", {}).items()}
+        return cls(spec.get("source", "stored"), variables, fixed)
+
     # -- Optuna ---------------------------------------------------------------
     def suggest(self, trial: Any) -> dict[str, LayerTarget]:
         """Ask the trial for every variable; returns the per-layer targets (``none`` left out)."""
@@ -111,11 +121,16 @@ class SearchSpace:
 
     @staticmethod
     def _target(var: Variable, kind: str, trial: Any) -> LayerTarget | None:
+        # the rate is asked for whenever the variable offers a type with a rate, even when this
+        # trial's type has none: samplers that model a fixed set of parameters (NSGA-II's
+        # intersection search space) would otherwise never see the rates at all
+        rate = None
+        if any(_has_rate(t) for t in var.types):
+            rate = trial.suggest_float(var.rate_param, var.rate.low, var.rate.high, step=var.rate.step)
         if kind == NONE_TYPE:
             return None
         if not _has_rate(kind):
             return LayerTarget(kind)
-        rate = trial.suggest_float(var.rate_param, var.rate.low, var.rate.high, step=var.rate.step)
         return LayerTarget(kind, round(float(rate), 10))  # 0.6000000000000001 -> 0.6
 
     def targets_from_params(self, params: dict[str, Any]) -> dict[str, LayerTarget]:
@@ -138,13 +153,13 @@ class SearchSpace:
         for var in self.variables:
             if kind in var.types:
                 params[var.type_param] = kind
-                if _has_rate(kind):
-                    params[var.rate_param] = var.rate.snap(rate if rate is not None else 0.5)
                 used = used or kind != NONE_TYPE
             elif NONE_TYPE in var.types:
                 params[var.type_param] = NONE_TYPE
             else:
                 return None
+            if any(_has_rate(t) for t in var.types):
+                params[var.rate_param] = var.rate.snap(rate if rate is not None else 0.5)
         if kind != NONE_TYPE and not used:
             return None
         return params
@@ -155,10 +170,12 @@ class SearchSpace:
             return None
         if not all(NONE_TYPE in v.types for v in self.variables):
             return None
-        return {v.type_param: NONE_TYPE for v in self.variables}
+        return self.uniform_params(NONE_TYPE)
 
 
 def _has_rate(kind: str) -> bool:
+    if kind == NONE_TYPE:
+        return False
     from autoprune.sparsity import get_sparsity
 
     return get_sparsity(kind).name != "n:m" and ":" not in kind
@@ -242,7 +259,9 @@ def _types(raw: Any, where: str) -> list[str]:
         raise ConfigError(f"{where}: 'types' must be a non-empty list such as [none, filter, shape], got {raw!r}.")
     out = []
     for t in raw:
-        t = str(t)
+        if isinstance(t, int) and not isinstance(t, bool):  # YAML reads an unquoted 2:4 as 124 (base 60)
+            raise ConfigError(f"{where}: type {t!r} is a number; quote N:M patterns in YAML, e.g. '2:4'.")
+        t = str(t).strip().lower()
         if t != NONE_TYPE:
             try:
                 get_sparsity(t)
@@ -296,7 +315,7 @@ def space_from_dict(
     if model_name is not None and raw.get("model") is not None and str(raw["model"]) != model_name:
         raise ConfigError(f"{where} is written for model '{raw['model']}', not '{model_name}'; pick the matching --space.")
     names = list(graph.layers)
-    modules = dict(graph.model.named_modules()) if hasattr(graph, "model") else {}
+    modules = dict(graph.model.named_modules())
     notes: list[str] = []
 
     include = raw.get("include")
@@ -353,6 +372,9 @@ def space_from_dict(
             except Exception as exc:
                 raise ConfigError(f"{w}: {exc}") from None
         for n in _match(str(pat), names, w):
+            why = _applicable(target.type, [n], graph, modules)
+            if why is not None:
+                raise ConfigError(f"{w}: {target.type} cannot apply to '{n}': {why}.")
             fixed[n] = target
     searched = [n for n in searched if n not in fixed]
 

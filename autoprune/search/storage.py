@@ -82,7 +82,8 @@ def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
             text = str(exc)
             # workers that open a fresh database at the same moment race to create Optuna's
             # tables; the loser sees a duplicate and simply opens what the winner made
-            if attempt < 5 and any(k in text for k in ("duplicate key", "already exists", "UniqueViolation")):
+            if attempt < 5 and any(k in text for k in ("duplicate key", "already exists", "UniqueViolation",
+                                                       "UNIQUE constraint failed", "database is locked")):
                 time.sleep(0.5 * (attempt + 1))
                 continue
             first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__

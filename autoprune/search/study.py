@@ -15,9 +15,11 @@ same moment beyond the target simply stay WAITING.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,9 +138,9 @@ def _load_existing(storage: Any, name: str) -> Any | None:  # noqa: ANN401
         return None
 
 
-def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> StudyMeta:  # noqa: ANN401
+def _check_compatible(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN401
     """The stored settings of an existing study, refusing a clash with what was asked."""
-    import optuna
+    from autoprune.device import resolve_device
 
     name = study.study_name
     raw = study.user_attrs.get(STUDY_ATTR)
@@ -148,24 +150,20 @@ def _check_compatible(study: Any, s: SearchSettings, device: torch.device) -> St
         raise UserError(f"study '{name}' exists with other objectives ({have}); autoprune search needs "
                         f"{list(OBJECTIVES)} ({'/'.join(DIRECTIONS)}). Use another --study-name.")
     meta = StudyMeta.from_dict(raw)
-    if s.resume:
-        return meta
-    clashes = []
-    for key, asked, stored in (
-        ("model", s.model, meta.model), ("dataset", s.dataset, meta.dataset),
-        ("budget", s.budget, meta.budget), ("budget_mode", s.budget_mode, meta.budget_mode),
-        ("device", device.type, torch.device(meta.device).type), ("dtype", s.dtype, meta.dtype),
-        ("latency_batch", s.latency_batch, meta.latency_batch), ("sampler", s.sampler, meta.sampler),
-        ("seed", s.seed, meta.seed), ("space", _space_id(s.space), _space_id(meta.space)),
-    ):
-        if key in s.given and asked is not None and asked != stored:
-            clashes.append(f"{key} {stored!r} (asked: {asked!r})")
-    if s.model != meta.model and "model" not in s.given:
-        clashes.append(f"model {meta.model!r} (asked: {s.model!r})")
-    if clashes:
+    asked = {
+        "model": (s.model, meta.model), "dataset": (s.dataset, meta.dataset),
+        "budget": (s.budget, meta.budget), "budget_mode": (s.budget_mode, meta.budget_mode),
+        "device": (None if s.device is None else resolve_device(s.device).type, torch.device(meta.device).type),
+        "dtype": (s.dtype, meta.dtype), "latency_batch": (s.latency_batch, meta.latency_batch),
+        "sampler": (s.sampler, meta.sampler), "seed": (s.seed, meta.seed),
+        "space": (_space_id(s.space), _space_id(meta.space)),
+        "admm": (dict(s.admm.__dict__), meta.admm),
+    }
+    clashes = [f"{key} {stored!r} (asked: {want!r})" for key, (want, stored) in asked.items()
+               if key in s.given and want is not None and want != stored]
+    if clashes and not s.resume:
         raise UserError(f"study '{name}' already exists with {', '.join(clashes)}; add --resume to continue it "
                         f"with its own settings, or pick another --study-name.")
-    del optuna
     return meta
 
 
@@ -280,6 +278,37 @@ def best_config_yaml(record: StudyRecord, trial: TrialRecord, *, data_dir: str |
 
 
 # -- the run ------------------------------------------------------------------
+TARGET_ATTR = "autoprune.target_trials"
+DEFAULT_TRIALS = 20
+MAX_FAILS_IN_A_ROW = 3
+
+
+@contextlib.contextmanager
+def _claim_lock(url: str) -> Iterator[None]:
+    """Serialise claims on SQLite: it ignores SELECT ... FOR UPDATE, so two processes could
+    both move one WAITING trial to RUNNING. Server databases and journal files need no lock."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    path = Path(url[len("sqlite:///"):] + ".claim.lock")
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _existing_study_meta(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN401
+    """The settings of a study someone else created (waiting briefly for a creator that is
+    still writing them), refusing a clash with what was asked."""
+    if study.user_attrs.get(STUDY_ATTR) is None and tuple(d.name.lower() for d in study.directions) == DIRECTIONS:
+        _wait_for_meta(study, timeout=60.0)
+    return _check_compatible(study, s)
+
+
 def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: Any = None) -> SearchResult:  # noqa: ANN401, C901
     """Run (or join, or resume) a search and return its study record.
 
@@ -289,19 +318,20 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     import optuna
     from optuna.trial import TrialState
 
+    from autoprune.checkpoint import load_checkpoint
     from autoprune.device import resolve_device
     from autoprune.groups import ChannelGraph
     from autoprune.latency import LatencyCache, check_dtype
     from autoprune.pipeline import build_model, example_input, load_dataset
     from autoprune.search.objective import SearchContext, TrialStopped, run_trial
-    from autoprune.search.space import load_space
+    from autoprune.search.space import SearchSpace, load_space
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
     s.validate()
-    device = resolve_device(s.device)
+    device = resolve_device(s.device or "cpu")
     check_dtype(s.dtype, device)
     url = s.storage or default_storage(s.runs_dir)
     storage = open_storage(url)
@@ -311,112 +341,140 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     if study is None and s.resume:
         raise UserError(f"no study named '{name}' in {redact(url)}; run without --resume to start it.")
     creator = False
-    if study is not None:
-        meta = _check_compatible(study, s, device)
-        if "device" not in s.given:  # a study is measured on one kind of device
-            device = resolve_device(torch.device(meta.device).type)
-        s.model, s.dataset, s.seed, s.sampler = meta.model, meta.dataset, meta.seed, meta.sampler
-        s.checkpoint = meta.checkpoint
-        splits = load_dataset(meta.dataset, data_dir=s.data_dir)
-        from autoprune.checkpoint import load_checkpoint
-
-        if not Path(meta.checkpoint).is_file():
-            raise UserError(f"study '{name}' was made from the checkpoint '{meta.checkpoint}', which is gone; "
-                            f"restore it or start a new study.")
-        ckpt = load_checkpoint(meta.checkpoint)
-        graph = ChannelGraph(ckpt.build(), example_input(splits))
-        space = load_space(meta.space if meta.space != "auto" else "auto", meta.model, graph, device=device.type)
-    else:
+    notes: list[str] = []
+    if study is None:
         # check the space on the untrained model first: a bad file must not cost a baseline training
         splits = load_dataset(s.dataset, data_dir=s.data_dir)
         graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
         space = load_space(s.space, s.model, graph, device=device.type)
+        notes = list(space.notes)
         ckpt, ckpt_path = _dense_checkpoint(s, splits, device, reporter)
         graph = ChannelGraph(ckpt.build(), example_input(splits))
         dense = _measure_dense(ckpt, splits, device, s, graph, reporter)
         meta = StudyMeta(
-            name=name, model=s.model, dataset=splits.name, checkpoint=str(ckpt_path), device=str(device),
-            budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
+            name=name, model=s.model, dataset=splits.name, checkpoint=str(Path(ckpt_path).resolve()),
+            device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
             space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
-            admm=dict(s.admm.__dict__), versions=_versions(), **dense,
+            admm=dict(s.admm.__dict__), versions=_versions(), channels_last=s.channels_last, threads=s.threads,
+            **dense,
         )
         try:
             study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
                                         sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
             creator = True
             study.set_user_attr(STUDY_ATTR, meta.to_dict())
-        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile
+        except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
             study = _load_existing(storage, name)
-            meta = _wait_for_meta(study)
-    for note in space.notes:
+    if not creator:
+        meta = _existing_study_meta(study, s)
+        device = resolve_device(s.device if s.device is not None else meta.device)
+        s.dtype, s.channels_last, s.threads = meta.dtype, meta.channels_last, meta.threads
+        splits = load_dataset(meta.dataset, data_dir=s.data_dir)
+        ckpt_file = s.checkpoint if s.checkpoint is not None else meta.checkpoint
+        if not Path(ckpt_file).is_file():
+            raise UserError(f"study '{name}' was made from the checkpoint '{ckpt_file}', which is not here; "
+                            f"pass --checkpoint with a copy of it.")
+        ckpt = load_checkpoint(ckpt_file)
+        if ckpt.model != meta.model:
+            raise UserError(f"checkpoint '{ckpt_file}' holds model '{ckpt.model}', but study '{name}' searches "
+                            f"'{meta.model}'.")
+        graph = ChannelGraph(ckpt.build(), example_input(splits))
+        space = SearchSpace.from_dict(meta.space_spec)
+        if meta.space != "auto" and Path(meta.space).is_file():
+            now = load_space(meta.space, meta.model, graph, device=device.type).to_dict()
+            if now["variables"] != meta.space_spec["variables"] or now["fixed"] != meta.space_spec["fixed"]:
+                raise UserError(f"the space file '{meta.space}' changed since study '{name}' was created; a study "
+                                f"searches one space: restore the file or start a new --study-name.")
+    for note in notes:
         reporter.log(f"note: {note}")
 
     # the sampler: the study creator uses the seed as given; joining workers shift it, so that
     # their random start-up trials differ (their runs are not reproducible one by one anyway)
     seed = meta.seed if creator else meta.seed + 1 + os.getpid() % 100_000
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(meta.sampler, seed))
-    if creator:
-        _enqueue_slots(study, s.trials, _seed_params(space))
+    target = s.trials if s.trials is not None else int(study.user_attrs.get(TARGET_ATTR, DEFAULT_TRIALS))
+    if creator or (s.resume and not study.user_attrs.get(READY_ATTR)):
+        # a new study, or one whose creator died before it was ready: seeds first, then slots
+        _enqueue_slots(study, target, _seed_params(space))
         study.set_user_attr(READY_ATTR, True)
     else:
         _wait_ready(study)
-        _enqueue_slots(study, s.trials)
+        _enqueue_slots(study, target)
+    if study.user_attrs.get(TARGET_ATTR) != target:
+        study.set_user_attr(TARGET_ATTR, target)
 
     study_dir = Path(s.runs_dir) / name.replace("/", "-")
     study_dir.mkdir(parents=True, exist_ok=True)
-    abandon = s.abandon_drop
     ctx = SearchContext(
         meta=meta, space=space, splits=splits, checkpoint=ckpt, graph=graph, device=device,
         latency=_latency_settings(meta.latency_batch, s), cache=LatencyCache(Path(s.runs_dir) / "latency_cache.json"),
         admm=s.admm if creator else s.admm.__class__(**meta.admm), min_speedup=s.min_speedup,
-        abandon_drop=abandon, reporter=reporter,
+        abandon_drop=s.abandon_drop, reporter=reporter,
     )
     if tracker is not None:
         tracker.start_study(meta, url)
 
     ran: list[int] = []
     interrupted = False
-    finished = sum(1 for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
-    best_speedup = _best_speedup(study_record(study, url))
-    reporter.log(f"study '{name}' in {redact(url)}: {finished} of {s.trials} trials done; "
+    fails_in_a_row = 0
+    record = study_record(study, url)
+    shown = min(_finished(record), target)
+    reporter.log(f"study '{name}' in {redact(url)}: {shown} of {target} trials done; "
                  f"budget {100 * meta.allowed_drop():.2g} points below dense {100 * meta.dense_accuracy:.1f}%")
-    with reporter.task(f"search {name}", total=s.trials) as task:
-        task.advance(min(finished, s.trials))
-        task.set(best=_fmt_best(best_speedup))
-        while True:
+    with reporter.task(f"search {name}", total=target) as task:
+        task.advance(shown)
+        task.set(best=_fmt_best(_best_speedup(record)))
+        while not interrupted:
+            trial, told = None, False
             try:
-                trial = _claim(study, s.trials)
+                with _claim_lock(url):
+                    trial = _claim(study, target)
+                if trial is None:
+                    break
+                state, values, reason = TrialState.COMPLETE, None, None
+                try:
+                    values = run_trial(trial, ctx)
+                except TrialStopped as stop:
+                    state, reason = TrialState.PRUNED, str(stop)
+                except KeyboardInterrupt:
+                    state, reason, interrupted = TrialState.FAIL, INTERRUPTED, True
+                except UserError as exc:
+                    state, reason = TrialState.FAIL, str(exc)
+                except Exception as exc:  # a trial that breaks must not end the study  # noqa: BLE001
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    state, reason = TrialState.FAIL, f"{type(exc).__name__}: {first}"[:500]
+                if reason is not None:
+                    trial.set_user_attr(REASON_ATTR, reason)
+                study.tell(trial, values=list(values) if values is not None else None, state=state)
+                told = True
+                ran.append(trial.number)
+                record = study_record(study, url)
+                done = next(t for t in record.trials if t.number == trial.number)
+                reporter.log(_trial_line(done, record.meta))
+                if tracker is not None:
+                    tracker.log_trial(record.meta, done, _trial_yaml(record, done))
+                now = min(_finished(record), target)
+                task.advance(max(0, now - shown))
+                shown = max(shown, now)
+                task.set(best=_fmt_best(_best_speedup(record)))
+                if state == TrialState.FAIL and not interrupted:
+                    fails_in_a_row += 1
+                    if fails_in_a_row >= MAX_FAILS_IN_A_ROW:
+                        msg = (f"{MAX_FAILS_IN_A_ROW} trials in a row failed, the last with: {reason}; "
+                               f"stopping this worker (fix the cause and run the same command to go on)")
+                        notes.append(msg)
+                        reporter.log(f"warning: {msg}")
+                        break
+                    _enqueue_slots(study, target)  # a failed trial does not count: add its replacement
+                else:
+                    fails_in_a_row = 0
             except KeyboardInterrupt:
                 interrupted = True
-                break
-            if trial is None:
-                break
-            state, values, reason = TrialState.COMPLETE, None, None
-            try:
-                values = run_trial(trial, ctx)
-            except TrialStopped as stop:
-                state, reason = TrialState.PRUNED, str(stop)
-            except KeyboardInterrupt:
-                state, reason, interrupted = TrialState.FAIL, "interrupted by the user (Ctrl-C)", True
-            except UserError as exc:
-                state, reason = TrialState.FAIL, str(exc)
-            except Exception as exc:  # a trial that breaks must not end the study  # noqa: BLE001
-                first = (str(exc).strip().splitlines() or [""])[0]
-                state, reason = TrialState.FAIL, f"{type(exc).__name__}: {first}"[:500]
-            if reason is not None:
-                trial.set_user_attr(REASON_ATTR, reason)
-            study.tell(trial, values=list(values) if values is not None else None, state=state)
-            ran.append(trial.number)
-            record = study_record(study, url)
-            done = next(t for t in record.trials if t.number == trial.number)
-            reporter.log(_trial_line(done, record.meta))
-            if tracker is not None:
-                tracker.log_trial(record.meta, done, _trial_yaml(record, done))
-            best_speedup = _best_speedup(record)
-            task.advance(1)
-            task.set(best=_fmt_best(best_speedup))
-            if interrupted:
-                break
+            finally:
+                if trial is not None and not told:  # interrupted between claim and tell
+                    with contextlib.suppress(Exception):
+                        trial.set_user_attr(REASON_ATTR, INTERRUPTED)
+                        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
     record = study_record(study, url)
     best = record.best_feasible()
@@ -425,7 +483,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         best_path = study_dir / "best_config.yaml"
         _write_atomic(best_path, best_config_yaml(record, best, data_dir=s.data_dir))
     result = SearchResult(record, study_dir, best_path, ran, interrupted, time.perf_counter() - t_start,
-                          notes=list(space.notes))
+                          notes=notes)
     import json
 
     _write_atomic(study_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
@@ -438,6 +496,13 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         write_study_artifacts(record, study_dir, study=study, best_config_yaml=best_yaml,
                               warn=lambda m: reporter.log(f"warning: {m}"))
     return result
+
+
+INTERRUPTED = "interrupted by the user (Ctrl-C)"
+
+
+def _finished(record: StudyRecord) -> int:
+    return sum(1 for t in record.trials if t.state in ("COMPLETE", "PRUNED"))
 
 
 def _wait_for_meta(study: Any, timeout: float = 120.0) -> StudyMeta:  # noqa: ANN401
@@ -456,7 +521,7 @@ def _wait_ready(study: Any, timeout: float = 120.0) -> None:  # noqa: ANN401
     while not study.user_attrs.get(READY_ATTR):
         if time.monotonic() - t0 > timeout:
             raise UserError(f"study '{study.study_name}' was never made ready by the worker that created it; "
-                            f"start a new study with another --study-name.")
+                            f"add --resume to finish preparing it, or start a new --study-name.")
         time.sleep(0.5)
 
 

@@ -183,6 +183,51 @@ def test_two_workers_share_a_postgresql_study(tmp_path, digits_baseline, postgre
     _two_workers(tmp_path, digits_baseline[0], postgres_url)
 
 
+@pytest.mark.slow
+def test_two_workers_share_a_sqlite_study(tmp_path, digits_baseline) -> None:
+    # SQLite ignores SELECT ... FOR UPDATE; the claim lock keeps one trial from running twice
+    _two_workers(tmp_path, digits_baseline[0], f"sqlite:///{tmp_path / 'shared.db'}")
+
+
+def test_a_failed_trial_is_replaced_and_repeated_failures_stop_the_worker(tmp_path, digits_baseline,
+                                                                          monkeypatch) -> None:
+    import autoprune.search.objective as objective
+
+    real = objective.run_trial
+    calls = {"n": 0}
+
+    def flaky(trial, ctx):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire")
+        return real(trial, ctx)
+
+    monkeypatch.setattr(objective, "run_trial", flaky)
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=4, min_speedup=0.01))
+    states = [t.state for t in result.record.trials if t.state != "WAITING"]
+    assert states.count("FAIL") == 1 and states.count("COMPLETE") + states.count("PRUNED") == 4
+    failed = next(t for t in result.record.trials if t.state == "FAIL")
+    assert failed.stop_reason == "RuntimeError: disk on fire"
+
+    def broken(trial, ctx):  # noqa: ANN001, ANN202
+        raise RuntimeError("always")
+
+    monkeypatch.setattr(objective, "run_trial", broken)
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=8, min_speedup=0.01))
+    assert len(result.ran) == 3 and any("3 trials in a row failed" in n for n in result.notes)
+
+
+def test_a_changed_space_file_is_refused_for_an_existing_study(tmp_path, digits_baseline) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"types": ["none", "filter"], "rate": {"low": 0.3, "high": 0.6, "step": 0.1}}))
+    run_search(_settings(tmp_path, digits_baseline[0], trials=1, space=str(space), study_name="sp"))
+    space.write_text(yaml.safe_dump({"types": ["none", "filter", "shape"]}))
+    with pytest.raises(UserError, match="changed since study 'sp' was created"):
+        run_search(_settings(tmp_path, digits_baseline[0], trials=2, study_name="sp"))
+    space.unlink()  # a worker elsewhere without the file searches the stored space
+    assert run_search(_settings(tmp_path, digits_baseline[0], trials=2, study_name="sp")).ran == [1]
+
+
 # -- Ctrl-C ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_baseline) -> None:

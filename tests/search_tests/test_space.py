@@ -89,8 +89,10 @@ def test_suggest_uses_stable_names_groups_and_fixed(digits_graph) -> None:
 def test_uniform_and_dense_params(digits_graph) -> None:
     space = auto_space(digits_graph)
     dense = space.dense_params()
-    assert dense == {v.type_param: "none" for v in space.variables}
+    assert {k: v for k, v in dense.items() if k.endswith(".type")} == {v.type_param: "none" for v in space.variables}
     assert space.targets_from_params(dense) == {}
+    # rates are parameters of every trial (also dense ones), so that every sampler models them
+    assert {k for k in dense if k.endswith(".rate")} == {v.rate_param for v in space.variables}
     filt = space.uniform_params("filter", 0.5)
     targets = space.targets_from_params(filt)
     assert set(targets) == {"features.3", "features.7", "features.10", "classifier.1"}
@@ -129,6 +131,8 @@ def test_types_that_cannot_apply_are_dropped_with_a_note(digits_graph) -> None:
         ({"groups": {"a": ["features.3"], "b": ["features.3"]}}, "already in group 'a'"),
         ({"model": "resnet20"}, "written for model 'resnet20'"),
         ({"types": ["none"]}, "nothing to search"),
+        ({"types": ["none", 124]}, "quote N:M patterns"),
+        ({"fixed": {"classifier.4": {"type": "filter", "rate": 0.5}}}, "filter cannot apply to 'classifier.4'"),
     ],
 )
 def test_space_errors_name_the_problem(digits_graph, tmp_path, raw: dict, message: str) -> None:
@@ -143,3 +147,20 @@ def test_missing_space_file_is_a_user_error(digits_graph, tmp_path) -> None:
 
     with pytest.raises(UserError, match="does not exist"):
         load_space(tmp_path / "nope.yaml", "digits-cnn", digits_graph)
+
+
+def test_nm_and_case_are_read_as_users_write_them(digits_graph) -> None:
+    space = space_from_dict({"include": ["features.3"], "types": ["None", "Filter", "2:4"],
+                             "fixed": {"features.7": "2:4"}}, digits_graph)
+    assert space.variables[0].types == ["none", "filter", "2:4"]
+    assert space.fixed["features.7"] == LayerTarget("2:4")
+
+
+def test_a_stored_space_round_trips(digits_graph) -> None:
+    from autoprune.search.space import SearchSpace
+
+    space = load_space(None, "digits-cnn", digits_graph)
+    again = SearchSpace.from_dict(space.to_dict())
+    assert again.to_dict() == space.to_dict()
+    params = space.uniform_params("filter", 0.5)
+    assert again.targets_from_params(params) == space.targets_from_params(params)
