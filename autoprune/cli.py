@@ -139,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--trial", type=int, default=None, help="export this trial")
     g.add_argument("--pick", default="fastest", help="fastest (default: fastest within the budget), knee, most-accurate")
     p.add_argument("--out", default="best.yaml", help="YAML file to write (default: %(default)s)")
+    p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("report", help="write one self-contained HTML report of a search study")
     p.add_argument("--study", required=True, help="the study name (see runs/<study>/ or optuna-dashboard)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
-    p.add_argument("--out", default=None, help="HTML file (default: runs/<study>/report.html)")
+    p.add_argument("--out", default=None, help="HTML file (default: <runs-dir>/<study>/report.html)")
+    p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
 
     p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
@@ -413,12 +415,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoprune.search.storage import default_storage, load_autoprune_study
     from autoprune.search.study import best_config_yaml
 
-    url = args.storage or default_storage()
+    url = args.storage or default_storage(args.runs_dir)
     study = load_autoprune_study(args.study, url)
     record = study_record(study, url)
     best = record.best_feasible()
     chosen_yaml = best_config_yaml(record, best) if best is not None and not best.is_dense else None
-    out = Path(args.out) if args.out else Path("runs") / args.study / "report.html"
+    out = Path(args.out) if args.out else Path(args.runs_dir) / args.study.replace("/", "-") / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     path = write_report(record, out, study=study, chosen=best, chosen_yaml=chosen_yaml)
     print(f"report: {path}  ({len(record.trials)} trials, {len(record.front)} on the Pareto front)")
@@ -429,7 +431,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from autoprune.export import export_config
     from autoprune.search.storage import default_storage
 
-    r = export_config(args.study, args.storage or default_storage(), trial=args.trial, pick=args.pick, out=args.out)
+    r = export_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial, pick=args.pick,
+                      out=args.out)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return 0

@@ -25,6 +25,11 @@ def test_search_export_prune_and_reload(tmp_path, digits_baseline) -> None:
     best = summary["best_feasible"]
     assert (tmp_path / "runs" / "mlflow.db").is_file()
 
+    r = _run(["report", "--study", "flow", "--out", "flow.html"], tmp_path)
+    assert r.returncode == 0, r.stderr
+    html = (tmp_path / "flow.html").read_text()
+    assert "Pareto" in html and "<script src=" not in html and "plotly" in html.lower()
+
     r = _run(["export", "--study", "flow", "--out", "best.yaml", "--json"], tmp_path)
     if best is None or best["is_dense"]:
         assert r.returncode == 2 and "no pruned trial" in r.stderr
