@@ -30,7 +30,7 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from autoprune.search.records import StudyRecord, TrialRecord
+from autoprune.search.records import StudyRecord, TrialRecord, si_count
 
 __all__ = [
     "TYPE_ABBREVIATIONS",
@@ -93,16 +93,6 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def _pct(value: float | None, digits: int = 2) -> str:
     return "–" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _si(value: float | None) -> str:
-    """1.82e9 -> ``1.82 G``."""
-    if value is None:
-        return "–"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g}"
 
 
 def _speedup(trial: TrialRecord) -> str:
@@ -440,7 +430,7 @@ def _settings_rows(record: StudyRecord) -> list[tuple[str, str]]:
         ("ADMM", ", ".join(f"{k}={v}" for k, v in m.admm.items()) or "–"),
         ("dense accuracy", f"{_pct(m.dense_accuracy)} validation, {_pct(m.dense_test_accuracy)} test"),
         ("dense latency", f"{m.dense_latency_ms:.4g} ms median, {m.dense_latency_p90_ms:.4g} ms p90"),
-        ("dense MACs / params", f"{_si(m.dense_macs)} / {_si(m.dense_params)}"),
+        ("dense MACs / params", f"{si_count(m.dense_macs)} / {si_count(m.dense_params)}"),
         ("Optuna storage", record.storage),
         ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items()) or "–"),
     ]
@@ -468,8 +458,8 @@ def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
             f"<td>{_fmt(None if t.accuracy_drop is None else 100 * t.accuracy_drop, '.2f', ' pt')}</td>",
             f"<td>{_fmt(t.latency_ms, '.4g')}</td>",
             f"<td>{_speedup(t)}</td>",
-            f"<td>{_si(t.macs)}</td>",
-            f"<td>{_si(t.params_count)}</td>",
+            f"<td>{si_count(t.macs)}</td>",
+            f"<td>{si_count(t.params_count)}</td>",
             f"<td>{_pct(t.sparsity, 1)}</td>",
             f"<td class='l'>{html.escape(t.sparsity_summary())}</td>",
             f"<td class='l'>{feasible}</td>",

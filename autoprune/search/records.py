@@ -143,6 +143,16 @@ class StudyRecord:
         return max(done, key=lambda t: (t.accuracy, -t.latency_ms)) if done else None
 
 
+def si_count(value: float | None) -> str:
+    """1.82e9 -> ``1.82 G`` (MACs and parameter counts in tables)."""
+    if value is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g}"
+
+
 def mark_pareto(trials: list[TrialRecord]) -> None:
     """Set ``pareto`` on the completed trials no other completed trial dominates."""
     done = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None]

@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
+from autoprune.search.records import si_count
 from autoprune.search.study import SearchResult
-
-
-def _fmt_count(v: float | None) -> str:
-    if v is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= div:
-            return f"{v / div:.3g}{unit}"
-    return f"{v:.0f}"
 
 
 def print_summary(result: SearchResult) -> None:
@@ -38,7 +30,7 @@ def print_summary(result: SearchResult) -> None:
         table.add_column(col, justify="left" if col == "sparsity" else "right")
     for t in rec.front:
         table.add_row(str(t.number), f"{100 * t.accuracy:.1f}%", f"{100 * t.accuracy_drop:+.1f}",
-                      f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x", _fmt_count(t.macs), _fmt_count(t.params_count),
+                      f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x", si_count(t.macs), si_count(t.params_count),
                       t.sparsity_summary(), "yes" if t.feasible else "no")
     console.print(table)
     best = rec.best_feasible()
