@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop a trial before retraining if the hard prune drops validation accuracy more than this "
                         "(2%% style or fraction; default: never, see the README)")
     p.add_argument("--runs-dir", default="runs", help="output folder (default: %(default)s)")
+    p.add_argument("--stale-after", type=float, default=600.0,
+                   help="seconds without a heartbeat after which another worker's running trial counts as lost "
+                        "and is replaced (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror the study to MLflow")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
@@ -379,7 +382,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=args.channels_last, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
-        min_speedup=args.min_speedup, runs_dir=args.runs_dir, checkpoint=args.checkpoint, data_dir=args.data_dir,
+        min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
+        checkpoint=args.checkpoint, data_dir=args.data_dir,
         abandon_drop=parse_budget(args.abandon_drop) if args.abandon_drop is not None else None, given=given,
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",

@@ -68,6 +68,7 @@ class SearchSettings:
     # default: on digits, trials at 21% after the hard prune recovered to 97.9% (README)
     abandon_drop: float | None = None
     runs_dir: str = "runs"
+    stale_after: float = 600.0  # a RUNNING trial without a heartbeat for this long lost its worker
     # explicitly given on the command line (the rest are defaults, which a resumed study overrides)
     given: set[str] = field(default_factory=set)
 
@@ -86,6 +87,8 @@ class SearchSettings:
             raise UserError(f"--min-speedup must be > 0 (got {self.min_speedup}).")
         if self.abandon_drop is not None and not 0 < self.abandon_drop <= 1:
             raise UserError(f"--abandon-drop must lie in (0, 1] (got {self.abandon_drop}).")
+        if self.stale_after <= 0:
+            raise UserError(f"--stale-after must be > 0 seconds (got {self.stale_after}).")
         if self.study_name is not None and not self.study_name.strip():
             raise UserError("--study-name must not be empty.")
 

@@ -241,6 +241,59 @@ def _claim(study: Any, target: int) -> Any | None:  # noqa: ANN401
     return None
 
 
+HEARTBEAT_ATTR = "autoprune.heartbeat"
+HEARTBEAT_EVERY = 30.0  # seconds between a running trial's heartbeats
+
+
+class _Heartbeat:
+    """Marks a claimed trial alive (a timestamp user attribute) from a background thread,
+    so that other workers can tell a trial whose worker died from a long one."""
+
+    def __init__(self, study: Any, trial: Any, every: float = HEARTBEAT_EVERY) -> None:  # noqa: ANN401
+        import threading
+
+        self._storage, self._id, self._every = study._storage, trial._trial_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="autoprune-heartbeat", daemon=True)
+
+    def _beat(self) -> None:
+        with contextlib.suppress(Exception):  # a missed beat is harmless; the next one comes
+            self._storage.set_trial_user_attr(self._id, HEARTBEAT_ATTR, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self._beat()
+
+    def __enter__(self) -> _Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _fail_stale(study: Any, stale_after: float) -> list[int]:  # noqa: ANN401
+    """Mark RUNNING trials whose worker stopped beating for ``stale_after`` seconds as FAIL
+    (a worker killed with SIGKILL, a machine that went away); returns their numbers."""
+    from optuna.trial import TrialState
+
+    now, failed = time.time(), []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get(HEARTBEAT_ATTR)
+        if beat is None and t.datetime_start is not None:
+            beat = t.datetime_start.timestamp()
+        if beat is None or now - float(beat) < stale_after:
+            continue
+        with contextlib.suppress(Exception):  # another worker may fail it first
+            study._storage.set_trial_user_attr(
+                t._trial_id, REASON_ATTR, f"its worker stopped ({int(now - float(beat))} s without a heartbeat)")
+            study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
+            failed.append(t.number)
+    return failed
+
+
 def _seed_params(space: Any) -> list[dict[str, Any]]:  # noqa: ANN401
     seeds = []
     dense = space.dense_params()
@@ -428,12 +481,17 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
             trial, told = None, False
             try:
                 with _claim_lock(url):
+                    stale = _fail_stale(study, s.stale_after)
+                    if stale:
+                        reporter.log(f"trials {stale} lost their worker; they are marked failed and replaced")
+                        _enqueue_slots(study, target)
                     trial = _claim(study, target)
                 if trial is None:
                     break
                 state, values, reason = TrialState.COMPLETE, None, None
                 try:
-                    values = run_trial(trial, ctx)
+                    with _Heartbeat(study, trial):
+                        values = run_trial(trial, ctx)
                 except TrialStopped as stop:
                     state, reason = TrialState.PRUNED, str(stop)
                 except KeyboardInterrupt:

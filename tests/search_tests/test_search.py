@@ -304,3 +304,29 @@ def test_cuda_without_cuda_gets_exit_2(tmp_path) -> None:
         pytest.skip("this machine has CUDA")
     r = _cli(["--device", "cuda", "--no-tracking", "--runs-dir", str(tmp_path / "runs")], tmp_path)
     assert r.returncode == 2 and "no usable CUDA device" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_trial_whose_worker_died_is_failed_and_replaced(tmp_path, digits_baseline) -> None:
+    import time as _time
+
+    from autoprune.search.study import HEARTBEAT_ATTR, _claim, _enqueue_slots
+
+    run_search(_settings(tmp_path, digits_baseline[0], trials=2, study_name="dead", min_speedup=0.01))
+    study = optuna.load_study(study_name="dead", storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
+    _enqueue_slots(study, 3)
+    ghost = _claim(study, 3)  # a worker claims trial 2 ... and is killed with SIGKILL
+    ghost.set_user_attr(HEARTBEAT_ATTR, _time.time() - 1000)
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, study_name="dead", min_speedup=0.01,
+                                  stale_after=300))
+    by_number = {t.number: t for t in result.record.trials}
+    assert by_number[ghost.number].state == "FAIL"
+    assert "without a heartbeat" in by_number[ghost.number].stop_reason
+    assert sum(t.state in ("COMPLETE", "PRUNED") for t in result.record.trials) == 3
+    assert result.ran == [ghost.number + 1]
+    # a live trial (recent heartbeat) is left alone
+    _enqueue_slots(study, 4)
+    alive = _claim(study, 4)
+    alive.set_user_attr(HEARTBEAT_ATTR, _time.time())
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=4, study_name="dead", min_speedup=0.01,
+                                  stale_after=300))
+    assert {t.number: t.state for t in result.record.trials}[alive.number] == "RUNNING"
