@@ -230,7 +230,8 @@ def test_a_changed_space_file_is_refused_for_an_existing_study(tmp_path, digits_
 
 # -- Ctrl-C ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_baseline) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_baseline, sig) -> None:
     storage = f"sqlite:///{tmp_path / 'c.db'}"
     cmd = [sys.executable, "-u", "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint",
            str(digits_baseline[0]), "--trials", "30", "--study-name", "c", "--storage", storage, "--runs-dir",
@@ -248,7 +249,7 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
         if any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials()):
             break
     time.sleep(2.0)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Pareto front" in out and "interrupted" in out
