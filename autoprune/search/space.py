@@ -39,7 +39,18 @@ from autoprune.groups import ChannelGraph
 DEFAULT_TYPES_CONV = (NONE_TYPE, "filter", "shape")
 DEFAULT_TYPES_LINEAR = (NONE_TYPE, "filter", "irregular")
 DEFAULT_RATE = {"low": 0.1, "high": 0.9, "step": 0.1}
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+def _spaces_dir() -> Path:
+    """``search_spaces/`` of the source tree (editable installs), else the copy a regular
+    install puts under ``<prefix>/share/autoprune/search_spaces``."""
+    import sys
+
+    tree = Path(__file__).resolve().parents[2] / "search_spaces"
+    installed = Path(sys.prefix) / "share" / "autoprune" / "search_spaces"
+    return tree if tree.is_dir() or not installed.is_dir() else installed
+
+
+SPACES_DIR = _spaces_dir()
 
 
 @dataclass(frozen=True)
