@@ -417,6 +417,12 @@ def space_from_dict(
                     members.append(n)
                 grouped[n] = gname
         members = [n for n in names if n in members]
+        for key, own, per_layer, base in (("types", "types" in val, layer_types, base_types),
+                                          ("rate", "rate" in val, layer_rate, base_rate)):
+            seen = {repr(per_layer.get(n, base)) for n in members}
+            if not own and len(seen) > 1:
+                raise ConfigError(f"{w}: its layers have different '{key}' (from overrides); give the group its own "
+                                  f"'{key}' since they share one variable.")
         types = _types(val["types"], w) if "types" in val else layer_types.get(members[0], base_types)
         rate = _rate(val["rate"], w) if "rate" in val else layer_rate.get(members[0], base_rate)
         group_vars[gname] = Variable(f"group.{gname}", members, types, rate)

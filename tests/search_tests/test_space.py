@@ -132,6 +132,8 @@ def test_types_that_cannot_apply_are_dropped_with_a_note(digits_graph) -> None:
         ({"model": "resnet20"}, "written for model 'resnet20'"),
         ({"types": ["none"]}, "nothing to search"),
         ({"types": ["none", 124]}, "quote N:M patterns"),
+        ({"groups": {"g": ["features.3", "features.7"]}, "overrides": {"features.3": {"types": ["none", "filter"]}}},
+         "different 'types'"),
         ({"fixed": {"classifier.4": {"type": "filter", "rate": 0.5}}}, "filter cannot apply to 'classifier.4'"),
     ],
 )
