@@ -156,17 +156,7 @@ class PruneConfig:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> PruneConfig:
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file '{p}' does not exist.")
-        try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-            raise ConfigError(f"config file '{p}' is not valid YAML: {first}") from None
-        return cls.from_dict(raw, source=str(p))
+        return cls.from_dict(read_yaml(path, "config file"), source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"model": self.model, "dataset": self.dataset}
@@ -185,6 +175,20 @@ class PruneConfig:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:  # noqa: ANN401
+    """A YAML file's content, with one clear error for a missing file or bad YAML."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{what} '{p}' does not exist{missing_hint}.")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        raise ConfigError(f"{what} '{p}' is not valid YAML: {first}") from None
 
 
 def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:

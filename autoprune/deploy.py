@@ -46,6 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
 
 __all__ = [
@@ -344,7 +345,7 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in portable.state_dict().items()}
     _atomic_save(state, out / WEIGHTS_FILE)
-    _atomic_write(out / ARCHITECTURE_FILE, json.dumps(arch, indent=2))
+    write_text_atomic(out / ARCHITECTURE_FILE, json.dumps(arch, indent=2))
     return out
 
 
@@ -703,8 +704,8 @@ def build_deployable(
             "seconds": None,
         }
         report["seconds"] = time.perf_counter() - t_start
-        _atomic_write(tmp / REPORT_FILE, json.dumps(report, indent=2, default=str))
-        _atomic_write(tmp / REPORT_MD_FILE, _report_md(report))
+        write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2, default=str))
+        write_text_atomic(tmp / REPORT_MD_FILE, _report_md(report))
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -829,12 +830,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _atomic_save(obj: Any, path: Path) -> None:  # noqa: ANN401

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 from autoprune.errors import UserError
@@ -150,28 +149,6 @@ def pick_trial(record: Any, *, trial: int | None = None, pick: str = "fastest") 
     return _knee(record, cands)
 
 
-def _study_names(storage: Any) -> list[str]:  # noqa: ANN401
-    import optuna
-
-    return sorted(optuna.get_all_study_names(storage))
-
-
-def _missing_file(url: str) -> Path | None:
-    """The file of a SQLite or journal storage URL when it does not exist (opening it would
-    create an empty one), else None."""
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):].partition("?")[0]
-        if not path or path == ":memory:":
-            return None
-    elif url.startswith("journal://"):
-        path = url[len("journal://"):]
-    elif "://" not in url and url.endswith((".log", ".journal")):
-        path = url
-    else:
-        return None
-    return None if Path(path).exists() else Path(path)
-
-
 def export_config(
     study_name: str,
     storage_url: str,
@@ -199,32 +176,18 @@ def export_config(
     """
     import optuna
 
+    from autoprune.atomic import write_text_atomic
     from autoprune.search.records import study_record
-    from autoprune.search.storage import open_storage, redact
+    from autoprune.search.storage import load_autoprune_study, redact
     from autoprune.search.study import best_config_yaml
 
     if pick not in PICKS and trial is None:
         raise UserError(f"unknown --pick '{pick}'; use one of: {', '.join(PICKS)}.")
-    missing = _missing_file(storage_url)
-    if missing is not None:
-        raise UserError(f"no Optuna storage at '{missing}'; run 'autoprune search' first, or point --storage at "
-                        f"the study's database.")
-    storage = open_storage(storage_url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = _study_names(storage)
-        known = ", ".join(names) if names else "none"
-        raise UserError(f"no study named '{study_name}' in {redact(storage_url)} (studies there: {known}).") from None
+    study = load_autoprune_study(study_name, storage_url)
     record = study_record(study, storage_url)
     chosen = pick_trial(record, trial=trial, pick=pick)
-    text = best_config_yaml(record, chosen)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    path = write_text_atomic(out, best_config_yaml(record, chosen))
     return {
         "study": record.meta.name,
         "storage": redact(storage_url),

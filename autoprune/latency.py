@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -250,10 +251,7 @@ class LatencyCache:
                     self._data = {**json.loads(self.path.read_text()), **self._data}
                 except (OSError, json.JSONDecodeError):
                     pass
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._data, indent=1))
-            os.replace(tmp, self.path)
+            write_text_atomic(self.path, json.dumps(self._data, indent=1))
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> tuple[LatencyResult, bool]:

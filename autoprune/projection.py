@@ -27,7 +27,7 @@ from torch import nn
 
 from autoprune.config import LayerTarget
 from autoprune.errors import ConfigError
-from autoprune.groups import DEPTHWISE, IN, NORM, OUT, ChannelGraph, ChannelGroup, GroupMember
+from autoprune.groups import DEPTHWISE, NORM, OUT, ChannelGraph, ChannelGroup, GroupMember
 from autoprune.sparsity import SparsityType, get_sparsity, keep_count, topk_mask
 
 FILTER_SHAPE = "filter+shape"

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord
+from autoprune.search.storage import redact
 
 __all__ = ["DEFAULT_TRACKING_URI", "Tracker", "trial_metrics", "trial_params", "trial_tags"]
 
@@ -196,11 +197,6 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
         out["stop_reason"] = trial.stop_reason
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {_key(k): _value(v, MAX_TAG_VALUE) for k, v in out.items()}
-
-
-def _mask_password(url: str) -> str:
-    """``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+:)[^@/]+@", r"\1***@", url)
 
 
 def _is_http(uri: str) -> bool:
@@ -374,7 +370,7 @@ class Tracker:
         exp_id = self._experiment(meta.name)
         parents = self._search(exp_id, f"tags.`{ROLE_TAG}` = 'study'")
         if storage is not None:
-            masked = _mask_password(storage)
+            masked = redact(storage)
             parents = [r for r in parents if r.data.tags.get(STORAGE_TAG) in (masked, None)]
         parents.sort(key=lambda r: r.info.start_time or 0)
         if parents:
@@ -382,7 +378,7 @@ class Tracker:
         else:
             tags = {ROLE_TAG: "study", STUDY_NAME_TAG: meta.name}
             if storage is not None:
-                tags[STORAGE_TAG] = _mask_password(storage)
+                tags[STORAGE_TAG] = redact(storage)
             parent_id = self._call("create_run", exp_id, run_name=meta.name, tags=tags).info.run_id
         runs = _StudyRuns(exp_id, parent_id, {})
         self._studies[meta.name] = runs
@@ -488,7 +484,7 @@ class Tracker:
             tags = {
                 ROLE_TAG: "study",
                 STUDY_NAME_TAG: meta.name,
-                STORAGE_TAG: _value(_mask_password(storage)),
+                STORAGE_TAG: _value(redact(storage)),
             }
             metrics = [(k, float(v), 0) for k, v in dense.items() if v is not None]
             self._log(runs.parent_run_id, params=params, metrics=metrics, tags=tags, existing=existing)

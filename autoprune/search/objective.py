@@ -16,8 +16,10 @@ PRUNED with that reason.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +31,7 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.progress import Reporter
-from autoprune.search.records import CONSTRAINT, REASON_ATTR, TARGETS_ATTR, TRIAL_ATTR, StudyMeta, TrialRecord
+from autoprune.search.records import CONSTRAINT, TARGETS_ATTR, TRIAL_ATTR, StudyMeta, TrialRecord
 from autoprune.search.space import SearchSpace
 
 
@@ -61,15 +63,19 @@ class SearchContext:
     def example(self) -> torch.Tensor:
         return torch.zeros(1, *self.input_shape)
 
+    @functools.cached_property
+    def dense_fingerprint(self) -> str:
+        """The dense architecture's fingerprint (computed once per worker)."""
+        from autoprune.latency import architecture_fingerprint
+
+        return architecture_fingerprint(self.checkpoint.build())
+
 
 def config_key(targets: dict[str, LayerTarget], ctx: SearchContext) -> str:
     """A cache key for the latency of a configuration of this model on this device."""
-    from autoprune.latency import architecture_fingerprint
-
     body = json.dumps({k: v.to_dict() for k, v in sorted(targets.items())}, sort_keys=True)
     digest = hashlib.sha256(body.encode()).hexdigest()[:24]
-    dense = architecture_fingerprint(ctx.checkpoint.build())
-    return "config:" + LatencyCache.key(f"{dense}/{digest}", ctx.device, ctx.input_shape, ctx.latency)
+    return "config:" + LatencyCache.key(f"{ctx.dense_fingerprint}/{digest}", ctx.device, ctx.input_shape, ctx.latency)
 
 
 @dataclass
@@ -184,8 +190,8 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     acc = evaluate(model, ctx.splits.val, device=ctx.device)
     stats = layer_stats(model, ctx.graph, targets)
     counts = model_counts(model, stats)
-    weights = sum(int(torch.tensor(s.weight_shape).prod()) for s in stats)
-    zeros = sum(s.sparsity * int(torch.tensor(s.weight_shape).prod()) for s in stats)
+    weights = sum(math.prod(s.weight_shape) for s in stats)
+    zeros = sum(s.sparsity * math.prod(s.weight_shape) for s in stats)
     rec.accuracy = acc
     rec.accuracy_drop = meta.dense_accuracy - acc
     rec.macs, rec.params_count = float(counts["macs"]), float(counts["params_nonzero"])

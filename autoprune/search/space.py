@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.config import NONE_TYPE, LayerTarget, _parse_target, _reject_unknown, _specificity
-from autoprune.errors import ConfigError, UserError
+from autoprune.config import NONE_TYPE, LayerTarget, _parse_target, _reject_unknown, _specificity, read_yaml
+from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 
 DEFAULT_TYPES_CONV = (NONE_TYPE, "filter", "shape")
@@ -209,15 +209,7 @@ def load_space(spec: str | os.PathLike | None, model_name: str, graph: ChannelGr
     if str(spec) == "auto":
         return auto_space(graph, device=device)
     path = Path(spec)
-    if not path.is_file():
-        raise UserError(f"search space file '{path}' does not exist (see search_spaces/ for examples, or use --space auto).")
-    import yaml
-
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise ConfigError(f"search space '{path}' is not valid YAML: {first}") from None
+    raw = read_yaml(path, "search space file", " (see search_spaces/ for examples, or use --space auto)")
     return space_from_dict(raw, graph, source=str(path.resolve()), model_name=model_name)
 
 

@@ -91,19 +91,29 @@ def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
     raise AssertionError("unreachable")
 
 
+def missing_storage_file(url: str) -> Path | None:
+    """The file of a SQLite or journal storage URL when it does not exist (opening it would
+    create an empty one), else None."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].partition("?")[0]
+        if not path or path == ":memory:":
+            return None
+        return None if Path(path).exists() else Path(path)
+    journal = _journal_path(url)
+    return journal if journal is not None and not journal.exists() else None
+
+
 def load_autoprune_study(name: str, url: str) -> Any:  # noqa: ANN401 - optuna.Study
     """An existing study by name, with a clear error listing the studies that do exist."""
     import optuna
 
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise UserError(f"there is no Optuna storage at {url} (run 'autoprune search' first, or pass --storage).")
-    journal = _journal_path(url)
-    if journal is not None and not journal.is_file():
-        raise UserError(f"there is no journal file '{journal}' (run 'autoprune search' first, or pass --storage).")
+    missing = missing_storage_file(url)
+    if missing is not None:
+        raise UserError(f"there is no Optuna storage at '{missing}' (run 'autoprune search' first, or pass --storage).")
     storage = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        names = sorted(optuna.get_all_study_names(storage))
         have = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "") if names else "none"
         raise UserError(f"no study named '{name}' in {redact(url)} (studies there: {have}).") from None

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.search.records import (
@@ -401,8 +402,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
         space = load_space(s.space, s.model, graph, device=device.type)
         notes = list(space.notes)
-        ckpt, ckpt_path = _dense_checkpoint(s, splits, device, reporter)
-        graph = ChannelGraph(ckpt.build(), example_input(splits))
+        ckpt, ckpt_path = _dense_checkpoint(s, splits, device, reporter)  # same model and dataset: same graph
         dense = _measure_dense(ckpt, splits, device, s, graph, reporter)
         meta = StudyMeta(
             name=name, model=s.model, dataset=splits.name, checkpoint=str(Path(ckpt_path).resolve()),
@@ -539,12 +539,12 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     best_path = None
     if best is not None and not best.is_dense:
         best_path = study_dir / "best_config.yaml"
-        _write_atomic(best_path, best_config_yaml(record, best, data_dir=s.data_dir))
+        write_text_atomic(best_path, best_config_yaml(record, best, data_dir=s.data_dir))
     result = SearchResult(record, study_dir, best_path, ran, interrupted, time.perf_counter() - t_start,
                           notes=notes)
     import json
 
-    _write_atomic(study_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
+    write_text_atomic(study_dir / "summary.json", json.dumps(result.to_dict(), indent=2, default=str))
     best_yaml = best_path.read_text() if best_path else None
     if tracker is not None:
         tracker.finish_study(record, study=study, best_config_yaml=best_yaml, out_dir=study_dir)
@@ -605,9 +605,3 @@ def _trial_yaml(record: StudyRecord, t: TrialRecord) -> str | None:
     if not t.targets:
         return None
     return best_config_yaml(record, t)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

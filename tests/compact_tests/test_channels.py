@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
-from torch import nn
 
 from autoprune.admm import apply_masks
 from autoprune.bench import uniform_targets

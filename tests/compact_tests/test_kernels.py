@@ -11,7 +11,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from autoprune.compact.kernels import (
