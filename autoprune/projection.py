@@ -67,9 +67,15 @@ class Projector:
         model: The model whose parameters are projected (names must not change).
         graph: Its channel graph.
         targets: Resolved targets per layer name (``none`` already dropped).
+        channel_multiple: Round the number of channels each pruned group keeps to a
+            multiple of this (see :func:`rounded_keep`); 1 keeps the exact rates.
     """
 
-    def __init__(self, model: nn.Module, graph: ChannelGraph, targets: dict[str, LayerTarget]) -> None:
+    def __init__(self, model: nn.Module, graph: ChannelGraph, targets: dict[str, LayerTarget], *,
+                 channel_multiple: int = 1) -> None:
+        if int(channel_multiple) < 1:
+            raise ConfigError(f"channel_multiple must be a positive integer, got {channel_multiple!r}.")
+        self.channel_multiple = int(channel_multiple)
         self.model = model
         self.graph = graph
         self.targets = dict(targets)
@@ -155,7 +161,11 @@ class Projector:
                 else:
                     norms = _slice_norms_sq(mod, m.role, p)
                 scores.index_add_(0, m.root_idxs.to(device), norms[m.idxs.to(norms.device)].to(device))
-        return topk_mask(scores, keep_count(gt.group.size, gt.rate))
+        return topk_mask(scores, self.group_keep_count(gt))
+
+    def group_keep_count(self, gt: GroupTarget) -> int:
+        """How many of the group's channels stay (the rate, rounded to ``channel_multiple``)."""
+        return rounded_keep(gt.group.size, gt.rate, self.channel_multiple)
 
     def _group_param_masks(self, gt: GroupTarget, keep: torch.Tensor, members: list[GroupMember],
                            side: str | None) -> dict[str, torch.Tensor]:
@@ -213,6 +223,21 @@ class Projector:
             for pname, mask in self._group_param_masks(gt, keep, gt.group.members, None).items():
                 params[pname] = params[pname] & mask if pname in params else mask
         return params
+
+
+def rounded_keep(n: int, rate: float, multiple: int) -> int:
+    """Channels kept when pruning ``rate`` of ``n``, rounded to the nearest multiple of ``multiple``.
+
+    Convolution kernels run on channel blocks (oneDNN on CPU pads to 8 or 16, tensor
+    cores want multiples of 8), so 45 kept channels cost as much as 48: rounding keeps
+    the latency of the next block size and either saves the padding or keeps a few more
+    channels for free. Never below ``multiple`` (nor below 1) and never above ``n``;
+    ``multiple`` 1 gives :func:`~autoprune.sparsity.keep_count` exactly.
+    """
+    k = keep_count(n, rate)
+    if multiple <= 1 or n <= multiple:
+        return k
+    return min(n, max(multiple, int(k / multiple + 0.5) * multiple))
 
 
 def _slice_norms_sq(mod: nn.Module, role: str, w: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,7 @@ from autoprune.config import LayerTarget
 from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
-from autoprune.projection import Projector
+from autoprune.projection import Projector, rounded_keep
 from autoprune.sparsity import keep_count
 
 
@@ -132,3 +132,23 @@ def test_input_channels_of_the_first_layer_cannot_be_pruned():
         Projector(model, graph, {"features.0": LayerTarget("channel", 0.5)})
     with pytest.raises(ConfigError, match="output layer"):
         Projector(model, graph, {"classifier.4": LayerTarget("filter", 0.5)})
+
+
+@pytest.mark.parametrize(("n", "rate", "multiple", "kept"), [
+    (64, 0.3, 1, 45), (64, 0.3, 8, 48), (64, 0.7, 8, 24), (128, 0.7, 8, 40), (64, 0.95, 8, 8),
+    (6, 0.5, 8, 3), (100, 0.0, 8, 100), (20, 0.1, 8, 16), (64, 0.3, 16, 48),
+])
+def test_rounded_keep(n, rate, multiple, kept):
+    assert rounded_keep(n, rate, multiple) == kept
+
+
+def test_channel_multiple_rounds_every_pruned_group():
+    torch.manual_seed(0)
+    model = create_model("digits-cnn", in_channels=1, num_classes=10, image_size=(8, 8)).eval()
+    graph = ChannelGraph(model, torch.zeros(1, 1, 8, 8))
+    proj = Projector(model, graph, {"features.3": LayerTarget("filter", 0.3)}, channel_multiple=8)
+    masks = proj.hard_masks()
+    rows = masks["features.3.weight"].flatten(1).any(1)
+    assert int(rows.sum()) == 48  # 64 - floor(19.2) = 45 rounds to 48
+    with pytest.raises(ConfigError, match="channel_multiple"):
+        Projector(model, graph, {}, channel_multiple=0)
