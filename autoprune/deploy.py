@@ -48,6 +48,7 @@ from torch import nn
 
 from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
+from autoprune.fold import fold_batchnorm
 
 __all__ = [
     "ARCHITECTURE_FILE",
@@ -470,11 +471,12 @@ def export_programs(model: nn.Module, example_input: torch.Tensor, out_dir: str 
     export to both. Sparse CSR layers do not (torch.export's fake tensors cannot build a
     CSR tensor; ONNX has no ``aten::sparse_compressed_tensor``), nor do semi-structured
     ones: those layers are exported as their dense masked equivalent (same outputs, no
-    sparse speed-up) and a note says so. An exporter that still fails does not raise: its
-    entry says ``"skipped: <reason>"``.
+    sparse speed-up) and a note says so. BatchNorms that follow a conv are folded into it
+    first (:func:`autoprune.fold.fold_batchnorm`), the form latency is measured in. An
+    exporter that still fails does not raise: its entry says ``"skipped: <reason>"``.
 
     Returns:
-        ``{"pt2": Path | "skipped: ...", "onnx": Path | "skipped: ...",
+        ``{"pt2": Path | "skipped: ...", "onnx": Path | "skipped: ...", "folded_batchnorm": int,
         "pt2_batch"/"onnx_batch": "dynamic" | "fixed N", "pt2_note"/"onnx_note": str}``
         (the notes only where layers were exported densely).
     """
@@ -483,11 +485,13 @@ def export_programs(model: nn.Module, example_input: torch.Tensor, out_dir: str 
     model = copy.deepcopy(model).cpu().float().eval()
     x = example_input.detach().cpu().float()
     exportable, densified = _replace_kernels(model, _unexportable_kinds())
+    # the form latency was measured in: BatchNorm folded into the convs (autoprune.fold)
+    exportable, result_folded = fold_batchnorm(exportable, x)
     note = None
     if densified:
         note = (f"layer{'s' if len(densified) > 1 else ''} {', '.join(densified)} exported as dense masked weights "
                 f"(same outputs, no sparse speed-up): sparse CSR / semi-structured kernels cannot be exported")
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"folded_batchnorm": result_folded}
     for key, fn, path in (("pt2", _export_pt2, out / PT2_FILE), ("onnx", _export_onnx, out / ONNX_FILE)):
         try:
             result[f"{key}_batch"] = fn(exportable, x, path)
@@ -661,7 +665,8 @@ def build_deployable(
             value = exports.get(key)
             if isinstance(value, Path):
                 files[key] = value.name
-                export_info[key] = {"file": value.name, "batch": exports.get(f"{key}_batch")}
+                export_info[key] = {"file": value.name, "batch": exports.get(f"{key}_batch"),
+                                    "batchnorms_folded": exports.get("folded_batchnorm", 0)}
                 if f"{key}_note" in exports:
                     export_info[key]["note"] = exports[f"{key}_note"]
             else:
@@ -677,6 +682,8 @@ def build_deployable(
             "dtype": latency.dtype,
             "stored_dtype": "fp32",
             "batch_size": latency.batch_size,
+            "channels_last": latency.channels_last,
+            "fold_bn": latency.fold_bn,
             "dense": {
                 "val_acc": dense_counts.get("val_acc"), "test_acc": dense_counts.get("test_acc"),
                 "latency_ms": dense_lat.median_ms, "latency_p90_ms": dense_lat.p90_ms,

@@ -11,6 +11,7 @@ masked dense form is always a candidate, so no layer gets slower by compaction.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -95,8 +96,7 @@ def compact_model(
 
     shapes = _input_shapes(compact, example_input.cpu(), sparse_layers)
     dtype = DTYPES[latency.dtype]
-    quick = LatencySettings(batch_size=latency.batch_size, dtype=latency.dtype, channels_last=latency.channels_last,
-                            threads=latency.threads, warmup=3, repeats=15, min_seconds=0.1)
+    quick = dataclasses.replace(latency, warmup=3, repeats=15, min_seconds=0.1)
     plain = copy.deepcopy(compact)  # channel-removed, intra-layer sparsity still masked dense
     for name in sparse_layers:
         module = compact.get_submodule(name)
