@@ -56,8 +56,11 @@ def run_bench(
     input_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
     cache_path: str | os.PathLike | None = "runs/latency_cache.json",
+    channel_multiple: int | None = None,
 ) -> dict[str, Any]:
-    """Prune by magnitude projection to the targets, compact, and measure dense vs compacted."""
+    """Prune by magnitude projection to the targets, compact, and measure dense vs compacted.
+
+    ``channel_multiple`` rounds kept channels (default: the config's, else 1)."""
     from autoprune.admm import apply_masks
     from autoprune.checkpoint import load_checkpoint
     from autoprune.compact import compact_model
@@ -98,8 +101,10 @@ def run_bench(
         targets = uniform_targets(graph, parse_uniform(uniform))  # type: ignore[arg-type]
     if not targets:
         raise UserError("no layer to prune: the config or --uniform selects nothing.")
+    if channel_multiple is None:
+        channel_multiple = config.channel_multiple if config is not None else 1
     masked = copy.deepcopy(model)
-    projector = Projector(masked, graph, targets)
+    projector = Projector(masked, graph, targets, channel_multiple=channel_multiple)
     apply_masks(masked, projector.hard_masks())
     stats = layer_stats(masked, projector.graph, targets)
     counts = model_counts(masked, stats)
@@ -111,10 +116,14 @@ def run_bench(
     timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
                             settings=latency)
     dense_lat, compact_lat = timed["dense"], timed["compacted"]
+    measured_speedup = dense_lat.median_ms / compact_lat.median_ms
+    # nothing removed and every kernel kept dense: the deployed model *is* the dense one, and
+    # the two timings differ only by the machine's noise
+    unchanged = architecture_fingerprint(result.model) == architecture_fingerprint(model)
     cache = LatencyCache(cache_path)
     for m, res in ((model, dense_lat), (result.model, compact_lat)):
         cache.put(cache.key(architecture_fingerprint(m), device, shape, latency), res)
-    fell_back = compact_lat.median_ms > dense_lat.median_ms
+    fell_back = not unchanged and compact_lat.median_ms > dense_lat.median_ms
     # the real parameter count of the compacted model
     compact_params = sum(p.numel() for p in result.model.parameters())
     layers = []
@@ -133,10 +142,12 @@ def run_bench(
         "input_shape": list(shape),
         "device": str(device),
         "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype, "channels_last": latency.channels_last,
-                     "threads": latency.threads},
+                     "fold_bn": latency.fold_bn, "threads": latency.threads, "channel_multiple": channel_multiple},
         "dense": {"latency": dense_lat.to_dict(), **dense_counts},
         "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
-        "speedup": dense_lat.median_ms / compact_lat.median_ms,
+        "speedup": 1.0 if unchanged else measured_speedup,
+        "measured_speedup": measured_speedup,
+        "unchanged": unchanged,
         "mac_ratio": dense_counts["macs_dense"] / max(counts["macs"], 1),
         "param_ratio": dense_counts["params"] / max(compact_params, 1),
         "slower_than_dense": fell_back,

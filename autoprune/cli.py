@@ -23,6 +23,19 @@ def _device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
 
 
+def _layout_args(p: argparse.ArgumentParser) -> None:
+    """How latency is measured: the deployed form by default (see autoprune.latency)."""
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="time image models in channels-last memory format (default: on)")
+    p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="time models with BatchNorm folded into the preceding conv, as deployed (default: on)")
+
+
+def _on(flag: bool | None) -> bool:
+    """A --x/--no-x flag that defaults to on."""
+    return True if flag is None else flag
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autoprune",
@@ -83,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="fp32", help="fp32, fp16 (CUDA) or bf16")
-    p.add_argument("--channels-last", action="store_true")
+    _layout_args(p)
+    p.add_argument("--channel-multiple", type=int, default=None, metavar="N",
+                   help="round each pruned group's kept channels to a multiple of N (default: the config's, else 1)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the measurement")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", action="store_true")
@@ -109,7 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-batch", type=int, default=None,
                    help="batch size latency is measured at (default: smallest from 32 where dense takes >= 10 ms)")
     p.add_argument("--dtype", default=None, help="fp32 (default), fp16 (CUDA) or bf16")
-    p.add_argument("--channels-last", action="store_true")
+    _layout_args(p)
+    p.add_argument("--channel-multiple", type=int, default=None, metavar="N",
+                   help="round each pruned group's kept channels to a multiple of N, the kernels' block size "
+                        "(default: 8; 1 keeps the exact rates)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
     p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
@@ -334,11 +352,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
     device = resolve_device(args.device)
-    latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=args.channels_last,
-                              threads=args.threads, repeats=args.repeats)
+    if args.channel_multiple is not None and args.channel_multiple < 1:
+        raise UserError(f"--channel-multiple must be at least 1 (got {args.channel_multiple}).")
+    latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
+                              fold_bn=_on(args.fold_bn), threads=args.threads, repeats=args.repeats)
     r = run_bench(args.model or config.model, dataset=args.dataset, checkpoint=args.checkpoint, config=config,
                   uniform=args.uniform, device=device, latency=latency, input_shape=shape,
-                  num_classes=args.num_classes)
+                  num_classes=args.num_classes, channel_multiple=args.channel_multiple)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -347,13 +367,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     console = Console()
     d, c = r["dense"], r["compacted"]
+    layout = ("channels-last" if latency.channels_last else "NCHW") + (", BatchNorm folded" if latency.fold_bn else "")
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
-                  f"{latency.dtype}, {d['latency']['device']}")
+                  f"{latency.dtype}, {layout}, {d['latency']['device']}")
     console.print(f"  dense      {d['latency']['median_ms']:.3f} ms (p90 {d['latency']['p90_ms']:.3f})   "
                   f"MACs {d['macs_dense']:,}   params {d['params']:,}")
     console.print(f"  compacted  {c['latency']['median_ms']:.3f} ms (p90 {c['latency']['p90_ms']:.3f})   "
                   f"MACs {c['macs']:,}   params {c['params_compact']:,}")
     console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x")
+    if r["unchanged"]:
+        console.print(f"  no layer changed form (no channel removed, every kernel measured fastest as dense): the "
+                      f"deployed model is the dense one; the {r['measured_speedup']:.2f}x measured is noise")
     if r["slower_than_dense"]:
         console.print("  [red]the compacted model is slower than dense on this device: do not deploy this config[/red]")
     table = Table()
@@ -373,14 +397,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
-                         "space", "device", "trials") if getattr(args, k) is not None}
+                         "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn")
+             if getattr(args, k) is not None}
     if any(v is not None for v in (args.admm_iters, args.admm_epochs, args.retrain_epochs, args.rho)):
         given.add("admm")
     admm = SEARCH_ADMM.replace(iters=args.admm_iters, epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
                                rho=args.rho)
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
-        latency_batch=args.latency_batch, channels_last=args.channels_last, threads=args.threads,
+        latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
+        channel_multiple=8 if args.channel_multiple is None else args.channel_multiple, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
         checkpoint=args.checkpoint, data_dir=args.data_dir,

@@ -9,6 +9,7 @@ The YAML format (read by ``autoprune prune --config``, written by later tools)::
       features.0: {type: filter, rate: 0.5}
       "features.*": {type: shape, rate: 0.7}         # the most specific match wins
     admm: {iters: 4, epochs: 1, rho: 0.001, rho_growth: 1.3, retrain_epochs: 2}
+    channel_multiple: 8        # optional: kept channels of filter/channel groups rounded to 8 (default 1: exact)
     origin: {study: ..., trial: 12, metrics: {...}}  # optional, informational (written by search/export)
 
 Unknown keys are errors. Layer patterns are matched with :func:`fnmatch.fnmatchcase`;
@@ -115,6 +116,7 @@ class PruneConfig:
     data_dir: str | None = None
     seed: int = 0
     admm: AdmmSettings = field(default_factory=AdmmSettings)
+    channel_multiple: int = 1  # kept channels of each pruned group rounded to a multiple of this (1: exact rates)
     origin: dict[str, Any] | None = None  # where the config came from (study, trial, measured metrics); informational
 
     # -- YAML -----------------------------------------------------------------
@@ -122,7 +124,7 @@ class PruneConfig:
     def from_dict(cls, raw: Any, *, source: str = "config") -> PruneConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with keys model, dataset, layers; got {type(raw).__name__}.")
-        allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm", "origin"}
+        allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm", "channel_multiple", "origin"}
         _reject_unknown(raw, allowed, source)
         for key in ("model", "dataset", "layers"):
             if key not in raw:
@@ -140,6 +142,9 @@ class PruneConfig:
         except TypeError as exc:  # wrong value types
             raise ConfigError(f"{source}: admm: {exc}") from None
         ckpt = raw.get("checkpoint")
+        multiple = raw.get("channel_multiple", 1)
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ConfigError(f"{source}: 'channel_multiple' must be a positive integer (e.g. 8), got {multiple!r}.")
         origin = raw.get("origin")
         if origin is not None and not isinstance(origin, dict):
             raise ConfigError(f"{source}: 'origin' must be a mapping (it records where the config came from).")
@@ -151,6 +156,7 @@ class PruneConfig:
             data_dir=None if raw.get("data_dir") is None else str(raw["data_dir"]),
             seed=int(raw.get("seed", 0)),
             admm=admm,
+            channel_multiple=multiple,
             origin=origin,
         )
 
@@ -167,6 +173,8 @@ class PruneConfig:
         out["seed"] = self.seed
         out["layers"] = {k: v.to_dict() for k, v in self.layers.items()}
         out["admm"] = {k: v for k, v in dataclasses.asdict(self.admm).items() if v is not None}
+        if self.channel_multiple != 1:
+            out["channel_multiple"] = self.channel_multiple
         if self.origin is not None:
             out["origin"] = self.origin
         return out

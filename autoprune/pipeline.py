@@ -188,7 +188,7 @@ def run_prune(
     targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
     if not targets:
         raise UserError("the config prunes no layer (every match is 'none').")
-    projector = Projector(model, graph, targets)
+    projector = Projector(model, graph, targets, channel_multiple=config.channel_multiple)
     for note in projector.notes:
         reporter.log(f"note: {note}")
     model.to(device)
@@ -211,6 +211,7 @@ def run_prune(
         "method": method,
         "device": str(device),
         "admm": {k: v for k, v in settings.__dict__.items()},
+        "channel_multiple": config.channel_multiple,
         "dense": {"val_acc": dense_val, "test_acc": dense_test, **dense_counts},
         "pruned": {"val_acc": val_acc, "test_acc": test_acc, **counts},
         "accuracy_drop": {"val": dense_val - val_acc, "test": dense_test - test_acc},

@@ -3,16 +3,23 @@
 Writes benchmarks/results/suite.md and suite.json (with the machine described). Not a
 test: timings are noisy and machine-specific. Run:
 
-    .venv/bin/python benchmarks/suite.py [--device cpu|cuda] [--quick]
+    .venv/bin/python benchmarks/suite.py [--device cpu|cuda] [--quick] [--models tv:resnet18,...]
 
 Each row: a model pruned uniformly (every conv but the first and the output layer) to a
 sparsity type and rate by magnitude projection, compacted by autoprune (channel removal
-plus the per-layer kernel choice), and timed against the dense model.
+plus the per-layer kernel choice), and timed against the dense model in interleaved
+rounds. Both are timed as deployed (autoprune's defaults): channels-last, BatchNorm
+folded into the convs. Filter rows run twice: with the exact rate, and with the kept
+channels rounded to multiples of 8 (``--channel-multiple 8``, the search's default); the
+MAC ratio is always that of the model actually built. A second table takes
+``tv:resnet18`` apart: the same filter configs timed in NCHW without folding (the
+previous default), then with each change added.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -36,7 +43,40 @@ MODELS = [  # name, input shape, batch size
     ("tv:vgg16", (3, 224, 224), 8),
     ("resnet56", (3, 32, 32), 32),
 ]
-CONFIGS = ["filter:0.3", "filter:0.5", "filter:0.7", "shape:0.5", "shape:0.8", "shape:0.93"]
+# (uniform target, channel multiple)
+CONFIGS = [("filter:0.3", 1), ("filter:0.3", 8), ("filter:0.5", 1), ("filter:0.5", 8), ("filter:0.7", 1),
+           ("filter:0.7", 8), ("shape:0.5", 1), ("shape:0.8", 1), ("shape:0.93", 1)]
+# tv:resnet18 taken apart: (label, channels_last, fold_bn, channel multiple)
+ABLATION = [("NCHW, BN unfolded, exact rate", False, False, 1), ("channels-last", True, False, 1),
+            ("channels-last + BN folded", True, True, 1), ("channels-last + BN folded + multiple 8", True, True, 8)]
+
+
+def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int, lat, device, cache) -> dict:  # noqa: ANN001
+    t0 = time.time()
+    r = run_bench(name, uniform=spec, device=device, latency=lat, input_shape=shape,
+                  num_classes=1000 if name.startswith("tv:") else 10, cache_path=cache, channel_multiple=multiple)
+    kernels = sorted({row["kernel"] for row in r["layers"] if row["type"] != "dense"})
+    row = {
+        "model": name, "config": spec, "channel_multiple": multiple, "batch": batch, "input": "x".join(map(str, shape)),
+        "channels_last": lat.channels_last, "fold_bn": lat.fold_bn,
+        "dense_ms": r["dense"]["latency"]["median_ms"], "compact_ms": r["compacted"]["latency"]["median_ms"],
+        "dense_spread": r["dense"]["latency"]["spread"], "compact_spread": r["compacted"]["latency"]["spread"],
+        "speedup": r["speedup"], "measured_speedup": r["measured_speedup"], "unchanged": r["unchanged"],
+        "mac_ratio": r["mac_ratio"], "param_ratio": r["param_ratio"],
+        "speedup_over_mac_ratio": r["speedup"] / r["mac_ratio"], "kernels": kernels,
+        "slower_than_dense": r["slower_than_dense"],
+    }
+    print(f"{name:16s} {spec:11s} x{multiple} cl={int(lat.channels_last)} fold={int(lat.fold_bn)} "
+          f"dense {row['dense_ms']:9.2f} ms  compact {row['compact_ms']:9.2f} ms  speedup {r['speedup']:5.2f}x  "
+          f"MACs {r['mac_ratio']:5.2f}x  ratio {row['speedup_over_mac_ratio']:.2f}  kernels {kernels}  "
+          f"({time.time() - t0:.0f}s)", flush=True)
+    return row
+
+
+def _speedup_cell(r: dict) -> str:
+    if r["unchanged"]:
+        return f"1.00x (unchanged; measured {r['measured_speedup']:.2f}x)"
+    return f"{r['speedup']:.2f}x{' (SLOWER)' if r['slower_than_dense'] else ''}"
 
 
 def main() -> int:
@@ -44,49 +84,60 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--models", default=None, help="comma-separated subset")
+    ap.add_argument("--no-ablation", action="store_true", help="skip the tv:resnet18 ablation table")
     ap.add_argument("--out", default=str(ROOT / "results" / "suite"))
     args = ap.parse_args()
     device = resolve_device(args.device)
     threads = os.cpu_count() if device.type == "cpu" else None
-    rows = []
     models = [m for m in MODELS if args.models is None or m[0] in args.models.split(",")]
-    cache = ROOT / "results" / f"latency_cache_{device.type}.json"
-    for name, shape, batch in models:
-        for spec in CONFIGS:
-            lat = LatencySettings(batch_size=batch, threads=threads, warmup=1 if args.quick else 3,
-                                  repeats=3 if args.quick else (5 if "vgg" in name else 10), min_seconds=0.0)
-            t0 = time.time()
-            r = run_bench(name, uniform=spec, device=device, latency=lat, input_shape=shape, num_classes=1000
-                          if name.startswith("tv:") else 10, cache_path=cache)
-            kernels = sorted({row["kernel"] for row in r["layers"] if row["type"] != "dense"})
-            rows.append({
-                "model": name, "config": spec, "batch": batch, "input": "x".join(map(str, shape)),
-                "dense_ms": r["dense"]["latency"]["median_ms"], "compact_ms": r["compacted"]["latency"]["median_ms"],
-                "speedup": r["speedup"], "mac_ratio": r["mac_ratio"], "param_ratio": r["param_ratio"],
-                "speedup_over_mac_ratio": r["speedup"] / r["mac_ratio"], "kernels": kernels,
-                "slower_than_dense": r["slower_than_dense"],
-            })
-            print(f"{name:16s} {spec:11s} dense {rows[-1]['dense_ms']:9.2f} ms  compact {rows[-1]['compact_ms']:9.2f} ms  "
-                  f"speedup {r['speedup']:5.2f}x  MACs {r['mac_ratio']:5.2f}x  kernels {kernels}  ({time.time()-t0:.0f}s)",
-                  flush=True)
+    cache = None  # every row measured afresh
+    t_start = time.time()
+
+    def settings(name: str, batch: int) -> LatencySettings:
+        return LatencySettings(batch_size=batch, threads=threads, warmup=1 if args.quick else 3,
+                               repeats=3 if args.quick else (6 if "vgg" in name else 12), min_seconds=0.0)
+
+    rows = [_row(name, shape, batch, spec, multiple, settings(name, batch), device, cache)
+            for name, shape, batch in models for spec, multiple in CONFIGS]
+    ablation = []
+    if not args.no_ablation and (args.models is None or "tv:resnet18" in args.models.split(",")):
+        name, shape, batch = MODELS[0]
+        for spec in ("filter:0.3", "filter:0.5", "filter:0.7"):
+            for label, cl, fold, multiple in ABLATION:
+                lat = dataclasses.replace(settings(name, batch), channels_last=cl, fold_bn=fold)
+                ablation.append({"variant": label, **_row(name, shape, batch, spec, multiple, lat, device, cache)})
     machine = {
         "device": device_description(device), "cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d"), "load_average_end": list(os.getloadavg()),
+        "minutes": round((time.time() - t_start) / 60, 1),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows, "ablation": ablation}, indent=2))
     lines = [f"# Benchmark: measured speedup vs MAC reduction ({machine['device']})", "",
-             f"{machine['cores']} cores, {machine['threads']} threads, torch {machine['torch']}, {machine['date']}. "
-             "Uniform pruning of every conv but the first and the output layer; magnitude projection; "
-             "latency = median of repeats, fp32, inference mode.", "",
+             f"{machine['cores']} cores, {machine['threads']} threads, torch {machine['torch']}, {machine['date']}, "
+             f"{machine['minutes']} minutes (load average at the end: "
+             f"{', '.join(f'{v:.2f}' for v in machine['load_average_end'])}). Written by `benchmarks/suite.py`.", "",
+             "Uniform pruning of every conv but the first and the output layer; magnitude projection; fp32, inference "
+             "mode; dense and compacted timed in interleaved rounds, both in channels-last with BatchNorm folded "
+             "(the deployed form). `x8`: kept channels rounded to multiples of 8. The MAC ratio is the built "
+             "model's. `unchanged`: nothing was removed and every kernel measured fastest as dense, so the deployed "
+             "model is the dense one.", "",
              "| model | config | batch | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio | kernels |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['config']} | {r['batch']} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
-                     f"{r['speedup']:.2f}x{' (SLOWER)' if r['slower_than_dense'] else ''} | {r['mac_ratio']:.2f}x | "
-                     f"{r['speedup_over_mac_ratio']:.2f} | {', '.join(r['kernels'])} |")
+        cfg = r["config"] + (f" x{r['channel_multiple']}" if r["channel_multiple"] != 1 else "")
+        lines.append(f"| {r['model']} | {cfg} | {r['batch']} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
+                     f"{_speedup_cell(r)} | {r['mac_ratio']:.2f}x | {r['speedup_over_mac_ratio']:.2f} | "
+                     f"{', '.join(r['kernels'])} |")
+    if ablation:
+        lines += ["", "## tv:resnet18, batch 32: what each change does", "",
+                  "| config | measured as | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in ablation:
+            lines.append(f"| {r['config']} | {r['variant']} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
+                         f"{_speedup_cell(r)} | {r['mac_ratio']:.2f}x | {r['speedup_over_mac_ratio']:.2f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')} and .json")
     return 0

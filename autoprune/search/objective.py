@@ -74,6 +74,8 @@ class SearchContext:
 def config_key(targets: dict[str, LayerTarget], ctx: SearchContext) -> str:
     """A cache key for the latency of a configuration of this model on this device."""
     body = json.dumps({k: v.to_dict() for k, v in sorted(targets.items())}, sort_keys=True)
+    if ctx.meta.channel_multiple != 1:  # rounding changes the architecture of the same targets
+        body += f"|channel_multiple={ctx.meta.channel_multiple}"
     digest = hashlib.sha256(body.encode()).hexdigest()[:24]
     return "config:" + LatencyCache.key(f"{ctx.dense_fingerprint}/{digest}", ctx.device, ctx.input_shape, ctx.latency)
 
@@ -113,7 +115,7 @@ def measure_config_latency(targets: dict[str, LayerTarget], ctx: SearchContext) 
         return ConfigLatency(extra["ratio"], extra["ratio_p90"], extra["compact_ms"], extra["dense_ms"],
                              dict(extra.get("kernels", {})))
     masked = ctx.checkpoint.build()
-    projector = Projector(masked, ctx.graph, targets)
+    projector = Projector(masked, ctx.graph, targets, channel_multiple=ctx.meta.channel_multiple)
     apply_masks(masked, projector.hard_masks())
     result = compact_model(masked, projector, ctx.example(), device=ctx.device, latency=ctx.latency)
     timed = compare_latency({"dense": ctx.checkpoint.build(), "config": result.model}, ctx.input_shape,
@@ -171,7 +173,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
 
     # 2. ADMM from the dense weights, stopping after the hard prune when it cannot recover
     model: nn.Module = ctx.checkpoint.build()
-    projector = Projector(model, ctx.graph, targets)
+    projector = Projector(model, ctx.graph, targets, channel_multiple=meta.channel_multiple)
 
     def check(hard_acc: float) -> None:
         rec.hard_prune_accuracy = hard_acc

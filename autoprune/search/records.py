@@ -48,7 +48,10 @@ class StudyMeta:
     dense_params: float
     versions: dict[str, str] = field(default_factory=dict)
     objectives: tuple[str, ...] = OBJECTIVES
+    # measurement and pruning settings; the defaults are what studies made before they existed used
     channels_last: bool = False
+    fold_bn: bool = False
+    channel_multiple: int = 1
     threads: int | None = None
 
     def allowed_drop(self) -> float:

@@ -113,8 +113,8 @@ def _versions() -> dict[str, str]:
 def _latency_settings(batch: int, s: SearchSettings) -> Any:  # noqa: ANN401
     from autoprune.latency import LatencySettings
 
-    return LatencySettings(batch_size=batch, dtype=s.dtype, channels_last=s.channels_last, threads=s.threads,
-                           warmup=5, repeats=30, min_seconds=0.5)
+    return LatencySettings(batch_size=batch, dtype=s.dtype, channels_last=s.channels_last, fold_bn=s.fold_bn,
+                           threads=s.threads, warmup=5, repeats=30, min_seconds=0.5)
 
 
 def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, s: SearchSettings) -> int:
@@ -123,8 +123,8 @@ def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device:
     from autoprune.latency import LatencySettings, measure_latency
 
     for b in AUTO_BATCHES:
-        quick = LatencySettings(batch_size=b, dtype=s.dtype, channels_last=s.channels_last, threads=s.threads,
-                                warmup=2, repeats=5, min_seconds=0.05)
+        quick = LatencySettings(batch_size=b, dtype=s.dtype, channels_last=s.channels_last, fold_bn=s.fold_bn,
+                                threads=s.threads, warmup=2, repeats=5, min_seconds=0.05)
         if measure_latency(model, shape, device=device, settings=quick).median_ms >= AUTO_MIN_MS:
             return b
     return AUTO_BATCHES[-1]
@@ -159,6 +159,8 @@ def _check_compatible(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN4
         "sampler": (s.sampler, meta.sampler), "seed": (s.seed, meta.seed),
         "space": (_space_id(s.space), _space_id(meta.space)),
         "admm": (dict(s.admm.__dict__), meta.admm),
+        "channel_multiple": (s.channel_multiple, meta.channel_multiple),
+        "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
     }
     clashes = [f"{key} {stored!r} (asked: {want!r})" for key, (want, stored) in asked.items()
                if key in s.given and want is not None and want != stored]
@@ -315,7 +317,7 @@ def best_config_yaml(record: StudyRecord, trial: TrialRecord, *, data_dir: str |
     layers = {k: LayerTarget(v["type"], v.get("rate")) for k, v in trial.targets.items()}
     cfg = PruneConfig(
         model=meta.model, dataset=meta.dataset, layers=layers, checkpoint=meta.checkpoint, data_dir=data_dir,
-        seed=meta.seed, admm=AdmmSettings(**meta.admm),
+        seed=meta.seed, admm=AdmmSettings(**meta.admm), channel_multiple=meta.channel_multiple,
         origin={
             "study": meta.name, "storage": redact(record.storage), "trial": trial.number,
             "budget": meta.budget, "budget_mode": meta.budget_mode,
@@ -408,7 +410,8 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
             name=name, model=s.model, dataset=splits.name, checkpoint=str(Path(ckpt_path).resolve()),
             device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
             space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
-            admm=dict(s.admm.__dict__), versions=_versions(), channels_last=s.channels_last, threads=s.threads,
+            admm=dict(s.admm.__dict__), versions=_versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
+            channel_multiple=s.channel_multiple, threads=s.threads,
             **dense,
         )
         try:
@@ -422,6 +425,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         meta = _existing_study_meta(study, s)
         device = resolve_device(s.device if s.device is not None else meta.device)
         s.dtype, s.channels_last, s.threads = meta.dtype, meta.channels_last, meta.threads
+        s.fold_bn, s.channel_multiple = meta.fold_bn, meta.channel_multiple
         splits = load_dataset(meta.dataset, data_dir=s.data_dir)
         ckpt_file = s.checkpoint if s.checkpoint is not None else meta.checkpoint
         if not Path(ckpt_file).is_file():
