@@ -10,13 +10,32 @@ features, a concatenation shifts indices).
 
 ADMM projects a coupled group as one unit, and compaction removes exactly the group's
 channels, so the two agree by construction.
+
+Two kinds of coupling need more than Torch-Pruning's groups:
+
+* **Grouped convolutions** (ResNeXt, RegNet). A conv with ``groups=G`` can only lose
+  channels so that each of its G groups keeps the same number. A channel group that
+  passes through grouped convs therefore carries *cells*: the common refinement of those
+  convs' groups, all of one size. The projection keeps the same count in every cell
+  (see :attr:`ChannelGroup.cells`), so every grouped conv stays balanced.
+* **Channel permutations** (ShuffleNet's ``channel_shuffle``). Torch-Pruning 1.6 cannot
+  trace torchvision's shuffle (a view/transpose/view chain; its reshape inference divides
+  by zero) nor infer ``chunk`` sizes under torch 2.x. Known blocks are traced through an
+  equivalent forward (:data:`TRACE_ADAPTERS`) that uses ``F.channel_shuffle`` and channel
+  slices, which Torch-Pruning does handle; groups that pass through a permutation are
+  then marked not prunable, while the channels inside a branch stay prunable.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import types
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import UserError
@@ -50,6 +69,12 @@ class ChannelGroup:
     members: list[GroupMember]
     prunable: bool = True
     reason: str = ""
+    # Balance constraint of grouped convs: the root channels fall into ``cells`` cells of
+    # equal size (``cell_of[r]`` is root channel r's cell) and every cell must keep the same
+    # number of channels. One cell (``cell_of`` None) means no constraint.
+    cells: int = 1
+    cell_of: torch.Tensor | None = None
+    grouped: list[str] = field(default_factory=list)  # the grouped convs that set the cells
 
     @property
     def producers(self) -> list[GroupMember]:
@@ -90,8 +115,6 @@ class ChannelGraph:
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
-        import torch_pruning as tp
-
         self.model = model
         names = {mod: n for n, mod in model.named_modules()}
         self.layers: dict[str, LayerInfo] = {}
@@ -110,8 +133,11 @@ class ChannelGraph:
         model.eval()
         try:
             with torch.no_grad():
-                model(example_input)
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+                reference = model(example_input)
+            _check_adapters(model, example_input, reference)
+            dg = trace_dependencies(model, example_input)
+        except UserError:
+            raise
         except Exception as exc:  # a model tp cannot trace
             raise UserError(f"cannot trace the model's channel dependencies: {type(exc).__name__}: {exc}") from None
         finally:
@@ -134,8 +160,12 @@ class ChannelGraph:
         self.groups: list[ChannelGroup] = []
         for grp in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
             members = []
+            rearranging = []  # ops in the group that move channels around
             for i, (dep, idxs) in enumerate(grp):
                 mod = dep.target.module
+                op = _rearranging_op(dep.target)
+                if op and op not in rearranging:
+                    rearranging.append(op)
                 if not isinstance(mod, nn.Module) or mod not in names:
                     continue  # functional ops (add, cat, flatten) carry no parameters
                 role = _role_of(mod, dep.handler, dg)
@@ -157,13 +187,16 @@ class ChannelGraph:
                 g.prunable, g.reason = False, f"it holds the outputs of '{self.output_layer}', the model's output layer"
             else:
                 unknown = [m.module for m in members if m.role == NORM and not _is_simple_norm(model.get_submodule(m.module))]
-                grouped = [m.module for m in members if _is_grouped(model.get_submodule(m.module))]
                 if unknown:
                     g.prunable, g.reason = False, f"it passes through '{unknown[0]}', a module autoprune cannot mask"
-                elif grouped:
+                elif rearranging:
                     g.prunable, g.reason = False, (
-                        f"it feeds the grouped convolution '{grouped[0]}' (removing single channels would unbalance "
-                        "its groups; not supported yet)")
+                        f"it passes through {' and '.join(sorted(rearranging))}; pruning through them would change "
+                        "which channels meet after them")
+                else:
+                    why = _set_cells(g, model)
+                    if why:
+                        g.prunable, g.reason = False, why
             self.groups.append(g)
             for m in members:
                 if m.module not in self.layers:
@@ -196,6 +229,143 @@ class ChannelGraph:
         return self._dg
 
 
+def _shufflenet_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ShuffleNet V2 ``InvertedResidual.forward`` in ops Torch-Pruning traces.
+
+    ``x.chunk(2)`` becomes two channel slices (``chunk``'s sizes: the first part takes the
+    odd channel), whose bounds Torch-Pruning reads from the autograd graph, where it
+    guesses ``chunk``'s sizes wrong under torch 2.x (its split-size attributes were
+    renamed); the view/transpose/view shuffle becomes ``F.channel_shuffle``, the same
+    permutation as one op.
+    """
+    if self.stride == 1:
+        half = (x.shape[1] + 1) // 2
+        out = torch.cat((x[:, :half], self.branch2(x[:, half:])), dim=1)
+    else:
+        out = torch.cat((self.branch1(x), self.branch2(x)), dim=1)
+    return F.channel_shuffle(out, 2)
+
+
+def _torchvision_class(module: str, name: str) -> type | None:
+    mod = sys.modules.get(module)  # only models built from it can contain its blocks
+    return getattr(mod, name, None)
+
+
+# (block class, if its module is loaded; the equivalent forward used while tracing)
+TRACE_ADAPTERS: list[tuple[Callable[[], type | None], Callable[..., torch.Tensor]]] = [
+    (lambda: _torchvision_class("torchvision.models.shufflenetv2", "InvertedResidual"),
+     _shufflenet_block_forward),
+]
+
+
+@contextlib.contextmanager
+def traceable(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """Within the block, known blocks of ``model`` run their traceable forward (:data:`TRACE_ADAPTERS`).
+
+    Only instances of exactly the adapted classes are changed, by an instance attribute
+    that is removed on exit; the model's code and other models are untouched. Yields
+    the adapted blocks.
+    """
+    patched: list[nn.Module] = []
+    try:
+        for cls_of, forward in TRACE_ADAPTERS:
+            cls = cls_of()
+            if cls is None:
+                continue
+            for m in model.modules():
+                if type(m) is cls and "forward" not in m.__dict__:
+                    m.forward = types.MethodType(forward, m)
+                    patched.append(m)
+        yield patched
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def trace_dependencies(model: nn.Module, example_input: torch.Tensor):  # noqa: ANN201 - torch_pruning type
+    """Torch-Pruning's ``DependencyGraph`` of ``model``, traced with the adapters of :func:`traceable`."""
+    import torch_pruning as tp
+
+    with traceable(model):
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+
+
+def _check_adapters(model: nn.Module, example_input: torch.Tensor, reference: object) -> None:
+    """Refuse to trace through an adapter that no longer computes what the block computes."""
+    with traceable(model) as adapted:
+        if not adapted:
+            return
+        kinds = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in adapted})
+        with torch.no_grad():
+            out = model(example_input)
+    same = (isinstance(out, torch.Tensor) and isinstance(reference, torch.Tensor) and out.shape == reference.shape
+            and torch.allclose(out, reference, rtol=1e-5, atol=1e-6))
+    if same:
+        return
+    raise UserError(f"cannot trace the model's channel dependencies: autoprune traces {', '.join(kinds)} blocks "
+                    "through an equivalent forward, which no longer computes what they compute (a newer "
+                    "torchvision?); please report this.")
+
+
+def _rearranging_op(node) -> str | None:  # noqa: ANN001 - torch_pruning Node
+    """A description of ``node`` if it is an op that moves channels to other positions.
+
+    Splits and slices along the channel dimension count too: their sizes are fixed in the
+    model's code (``x.chunk(2, 1)``, ``x[:, :64]``), so after pruning they would cut the
+    channels in the wrong places.
+    """
+    fn = getattr(node, "grad_fn", None)
+    name = fn.name() if fn is not None and hasattr(fn, "name") else ""
+    if name.startswith("ChannelShuffleBackward"):
+        return "a channel shuffle"
+    if name.startswith(("PixelShuffleBackward", "PixelUnshuffleBackward")):
+        return "a pixel (un)shuffle"
+    if name.startswith(("Split", "SliceBackward")) and getattr(fn, "_saved_dim", None) == 1:
+        return "a split of its channels (chunk, split or x[:, a:b], with sizes fixed in the code)"
+    return None
+
+
+def _set_cells(g: ChannelGroup, model: nn.Module) -> str | None:
+    """Set the group's balance cells from the grouped convs it passes through (None), or say why it cannot be.
+
+    A grouped conv splits its own channels into ``groups`` contiguous parts; mapped to the
+    group's root channels, each such conv labels every root channel with its part. The
+    cells are the distinct label combinations over all the group's grouped convs; when
+    they are all of one size, keeping the same count in every cell keeps every part of
+    every grouped conv the same size.
+    """
+    labels: list[torch.Tensor] = []
+    grouped: list[str] = []
+    described: list[str] = []
+    for m in g.members:
+        mod = model.get_submodule(m.module)
+        if m.role not in (OUT, IN) or not is_grouped_conv(mod):
+            continue
+        n = mod.out_channels if m.role == OUT else mod.in_channels
+        side = "output" if m.role == OUT else "input"
+        if sorted(m.idxs.tolist()) != list(range(n)) or int(m.root_idxs.max()) >= g.size:
+            return (f"only part of the {side} channels of the grouped convolution '{m.module}' are in it "
+                    "(the rest belong to other channel groups, so its groups cannot be kept balanced)")
+        part = m.idxs // (n // mod.groups)
+        label = torch.full((g.size,), -1, dtype=torch.long)
+        label[m.root_idxs] = part
+        if (label < 0).any() or m.root_idxs.unique().numel() != n:
+            return (f"its channels do not map one to one onto the {side} channels of the grouped convolution "
+                    f"'{m.module}', so its groups cannot be kept balanced")
+        labels.append(label)
+        grouped.append(m.module)
+        described.append(f"'{m.module}' ({mod.groups} groups)")
+    if not labels:
+        return None
+    _, cell_of = torch.unique(torch.stack(labels, 1), dim=0, return_inverse=True)
+    sizes = torch.bincount(cell_of)
+    if bool((sizes != sizes[0]).any()):
+        return (f"the grouped convolutions {', '.join(described)} divide its {g.size} channels into parts of "
+                "unequal size, so no kept count balances them all")
+    g.cells, g.cell_of, g.grouped = int(sizes.numel()), cell_of, sorted(set(grouped))
+    return None
+
+
 def _channels(mod: nn.Module) -> int:
     if isinstance(mod, nn.Conv2d):
         return mod.out_channels
@@ -204,7 +374,8 @@ def _channels(mod: nn.Module) -> int:
     return int(getattr(mod, "num_features", 0))
 
 
-def _is_grouped(mod: nn.Module) -> bool:
+def is_grouped_conv(mod: nn.Module) -> bool:
+    """A conv with groups that is not depthwise (ResNeXt, RegNet): its groups must stay balanced."""
     return isinstance(mod, nn.Conv2d) and mod.groups > 1 and not (mod.groups == mod.in_channels == mod.out_channels)
 
 
