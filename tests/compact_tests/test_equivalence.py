@@ -73,7 +73,7 @@ def test_compacted_equals_masked(model_name, type_name, randomize_bn):
 
 
 TV = ["tv:resnet18", "tv:vgg11_bn", "tv:alexnet", "tv:mobilenet_v2", "tv:densenet121", "tv:googlenet",
-      "tv:regnet_x_400mf", "tv:efficientnet_b0"]
+      "tv:regnet_x_400mf", "tv:efficientnet_b0", "tv:resnext50_32x4d", "tv:regnet_y_400mf", "tv:shufflenet_v2_x0_5"]
 
 
 @pytest.mark.slow
