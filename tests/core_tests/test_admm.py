@@ -49,6 +49,38 @@ def test_admm_prepares_the_weights_for_the_hard_prune(digits_baseline):
     assert {"features.0.weight", "features.1.weight", "features.1.bias"} <= set(admm["residuals"][0]["residual"])
 
 
+# rho matched to the W-step: with lr 0.01, momentum 0.9 and a cosine restarted every
+# iteration, one 1-epoch W-step (20 SGD steps on digits) closes about 98% of the gap
+# to Z - U at rho = 3 (for the penalty alone); rho 1 closes 40%, rho 8 overshoots by a third.
+CONVERGED = AdmmSettings(iters=6, epochs=1.0, rho=3.0, rho_growth=1.0, retrain_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def equal_epochs_75_filter(digits_baseline):  # noqa: ANN001, ANN201
+    """ADMM and magnitude at 75% filter on every conv, 7 training epochs each, seed 0."""
+    ckpt, _ = digits_baseline
+    layers = {"features.*": LayerTarget("filter", 0.75)}
+    return _prune(ckpt, layers, CONVERGED).summary, _prune(ckpt, layers, CONVERGED, method="magnitude").summary
+
+
+@pytest.mark.slow
+def test_converged_admm_makes_the_hard_prune_almost_free(equal_epochs_75_filter):
+    admm, mag = equal_epochs_75_filter
+    assert admm["hard_prune_val_acc"] >= admm["dense"]["val_acc"] - 0.03
+    assert mag["hard_prune_val_acc"] <= 0.5
+    assert max(admm["residuals"][-1]["residual"].values()) < 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=False, reason=(
+    "known gap: on digits, magnitude pruning retrained for the same total epochs ends level with or "
+    "above ADMM (here, seeds 0-2: ADMM 0.944-0.951, magnitude 0.951-0.965 validation accuracy; no "
+    "setting among about 100 measured, 3 seeds each, where ADMM wins). Make it a plain test once ADMM wins."))
+def test_admm_beats_magnitude_after_retraining_at_equal_epochs(equal_epochs_75_filter):
+    admm, mag = equal_epochs_75_filter
+    assert admm["pruned"]["val_acc"] >= mag["pruned"]["val_acc"] + 0.02
+
+
 def test_masked_retraining_keeps_pruned_weights_at_zero(digits_baseline):
     ckpt, _ = digits_baseline
     settings = AdmmSettings(iters=1, steps=3, rho=1.0, retrain_epochs=1)
