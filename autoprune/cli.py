@@ -126,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="fp32 (default), fp16 (CUDA) or bf16")
     _layout_args(p)
     p.add_argument("--channel-multiple", type=int, default=None, metavar="N",
-                   help="round each pruned group's kept channels to a multiple of N, the kernels' block size "
-                        "(default: 8; 1 keeps the exact rates)")
+                   help="round each pruned group's kept channels to a multiple of N, e.g. 8 for tensor cores "
+                        "(default: 1, the exact rates)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
     p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
@@ -406,7 +406,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
-        channel_multiple=8 if args.channel_multiple is None else args.channel_multiple, threads=args.threads,
+        channel_multiple=1 if args.channel_multiple is None else args.channel_multiple, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
         checkpoint=args.checkpoint, data_dir=args.data_dir,

@@ -235,10 +235,10 @@ class Projector:
 def rounded_keep(n: int, rate: float, multiple: int, *, cells: int = 1) -> int:
     """Channels kept when pruning ``rate`` of ``n``, rounded to the nearest multiple of ``multiple``.
 
-    Convolution kernels run on channel blocks (oneDNN on CPU pads to 8 or 16, tensor
-    cores want multiples of 8), so 45 kept channels cost as much as 48: rounding keeps
-    the latency of the next block size and either saves the padding or keeps a few more
-    channels for free. Never below ``multiple`` (nor below 1) and never above ``n``;
+    For kernels that work on channel blocks (tensor cores want multiples of 8). Measured
+    on this project's CPU (oneDNN, channels-last, ``benchmarks/results/suite.md``),
+    rounding to 8 did not make ``tv:resnet18`` faster at equal MACs, so it is off by
+    default everywhere. Never below ``multiple`` (nor below 1) and never above ``n``;
     ``multiple`` 1 gives :func:`~autoprune.sparsity.keep_count` exactly.
 
     ``cells`` > 1 (a group through grouped convs, ``n`` a multiple of ``cells``): every

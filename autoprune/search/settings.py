@@ -56,7 +56,7 @@ class SearchSettings:
     dtype: str = "fp32"
     channels_last: bool = True  # latency in channels-last memory format (faster on every model measured here)
     fold_bn: bool = True  # latency with BatchNorm folded into the convs, as deployed
-    channel_multiple: int = 8  # kept channels rounded to multiples of 8 (kernel block size); 1: exact rates
+    channel_multiple: int = 1  # kept channels rounded to a multiple of this; 1: exact rates
     threads: int | None = None
     sampler: str = "tpe"
     seed: int = 0

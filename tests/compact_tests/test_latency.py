@@ -57,6 +57,8 @@ def test_bench_bad_input(capsys, tmp_path):
     cfg.write_text("model: digits-cnn\ndataset: digits\nlayers: {'conv*': {type: filter, rate: 0.5}}\n")
     assert "matches no prunable layer" in _err(capsys, main(["bench", "--config", str(cfg), "--device", "cpu"]))
     assert "TYPE:RATE" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter"]))
+    assert "--channel-multiple" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
+                                                      "--channel-multiple", "0", "--device", "cpu"]))
     if not torch.cuda.is_available():
         assert "CUDA" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
                                             "--device", "cuda"]))
@@ -73,3 +75,17 @@ def test_bench_json_filter(capsys, tmp_path, monkeypatch):
     assert rows["features.0"]["weight_shape_after"] == [32, 1, 3, 3]  # the first conv is not pruned by --uniform
     assert r["dense"]["latency"]["median_ms"] > 0 and r["compacted"]["latency"]["median_ms"] > 0
     assert (tmp_path / "runs" / "latency_cache.json").is_file()
+    assert r["settings"]["channels_last"] and r["settings"]["fold_bn"]  # the deployed form by default
+
+
+def test_bench_channel_multiple_rounds_kept_filters(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # 30% of 64 filters leaves 45; rounded to a multiple of 8: 48
+    assert main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.3", "--batch-size", "8", "--repeats", "3",
+                 "--device", "cpu", "--channel-multiple", "8", "--no-fold-bn", "--no-channels-last", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rows = {layer["name"]: layer for layer in r["layers"]}
+    assert rows["features.3"]["weight_shape_after"][0] == 48
+    assert r["settings"]["channel_multiple"] == 8
+    assert not r["settings"]["fold_bn"] and not r["settings"]["channels_last"]
+    assert r["dense"]["latency"]["fold_bn"] is False

@@ -15,6 +15,7 @@ def test_yaml_round_trip(tmp_path):
         layers={"features.0": LayerTarget("filter", 0.5), "features.*": LayerTarget("shape", 0.7)},
         checkpoint="runs/x.pt",
         admm=AdmmSettings(iters=3, rho=0.01),
+        channel_multiple=8,
     )
     path = tmp_path / "c.yaml"
     path.write_text(cfg.to_yaml())
@@ -53,6 +54,8 @@ def test_most_specific_pattern_wins():
         ("model: m\ndataset: d\nlayers: {a: {type: filter, rate: abc}}\n", "rate must be a number"),
         ("model: m\ndataset: d\nlayers: {a: {type: filter}}\nadmm: {rho: -1}\n", "'rho' ADMM setting"),
         ("model: [\n", "not valid YAML"),
+        ("model: m\ndataset: d\nlayers: {a: {type: filter}}\nchannel_multiple: 0\n", "'channel_multiple' must be"),
+        ("model: m\ndataset: d\nlayers: {a: {type: filter}}\nchannel_multiple: 2.5\n", "'channel_multiple' must be"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, fragment):
