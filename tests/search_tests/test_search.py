@@ -235,20 +235,24 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
     storage = f"sqlite:///{tmp_path / 'c.db'}"
     cmd = [sys.executable, "-u", "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint",
            str(digits_baseline[0]), "--trials", "30", "--study-name", "c", "--storage", storage, "--runs-dir",
-           str(tmp_path / "runs"), "--admm-iters", "6", "--admm-epochs", "1", "--retrain-epochs", "2",
+           str(tmp_path / "runs"), "--admm-iters", "6", "--admm-epochs", "2", "--retrain-epochs", "2",
            "--latency-batch", "32", "--no-tracking", "--min-speedup", "0.01"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    study = None
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:  # wait until the first pruned trial is training
-        time.sleep(1.0)
+    rdb = None
+    while time.monotonic() < deadline and proc.poll() is None:  # wait until a pruned trial is training
+        time.sleep(0.25)
+        if not (tmp_path / "c.db").is_file():
+            continue
         try:
-            study = optuna.load_study(study_name="c", storage=storage)
-        except KeyError:
+            rdb = rdb or optuna.storages.RDBStorage(storage)
+            study = optuna.load_study(study_name="c", storage=rdb)
+        except Exception:  # noqa: BLE001 - not created yet, or the worker is writing its schema
             continue
         if any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials()):
             break
-    time.sleep(2.0)
+    time.sleep(1.0)
+    assert proc.poll() is None, "the search ended before a trial could be interrupted"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
