@@ -237,7 +237,10 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
            str(digits_baseline[0]), "--trials", "30", "--study-name", "c", "--storage", storage, "--runs-dir",
            str(tmp_path / "runs"), "--admm-iters", "6", "--admm-epochs", "2", "--retrain-epochs", "2",
            "--latency-batch", "32", "--no-tracking", "--min-speedup", "0.01"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    # a shell's background job (`.ci/run &`) inherits SIGINT ignored, and Python then keeps
+    # ignoring it: give the worker the default disposition, as an interactive terminal does
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     rdb = None
     while time.monotonic() < deadline and proc.poll() is None:  # wait until a pruned trial is training
