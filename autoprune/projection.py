@@ -235,10 +235,10 @@ class Projector:
 def rounded_keep(n: int, rate: float, multiple: int, *, cells: int = 1) -> int:
     """Channels kept when pruning ``rate`` of ``n``, rounded to the nearest multiple of ``multiple``.
 
-    For kernels that work on channel blocks (tensor cores want multiples of 8). Measured
-    on this project's CPU (oneDNN, channels-last, ``benchmarks/results/suite.md``),
-    rounding to 8 did not make ``tv:resnet18`` faster at equal MACs, so it is off by
-    default everywhere. Never below ``multiple`` (nor below 1) and never above ``n``;
+    For kernels that work on channel blocks (oneDNN's vectors, tensor cores). On this
+    project's CPU a single 3x3 conv ran 48 channels faster than 45 or 47, but whole
+    ``tv:resnet18`` models were not measurably faster per MAC with the rounding
+    (``benchmarks/results/suite.md``), so it is off by default everywhere. Never below ``multiple`` (nor below 1) and never above ``n``;
     ``multiple`` 1 gives :func:`~autoprune.sparsity.keep_count` exactly.
 
     ``cells`` > 1 (a group through grouped convs, ``n`` a multiple of ``cells``): every
