@@ -119,10 +119,11 @@ def run_bench(
     measured_speedup = dense_lat.median_ms / compact_lat.median_ms
     # nothing removed and every kernel kept dense: the deployed model *is* the dense one, and
     # the two timings differ only by the machine's noise
-    unchanged = architecture_fingerprint(result.model) == architecture_fingerprint(model)
+    dense_fp, compact_fp = architecture_fingerprint(model), architecture_fingerprint(result.model)
+    unchanged = dense_fp == compact_fp
     cache = LatencyCache(cache_path)
-    for m, res in ((model, dense_lat), (result.model, compact_lat)):
-        cache.put(cache.key(architecture_fingerprint(m), device, shape, latency), res)
+    for fp, res in ((dense_fp, dense_lat), (compact_fp, compact_lat)):
+        cache.put(cache.key(fp, device, shape, latency), res)
     fell_back = not unchanged and compact_lat.median_ms > dense_lat.median_ms
     # the real parameter count of the compacted model
     compact_params = sum(p.numel() for p in result.model.parameters())

@@ -218,18 +218,12 @@ def _dense_equivalent(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def _replace_kernels(model: nn.Module, kinds: tuple[type, ...]) -> tuple[nn.Module, list[str]]:
     """A copy of ``model`` with every module of ``kinds`` replaced by its dense equivalent."""
     out = copy.deepcopy(model)
     names = [n for n, m in out.named_modules() if n and isinstance(m, kinds)]
     for n in names:
-        _set_submodule(out, n, _dense_equivalent(out.get_submodule(n)))
+        out.set_submodule(n, _dense_equivalent(out.get_submodule(n)))
     return out, names
 
 
@@ -394,7 +388,7 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
         except AttributeError:
             raise UserError(f"'{arch_path}' replaces module '{spec['name']}', which '{base['model']}' does not "
                             f"have.") from None
-        _set_submodule(model, spec["name"], _build_module(spec["kind"], spec["args"]))
+        model.set_submodule(spec["name"], _build_module(spec["kind"], spec["args"]))
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated file, foreign pickle
@@ -541,7 +535,7 @@ def _rebuild_in_fp32(masked: nn.Module, projector: Any, example: torch.Tensor, c
         if form != choice.form:
             notes.append(f"{name}: the {choice.form} kernel has no float32 form; stored as dense masked weights")
         if form != "dense":  # a dense form is what remove_channels left: masked weights
-            _set_submodule(compact, name, forms[form])
+            compact.set_submodule(name, forms[form])
     return compact.to(device), notes
 
 

@@ -67,11 +67,6 @@ def _conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[
     return out
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, new)
-
-
 def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Module, int]:
     """An eval-mode copy of ``model`` with every conv→BatchNorm pair merged into the conv.
 
@@ -92,8 +87,8 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> tuple[nn.Mo
         return original, 0
     folded = copy.deepcopy(original)
     for conv, bn in pairs:
-        _set(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
-        _set(folded, bn, nn.Identity())
+        folded.set_submodule(conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
+        folded.set_submodule(bn, nn.Identity())
     with torch.no_grad():
         want, got = original(example_input), folded(example_input)
     if not isinstance(want, torch.Tensor) or not isinstance(got, torch.Tensor):

@@ -238,8 +238,9 @@ def rounded_keep(n: int, rate: float, multiple: int, *, cells: int = 1) -> int:
     For kernels that work on channel blocks (oneDNN's vectors, tensor cores). On this
     project's CPU a single 3x3 conv ran 48 channels faster than 45 or 47, but whole
     ``tv:resnet18`` models were not measurably faster per MAC with the rounding
-    (``benchmarks/results/suite.md``), so it is off by default everywhere. Never below ``multiple`` (nor below 1) and never above ``n``;
-    ``multiple`` 1 gives :func:`~autoprune.sparsity.keep_count` exactly.
+    (``benchmarks/results/suite.md``), so it is off by default everywhere. Never below
+    ``multiple`` (nor below 1) and never above ``n``; ``multiple`` 1 gives
+    :func:`~autoprune.sparsity.keep_count` exactly.
 
     ``cells`` > 1 (a group through grouped convs, ``n`` a multiple of ``cells``): every
     cell keeps the same count, so the result is always a multiple of ``cells``, at least

@@ -42,12 +42,6 @@ class CompactResult:
     reverted: bool = False  # the per-layer kernels were slower as a whole and were undone
 
 
-def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def _input_shapes(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     handles = []
@@ -107,7 +101,7 @@ def compact_model(
             form = force_form if force_form in forms else "dense"
             choices[name] = LayerChoice(name, stype, form, {}, tuple(module.weight.shape))
             if form != "dense":
-                _set_submodule(compact, name, forms[form])
+                compact.set_submodule(name, forms[form])
             continue
         if len(forms) <= 1:
             choices[name] = LayerChoice(name, stype, "dense", {}, tuple(module.weight.shape))
@@ -117,7 +111,7 @@ def compact_model(
         best = min(timed, key=timed.get)
         choices[name] = LayerChoice(name, stype, best, timed, tuple(module.weight.shape))
         if best != "dense":
-            _set_submodule(compact, name, forms[best])
+            compact.set_submodule(name, forms[best])
     if force_form is None and any(c.form != "dense" for c in choices.values()):
         # layers timed alone need not compose: check the whole model against the plain one
         shape = tuple(example_input.shape[1:])

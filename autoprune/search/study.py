@@ -16,6 +16,7 @@ same moment beyond the target simply stay WAITING.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 import warnings
@@ -120,11 +121,10 @@ def _latency_settings(batch: int, s: SearchSettings) -> Any:  # noqa: ANN401
 def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, s: SearchSettings) -> int:
     """The smallest batch from 32 up at which the dense model takes ≥ 10 ms: compute, not
     per-call overhead, dominates there, as it does when serving batches."""
-    from autoprune.latency import LatencySettings, measure_latency
+    from autoprune.latency import measure_latency
 
     for b in AUTO_BATCHES:
-        quick = LatencySettings(batch_size=b, dtype=s.dtype, channels_last=s.channels_last, fold_bn=s.fold_bn,
-                                threads=s.threads, warmup=2, repeats=5, min_seconds=0.05)
+        quick = dataclasses.replace(_latency_settings(b, s), warmup=2, repeats=5, min_seconds=0.05)
         if measure_latency(model, shape, device=device, settings=quick).median_ms >= AUTO_MIN_MS:
             return b
     return AUTO_BATCHES[-1]
