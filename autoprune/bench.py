@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings, architecture_fingerprint, check_dtype, compare_latency
@@ -56,11 +57,13 @@ def run_bench(
     input_shape: tuple[int, int, int] | None = None,
     num_classes: int | None = None,
     cache_path: str | os.PathLike | None = "runs/latency_cache.json",
-    channel_multiple: int | None = None,
+    channel_multiple: int | str | None = None,
 ) -> dict[str, Any]:
     """Prune by magnitude projection to the targets, compact, and measure dense vs compacted.
 
-    ``channel_multiple`` rounds kept channels (default: the config's, else 1)."""
+    ``channel_multiple`` rounds kept channels to a block: an integer, or ``auto`` for the
+    device's channel block (:func:`autoprune.device.channel_block`). Default: the config's
+    value with ``--config``, else ``auto``."""
     from autoprune.admm import apply_masks
     from autoprune.checkpoint import load_checkpoint
     from autoprune.compact import compact_model
@@ -69,6 +72,7 @@ def run_bench(
     from autoprune.stats import layer_stats, model_counts
 
     check_dtype(latency.dtype, device)
+    channel_multiple = parse_channel_multiple(channel_multiple)
     if (config is None) == (uniform is None):
         raise UserError("give exactly one of --config FILE or --uniform TYPE:RATE.")
     if config is not None:
@@ -102,7 +106,8 @@ def run_bench(
     if not targets:
         raise UserError("no layer to prune: the config or --uniform selects nothing.")
     if channel_multiple is None:
-        channel_multiple = config.channel_multiple if config is not None else 1
+        channel_multiple = config.channel_multiple if config is not None else AUTO
+    channel_multiple = resolve_channel_multiple(channel_multiple, device, latency.dtype)
     masked = copy.deepcopy(model)
     projector = Projector(masked, graph, targets, channel_multiple=channel_multiple)
     apply_masks(masked, projector.hard_masks())

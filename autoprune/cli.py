@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dtype", default="fp32", help="fp32, fp16 (CUDA) or bf16")
     _layout_args(p)
-    p.add_argument("--channel-multiple", type=int, default=None, metavar="N",
-                   help="round each pruned group's kept channels to a multiple of N (default: the config's, else 1)")
+    p.add_argument("--channel-multiple", default=None, metavar="N|auto",
+                   help="round each pruned group's kept channels to a multiple of N; auto: the device's channel "
+                        "block, 16 on AVX-512 CPUs (default: the config's with --config, else auto; 1: exact rates)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the measurement")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--json", action="store_true")
@@ -125,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch size latency is measured at (default: smallest from 32 where dense takes >= 10 ms)")
     p.add_argument("--dtype", default=None, help="fp32 (default), fp16 (CUDA) or bf16")
     _layout_args(p)
-    p.add_argument("--channel-multiple", type=int, default=None, metavar="N",
-                   help="round each pruned group's kept channels to a multiple of N, e.g. 8 for tensor cores "
-                        "(default: 1, the exact rates)")
+    p.add_argument("--channel-multiple", default=None, metavar="N|auto",
+                   help="round each pruned group's kept channels to a multiple of N; auto (default): the device's "
+                        "channel block, 16 on AVX-512 CPUs, 8 on CUDA; 1: the exact rates")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
     p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
@@ -332,7 +333,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from autoprune.bench import run_bench
     from autoprune.config import PruneConfig
-    from autoprune.device import resolve_device
+    from autoprune.device import parse_channel_multiple, resolve_device
     from autoprune.errors import UserError
     from autoprune.latency import LatencySettings
 
@@ -352,8 +353,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
     device = resolve_device(args.device)
-    if args.channel_multiple is not None and args.channel_multiple < 1:
-        raise UserError(f"--channel-multiple must be at least 1 (got {args.channel_multiple}).")
+    parse_channel_multiple(args.channel_multiple)
     latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
                               fold_bn=_on(args.fold_bn), threads=args.threads, repeats=args.repeats)
     r = run_bench(args.model or config.model, dataset=args.dataset, checkpoint=args.checkpoint, config=config,
@@ -368,8 +368,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = Console()
     d, c = r["dense"], r["compacted"]
     layout = ("channels-last" if latency.channels_last else "NCHW") + (", BatchNorm folded" if latency.fold_bn else "")
+    multiple = r["settings"]["channel_multiple"]
+    rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
-                  f"{latency.dtype}, {layout}, {d['latency']['device']}")
+                  f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}")
     console.print(f"  dense      {d['latency']['median_ms']:.3f} ms (p90 {d['latency']['p90_ms']:.3f})   "
                   f"MACs {d['macs_dense']:,}   params {d['params']:,}")
     console.print(f"  compacted  {c['latency']['median_ms']:.3f} ms (p90 {c['latency']['p90_ms']:.3f})   "
@@ -381,10 +383,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if r["slower_than_dense"]:
         console.print("  [red]the compacted model is slower than dense on this device: do not deploy this config[/red]")
     table = Table()
-    for col in ("layer", "type", "rate", "shape before", "shape after", "kernel", "MACs"):
+    for col in ("layer", "type", "rate", "sparsity", "shape before", "shape after", "kernel", "MACs"):
         table.add_column(col)
     for layer in r["layers"]:
         table.add_row(layer["name"], layer["type"], "-" if layer["rate"] is None else f"{layer['rate']:.2f}",
+                      f"{layer['sparsity']:.2f}",
                       "×".join(map(str, layer["weight_shape"])), "×".join(map(str, layer["weight_shape_after"])),
                       layer["kernel"], f"{layer['macs']:,}")
     console.print(table)
@@ -394,6 +397,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from autoprune.device import AUTO, parse_channel_multiple
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
@@ -406,7 +410,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
-        channel_multiple=1 if args.channel_multiple is None else args.channel_multiple, threads=args.threads,
+        channel_multiple=parse_channel_multiple(args.channel_multiple) or AUTO, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
         checkpoint=args.checkpoint, data_dir=args.data_dir,

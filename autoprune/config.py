@@ -9,7 +9,7 @@ The YAML format (read by ``autoprune prune --config``, written by later tools)::
       features.0: {type: filter, rate: 0.5}
       "features.*": {type: shape, rate: 0.7}         # the most specific match wins
     admm: {iters: 4, epochs: 1, rho: 0.001, rho_growth: 1.3, retrain_epochs: 2}
-    channel_multiple: 8        # optional: kept channels of filter/channel groups rounded to 8 (default 1: exact)
+    channel_multiple: 16       # optional: kept channels of filter/channel groups rounded to 16 (default 1: exact)
     origin: {study: ..., trial: 12, metrics: {...}}  # optional, informational (written by search/export)
 
 Unknown keys are errors. Layer patterns are matched with :func:`fnmatch.fnmatchcase`;

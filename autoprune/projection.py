@@ -235,20 +235,22 @@ class Projector:
 def rounded_keep(n: int, rate: float, multiple: int, *, cells: int = 1) -> int:
     """Channels kept when pruning ``rate`` of ``n``, rounded to the nearest multiple of ``multiple``.
 
-    For kernels that work on channel blocks (oneDNN's vectors, tensor cores). On this
-    project's CPU a single 3x3 conv ran 48 channels faster than 45 or 47, but whole
-    ``tv:resnet18`` models were not measurably faster per MAC with the rounding
-    (``benchmarks/results/suite.md``), so it is off by default everywhere. Never below
-    ``multiple`` (nor below 1) and never above ``n``; ``multiple`` 1 gives
-    :func:`~autoprune.sparsity.keep_count` exactly.
+    For kernels that work on channel blocks (oneDNN's vector registers, tensor cores): a
+    conv pays for every block it touches, so on this project's AVX-512 CPU a 3x3 conv with
+    20 channels took 2.5x as long as one with 16, and 44 channels as long as 48
+    (``benchmarks/results/channel_steps.md``). ``--channel-multiple auto`` picks the
+    device's block (:func:`autoprune.device.channel_block`). Never below ``multiple``
+    (nor below 1) and never above ``n``; ``multiple`` 1 gives
+    :func:`~autoprune.sparsity.keep_count` exactly, and so does a block coarser than a
+    quarter of the channels (32 channels in blocks of 16 would allow only 50% or 0%: the
+    rate wins over the block).
 
     ``cells`` > 1 (a group through grouped convs, ``n`` a multiple of ``cells``): every
     cell keeps the same count, so the result is always a multiple of ``cells``, at least
     one channel per cell. It is rounded to a multiple of ``lcm(cells, multiple)`` where
     that is at most ``n / 4``, else of ``cells`` alone: balance is a must, the block size
-    a preference, and steps coarser than a quarter of the channels would move the kept
-    count too far from the rate (RegNetY's 208 channels in 26 groups: lcm(26, 8) = 104
-    would turn a 30% rate into 50%).
+    a preference (RegNetY's 208 channels in 26 groups: lcm(26, 8) = 104 would turn a 30%
+    rate into 50%).
     """
     k = keep_count(n, rate)
     if cells > 1:
@@ -256,7 +258,7 @@ def rounded_keep(n: int, rate: float, multiple: int, *, cells: int = 1) -> int:
             raise ValueError(f"{n} channels cannot form {cells} cells of one size")
         unit = math.lcm(cells, multiple)
         multiple = unit if 4 * unit <= n else cells
-    elif multiple <= 1 or n <= multiple:
+    elif multiple <= 1 or 4 * multiple > n:
         return k
     return min(n, max(multiple, int(k / multiple + 0.5) * multiple))
 

@@ -9,9 +9,11 @@ Each row: a model pruned uniformly (every conv but the first and the output laye
 sparsity type and rate by magnitude projection, compacted by autoprune (channel removal
 plus the per-layer kernel choice), and timed against the dense model in interleaved
 rounds. Both are timed as deployed (autoprune's defaults): channels-last, BatchNorm
-folded into the convs. Filter rows run twice: with the exact rate, and with the kept
-channels rounded to multiples of 8 (``--channel-multiple 8``, the search's default); the
-MAC ratio is always that of the model actually built. A second table takes
+folded into the convs. Filter rows run twice: with the exact rate (``--channel-multiple
+1``), and with the kept channels rounded to the device's channel block
+(``--channel-multiple auto``, the default of ``bench --uniform`` and ``search``: 16 on an
+AVX-512 CPU, see ``benchmarks/results/channel_steps.md``); the MAC ratio is always that of
+the model actually built. A second table takes
 ``tv:resnet18`` apart: the same filter configs timed in NCHW without folding (the
 previous default), then with each change added.
 """
@@ -44,20 +46,24 @@ MODELS = [  # name, input shape, batch size
     ("resnet56", (3, 32, 32), 32),
 ]
 # (uniform target, channel multiple)
-CONFIGS = [("filter:0.3", 1), ("filter:0.3", 8), ("filter:0.5", 1), ("filter:0.5", 8), ("filter:0.7", 1),
-           ("filter:0.7", 8), ("shape:0.5", 1), ("shape:0.8", 1), ("shape:0.93", 1)]
+CONFIGS = [("filter:0.3", 1), ("filter:0.3", "auto"), ("filter:0.5", 1), ("filter:0.5", "auto"), ("filter:0.7", 1),
+           ("filter:0.7", "auto"), ("shape:0.5", 1), ("shape:0.8", 1), ("shape:0.93", 1)]
 # tv:resnet18 taken apart: (label, channels_last, fold_bn, channel multiple)
 ABLATION = [("NCHW, BN unfolded, exact rate", False, False, 1), ("channels-last", True, False, 1),
-            ("channels-last + BN folded", True, True, 1), ("channels-last + BN folded + multiple 8", True, True, 8)]
+            ("channels-last + BN folded", True, True, 1),
+            ("channels-last + BN folded + channel block (auto)", True, True, "auto")]
 
 
-def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int, lat, device, cache) -> dict:  # noqa: ANN001
+def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, lat, device, cache) -> dict:  # noqa: ANN001
     t0 = time.time()
     r = run_bench(name, uniform=spec, device=device, latency=lat, input_shape=shape,
                   num_classes=1000 if name.startswith("tv:") else 10, cache_path=cache, channel_multiple=multiple)
     kernels = sorted({row["kernel"] for row in r["layers"] if row["type"] != "dense"})
+    multiple = r["settings"]["channel_multiple"]  # "auto" resolved
+    kept = {row["name"]: row["weight_shape_after"][0] for row in r["layers"] if row["type"] != "dense"}
     row = {
-        "model": name, "config": spec, "channel_multiple": multiple, "batch": batch, "input": "x".join(map(str, shape)),
+        "model": name, "config": spec, "channel_multiple": multiple, "kept_out_channels": kept, "batch": batch,
+        "input": "x".join(map(str, shape)),
         "channels_last": lat.channels_last, "fold_bn": lat.fold_bn,
         "dense_ms": r["dense"]["latency"]["median_ms"], "compact_ms": r["compacted"]["latency"]["median_ms"],
         "dense_spread": r["dense"]["latency"]["spread"], "compact_spread": r["compacted"]["latency"]["spread"],
@@ -109,6 +115,7 @@ def main() -> int:
     machine = {
         "device": device_description(device), "cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "date": time.strftime("%Y-%m-%d"), "load_average_end": list(os.getloadavg()),
         "minutes": round((time.time() - t_start) / 60, 1),
     }
@@ -121,7 +128,9 @@ def main() -> int:
              f"{', '.join(f'{v:.2f}' for v in machine['load_average_end'])}). Written by `benchmarks/suite.py`.", "",
              "Uniform pruning of every conv but the first and the output layer; magnitude projection; fp32, inference "
              "mode; dense and compacted timed in interleaved rounds, both in channels-last with BatchNorm folded "
-             "(the deployed form). `x8`: kept channels rounded to multiples of 8. The MAC ratio is the built "
+             "(the deployed form). `xN`: kept channels rounded to multiples of N, the device's channel block "
+             f"(`--channel-multiple auto`; CPU capability {machine['cpu_capability']}), where a layer has at least "
+             "4N channels. The MAC ratio is the built "
              "model's. `unchanged`: nothing was removed and every kernel measured fastest as dense, so the deployed "
              "model is the dense one.", "",
              "| model | config | batch | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio | kernels |",

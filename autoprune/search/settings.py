@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from autoprune.config import AdmmSettings
+from autoprune.device import parse_channel_multiple
 from autoprune.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -56,7 +57,9 @@ class SearchSettings:
     dtype: str = "fp32"
     channels_last: bool = True  # latency in channels-last memory format (faster on every model measured here)
     fold_bn: bool = True  # latency with BatchNorm folded into the convs, as deployed
-    channel_multiple: int = 1  # kept channels rounded to a multiple of this; 1: exact rates
+    # kept channels rounded to a multiple of this; "auto": the device's channel block
+    # (autoprune.device.channel_block), resolved when the study is made; 1: exact rates
+    channel_multiple: int | str = "auto"
     threads: int | None = None
     sampler: str = "tpe"
     seed: int = 0
@@ -85,8 +88,7 @@ class SearchSettings:
             raise UserError(f"--budget {self.budget} lies outside (0, 100%).")
         if self.latency_batch is not None and self.latency_batch < 1:
             raise UserError(f"--latency-batch must be at least 1 (got {self.latency_batch}).")
-        if self.channel_multiple < 1:
-            raise UserError(f"--channel-multiple must be at least 1 (got {self.channel_multiple}).")
+        parse_channel_multiple(self.channel_multiple)
         if self.min_speedup <= 0:
             raise UserError(f"--min-speedup must be > 0 (got {self.min_speedup}).")
         if self.abandon_drop is not None and not 0 < self.abandon_drop <= 1:

@@ -141,7 +141,7 @@ def _load_existing(storage: Any, name: str) -> Any | None:  # noqa: ANN401
 
 def _check_compatible(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN401
     """The stored settings of an existing study, refusing a clash with what was asked."""
-    from autoprune.device import resolve_device
+    from autoprune.device import resolve_channel_multiple, resolve_device
 
     name = study.study_name
     raw = study.user_attrs.get(STUDY_ATTR)
@@ -159,7 +159,8 @@ def _check_compatible(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN4
         "sampler": (s.sampler, meta.sampler), "seed": (s.seed, meta.seed),
         "space": (_space_id(s.space), _space_id(meta.space)),
         "admm": (dict(s.admm.__dict__), meta.admm),
-        "channel_multiple": (s.channel_multiple, meta.channel_multiple),
+        "channel_multiple": (resolve_channel_multiple(s.channel_multiple, torch.device(meta.device), meta.dtype),
+                             meta.channel_multiple),
         "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
     }
     clashes = [f"{key} {stored!r} (asked: {want!r})" for key, (want, stored) in asked.items()
@@ -375,7 +376,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     from optuna.trial import TrialState
 
     from autoprune.checkpoint import load_checkpoint
-    from autoprune.device import resolve_device
+    from autoprune.device import resolve_channel_multiple, resolve_device
     from autoprune.groups import ChannelGraph
     from autoprune.latency import LatencyCache, check_dtype
     from autoprune.pipeline import build_model, example_input, load_dataset
@@ -406,6 +407,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         notes = list(space.notes)
         ckpt, ckpt_path = _dense_checkpoint(s, splits, device, reporter)  # same model and dataset: same graph
         dense = _measure_dense(ckpt, splits, device, s, graph, reporter)
+        s.channel_multiple = resolve_channel_multiple(s.channel_multiple, device, s.dtype)
         meta = StudyMeta(
             name=name, model=s.model, dataset=splits.name, checkpoint=str(Path(ckpt_path).resolve()),
             device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
@@ -478,6 +480,9 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     shown = min(_finished(record), target)
     reporter.log(f"study '{name}' in {redact(url)}: {shown} of {target} trials done; "
                  f"budget {100 * meta.allowed_drop():.2g} points below dense {100 * meta.dense_accuracy:.1f}%")
+    if meta.channel_multiple > 1:
+        reporter.log(f"kept channels are rounded to multiples of {meta.channel_multiple} where a channel group has at least "
+                     f"{4 * meta.channel_multiple} (--channel-multiple; 1 keeps the exact rates)")
     with reporter.task(f"search {name}", total=target) as task:
         task.advance(shown)
         task.set(best=_fmt_best(_best_speedup(record)))

@@ -57,8 +57,9 @@ def test_bench_bad_input(capsys, tmp_path):
     cfg.write_text("model: digits-cnn\ndataset: digits\nlayers: {'conv*': {type: filter, rate: 0.5}}\n")
     assert "matches no prunable layer" in _err(capsys, main(["bench", "--config", str(cfg), "--device", "cpu"]))
     assert "TYPE:RATE" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter"]))
-    assert "--channel-multiple" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
-                                                      "--channel-multiple", "0", "--device", "cpu"]))
+    for bad in ("0", "2.5", "fast"):
+        assert "--channel-multiple must be a positive integer or 'auto'" in _err(capsys, main(
+            ["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--channel-multiple", bad, "--device", "cpu"]))
     if not torch.cuda.is_available():
         assert "CUDA" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
                                             "--device", "cuda"]))
@@ -89,3 +90,16 @@ def test_bench_channel_multiple_rounds_kept_filters(capsys, tmp_path, monkeypatc
     assert r["settings"]["channel_multiple"] == 8
     assert not r["settings"]["fold_bn"] and not r["settings"]["channels_last"]
     assert r["dense"]["latency"]["fold_bn"] is False
+
+
+@pytest.mark.parametrize(("capability", "block", "kept"), [("AVX512", 16, 48), ("AVX2", 8, 48), ("DEFAULT", 1, 45)])
+def test_bench_rounds_to_the_cpus_channel_block_by_default(capsys, tmp_path, monkeypatch, capability, block, kept):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.3", "--batch-size", "4", "--repeats", "3",
+                 "--device", "cpu", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    rows = {layer["name"]: layer for layer in r["layers"]}
+    assert r["settings"]["channel_multiple"] == block
+    assert rows["features.3"]["weight_shape_after"][0] == kept  # 64 filters less 30%: 45, or 48 in blocks of 8 or 16
+    assert rows["features.7"]["weight_shape_after"][0] == {16: 96, 8: 88, 1: 90}[block]  # 128 less 30%: 90

@@ -136,7 +136,9 @@ def test_input_channels_of_the_first_layer_cannot_be_pruned():
 
 @pytest.mark.parametrize(("n", "rate", "multiple", "kept"), [
     (64, 0.3, 1, 45), (64, 0.3, 8, 48), (64, 0.7, 8, 24), (128, 0.7, 8, 40), (64, 0.95, 8, 8),
-    (6, 0.5, 8, 3), (100, 0.0, 8, 100), (20, 0.1, 8, 16), (64, 0.3, 16, 48),
+    (6, 0.5, 8, 3), (100, 0.0, 8, 100), (64, 0.3, 16, 48), (64, 0.7, 16, 16), (512, 0.7, 16, 160),
+    # a block coarser than a quarter of the channels: the exact rate
+    (20, 0.1, 8, 18), (32, 0.3, 16, 23), (48, 0.5, 16, 24),
 ])
 def test_rounded_keep(n, rate, multiple, kept):
     assert rounded_keep(n, rate, multiple) == kept

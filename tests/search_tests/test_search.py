@@ -112,6 +112,21 @@ def test_an_existing_study_with_other_settings_is_refused(first_search, digits_b
     assert run_search(s).record.meta.budget == 0.02  # --resume keeps the study's own settings
 
 
+def test_channel_multiple_auto_is_the_devices_block_stored_in_the_study(first_search, digits_baseline) -> None:
+    import torch
+
+    from autoprune.device import channel_block
+
+    tmp, _, result = first_search
+    block = channel_block(torch.device("cpu"))
+    assert result.record.meta.channel_multiple == block  # "auto" (the default), resolved when the study was made
+    again = _settings(tmp, digits_baseline[0], channel_multiple="auto", given={"channel_multiple"}, trials=1)
+    assert run_search(again).ran == []  # asking for auto again is the same setting
+    other = _settings(tmp, digits_baseline[0], channel_multiple=block + 1, given={"channel_multiple"})
+    with pytest.raises(UserError, match=rf"channel_multiple {block} \(asked: {block + 1}\)"):
+        run_search(other)
+
+
 def test_a_study_with_other_objectives_is_refused(tmp_path, digits_baseline) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     optuna.create_study(study_name="other", storage=url, direction="minimize")

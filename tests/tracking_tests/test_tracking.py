@@ -65,6 +65,9 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     p = parent.data
     assert p.params["model"] == "digits-cnn" and p.params["budget_mode"] == "absolute"
     assert p.params["admm.iters"] == "4" and p.params["admm.rho_growth"] == "1.3"
+    assert {k: p.params[k] for k in ("channels_last", "fold_bn", "channel_multiple")} == {
+        "channels_last": str(record.meta.channels_last), "fold_bn": str(record.meta.fold_bn),
+        "channel_multiple": str(record.meta.channel_multiple)}
     assert (
         p.params["version.torch"] == "2.13.0" and p.params["device_description"] == "cpu:Test CPU (2 threads)"
     )

@@ -1,0 +1,124 @@
+"""Channel-count benchmark: how a conv's time steps with its channel count on a device.
+
+The evidence behind ``--channel-multiple auto`` (:func:`autoprune.device.channel_block`):
+oneDNN's CPU convs work on blocks of channels the width of a vector register (16 fp32
+lanes with AVX-512, 8 with AVX2), so a conv with 17 channels costs about as much as one
+with 32. Writes benchmarks/results/channel_steps.md and .json (with the machine
+described). Not a test: timings are noisy and machine-specific. Run:
+
+    .venv/bin/python benchmarks/channel_steps.py [--device cpu|cuda] [--dtype fp32 bf16]
+        [--batch 32] [--hw 56] [--low 8] [--high 80] [--step 4] [--repeats 15]
+
+Each row is one 3x3 conv, C in and C out channels at HxW, batch B, channels-last, in
+inference mode: the median of ``--repeats`` calls after warm-up, and the MAC throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from autoprune.device import channel_block, resolve_device  # noqa: E402
+from autoprune.latency import DTYPES, check_dtype, device_description  # noqa: E402
+
+
+def time_conv(c: int, *, hw: int, batch: int, device: torch.device, dtype: torch.dtype, warmup: int,
+              repeats: int) -> float:
+    conv = nn.Conv2d(c, c, 3, padding=1).eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    times = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            conv(x)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                conv(x)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                conv(x)
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", nargs="+", default=["fp32", "bf16"], choices=list(DTYPES))
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--hw", type=int, default=56)
+    ap.add_argument("--low", type=int, default=8)
+    ap.add_argument("--high", type=int, default=80)
+    ap.add_argument("--step", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default=str(ROOT / "results" / "channel_steps"))
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    channels = list(range(args.low, args.high + 1, args.step))
+    tables = {}
+    for name in args.dtype:
+        dtype = check_dtype(name, device)
+        rows = []
+        for c in channels:
+            ms = time_conv(c, hw=args.hw, batch=args.batch, device=device, dtype=dtype, warmup=args.warmup,
+                           repeats=args.repeats)
+            gmacs = args.batch * args.hw * args.hw * c * c * 9 / 1e9
+            rows.append({"channels": c, "median_ms": ms, "gmac_per_s": gmacs / ms * 1e3})
+            print(f"{name} C={c:3d}: {ms:8.3f} ms  {gmacs / ms * 1e3:7.1f} GMAC/s", flush=True)
+        tables[name] = {"block": channel_block(device, name), "rows": rows}
+    machine = {
+        "device": device_description(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "load_average_end": os.getloadavg(),
+    }
+    settings = {"batch": args.batch, "hw": args.hw, "kernel": 3, "memory_format": "channels_last",
+                "warmup": args.warmup, "repeats": args.repeats}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "settings": settings, "tables": tables},
+                                                   indent=2))
+    lines = [f"# Channel steps: one 3x3 conv's time against its channel count ({machine['device']})", "",
+             f"{machine['cores']} cores, {machine['threads']} threads, torch {machine['torch']}, CPU capability "
+             f"{machine['cpu_capability']}, {machine['date']}. Written by `benchmarks/channel_steps.py`.", "",
+             f"C in and C out channels, {args.hw}x{args.hw}, batch {args.batch}, channels-last, inference mode; "
+             f"median of {args.repeats} calls. `--channel-multiple auto` rounds kept channels to the block "
+             f"given under each dtype (`autoprune.device.channel_block`).", ""]
+    names = list(tables)
+    lines.append("| channels | " + " | ".join(f"{n} ms | {n} GMAC/s" for n in names) + " |")
+    lines.append("|---|" + "---|---|" * len(names))
+    for i, c in enumerate(channels):
+        cells = []
+        for n in names:
+            r = tables[n]["rows"][i]
+            cells += [f"{r['median_ms']:.2f}", f"{r['gmac_per_s']:.0f}"]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Block used by `auto`: " + ", ".join(f"{n}: {tables[n]['block']}" for n in names) + ".")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
