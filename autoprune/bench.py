@@ -11,7 +11,14 @@ from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencyCache, LatencySettings, architecture_fingerprint, check_dtype, compare_latency
+from autoprune.latency import (
+    LatencyCache,
+    LatencySettings,
+    architecture_fingerprint,
+    check_dtype,
+    compare_latency,
+    latency_ratio,
+)
 
 
 def parse_uniform(spec: str) -> LayerTarget:
@@ -121,7 +128,7 @@ def run_bench(
     timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
                             settings=latency)
     dense_lat, compact_lat = timed["dense"], timed["compacted"]
-    measured_speedup = dense_lat.median_ms / compact_lat.median_ms
+    measured_speedup = latency_ratio(dense_lat, compact_lat)  # paired round by round
     # nothing removed and every kernel kept dense: the deployed model *is* the dense one, and
     # the two timings differ only by the machine's noise
     dense_fp, compact_fp = architecture_fingerprint(model), architecture_fingerprint(result.model)
@@ -129,7 +136,7 @@ def run_bench(
     cache = LatencyCache(cache_path)
     for fp, res in ((dense_fp, dense_lat), (compact_fp, compact_lat)):
         cache.put(cache.key(fp, device, shape, latency), res)
-    fell_back = not unchanged and compact_lat.median_ms > dense_lat.median_ms
+    fell_back = not unchanged and measured_speedup < 1.0
     # the real parameter count of the compacted model
     compact_params = sum(p.numel() for p in result.model.parameters())
     layers = []
@@ -148,7 +155,8 @@ def run_bench(
         "input_shape": list(shape),
         "device": str(device),
         "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype, "channels_last": latency.channels_last,
-                     "fold_bn": latency.fold_bn, "threads": latency.threads, "channel_multiple": channel_multiple},
+                     "fold_bn": latency.fold_bn, "steady_memory": dense_lat.steady_memory, "threads": latency.threads,
+                     "channel_multiple": channel_multiple},
         "dense": {"latency": dense_lat.to_dict(), **dense_counts},
         "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
         "speedup": 1.0 if unchanged else measured_speedup,

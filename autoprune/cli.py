@@ -29,6 +29,9 @@ def _layout_args(p: argparse.ArgumentParser) -> None:
                    help="time image models in channels-last memory format (default: on)")
     p.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="time models with BatchNorm folded into the preceding conv, as deployed (default: on)")
+    p.add_argument("--steady-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU: time with an allocator that keeps freed memory, so activations are not page-faulted "
+                        "in again on every call, as deployed runtimes do (default: on; glibc only)")
 
 
 def _on(flag: bool | None) -> bool:
@@ -355,7 +358,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     parse_channel_multiple(args.channel_multiple)
     latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
-                              fold_bn=_on(args.fold_bn), threads=args.threads, repeats=args.repeats)
+                              fold_bn=_on(args.fold_bn), steady_memory=_on(args.steady_memory), threads=args.threads,
+                              repeats=args.repeats)
     r = run_bench(args.model or config.model, dataset=args.dataset, checkpoint=args.checkpoint, config=config,
                   uniform=args.uniform, device=device, latency=latency, input_shape=shape,
                   num_classes=args.num_classes, channel_multiple=args.channel_multiple)
@@ -368,6 +372,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     console = Console()
     d, c = r["dense"], r["compacted"]
     layout = ("channels-last" if latency.channels_last else "NCHW") + (", BatchNorm folded" if latency.fold_bn else "")
+    layout += ", steady memory" if d["latency"]["steady_memory"] else ""
     multiple = r["settings"]["channel_multiple"]
     rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
@@ -401,7 +406,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
-                         "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn")
+                         "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn", "steady_memory")
              if getattr(args, k) is not None}
     if any(v is not None for v in (args.admm_iters, args.admm_epochs, args.retrain_epochs, args.rho)):
         given.add("admm")
@@ -410,6 +415,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
+        steady_memory=_on(args.steady_memory),
         channel_multiple=parse_channel_multiple(args.channel_multiple) or AUTO, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,

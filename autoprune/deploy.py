@@ -590,7 +590,7 @@ def build_deployable(
     """
     from autoprune.checkpoint import load_checkpoint
     from autoprune.compact import compact_model
-    from autoprune.latency import compare_latency, device_description
+    from autoprune.latency import compare_latency, device_description, latency_ratio
     from autoprune.progress import Reporter
     from autoprune.train import evaluate
 
@@ -678,6 +678,7 @@ def build_deployable(
             "batch_size": latency.batch_size,
             "channels_last": latency.channels_last,
             "fold_bn": latency.fold_bn,
+            "steady_memory": dense_lat.steady_memory,
             "dense": {
                 "val_acc": dense_counts.get("val_acc"), "test_acc": dense_counts.get("test_acc"),
                 "latency_ms": dense_lat.median_ms, "latency_p90_ms": dense_lat.p90_ms,
@@ -692,7 +693,7 @@ def build_deployable(
             },
             "accuracy_drop": {"val": (dense_counts.get("val_acc") or 0.0) - val_acc,
                               "test": (dense_counts.get("test_acc") or 0.0) - test_acc},
-            "speedup": dense_lat.median_ms / max(pruned_lat.median_ms, 1e-12),
+            "speedup": latency_ratio(dense_lat, pruned_lat),
             "mac_ratio": (dense_counts.get("macs_dense") or 0) / max(pruned_counts.get("macs") or 0, 1),
             "param_ratio": (dense_counts.get("params") or 0) / max(_count_stored(model), 1),
             "latency": {"dense": dense_lat.to_dict(), "pruned": pruned_lat.to_dict()},

@@ -7,7 +7,9 @@ synchronisation. It reports the median, p90 and spread for a batch size and dtyp
 into the convs (:mod:`autoprune.fold`) and, for image inputs, channels-last memory format
 (on this project's CPU, channels-last made every model faster: ``tv:resnet18`` at batch
 32 went from 562 to 385 ms, ``tv:mobilenet_v2`` from 850 to 417 ms). Both can be turned
-off in :class:`LatencySettings`. The caller's model is never modified.
+off in :class:`LatencySettings`. On CPU it times with a process allocator that keeps freed
+memory (:func:`steady_allocator`), as deployed runtimes do, so that activations are not
+page-faulted in again on every call. The caller's model is never modified.
 
 ``LatencyCache`` stores results in a JSON file keyed by the model's architecture
 fingerprint (module types, parameter shapes, kernel forms), the device, and the
@@ -17,11 +19,13 @@ measurement settings, so one configuration is measured once.
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import json
 import os
 import platform
 import statistics
+import sys
 import threading
 import time
 import dataclasses
@@ -45,6 +49,7 @@ class LatencySettings:
     dtype: str = "fp32"
     channels_last: bool = True  # image inputs in channels-last memory format
     fold_bn: bool = True  # BatchNorm folded into the preceding conv, as deployed
+    steady_memory: bool = True  # CPU: the process's allocator keeps freed memory (see steady_allocator)
     threads: int | None = None  # CPU threads (default: all of torch's current setting)
     warmup: int = 5
     repeats: int = 30
@@ -66,6 +71,8 @@ class LatencyResult:
     threads: int | None
     channels_last: bool
     fold_bn: bool = False
+    steady_memory: bool = False  # measured with steady_allocator() in force
+    rounds_ms: tuple[float, ...] = ()  # per-round medians when timed beside other models (compare_latency)
 
     @property
     def spread(self) -> float:
@@ -141,36 +148,89 @@ def measure_latency(
     return _time_prepared(prepared, _input(input_shape, device, settings), device=device, settings=settings)
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc mallopt parameters
+_steady: bool | None = None
+
+
+def steady_allocator() -> bool:
+    """Make this process's glibc malloc keep the memory it frees; True when in force.
+
+    By default glibc serves every large block (a batch of activations) with a fresh
+    ``mmap`` and unmaps it when freed, so every forward pass page-faults its activations in
+    again: ``tv:resnet18`` at batch 32 took about 60,000 page faults per call on this
+    project's CPU, some 20% of its time, and whether mid-sized tensors were mapped afresh
+    depended on the process's history (a compacted model took 88 or 103 ms from one
+    process to the next). Deployments avoid this (ONNX Runtime's arena, jemalloc or
+    tcmalloc), so latency is measured without it: once per process, large blocks come from
+    the heap and freed memory stays there (``mallopt(M_MMAP_MAX, 0)`` and a 2 GiB trim
+    threshold). The process's resident memory then stays near its peak. False where the C
+    library is not glibc (nothing is changed there).
+    """
+    global _steady
+    if _steady is None:
+        _steady = False
+        if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                _steady = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+            except (OSError, AttributeError):
+                _steady = False
+    return _steady
+
+
+def steady_allocator_active() -> bool:
+    """Whether :func:`steady_allocator` is in force in this process (it cannot be undone)."""
+    return bool(_steady)
+
+
+class _Threads:
+    """Hold the measurement lock and the CPU thread count (and allocator) for a block of timing."""
+
+    def __init__(self, device: torch.device, settings: LatencySettings) -> None:
+        self.device, self.settings = device, settings
+
+    def __enter__(self) -> None:
+        _thread_lock.acquire()
+        if self.device.type == "cpu" and self.settings.steady_memory:
+            steady_allocator()
+        self.old = torch.get_num_threads()
+        if self.device.type == "cpu" and self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self.old)
+        _thread_lock.release()
+
+
 @torch.inference_mode()
-def _time_prepared(model: nn.Module, x: torch.Tensor, *, device: torch.device,
-                   settings: LatencySettings) -> LatencyResult:
+def _samples(model: nn.Module, x: torch.Tensor, *, device: torch.device, settings: LatencySettings,
+             warmup: int) -> list[float]:
+    """Milliseconds of each timed call, after ``warmup`` untimed ones (the caller holds :class:`_Threads`)."""
     times: list[float] = []
-    with _thread_lock:
-        old_threads = torch.get_num_threads()
-        if device.type == "cpu" and settings.threads:
-            torch.set_num_threads(settings.threads)
-        try:
-            for _ in range(settings.warmup):
-                model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            total, limit = 0.0, settings.repeats * 10
-            while len(times) < settings.repeats or (total < settings.min_seconds and len(times) < limit):
-                if device.type == "cuda":
-                    start.record()
-                    model(x)
-                    end.record()
-                    end.synchronize()
-                    ms = start.elapsed_time(end)
-                else:
-                    t0 = time.perf_counter()
-                    model(x)
-                    ms = (time.perf_counter() - t0) * 1e3
-                times.append(ms)
-                total += ms / 1e3
-        finally:
-            torch.set_num_threads(old_threads)
+    for _ in range(warmup):
+        model(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    total, limit = 0.0, settings.repeats * 10
+    while len(times) < settings.repeats or (total < settings.min_seconds and len(times) < limit):
+        if device.type == "cuda":
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+        else:
+            t0 = time.perf_counter()
+            model(x)
+            ms = (time.perf_counter() - t0) * 1e3
+        times.append(ms)
+        total += ms / 1e3
+    return times
+
+
+def _summary(times: list[float], *, device: torch.device, settings: LatencySettings,
+             rounds_ms: tuple[float, ...] = ()) -> LatencyResult:
     s = sorted(times)
     return LatencyResult(
         median_ms=statistics.median(s),
@@ -184,7 +244,16 @@ def _time_prepared(model: nn.Module, x: torch.Tensor, *, device: torch.device,
         threads=settings.threads if device.type == "cpu" else None,
         channels_last=settings.channels_last,
         fold_bn=settings.fold_bn,
+        steady_memory=device.type == "cpu" and steady_allocator_active(),
+        rounds_ms=rounds_ms,
     )
+
+
+def _time_prepared(model: nn.Module, x: torch.Tensor, *, device: torch.device,
+                   settings: LatencySettings) -> LatencyResult:
+    with _Threads(device, settings):
+        times = _samples(model, x, device=device, settings=settings, warmup=settings.warmup)
+    return _summary(times, device=device, settings=settings)
 
 
 def compare_latency(
@@ -193,32 +262,46 @@ def compare_latency(
     *,
     device: torch.device,
     settings: LatencySettings = LatencySettings(),
-    rounds: int = 3,
+    rounds: int | None = None,
 ) -> dict[str, LatencyResult]:
-    """Measure several models in interleaved rounds, so that drift of the machine (other
-    load, allocator state, clocks) affects them alike; each result pools all rounds."""
-    per_round = max(1, settings.repeats // rounds)
-    pooled: dict[str, list[LatencyResult]] = {k: [] for k in models}
+    """Measure several models side by side, in interleaved rounds.
+
+    After ``settings.warmup`` calls each, every round times each model in turn (one
+    untimed call to warm it again, then a few timed ones), so that drift of the machine
+    (other load, clocks, memory bandwidth taken by neighbours) affects them alike. Each
+    result pools all its samples and keeps its per-round medians in ``rounds_ms``, from
+    which :func:`latency_ratio` pairs models round by round. ``rounds`` defaults to a
+    third of ``settings.repeats`` (at least 3): on this project's CPU, ``tv:resnet18``'s
+    dense/compacted ratio varied by 15% between processes timed in three rounds of ten
+    calls, and by 3–5% between rounds of three calls within one process.
+    """
+    rounds = rounds or max(3, settings.repeats // 3)
+    per_round = max(1, -(-settings.repeats // rounds))
     one = dataclasses.replace(settings, repeats=per_round, min_seconds=settings.min_seconds / rounds)
     prepared = {name: prepare_for_timing(m, input_shape, device=device, settings=settings) for name, m in models.items()}
     x = _input(input_shape, device, settings)
-    for _ in range(rounds):
-        for name, model in prepared.items():
-            pooled[name].append(_time_prepared(model, x, device=device, settings=one))
-    out = {}
-    for name, results in pooled.items():
-        medians = sorted(r.median_ms for r in results)
-        first = results[0]
-        out[name] = LatencyResult(
-            median_ms=statistics.median(medians),
-            p90_ms=statistics.median(sorted(r.p90_ms for r in results)),
-            p10_ms=statistics.median(sorted(r.p10_ms for r in results)),
-            min_ms=min(r.min_ms for r in results),
-            repeats=sum(r.repeats for r in results),
-            batch_size=first.batch_size, dtype=first.dtype, device=first.device, threads=first.threads,
-            channels_last=first.channels_last, fold_bn=first.fold_bn,
-        )
-    return out
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    medians: dict[str, list[float]] = {k: [] for k in models}
+    with _Threads(device, settings):
+        for model in prepared.values():
+            _samples(model, x, device=device, settings=dataclasses.replace(one, repeats=0, min_seconds=0.0),
+                     warmup=settings.warmup)
+        for _ in range(rounds):
+            for name, model in prepared.items():
+                times = _samples(model, x, device=device, settings=one, warmup=1)
+                samples[name] += times
+                medians[name].append(statistics.median(times))
+    return {name: _summary(samples[name], device=device, settings=settings, rounds_ms=tuple(medians[name]))
+            for name in models}
+
+
+def latency_ratio(a: LatencyResult, b: LatencyResult) -> float:
+    """a's latency over b's. For two results of one :func:`compare_latency` call, the median
+    of the per-round ratios (each pair timed moments apart, so slow drift of the machine
+    cancels); otherwise the ratio of the medians."""
+    if a.rounds_ms and len(a.rounds_ms) == len(b.rounds_ms):
+        return statistics.median(x / max(y, 1e-12) for x, y in zip(a.rounds_ms, b.rounds_ms))
+    return a.median_ms / max(b.median_ms, 1e-12)
 
 
 def device_description(device: torch.device) -> str:
@@ -263,13 +346,14 @@ class LatencyCache:
     def key(fingerprint: str, device: torch.device, input_shape: tuple[int, ...], settings: LatencySettings) -> str:
         return "|".join([fingerprint, device_description(device), torch.__version__, str(tuple(input_shape)),
                          str(settings.batch_size), settings.dtype, str(settings.channels_last), str(settings.threads)]
-                        + (["folded"] if settings.fold_bn else []))
+                        + (["folded"] if settings.fold_bn else [])
+                        + (["steady"] if settings.steady_memory and device.type == "cpu" else []))
 
     def get(self, key: str) -> LatencyResult | None:
         raw = self._data.get(key)
         if raw is None:
             return None
-        raw = {k: v for k, v in raw.items() if k not in ("spread", "extra")}
+        raw = {k: v for k, v in raw.items() if k not in ("spread", "extra", "rounds_ms")}
         return LatencyResult(**raw)
 
     def extra(self, key: str) -> dict | None:
@@ -279,6 +363,7 @@ class LatencyCache:
 
     def put(self, key: str, result: LatencyResult, extra: dict | None = None) -> None:
         entry = result.to_dict()
+        entry.pop("rounds_ms", None)  # only meaningful beside the models it was timed with
         if extra is not None:
             entry["extra"] = extra
         self._data[key] = entry

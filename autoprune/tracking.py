@@ -126,6 +126,7 @@ def _settings_params(meta: StudyMeta) -> dict[str, Any]:
         "dtype": meta.dtype,
         "channels_last": meta.channels_last,
         "fold_bn": meta.fold_bn,
+        "steady_memory": meta.steady_memory,
         "channel_multiple": meta.channel_multiple,
         "space": meta.space,
         "sampler": meta.sampler,

@@ -9,7 +9,7 @@ Each row: a model pruned uniformly (every conv but the first and the output laye
 sparsity type and rate by magnitude projection, compacted by autoprune (channel removal
 plus the per-layer kernel choice), and timed against the dense model in interleaved
 rounds. Both are timed as deployed (autoprune's defaults): channels-last, BatchNorm
-folded into the convs. Filter rows run twice: with the exact rate (``--channel-multiple
+folded into the convs, and on CPU an allocator that keeps freed memory. Filter rows run twice: with the exact rate (``--channel-multiple
 1``), and with the kept channels rounded to the device's channel block
 (``--channel-multiple auto``, the default of ``bench --uniform`` and ``search``: 16 on an
 AVX-512 CPU, see ``benchmarks/results/channel_steps.md``); the MAC ratio is always that of
@@ -48,10 +48,13 @@ MODELS = [  # name, input shape, batch size
 # (uniform target, channel multiple)
 CONFIGS = [("filter:0.3", 1), ("filter:0.3", "auto"), ("filter:0.5", 1), ("filter:0.5", "auto"), ("filter:0.7", 1),
            ("filter:0.7", "auto"), ("shape:0.5", 1), ("shape:0.8", 1), ("shape:0.93", 1)]
-# tv:resnet18 taken apart: (label, channels_last, fold_bn, channel multiple)
-ABLATION = [("NCHW, BN unfolded, exact rate", False, False, 1), ("channels-last", True, False, 1),
-            ("channels-last + BN folded", True, True, 1),
-            ("channels-last + BN folded + channel block (auto)", True, True, "auto")]
+# tv:resnet18 taken apart: (label, channels_last, fold_bn, channel multiple, steady memory). The
+# steady allocator cannot be undone in a process, so these rows run first, in this order.
+ABLATION = [("NCHW, BN unfolded, exact rate, glibc's default allocator", False, False, 1, False),
+            ("+ channels-last", True, False, 1, False),
+            ("+ BN folded", True, True, 1, False),
+            ("+ channel block (auto)", True, True, "auto", False),
+            ("+ steady memory (all defaults)", True, True, "auto", True)]
 
 
 def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, lat, device, cache) -> dict:  # noqa: ANN001
@@ -64,7 +67,7 @@ def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, la
     row = {
         "model": name, "config": spec, "channel_multiple": multiple, "kept_out_channels": kept, "batch": batch,
         "input": "x".join(map(str, shape)),
-        "channels_last": lat.channels_last, "fold_bn": lat.fold_bn,
+        "channels_last": lat.channels_last, "fold_bn": lat.fold_bn, "steady_memory": r["settings"]["steady_memory"],
         "dense_ms": r["dense"]["latency"]["median_ms"], "compact_ms": r["compacted"]["latency"]["median_ms"],
         "dense_spread": r["dense"]["latency"]["spread"], "compact_spread": r["compacted"]["latency"]["spread"],
         "speedup": r["speedup"], "measured_speedup": r["measured_speedup"], "unchanged": r["unchanged"],
@@ -73,6 +76,7 @@ def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, la
         "slower_than_dense": r["slower_than_dense"],
     }
     print(f"{name:16s} {spec:11s} x{multiple} cl={int(lat.channels_last)} fold={int(lat.fold_bn)} "
+          f"steady={int(row['steady_memory'])} "
           f"dense {row['dense_ms']:9.2f} ms  compact {row['compact_ms']:9.2f} ms  speedup {r['speedup']:5.2f}x  "
           f"MACs {r['mac_ratio']:5.2f}x  ratio {row['speedup_over_mac_ratio']:.2f}  kernels {kernels}  "
           f"({time.time() - t0:.0f}s)", flush=True)
@@ -103,15 +107,18 @@ def main() -> int:
         return LatencySettings(batch_size=batch, threads=threads, warmup=1 if args.quick else 3,
                                repeats=3 if args.quick else (6 if "vgg" in name else 12), min_seconds=0.0)
 
-    rows = [_row(name, shape, batch, spec, multiple, settings(name, batch), device, cache)
-            for name, shape, batch in models for spec, multiple in CONFIGS]
     ablation = []
     if not args.no_ablation and (args.models is None or "tv:resnet18" in args.models.split(",")):
         name, shape, batch = MODELS[0]
-        for spec in ("filter:0.3", "filter:0.5", "filter:0.7"):
-            for label, cl, fold, multiple in ABLATION:
-                lat = dataclasses.replace(settings(name, batch), channels_last=cl, fold_bn=fold)
-                ablation.append({"variant": label, **_row(name, shape, batch, spec, multiple, lat, device, cache)})
+        for label, cl, fold, multiple, steady in ABLATION:
+            for spec in ("filter:0.3", "filter:0.5", "filter:0.7"):
+                lat = dataclasses.replace(settings(name, batch), channels_last=cl, fold_bn=fold, steady_memory=steady)
+                row = _row(name, shape, batch, spec, multiple, lat, device, cache)
+                if device.type == "cpu" and row["steady_memory"] != steady:
+                    raise SystemExit(f"ablation row '{label}' was measured with steady memory {row['steady_memory']}")
+                ablation.append({"variant": label, **row})
+    rows = [_row(name, shape, batch, spec, multiple, settings(name, batch), device, cache)
+            for name, shape, batch in models for spec, multiple in CONFIGS]
     machine = {
         "device": device_description(device), "cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
@@ -127,8 +134,9 @@ def main() -> int:
              f"{machine['minutes']} minutes (load average at the end: "
              f"{', '.join(f'{v:.2f}' for v in machine['load_average_end'])}). Written by `benchmarks/suite.py`.", "",
              "Uniform pruning of every conv but the first and the output layer; magnitude projection; fp32, inference "
-             "mode; dense and compacted timed in interleaved rounds, both in channels-last with BatchNorm folded "
-             "(the deployed form). `xN`: kept channels rounded to multiples of N, the device's channel block "
+             "mode; dense and compacted timed side by side in interleaved rounds (the speedup is the median of "
+             "the per-round ratios), both in channels-last with BatchNorm folded and, on CPU, with an allocator "
+             "that keeps freed memory (the deployed form; `autoprune.latency.steady_allocator`). `xN`: kept channels rounded to multiples of N, the device's channel block "
              f"(`--channel-multiple auto`; CPU capability {machine['cpu_capability']}), where a layer has at least "
              "4N channels. The MAC ratio is the built "
              "model's. `unchanged`: nothing was removed and every kernel measured fastest as dense, so the deployed "
@@ -142,6 +150,8 @@ def main() -> int:
                      f"{', '.join(r['kernels'])} |")
     if ablation:
         lines += ["", "## tv:resnet18, batch 32: what each change does", "",
+                  "Measured first in the run, each change added in turn to the previous row's (the steady "
+                  "allocator cannot be switched off once on in a process).", "",
                   "| config | measured as | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio |",
                   "|---|---|---|---|---|---|---|"]
         for r in ablation:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autoprune.compact.channels import remove_channels
-from autoprune.latency import LatencySettings, compare_latency, measure_latency
+from autoprune.latency import LatencySettings, compare_latency, latency_ratio, measure_latency
 from autoprune.projection import Projector
 
 __all__ = ["CompactResult", "LayerChoice", "compact_model", "remove_channels"]
@@ -116,7 +116,7 @@ def compact_model(
         # layers timed alone need not compose: check the whole model against the plain one
         shape = tuple(example_input.shape[1:])
         timed = compare_latency({"plain": plain, "kernels": compact}, shape, device=device, settings=quick)
-        if timed["kernels"].median_ms > timed["plain"].median_ms:
+        if latency_ratio(timed["kernels"], timed["plain"]) > 1.0:
             for c in choices.values():
                 c.form = "dense"
             return CompactResult(plain.to(device), choices, reverted=True)

@@ -84,7 +84,7 @@ def config_key(targets: dict[str, LayerTarget], ctx: SearchContext) -> str:
 class ConfigLatency:
     """A configuration's latency, measured in interleaved rounds with the dense model.
 
-    ``ratio`` (compacted / dense, medians of the same rounds) is what drift of the machine
+    ``ratio`` (compacted / dense, the median of per-round ratios) is what drift of the machine
     leaves intact; ``latency_ms`` puts it on the study's scale: ratio x the study's dense
     latency, so that trials measured at different moments compare fairly.
     """
@@ -106,7 +106,7 @@ def measure_config_latency(targets: dict[str, LayerTarget], ctx: SearchContext) 
     depend on which weights survive). Cached by configuration."""
     from autoprune.admm import apply_masks
     from autoprune.compact import compact_model
-    from autoprune.latency import compare_latency
+    from autoprune.latency import compare_latency, latency_ratio
     from autoprune.projection import Projector
 
     key = config_key(targets, ctx)
@@ -121,7 +121,7 @@ def measure_config_latency(targets: dict[str, LayerTarget], ctx: SearchContext) 
     timed = compare_latency({"dense": ctx.checkpoint.build(), "config": result.model}, ctx.input_shape,
                             device=ctx.device, settings=ctx.latency)
     d, c = timed["dense"], timed["config"]
-    out = ConfigLatency(c.median_ms / d.median_ms, c.p90_ms / d.median_ms, c.median_ms, d.median_ms,
+    out = ConfigLatency(latency_ratio(c, d), c.p90_ms / d.median_ms, c.median_ms, d.median_ms,
                         {n: ch.form for n, ch in result.choices.items()})
     ctx.cache.put(key, c, extra=out.to_extra())
     return out

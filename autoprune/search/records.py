@@ -51,6 +51,7 @@ class StudyMeta:
     # measurement and pruning settings; the defaults are what studies made before they existed used
     channels_last: bool = False
     fold_bn: bool = False
+    steady_memory: bool = False  # studies made before this setting measured with glibc's default allocator
     channel_multiple: int = 1
     threads: int | None = None
 

@@ -57,6 +57,7 @@ class SearchSettings:
     dtype: str = "fp32"
     channels_last: bool = True  # latency in channels-last memory format (faster on every model measured here)
     fold_bn: bool = True  # latency with BatchNorm folded into the convs, as deployed
+    steady_memory: bool = True  # CPU latency with an allocator that keeps freed memory (autoprune.latency)
     # kept channels rounded to a multiple of this; "auto": the device's channel block
     # (autoprune.device.channel_block), resolved when the study is made; 1: exact rates
     channel_multiple: int | str = "auto"

@@ -115,7 +115,7 @@ def _latency_settings(batch: int, s: SearchSettings) -> Any:  # noqa: ANN401
     from autoprune.latency import LatencySettings
 
     return LatencySettings(batch_size=batch, dtype=s.dtype, channels_last=s.channels_last, fold_bn=s.fold_bn,
-                           threads=s.threads, warmup=5, repeats=30, min_seconds=0.5)
+                           steady_memory=s.steady_memory, threads=s.threads, warmup=5, repeats=30, min_seconds=0.5)
 
 
 def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device, s: SearchSettings) -> int:
@@ -162,6 +162,7 @@ def _check_compatible(study: Any, s: SearchSettings) -> StudyMeta:  # noqa: ANN4
         "channel_multiple": (resolve_channel_multiple(s.channel_multiple, torch.device(meta.device), meta.dtype),
                              meta.channel_multiple),
         "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
+        "steady_memory": (s.steady_memory, meta.steady_memory),
     }
     clashes = [f"{key} {stored!r} (asked: {want!r})" for key, (want, stored) in asked.items()
                if key in s.given and want is not None and want != stored]
@@ -413,6 +414,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
             device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
             space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
             admm=dict(s.admm.__dict__), versions=_versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
+            steady_memory=s.steady_memory,
             channel_multiple=s.channel_multiple, threads=s.threads,
             **dense,
         )
@@ -427,7 +429,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         meta = _existing_study_meta(study, s)
         device = resolve_device(s.device if s.device is not None else meta.device)
         s.dtype, s.channels_last, s.threads = meta.dtype, meta.channels_last, meta.threads
-        s.fold_bn, s.channel_multiple = meta.fold_bn, meta.channel_multiple
+        s.fold_bn, s.channel_multiple, s.steady_memory = meta.fold_bn, meta.channel_multiple, meta.steady_memory
         splits = load_dataset(meta.dataset, data_dir=s.data_dir)
         ckpt_file = s.checkpoint if s.checkpoint is not None else meta.checkpoint
         if not Path(ckpt_file).is_file():

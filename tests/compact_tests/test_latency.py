@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import platform
+import statistics
 
 import pytest
 import torch
@@ -8,7 +10,16 @@ from torch import nn
 
 from autoprune.cli import main
 from autoprune.errors import UserError
-from autoprune.latency import LatencyCache, LatencySettings, architecture_fingerprint, check_dtype, measure_latency
+from autoprune.latency import (
+    LatencyCache,
+    LatencyResult,
+    LatencySettings,
+    architecture_fingerprint,
+    check_dtype,
+    compare_latency,
+    latency_ratio,
+    measure_latency,
+)
 
 QUICK = LatencySettings(batch_size=4, warmup=1, repeats=5, min_seconds=0.0)
 
@@ -35,6 +46,33 @@ def test_cache_measures_an_architecture_once(tmp_path):
     _, hit_d = reread.measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
     assert hit_d
     assert architecture_fingerprint(_net(8)) != architecture_fingerprint(_net(9))
+
+
+def test_compare_latency_times_every_model_in_each_round(tmp_path):
+    settings = LatencySettings(batch_size=4, warmup=1, repeats=12, min_seconds=0.0)
+    r = compare_latency({"small": _net(4), "big": _net(64)}, (1, 8, 8), device=torch.device("cpu"), settings=settings)
+    for res in r.values():
+        assert len(res.rounds_ms) == 4 and res.repeats == 12  # a third of the repeats as rounds of three
+        assert res.min_ms <= min(res.rounds_ms)
+    ratios = [b / s for b, s in zip(r["big"].rounds_ms, r["small"].rounds_ms)]
+    assert latency_ratio(r["big"], r["small"]) == pytest.approx(statistics.median(ratios))
+    cache = LatencyCache(tmp_path / "lat.json")
+    cache.put("k", r["big"])
+    assert LatencyCache(tmp_path / "lat.json").get("k").rounds_ms == ()  # rounds only mean something side by side
+
+
+def _result(median: float, rounds: tuple[float, ...] = ()) -> LatencyResult:
+    return LatencyResult(median_ms=median, p90_ms=median, p10_ms=median, min_ms=median, repeats=3, batch_size=1,
+                         dtype="fp32", device="cpu:x", threads=None, channels_last=False, rounds_ms=rounds)
+
+
+def test_latency_ratio_pairs_rounds_so_drift_cancels():
+    # b's machine got twice as slow after the first round, a's too: each round says a takes twice b
+    a, b = _result(40.0, (10.0, 40.0, 41.0)), _result(10.0, (5.0, 20.0, 10.0))
+    assert latency_ratio(a, b) == pytest.approx(2.0)  # per-round ratios 2, 2, 4.1
+    assert a.median_ms / b.median_ms == pytest.approx(4.0)  # what the medians alone would say
+    assert latency_ratio(_result(30.0), _result(10.0)) == pytest.approx(3.0)  # no rounds: the medians
+    assert latency_ratio(_result(30.0, (1.0, 2.0)), _result(10.0, (1.0, 1.0, 1.0))) == pytest.approx(3.0)
 
 
 def test_dtype_the_device_cannot_run():
@@ -103,3 +141,34 @@ def test_bench_rounds_to_the_cpus_channel_block_by_default(capsys, tmp_path, mon
     assert r["settings"]["channel_multiple"] == block
     assert rows["features.3"]["weight_shape_after"][0] == kept  # 64 filters less 30%: 45, or 48 in blocks of 8 or 16
     assert rows["features.7"]["weight_shape_after"][0] == {16: 96, 8: 88, 1: 90}[block]  # 128 less 30%: 90
+
+
+_FAULTS = """
+import resource, sys, torch
+from autoprune.latency import steady_allocator
+if sys.argv[1] == "steady":
+    assert steady_allocator()
+model, x = torch.nn.Conv2d(1, 64, 3, padding=1), torch.randn(4, 1, 200, 200)  # a 41 MB output
+with torch.inference_mode():
+    for _ in range(3):
+        model(x)
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        model(x)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the steady allocator is glibc's")
+def test_steady_allocator_stops_page_faulting_activations_on_every_call():
+    import subprocess
+    import sys
+
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    assert faults("default") > 5 * 5000  # glibc maps each 41 MB output afresh: ~10,000 4 KiB pages per call
+    assert faults("steady") < 500
+    r = measure_latency(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    assert r.steady_memory  # a CPU measurement turns it on and says so
