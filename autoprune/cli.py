@@ -336,7 +336,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from autoprune.bench import run_bench
     from autoprune.config import PruneConfig
-    from autoprune.device import parse_channel_multiple, resolve_device
+    from autoprune.device import resolve_device
     from autoprune.errors import UserError
     from autoprune.latency import LatencySettings
 
@@ -356,7 +356,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
     device = resolve_device(args.device)
-    parse_channel_multiple(args.channel_multiple)
     latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
                               fold_bn=_on(args.fold_bn), steady_memory=_on(args.steady_memory), threads=args.threads,
                               repeats=args.repeats)
@@ -402,7 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from autoprune.device import AUTO, parse_channel_multiple
+    from autoprune.device import AUTO
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
@@ -416,7 +415,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
         steady_memory=_on(args.steady_memory),
-        channel_multiple=parse_channel_multiple(args.channel_multiple) or AUTO, threads=args.threads,
+        channel_multiple=args.channel_multiple or AUTO, threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
         checkpoint=args.checkpoint, data_dir=args.data_dir,

@@ -43,7 +43,7 @@ def channel_block(device: torch.device, dtype: str = "fp32") -> int:
     On CPU, oneDNN's convs block channels by the vector width: 16 fp32 lanes with AVX-512
     (bf16 kernels keep 16-channel blocks), 8 with AVX2. A conv pays for a whole block it
     only partly fills: on this project's AVX-512 CPU one 3x3 conv at 56x56, batch 32, took
-    1.2 ms with 16 channels and 2.9 ms with 20, and the same with 44 channels as with 48
+    1.1 ms with 16 channels and 2.8 ms with 20, and the same with 44 channels as with 48
     (``benchmarks/results/channel_steps.md``). On CUDA, tensor cores take channels in
     multiples of 8 for fp16/bf16 (not measured by this project yet). 1 (exact rates) for
     CPUs whose block is unknown.

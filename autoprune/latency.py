@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,6 @@ import statistics
 import sys
 import threading
 import time
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -174,7 +174,7 @@ def steady_allocator() -> bool:
                 libc = ctypes.CDLL("libc.so.6")
                 _steady = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
             except (OSError, AttributeError):
-                _steady = False
+                pass
     return _steady
 
 
@@ -183,7 +183,7 @@ def steady_allocator_active() -> bool:
     return bool(_steady)
 
 
-class _Threads:
+class _Measuring:
     """Hold the measurement lock and the CPU thread count (and allocator) for a block of timing."""
 
     def __init__(self, device: torch.device, settings: LatencySettings) -> None:
@@ -205,7 +205,7 @@ class _Threads:
 @torch.inference_mode()
 def _samples(model: nn.Module, x: torch.Tensor, *, device: torch.device, settings: LatencySettings,
              warmup: int) -> list[float]:
-    """Milliseconds of each timed call, after ``warmup`` untimed ones (the caller holds :class:`_Threads`)."""
+    """Milliseconds of each timed call, after ``warmup`` untimed ones (the caller holds :class:`_Measuring`)."""
     times: list[float] = []
     for _ in range(warmup):
         model(x)
@@ -251,7 +251,7 @@ def _summary(times: list[float], *, device: torch.device, settings: LatencySetti
 
 def _time_prepared(model: nn.Module, x: torch.Tensor, *, device: torch.device,
                    settings: LatencySettings) -> LatencyResult:
-    with _Threads(device, settings):
+    with _Measuring(device, settings):
         times = _samples(model, x, device=device, settings=settings, warmup=settings.warmup)
     return _summary(times, device=device, settings=settings)
 
@@ -282,7 +282,7 @@ def compare_latency(
     x = _input(input_shape, device, settings)
     samples: dict[str, list[float]] = {k: [] for k in models}
     medians: dict[str, list[float]] = {k: [] for k in models}
-    with _Threads(device, settings):
+    with _Measuring(device, settings):
         for model in prepared.values():
             _samples(model, x, device=device, settings=dataclasses.replace(one, repeats=0, min_seconds=0.0),
                      warmup=settings.warmup)

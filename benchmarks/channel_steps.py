@@ -9,8 +9,10 @@ described). Not a test: timings are noisy and machine-specific. Run:
     .venv/bin/python benchmarks/channel_steps.py [--device cpu|cuda] [--dtype fp32 bf16]
         [--batch 32] [--hw 56] [--low 8] [--high 80] [--step 4] [--repeats 15]
 
-Each row is one 3x3 conv, C in and C out channels at HxW, batch B, channels-last, in
-inference mode: the median of ``--repeats`` calls after warm-up, and the MAC throughput.
+Each row is one 3x3 conv, C in and C out channels at HxW, batch B, timed by
+:func:`autoprune.latency.measure_latency` as models are (channels-last, inference mode,
+steady memory on CPU): the median of ``--repeats`` calls after warm-up, and the MAC
+throughput.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,30 +32,12 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from autoprune.device import channel_block, resolve_device  # noqa: E402
-from autoprune.latency import DTYPES, check_dtype, device_description  # noqa: E402
+from autoprune.latency import DTYPES, LatencySettings, check_dtype, device_description, measure_latency  # noqa: E402
 
 
-def time_conv(c: int, *, hw: int, batch: int, device: torch.device, dtype: torch.dtype, warmup: int,
-              repeats: int) -> float:
-    conv = nn.Conv2d(c, c, 3, padding=1).eval().to(device=device, dtype=dtype, memory_format=torch.channels_last)
-    x = torch.randn(batch, c, hw, hw, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    times = []
-    with torch.inference_mode():
-        for _ in range(warmup):
-            conv(x)
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                conv(x)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                conv(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def time_conv(c: int, *, hw: int, device: torch.device, settings: LatencySettings) -> float:
+    """Median ms of one C-to-C 3x3 conv, timed as autoprune times models (channels-last, steady memory)."""
+    return measure_latency(nn.Conv2d(c, c, 3, padding=1), (c, hw, hw), device=device, settings=settings).median_ms
 
 
 def main() -> int:
@@ -72,23 +55,22 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "channel_steps"))
     args = ap.parse_args()
     device = resolve_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     channels = list(range(args.low, args.high + 1, args.step))
     tables = {}
     for name in args.dtype:
-        dtype = check_dtype(name, device)
+        check_dtype(name, device)
+        settings = LatencySettings(batch_size=args.batch, dtype=name, fold_bn=False, threads=args.threads,
+                                   warmup=args.warmup, repeats=args.repeats, min_seconds=0.0)
         rows = []
         for c in channels:
-            ms = time_conv(c, hw=args.hw, batch=args.batch, device=device, dtype=dtype, warmup=args.warmup,
-                           repeats=args.repeats)
+            ms = time_conv(c, hw=args.hw, device=device, settings=settings)
             gmacs = args.batch * args.hw * args.hw * c * c * 9 / 1e9
             rows.append({"channels": c, "median_ms": ms, "gmac_per_s": gmacs / ms * 1e3})
             print(f"{name} C={c:3d}: {ms:8.3f} ms  {gmacs / ms * 1e3:7.1f} GMAC/s", flush=True)
         tables[name] = {"block": channel_block(device, name), "rows": rows}
     machine = {
         "device": device_description(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "cores": os.cpu_count(), "threads": args.threads or torch.get_num_threads(), "torch": torch.__version__,
         "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_average_end": os.getloadavg(),
     }
@@ -101,7 +83,8 @@ def main() -> int:
     lines = [f"# Channel steps: one 3x3 conv's time against its channel count ({machine['device']})", "",
              f"{machine['cores']} cores, {machine['threads']} threads, torch {machine['torch']}, CPU capability "
              f"{machine['cpu_capability']}, {machine['date']}. Written by `benchmarks/channel_steps.py`.", "",
-             f"C in and C out channels, {args.hw}x{args.hw}, batch {args.batch}, channels-last, inference mode; "
+             f"C in and C out channels, {args.hw}x{args.hw}, batch {args.batch}, channels-last, inference mode, "
+             "timed by `autoprune.latency.measure_latency`; "
              f"median of {args.repeats} calls. `--channel-multiple auto` rounds kept channels to the block "
              f"given under each dtype (`autoprune.device.channel_block`).", ""]
     names = list(tables)

@@ -483,8 +483,8 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     reporter.log(f"study '{name}' in {redact(url)}: {shown} of {target} trials done; "
                  f"budget {100 * meta.allowed_drop():.2g} points below dense {100 * meta.dense_accuracy:.1f}%")
     if meta.channel_multiple > 1:
-        reporter.log(f"kept channels are rounded to multiples of {meta.channel_multiple} where a channel group has at least "
-                     f"{4 * meta.channel_multiple} (--channel-multiple; 1 keeps the exact rates)")
+        reporter.log(f"kept channels are rounded to multiples of {meta.channel_multiple} where a channel group "
+                     f"has at least {4 * meta.channel_multiple} (--channel-multiple; 1 keeps the exact rates)")
     with reporter.task(f"search {name}", total=target) as task:
         task.advance(shown)
         task.set(best=_fmt_best(_best_speedup(record)))
