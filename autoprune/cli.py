@@ -212,7 +212,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     table = Table(title=f"prunable layers of {args.model} ({args.dataset} inputs)")
     for col in ("name", "kind", "weight shape", "MACs", "filters", "channels", "coupled with"):
-        table.add_column(col, justify="right" if col == "MACs" else "left")
+        table.add_column(col, justify="right" if col == "MACs" else "left", overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["kind"], "×".join(map(str, r["weight_shape"])), f"{r['macs']:,}",
                       "yes" if r["filters_prunable"] else "no", "yes" if r["channels_prunable"] else "no",
@@ -282,7 +282,7 @@ def _print_prune_summary(s: dict[str, Any]) -> None:
     console.print(f"  MACs       {d['macs']:,} -> {p['macs']:,} effective ({p['mac_reduction']:.2f}x fewer)")
     table = Table()
     for col in ("layer", "shape", "type", "rate", "achieved sparsity", "MACs"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for layer in s["layers"]:
         table.add_row(layer["name"], "×".join(map(str, layer["weight_shape"])), layer["type"],
                       "-" if layer["rate"] is None else f"{layer['rate']:.2f}", f"{layer['sparsity']:.1%}",
@@ -388,13 +388,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         console.print("  [red]the compacted model is slower than dense on this device: do not deploy this config[/red]")
     table = Table()
     for col in ("layer", "type", "rate", "sparsity", "shape before", "shape after", "kernel", "MACs"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for layer in r["layers"]:
         table.add_row(layer["name"], layer["type"], "-" if layer["rate"] is None else f"{layer['rate']:.2f}",
                       f"{layer['sparsity']:.2f}",
                       "×".join(map(str, layer["weight_shape"])), "×".join(map(str, layer["weight_shape_after"])),
                       layer["kernel"], f"{layer['macs']:,}")
     console.print(table)
+    for note in r["notes"]:
+        console.print(f"  note: {note}")
     return 0
 
 

@@ -27,7 +27,7 @@ def print_summary(result: SearchResult) -> None:
                   f"budget: accuracy >= {100 * (meta.dense_accuracy - meta.allowed_drop()):.1f}%")
     table = Table(title="Pareto front (validation accuracy vs measured latency)")
     for col in ("trial", "accuracy", "drop", "latency ms", "speedup", "MACs", "params", "sparsity", "in budget"):
-        table.add_column(col, justify="left" if col == "sparsity" else "right")
+        table.add_column(col, justify="left" if col == "sparsity" else "right", overflow="fold")
     for t in rec.front:
         table.add_row(str(t.number), f"{100 * t.accuracy:.1f}%", f"{100 * t.accuracy_drop:+.1f}",
                       f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x", si_count(t.macs), si_count(t.params_count),

@@ -130,6 +130,18 @@ def test_bench_channel_multiple_rounds_kept_filters(capsys, tmp_path, monkeypatc
     assert r["dense"]["latency"]["fold_bn"] is False
 
 
+def test_bench_table_keeps_long_names_and_prints_notes(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "80")  # as in a pipe or a CI log
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet20\ndataset: digits\nlayers:\n  layer1.0.conv2: {type: filter, rate: 0.5}\n"
+                   "  layer1.1.conv2: {type: filter, rate: 0.3}\n")
+    assert main(["bench", "--config", str(cfg), "--batch-size", "4", "--repeats", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out  # long layer names and shapes wrap instead of being cut short
+    assert "share coupled channels" in out and "highest rate asked (0.5)" in out.replace("\n", " ")
+
+
 @pytest.mark.parametrize(("capability", "block", "kept"), [("AVX512", 16, 48), ("AVX2", 8, 48), ("DEFAULT", 1, 45)])
 def test_bench_rounds_to_the_cpus_channel_block_by_default(capsys, tmp_path, monkeypatch, capability, block, kept):
     monkeypatch.chdir(tmp_path)
