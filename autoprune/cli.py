@@ -376,10 +376,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
                   f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}")
-    console.print(f"  dense      {d['latency']['median_ms']:.3f} ms (p90 {d['latency']['p90_ms']:.3f})   "
-                  f"MACs {d['macs_dense']:,}   params {d['params']:,}")
-    console.print(f"  compacted  {c['latency']['median_ms']:.3f} ms (p90 {c['latency']['p90_ms']:.3f})   "
-                  f"MACs {c['macs']:,}   params {c['params_compact']:,}")
+    for label, m in (("dense    ", d), ("compacted", c)):
+        lat = m["latency"]
+        params = m.get("params_compact", m["params"])
+        macs = m["macs_dense"] if m is d else m["macs"]
+        console.print(f"  {label}  {lat['median_ms']:.3f} ms (p90 {lat['p90_ms']:.3f}, spread {lat['spread']:.0%})   "
+                      f"MACs {macs:,}   params {params:,}")
     console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x")
     if r["unchanged"]:
         console.print(f"  no layer changed form (no channel removed, every kernel measured fastest as dense): the "

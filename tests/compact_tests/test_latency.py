@@ -138,6 +138,7 @@ def test_bench_table_keeps_long_names_and_prints_notes(capsys, tmp_path, monkeyp
                    "  layer1.1.conv2: {type: filter, rate: 0.3}\n")
     assert main(["bench", "--config", str(cfg), "--batch-size", "4", "--repeats", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
+    assert out.count("spread ") == 2  # dense and compacted: median, p90 and spread
     assert "…" not in out  # long layer names and shapes wrap instead of being cut short
     assert "share coupled channels" in out and "highest rate asked (0.5)" in out.replace("\n", " ")
 
