@@ -24,6 +24,7 @@ edits modules in place (``out_channels``, ``in_features``, ``num_features``, the
     from autoprune import load_pruned
     model = load_pruned("runs/deploy/digits")      # eval mode, on the CPU
     logits = model(images)
+    fast = load_pruned("runs/deploy/digits", as_timed=True)  # BatchNorm folded, channels-last
 
 Semi-structured (2:4, CUDA fp16/bf16) layers are stored as their dense masked
 equivalent (``Linear`` / 1x1 ``Conv2d``): re-apply
@@ -344,7 +345,7 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
     return out
 
 
-def load_pruned(path: str | os.PathLike) -> nn.Module:
+def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module:
     """Rebuild a model written by :func:`save_pruned` (or :func:`build_deployable`).
 
     Creates the base registry model, replaces the modules ``architecture.json`` names, and
@@ -353,6 +354,13 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
 
     Args:
         path: The folder, or its ``architecture.json`` / ``model.pt``.
+        as_timed: Return the model in the form its latency was measured in (see
+            ``report.json``'s ``fold_bn`` and ``channels_last``; both on when the folder has
+            no report): BatchNorm folded into the convs
+            (:func:`autoprune.fold.fold_batchnorm`) and, for image models, channels-last
+            weights, so that eager inference runs as fast as reported. Feed it inputs in
+            ``torch.channels_last`` too. Off: the model as stored, with its BatchNorms, which
+            can be fine-tuned further.
 
     Returns:
         The model in eval mode, on the CPU.
@@ -401,7 +409,29 @@ def load_pruned(path: str | os.PathLike) -> nn.Module:
         raise UserError(f"the weights in '{weights_path}' do not fit its architecture.json: {first}") from None
     for p in model.parameters():
         p.requires_grad_(False)
-    return model.eval()
+    model = model.eval()
+    return _timed_form(model, folder, base) if as_timed else model
+
+
+def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Module:
+    """The loaded model as its latency was measured: BatchNorm folded, channels-last."""
+    from autoprune.fold import fold_batchnorm
+
+    form = {"fold_bn": True, "channels_last": True}
+    try:
+        report = json.loads((folder / REPORT_FILE).read_text())
+        form.update({k: bool(report[k]) for k in form if k in report})
+    except (OSError, json.JSONDecodeError, TypeError):
+        pass  # no readable report: the defaults the latency is measured with
+    x = torch.randn(2, base["in_channels"], *base["image_size"])
+    if form["fold_bn"]:
+        with torch.no_grad():
+            model, _ = fold_batchnorm(model, x)
+        for p in model.parameters():
+            p.requires_grad_(False)
+    if form["channels_last"] and x.ndim == 4:
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 # -- export ------------------------------------------------------------------------------

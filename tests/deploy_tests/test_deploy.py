@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -133,6 +134,28 @@ def test_reloaded_model_has_the_reported_accuracy_and_the_masked_outputs(deploye
         assert torch.equal(again(val_batch), model(val_batch))
 
 
+def test_as_timed_form_folds_batchnorm_and_is_channels_last(deployed, val_batch, tmp_path) -> None:
+    out, report = deployed
+    plain = load_pruned(out)
+    timed = load_pruned(out, as_timed=True)
+    assert report["fold_bn"] and report["channels_last"]  # what the latency was measured with
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in timed.modules())
+    convs = [m for m in timed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    assert not timed.training and not any(p.requires_grad for p in timed.parameters())
+    with torch.no_grad():
+        _close(timed(val_batch.contiguous(memory_format=torch.channels_last)), plain(val_batch))
+    # a folder measured without folding keeps its BatchNorms
+    copy_dir = tmp_path / "nofold"
+    shutil.copytree(out, copy_dir)
+    r = json.loads((copy_dir / "report.json").read_text())
+    (copy_dir / "report.json").write_text(json.dumps({**r, "fold_bn": False, "channels_last": False}))
+    kept = load_pruned(copy_dir, as_timed=True)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in kept.modules())
+    assert not kept.features[3].weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_channels_are_really_gone(deployed) -> None:
     out, report = deployed
     model = load_pruned(out)
@@ -169,7 +192,7 @@ def test_torch_export_program_loads_and_matches(deployed, val_batch) -> None:
 def test_load_pruned_imports_no_search_code(deployed) -> None:
     out, _ = deployed
     code = (
-        "import sys; import autoprune.deploy as d; m = d.load_pruned(sys.argv[1]); "
+        "import sys; import autoprune.deploy as d; m = d.load_pruned(sys.argv[1], as_timed=True); "
         "bad = [k for k in sys.modules if k.startswith(('autoprune.search', 'optuna', 'mlflow'))]; "
         "assert not bad, bad; print(type(m).__name__)"
     )
