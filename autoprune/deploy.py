@@ -415,7 +415,7 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
 
 def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Module:
     """The loaded model as its latency was measured: BatchNorm folded, channels-last."""
-    from autoprune.fold import fold_batchnorm
+    from autoprune.latency import LatencySettings, prepare_for_timing
 
     form = {"fold_bn": True, "channels_last": True}
     try:
@@ -423,14 +423,10 @@ def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Modu
         form.update({k: bool(report[k]) for k in form if k in report})
     except (OSError, json.JSONDecodeError, TypeError):
         pass  # no readable report: the defaults the latency is measured with
-    x = torch.randn(2, base["in_channels"], *base["image_size"])
-    if form["fold_bn"]:
-        with torch.no_grad():
-            model, _ = fold_batchnorm(model, x)
-        for p in model.parameters():
-            p.requires_grad_(False)
-    if form["channels_last"] and x.ndim == 4:
-        model = model.to(memory_format=torch.channels_last)
+    shape = (base["in_channels"], *base["image_size"])
+    model = prepare_for_timing(model, shape, device=torch.device("cpu"), settings=LatencySettings(**form))
+    for p in model.parameters():
+        p.requires_grad_(False)
     return model
 
 
