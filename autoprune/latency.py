@@ -5,8 +5,8 @@ a set thread count and ``time.perf_counter``; on CUDA with CUDA events after a
 synchronisation. It reports the median, p90 and spread for a batch size and dtype
 (fp32/fp16/bf16). It times the form a model is deployed in: a copy with BatchNorm folded
 into the convs (:mod:`autoprune.fold`) and, for image inputs, channels-last memory format
-(on this project's CPU, channels-last made every model faster: ``tv:resnet18`` at batch
-32 went from 562 to 385 ms, ``tv:mobilenet_v2`` from 850 to 417 ms). Both can be turned
+(on this project's CPU, dense ``tv:resnet18`` at batch 32 went from 510–532 ms in NCHW to
+329–348 ms; ``benchmarks/results/suite.md``, ablation table). Both can be turned
 off in :class:`LatencySettings`. On CPU it times with a process allocator that keeps freed
 memory (:func:`steady_allocator`), as deployed runtimes do, so that activations are not
 page-faulted in again on every call. The caller's model is never modified.
