@@ -35,18 +35,27 @@ def parse_uniform(spec: str) -> LayerTarget:
     return LayerTarget(kind, value)
 
 
-def uniform_targets(graph: ChannelGraph, target: LayerTarget) -> dict[str, LayerTarget]:
+def uniform_targets(graph: ChannelGraph, target: LayerTarget,
+                    skipped: list[str] | None = None) -> dict[str, LayerTarget]:
     """Every conv layer but the first (reads the input) and the output layer; for filter and
-    channel targets, only layers whose channel group can be pruned."""
+    channel targets, only layers whose channel group can be pruned; and only layers the
+    sparsity type applies to (2:4 needs a multiple of 4 weights per GEMM row). A layer left
+    out because the type does not apply is described in ``skipped`` (when given)."""
     from autoprune.sparsity import get_sparsity
 
-    side = get_sparsity(target.type).structured
+    stype = get_sparsity(target.type)
+    side = stype.structured
     out = {}
     for n, info in graph.layers.items():
         if info.kind != "conv" or info.reads_input or info.is_output:
             continue
         group = graph.out_group(n) if side == "out" else graph.in_group(n) if side == "in" else None
         if side is not None and (group is None or not group.prunable):
+            continue
+        why = stype.applies_to(graph.model.get_submodule(n).weight)
+        if why:
+            if skipped is not None:
+                skipped.append(f"{target.type} does not apply to layer '{n}': {why.rstrip('.')}; it stays dense.")
             continue
         out[n] = target
     return out
@@ -106,11 +115,14 @@ def run_bench(
     model.eval()
     example = torch.randn(1, *shape)
     graph = ChannelGraph(model, example)
+    skipped: list[str] = []
     if config is not None:
         targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
     else:
-        targets = uniform_targets(graph, parse_uniform(uniform))  # type: ignore[arg-type]
+        targets = uniform_targets(graph, parse_uniform(uniform), skipped)  # type: ignore[arg-type]
     if not targets:
+        if skipped:
+            raise UserError(f"no layer to prune: {skipped[0]} Use another type, or --config with other layers.")
         raise UserError("no layer to prune: the config or --uniform selects nothing.")
     if channel_multiple is None:
         channel_multiple = config.channel_multiple if config is not None else AUTO
@@ -167,5 +179,5 @@ def run_bench(
         "slower_than_dense": fell_back,
         "kernels_reverted": result.reverted,
         "layers": layers,
-        "notes": projector.notes,
+        "notes": skipped + projector.notes,
     }

@@ -353,8 +353,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             shape = ()
         if len(shape) != 3 or min(shape) <= 0:
             raise UserError(f"--input-shape '{args.input_shape}' is not C,H,W (e.g. 3,224,224).")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1. Got {args.batch_size} instead.")
+    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads), ("--repeats", args.repeats)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1. Got {value} instead.")
+    if config is not None and args.model and args.model != config.model:
+        raise UserError(f"--model {args.model} differs from the config's model '{config.model}'; drop --model "
+                        f"(the config names the model) or use a config for {args.model}.")
     device = resolve_device(args.device)
     latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
                               fold_bn=_on(args.fold_bn), steady_memory=_on(args.steady_memory), threads=args.threads,

@@ -89,6 +89,8 @@ class SearchSettings:
             raise UserError(f"--budget {self.budget} lies outside (0, 100%).")
         if self.latency_batch is not None and self.latency_batch < 1:
             raise UserError(f"--latency-batch must be at least 1 (got {self.latency_batch}).")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be at least 1 (got {self.threads}).")
         parse_channel_multiple(self.channel_multiple)
         if self.min_speedup <= 0:
             raise UserError(f"--min-speedup must be > 0 (got {self.min_speedup}).")

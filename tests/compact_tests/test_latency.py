@@ -101,6 +101,31 @@ def test_bench_bad_input(capsys, tmp_path):
     if not torch.cuda.is_available():
         assert "CUDA" in _err(capsys, main(["bench", "--model", "digits-cnn", "--uniform", "filter:0.5",
                                             "--device", "cuda"]))
+    for flag in ("--threads", "--repeats", "--batch-size"):
+        assert f"{flag} must be at least 1" in _err(capsys, main(
+            ["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", flag, "-1", "--device", "cpu"]))
+    cfg.write_text("model: digits-cnn\ndataset: digits\nlayers: {'features.3': {type: filter, rate: 0.5}}\n")
+    assert "differs from the config's model 'digits-cnn'" in _err(capsys, main(
+        ["bench", "--model", "lenet5", "--config", str(cfg), "--device", "cpu"]))
+    # 2:4 fits none of lenet5's layers that --uniform selects (K = 6 * 5 * 5 = 150)
+    assert "2:4 does not apply to layer 'features.3'" in _err(capsys, main(
+        ["bench", "--model", "lenet5", "--uniform", "2:4", "--device", "cpu"]))
+
+
+def test_uniform_targets_leave_out_layers_the_type_does_not_fit() -> None:
+    from autoprune.bench import uniform_targets
+    from autoprune.config import LayerTarget
+    from autoprune.groups import ChannelGraph
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.ReLU(),  # K = 72
+                          nn.Conv2d(6, 5, 1), nn.ReLU(), nn.Conv2d(5, 4, 1),  # K = 6, then K = 5
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 10)).eval()
+    graph = ChannelGraph(model, torch.randn(1, 3, 8, 8))
+    skipped: list[str] = []
+    targets = uniform_targets(graph, LayerTarget("2:4"), skipped)
+    assert list(targets) == ["2"]  # the first conv reads the input; 4 and 6 do not fit 2:4
+    assert len(skipped) == 2 and "layer '4'" in skipped[0] and "K=6" in skipped[0]
+    assert set(uniform_targets(graph, LayerTarget("filter", 0.5))) == {"2", "4", "6"}
 
 
 def test_bench_json_filter(capsys, tmp_path, monkeypatch):

@@ -296,6 +296,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         (["--budget", "0%"], "outside (0, 100%)"),
         (["--budget", "2"], "ambiguous"),
         (["--trials", "0"], "--trials must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
         (["--sampler", "annealing"], "unknown sampler 'annealing'"),
         (["--space", "missing.yaml"], "does not exist"),
         (["--storage", "postgresql+psycopg2://nobody@127.0.0.1:1/x"], "cannot open the Optuna storage"),
