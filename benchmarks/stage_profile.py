@@ -12,9 +12,10 @@ the machine described). Not a test: timings are noisy and machine-specific. Run:
 Both models are built as ``autoprune bench --uniform`` builds them (magnitude projection,
 ``--channel-multiple auto``, compaction with the per-layer kernel choice) and timed in the
 deployed form (:func:`autoprune.latency.prepare_for_timing`: BatchNorm folded,
-channels-last, steady memory on CPU). Each stage is timed by forward hooks on the model's
-top-level children, in interleaved rounds of three calls of each model; a stage's figure
-is the median over all calls. The whole forward is timed without hooks the same way. MACs
+channels-last, steady memory on CPU). The whole forward is timed without hooks by
+:func:`autoprune.latency.compare_latency`; then each stage is timed by forward hooks on the
+model's top-level children, in interleaved rounds of three calls of each model, a stage's
+figure being the median over all calls. MACs
 per stage are those of the built models (per sample), so "GMAC/s" is the throughput each
 stage reaches at the batch size.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -44,9 +46,9 @@ from autoprune.device import channel_block, resolve_channel_multiple, resolve_de
 from autoprune.groups import ChannelGraph  # noqa: E402
 from autoprune.latency import (  # noqa: E402
     LatencySettings,
+    compare_latency,
     device_description,
     prepare_for_timing,
-    steady_allocator,
 )
 from autoprune.models import create_model  # noqa: E402
 from autoprune.projection import Projector  # noqa: E402
@@ -105,42 +107,31 @@ def build(model_name: str, spec: str, shape: tuple[int, int, int], device: torch
     return model, compacted, stage_macs(model, graph), stage_macs(masked, projector.graph), multiple
 
 
-@torch.inference_mode()
 def profile(models: dict[str, nn.Module], shape: tuple, device: torch.device, settings: LatencySettings,
             rounds: int) -> dict[str, dict]:
-    """Per model: median ms of the whole forward and of each top-level stage, interleaved rounds."""
+    """Per model: median ms of the whole forward (:func:`compare_latency`, no hooks) and of
+    each top-level stage (hooked calls, in interleaved rounds of three calls per model)."""
+    whole_settings = dataclasses.replace(settings, repeats=3 * rounds)
+    whole = compare_latency(models, shape, device=device, settings=whole_settings, rounds=rounds)
     if device.type == "cpu":
-        steady_allocator()
         torch.set_num_threads(settings.threads or os.cpu_count() or 1)
     prepared = {k: prepare_for_timing(m, shape, device=device, settings=settings) for k, m in models.items()}
     x = torch.randn(settings.batch_size, *shape, device=device)
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    whole: dict[str, list[float]] = {k: [] for k in prepared}
-    timers = {}
-    for k, m in prepared.items():
-        for _ in range(settings.warmup):
-            m(x)
-    for _ in range(rounds):
-        for k, m in prepared.items():  # whole forwards, no hooks
-            for _ in range(3):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                t0 = time.perf_counter()
+    with torch.inference_mode():
+        for m in prepared.values():
+            for _ in range(settings.warmup):
                 m(x)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                whole[k].append((time.perf_counter() - t0) * 1e3)
-        for k, m in prepared.items():  # the same calls with stage hooks
-            timer = timers.setdefault(k, StageTimer(m, device))
-            for _ in range(3):
-                m(x)
-    out = {}
-    for k in prepared:
-        timers[k].remove()
-        out[k] = {"whole_ms": statistics.median(whole[k]),
-                  "stages_ms": {n: statistics.median(v) for n, v in timers[k].times.items()}}
-    return out
+        timers = {k: StageTimer(m, device) for k, m in prepared.items()}
+        for _ in range(rounds):
+            for m in prepared.values():
+                for _ in range(3):
+                    m(x)
+    for t in timers.values():
+        t.remove()
+    return {k: {"whole_ms": whole[k].median_ms,
+                "stages_ms": {n: statistics.median(v) for n, v in timers[k].times.items()}} for k in prepared}
 
 
 def _fmt(v: float | None, fmt: str) -> str:
