@@ -380,10 +380,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
                   f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}")
-    for label, m in (("dense    ", d), ("compacted", c)):
-        lat = m["latency"]
-        params = m.get("params_compact", m["params"])
-        macs = m["macs_dense"] if m is d else m["macs"]
+    for label, lat, macs, params in (("dense    ", d["latency"], d["macs_dense"], d["params"]),
+                                     ("compacted", c["latency"], c["macs"], c["params_compact"])):
         console.print(f"  {label}  {lat['median_ms']:.3f} ms (p90 {lat['p90_ms']:.3f}, spread {lat['spread']:.0%})   "
                       f"MACs {macs:,}   params {params:,}")
     console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x")

@@ -407,10 +407,10 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
     except RuntimeError as exc:
         first = " ".join(str(exc).split())[:300]
         raise UserError(f"the weights in '{weights_path}' do not fit its architecture.json: {first}") from None
+    model = _timed_form(model.eval(), folder, base) if as_timed else model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    model = model.eval()
-    return _timed_form(model, folder, base) if as_timed else model
+    return model
 
 
 def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Module:
@@ -424,10 +424,7 @@ def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Modu
     except (OSError, json.JSONDecodeError, TypeError):
         pass  # no readable report: the defaults the latency is measured with
     shape = (base["in_channels"], *base["image_size"])
-    model = prepare_for_timing(model, shape, device=torch.device("cpu"), settings=LatencySettings(**form))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    return prepare_for_timing(model, shape, device=torch.device("cpu"), settings=LatencySettings(**form))
 
 
 # -- export ------------------------------------------------------------------------------
