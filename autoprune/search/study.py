@@ -600,7 +600,8 @@ def _best_speedup(record: StudyRecord) -> float | None:
 
 
 def _fmt_best(speedup: float | None) -> str:
-    return "no feasible trial yet" if speedup is None else f"best feasible {speedup:.2f}x"
+    """The progress bar's ``best=`` field: the fastest trial within the budget so far."""
+    return "none within budget yet" if speedup is None else f"{speedup:.2f}x"
 
 
 def _trial_line(t: TrialRecord, meta: StudyMeta) -> str:
