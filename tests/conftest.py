@@ -1,12 +1,94 @@
-"""Shared fixtures: quiet MLflow, a trained digits baseline cached for the session."""
+"""Shared fixtures: quiet MLflow, a trained digits baseline cached for the session; every test
+runs in its own temporary folder, and the session fails if the checkout changed while it ran."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+ROOT = Path(__file__).resolve().parents[1]
+# what running the suite may create or change in the checkout: interpreter and tool caches
+_NOT_WATCHED_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache",
+                     ".hypothesis", ".tox", ".nox"}
+
+
+def _not_watched(name: str) -> bool:
+    return name in _NOT_WATCHED_DIRS or name.endswith(".egg-info")
+
+
+def checkout_snapshot(root: Path = ROOT) -> dict[str, tuple[int, int]]:
+    """Every file of the checkout (git-ignored ones included, such as ``runs/``) as
+    ``relative path -> (size, mtime in ns)``, and every folder as ``path/ -> (-1, 0)``;
+    caches (``.venv``, ``__pycache__``, ``.pytest_cache``, ``*.egg-info``, ...) left out."""
+    out: dict[str, tuple[int, int]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _not_watched(d))
+        rel = os.path.relpath(dirpath, root)
+        if rel != ".":
+            out[rel + "/"] = (-1, 0)
+        for name in filenames:
+            if name.endswith((".pyc", ".pyo")):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:  # removed while we walked: it is not there
+                continue
+            out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def checkout_changes(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> list[str]:
+    """``"added PATH"``, ``"removed PATH"``, ``"changed PATH"`` for each difference, sorted by path."""
+    out = []
+    for path in sorted(set(before) | set(after)):
+        if path not in before:
+            out.append(f"added {path}")
+        elif path not in after:
+            out.append(f"removed {path}")
+        elif before[path] != after[path]:
+            out.append(f"changed {path}")
+    return out
+
+
+def pytest_sessionstart(session) -> None:  # noqa: ANN001
+    session.config.stash[_SNAPSHOT] = checkout_snapshot()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ANN001
+    before = session.config.stash.get(_SNAPSHOT, None)
+    if before is None:
+        return
+    changes = checkout_changes(before, checkout_snapshot())
+    session.config.stash[_CHANGES] = changes
+    if changes and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    changes = config.stash.get(_CHANGES, [])
+    if changes:
+        shown = changes[:50] + ([f"... and {len(changes) - 50} more"] if len(changes) > 50 else [])
+        terminalreporter.section("the checkout changed during the test run", sep="=", red=True, bold=True)
+        for line in shown:
+            terminalreporter.line(f"  {line}", red=True)
+        terminalreporter.line("FAILED: tests must write only into their temporary folders (tmp_path).", red=True,
+                              bold=True)
+
+
+_SNAPSHOT = pytest.StashKey[dict]()
+_CHANGES = pytest.StashKey[list]()
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):  # noqa: ANN001, ANN202
+    """Each test starts in its own temporary folder, so that whatever a command writes
+    relative to the current folder (``runs/``, MLflow's database, caches) stays out of the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001

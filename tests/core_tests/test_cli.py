@@ -124,8 +124,9 @@ def test_layers_json_lists_coupling(capsys):
     assert rows["layer1.0.conv1"]["coupled"] == []
 
 
-def test_prune_json_and_outputs(capsys, tmp_path, digits_baseline):
+def test_prune_json_and_outputs(capsys, tmp_path, digits_baseline, monkeypatch):
     ckpt, _ = digits_baseline
+    monkeypatch.chdir(tmp_path)  # the run is tracked into ./runs/mlflow.db: the test's folder, not the checkout
     out = tmp_path / "out"
     code = main(["prune", "--config", str(_config(tmp_path, ckpt)), "--device", "cpu", "--json", "--out", str(out)])
     assert code == 0
@@ -137,3 +138,4 @@ def test_prune_json_and_outputs(capsys, tmp_path, digits_baseline):
     assert all(layer["type"] == "filter" for layer in conv)
     assert (out / "result.json").is_file() and (out / "masked_model.pt").is_file()
     assert json.loads((out / "result.json").read_text())["pruned"] == s["pruned"]
+    assert s["mlflow_run_id"] and (tmp_path / "runs" / "mlflow.db").is_file()

@@ -31,8 +31,9 @@ def test_train_cli_json(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchvision_resnet18_on_a_small_npz(capsys, tmp_path):
+def test_torchvision_resnet18_on_a_small_npz(capsys, tmp_path, monkeypatch):
     """train and prune work on tv:resnet18 with a user's npz file."""
+    monkeypatch.chdir(tmp_path)  # whatever a command writes relative to the current folder stays here
     rng = np.random.default_rng(0)
     y = np.arange(80) % 4
     x = (rng.random((80, 3, 32, 32)) * 60 + y[:, None, None, None] * 40).astype(np.uint8)  # learnable: brightness
@@ -47,7 +48,8 @@ def test_torchvision_resnet18_on_a_small_npz(capsys, tmp_path):
                    "layers:\n  'layer*.0.conv1': {type: filter, rate: 0.5}\n  'layer4.1.conv2': {type: channel, rate: 0.5}\n"
                    "  'layer3.1.conv1': {type: shape, rate: 0.8}\n"
                    "admm: {iters: 2, steps: 3, rho: 1.0, retrain_epochs: 1, batch_size: 16}\n")
-    assert main(["prune", "--config", str(cfg), "--device", "cpu", "--json", "--out", str(tmp_path / "p")]) == 0
+    assert main(["prune", "--config", str(cfg), "--device", "cpu", "--json", "--out", str(tmp_path / "p"),
+                 "--no-tracking"]) == 0
     s = json.loads(capsys.readouterr().out)
     layers = {layer["name"]: layer for layer in s["layers"]}
     assert layers["layer2.0.conv1"]["sparsity"] == pytest.approx(0.5, abs=0.01)
