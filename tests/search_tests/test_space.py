@@ -11,12 +11,19 @@ from autoprune.config import LayerTarget
 from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
+from autoprune.projection import Projector
 from autoprune.search.space import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
+from autoprune.sparsity import get_sparsity
+
+
+def _model_graph(name: str, channels: int = 1, size: int = 8, classes: int = 10) -> tuple[torch.nn.Module,
+                                                                                          ChannelGraph]:
+    model = create_model(name, in_channels=channels, num_classes=classes, image_size=(size, size)).eval()
+    return model, ChannelGraph(model, torch.zeros(1, channels, size, size))
 
 
 def _graph(name: str, channels: int = 1, size: int = 8, classes: int = 10) -> ChannelGraph:
-    model = create_model(name, in_channels=channels, num_classes=classes, image_size=(size, size))
-    return ChannelGraph(model, torch.zeros(1, channels, size, size))
+    return _model_graph(name, channels, size, classes)[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +42,24 @@ def test_every_documented_model_ships_a_valid_space(model: str) -> None:
     path = default_space_file(model)
     assert path is not None and path.parent == SPACES_DIR
     channels, size = SHIPPED[model]
-    graph = _graph(model, channels, size)
+    net, graph = _model_graph(model, channels, size)
     space = load_space(None, model, graph)
     assert space.source == str(path)
     assert space.variables, "a shipped space searches something"
     searched = {n for v in space.variables for n in v.layers}
     assert graph.output_layer not in searched
     assert not any(graph.layers[n].reads_input for n in searched)
-    # a type that cannot apply was dropped, so every variable's types apply to its layers
+    # every type a variable offers applies to each of its layers: projecting them all with
+    # it, at the variable's highest rate, is accepted and removes weights from every layer
     for var in space.variables:
-        assert "none" in var.types or len(var.types) >= 1
+        assert [t for t in var.types if t != "none"], f"{var.name} offers nothing but dense"
+        for kind in var.types:
+            if kind == "none":
+                continue
+            rate = None if get_sparsity(kind).implied_rate is not None else var.rate.high
+            masks = Projector(net, graph, {n: LayerTarget(kind, rate) for n in var.layers}).hard_masks()
+            for n in var.layers:
+                assert not bool(masks[f"{n}.weight"].all()), f"{var.name}: {kind} removes nothing from {n}"
 
 
 def test_auto_space_is_every_conv_and_linear_but_first_conv_and_classifier(digits_graph) -> None:
