@@ -325,7 +325,10 @@ def test_an_undescribable_module_is_named_in_the_error(tmp_path) -> None:
     model.features[2] = nn.LeakyReLU()
     with pytest.raises(UserError, match=r"module 'features.2' \(LeakyReLU\)"):
         describe_architecture(model, base=BASE)
-    assert not (tmp_path / "model.pt").exists()
+    # saving it fails the same way, before anything is written
+    with pytest.raises(UserError, match=r"module 'features.2' \(LeakyReLU\)"):
+        save_pruned(model, tmp_path / "out", base=BASE)
+    assert not (tmp_path / "out").exists()
 
 
 def test_load_pruned_refuses_a_folder_without_a_model(tmp_path) -> None:
