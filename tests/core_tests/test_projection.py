@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -301,4 +302,20 @@ def test_admm_projection_round_trip_on_a_grouped_model():
 ])
 def test_rounded_keep_with_cells(n, rate, multiple, cells, kept):
     assert rounded_keep(n, rate, multiple, cells=cells) == kept
-    assert kept % cells == 0
+
+
+@pytest.mark.parametrize("cells", [2, 3, 4, 10, 26, 32])
+def test_rounded_keep_with_cells_keeps_the_same_count_in_every_cell(cells):
+    """Over a grid of sizes, block sizes and rates: a multiple of the cells (at least one
+    channel each, at most all), in steps of lcm(cells, block) where that fits four times
+    into the group, and the nearest such count to the rate's own (or the smallest/largest)."""
+    for per_cell, multiple, rate in itertools.product((1, 2, 3, 4, 5, 8, 12), (1, 8, 16),
+                                                      (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99)):
+        n = cells * per_cell
+        k = rounded_keep(n, rate, multiple, cells=cells)
+        unit = math.lcm(cells, multiple)
+        unit = unit if 4 * unit <= n else cells
+        where = dict(n=n, rate=rate, multiple=multiple, cells=cells, kept=k)
+        assert k % cells == 0 and cells <= k <= n, where
+        assert k % unit == 0 or k == n, where
+        assert abs(k - keep_count(n, rate)) <= unit / 2 or k in (unit, n), where
