@@ -724,16 +724,28 @@ class CSRConv2d(nn.Module):
 # --------------------------------------------------------------------------- 2:4 on CUDA
 
 
+class SemiStructuredUnsupported(ValueError):
+    """This GPU (compute capability) or the 2:4 kernels cannot take the weight: a right
+    request that this machine cannot serve, as opposed to a wrong one (device, dtype, mask)."""
+
+
+def _on_cuda(t: Tensor) -> bool:
+    return t.device.type == "cuda"
+
+
 def _semi_structured_weight(weight: Tensor, mask: Tensor, who: str) -> Tensor:
-    """``to_sparse_semi_structured(weight * mask)``, or ValueError with the reason it cannot be."""
-    if weight.device.type != "cuda":
+    """``to_sparse_semi_structured(weight * mask)``, or ValueError with the reason it cannot be
+    (:class:`SemiStructuredUnsupported` where the GPU or its kernels are the reason)."""
+    if not _on_cuda(weight):
         raise ValueError(f"{who} needs a CUDA weight; this one is on {weight.device}.")
     if weight.dtype not in _SEMI_DTYPES:
         raise ValueError(f"{who} needs a float16 or bfloat16 weight; this one is {weight.dtype}.")
     if not is_semi_structured(mask):
         raise ValueError(f"{who} needs a 2:4 mask (at most 2 kept in every 4 consecutive input weights).")
     if torch.cuda.get_device_capability(weight.device) < (8, 0):
-        raise ValueError(f"{who} needs a GPU of compute capability 8.0 or newer (sparse tensor cores).")
+        raise SemiStructuredUnsupported(
+            f"{who} needs a GPU of compute capability 8.0 or newer (sparse tensor cores)."
+        )
     try:
         from torch.sparse import to_sparse_semi_structured
 
@@ -742,7 +754,12 @@ def _semi_structured_weight(weight: Tensor, mask: Tensor, who: str) -> Tensor:
         F.linear(torch.zeros(8, weight.shape[1], device=weight.device, dtype=weight.dtype), sparse)
         return sparse
     except (RuntimeError, ValueError, AssertionError, NotImplementedError, TypeError) as exc:
-        raise ValueError(f"{who}: this weight cannot be made semi-structured here: {exc}") from exc
+        raise SemiStructuredUnsupported(f"{who}: this weight cannot be made semi-structured here: {exc}") from exc
+
+
+def _semi_structured_conv_ok(conv: nn.Conv2d) -> bool:
+    """A conv that :class:`SemiStructuredConv2d` can run: 1x1, ``groups=1``, no padding."""
+    return tuple(conv.kernel_size) == (1, 1) and conv.groups == 1 and _conv_pad(conv) == (0, 0, 0, 0)
 
 
 class SemiStructuredLinear(nn.Module):
@@ -797,7 +814,7 @@ class SemiStructuredConv2d(nn.Module):
         """The 2:4 form of a 1x1 ``conv`` (on CUDA in float16/bfloat16) with ``mask`` applied."""
         if not isinstance(conv, nn.Conv2d):
             raise ValueError(f"SemiStructuredConv2d needs an nn.Conv2d, got {type(conv).__name__}")
-        if tuple(conv.kernel_size) != (1, 1) or conv.groups != 1 or _conv_pad(conv) != (0, 0, 0, 0):
+        if not _semi_structured_conv_ok(conv):
             raise ValueError("SemiStructuredConv2d needs a 1x1 conv with groups=1 and no padding.")
         w = conv.weight.detach()
         m = _check_mask(mask, w, "mask")
@@ -909,13 +926,18 @@ def candidate_forms(
         )
         forms["csr"] = _finish(form, device, dtype)
 
-    if device.type == "cuda" and dtype in _SEMI_DTYPES and is_semi_structured(mask):
+    if (
+        device.type == "cuda"
+        and dtype in _SEMI_DTYPES
+        and is_semi_structured(mask)
+        and (is_linear or _semi_structured_conv_ok(module))
+    ):
         # Built from the dense form, already on the device in the dtype; not moved after.
         try:
             if is_linear:
                 forms["semi-structured"] = SemiStructuredLinear.from_linear(forms["dense"], mask).eval()
             else:
                 forms["semi-structured"] = SemiStructuredConv2d.from_conv(forms["dense"], mask).eval()
-        except ValueError:
-            pass  # this GPU, dtype or shape is not supported: not a candidate
+        except SemiStructuredUnsupported:
+            pass  # this GPU or its 2:4 kernels cannot take this weight: not a candidate
     return forms

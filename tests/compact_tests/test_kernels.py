@@ -78,10 +78,12 @@ def test_shape_gemm_equals_the_masked_conv(
         with torch.no_grad():
             ref = _masked(conv, mask)(x)
             _assert_same(mm(x), ref)
-            for form in (forms["shape-gemm"], mm):  # channels-last input: gathered as NHWC
+            for form in (forms["shape-gemm"], mm):  # channels-last in, channels-last out (gathered as NHWC)
                 out = form(x_cl)
                 _assert_same(out.contiguous(), ref)
-                assert out.is_contiguous(memory_format=torch.channels_last) or out.is_contiguous()
+                assert out.is_contiguous(memory_format=torch.channels_last), (form.gemm, out.stride())
+                assert out.dim() == 4 and min(out.shape[1:]) > 1  # else both layouts would be one
+                assert form(x).is_contiguous()  # NCHW in, NCHW out
 
 
 @pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
@@ -281,11 +283,13 @@ def test_bad_arguments_raise_value_error() -> None:
     with pytest.raises(ValueError, match="padding_mode"):
         circular = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular")
         CSRConv2d.from_conv(circular, torch.ones(4, 4, 3, 3, dtype=torch.bool))
-    with pytest.raises(ValueError):
-        lin = nn.Linear(64, 32)
+    lin = nn.Linear(64, 32)
+    with pytest.raises(ValueError, match=r"SemiStructuredLinear needs a CUDA weight; this one is on cpu"):
         SemiStructuredLinear.from_linear(lin, get_sparsity("2:4").mask(lin.weight, None))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"SemiStructuredConv2d needs a 1x1 conv with groups=1 and no padding"):
         SemiStructuredConv2d.from_conv(nn.Conv2d(64, 32, 3), torch.ones(32, 64, 3, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"mask.*shape"):
+        SemiStructuredLinear.from_linear(lin, torch.ones(32, 63, dtype=torch.bool))
 
 
 def test_mask_helpers() -> None:
@@ -408,6 +412,128 @@ def test_shape_gemm_is_much_faster_at_93_percent_on_an_alexnet_conv3() -> None:
     finally:
         torch.set_num_threads(threads)
     assert best["dense"] / best["shape-gemm"] > 1.5, best
+
+
+# --------------------------------------------------------------------- 2:4 logic on the CPU
+# The 2:4 forms need CUDA sparse tensor cores; their guards and the choice of candidates are
+# plain logic, checked here with the device faked where only a guard looks at it. The real
+# kernels run in the CUDA tests below.
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):  # noqa: ANN001, ANN201
+    """CPU tensors pass the "on CUDA" guard, forms stay on the CPU, the GPU has compute
+    capability ``fake_cuda["capability"]`` and ``to_sparse_semi_structured`` returns the
+    masked dense weight (or raises ``fake_cuda["convert_error"]``)."""
+    import autoprune.compact.kernels as kernels
+
+    state = {"capability": (8, 0), "convert_error": None, "converted": 0}
+    real_finish = kernels._finish
+
+    def convert(w):  # noqa: ANN001, ANN202
+        if state["convert_error"] is not None:
+            raise state["convert_error"]
+        state["converted"] += 1
+        return w
+
+    monkeypatch.setattr(kernels, "_on_cuda", lambda t: True)
+    monkeypatch.setattr(kernels, "_finish", lambda m, device, dtype: real_finish(m, CPU, dtype))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state["capability"])
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", convert)
+    return state
+
+
+def test_semi_structured_weight_guards(fake_cuda, monkeypatch) -> None:  # noqa: ANN001
+    import autoprune.compact.kernels as kernels
+    from autoprune.compact.kernels import SemiStructuredUnsupported, _semi_structured_weight
+
+    torch.manual_seed(0)
+    w = torch.randn(16, 32, dtype=torch.bfloat16)
+    mask = get_sparsity("2:4").mask(w.float(), None)
+    assert torch.equal(_semi_structured_weight(w, mask, "L"), w * mask)  # every guard passed
+    with pytest.raises(ValueError, match=r"L needs a float16 or bfloat16 weight; this one is torch.float32") as e:
+        _semi_structured_weight(w.float(), mask, "L")
+    assert not isinstance(e.value, SemiStructuredUnsupported)  # a wrong request, not this machine's limit
+    with pytest.raises(ValueError, match=r"L needs a 2:4 mask") as e:
+        _semi_structured_weight(w, get_sparsity("irregular").mask(w.float(), 0.5), "L")
+    assert not isinstance(e.value, SemiStructuredUnsupported)
+    fake_cuda["capability"] = (7, 5)
+    with pytest.raises(SemiStructuredUnsupported, match=r"compute capability 8.0 or newer"):
+        _semi_structured_weight(w, mask, "L")
+    fake_cuda["capability"] = (9, 0)
+    fake_cuda["convert_error"] = RuntimeError("shape not supported by cuSPARSELt")
+    with pytest.raises(SemiStructuredUnsupported, match=r"cannot be made semi-structured here: shape not supported"):
+        _semi_structured_weight(w, mask, "L")
+    monkeypatch.setattr(kernels, "_on_cuda", lambda t: t.device.type == "cuda")  # the real guard
+    with pytest.raises(ValueError, match=r"L needs a CUDA weight; this one is on cpu"):
+        _semi_structured_weight(w, mask, "L")
+
+
+def test_semi_structured_candidates_on_a_faked_gpu(fake_cuda) -> None:  # noqa: ANN001
+    cuda = torch.device("cuda")
+    torch.manual_seed(1)
+    lin = nn.Linear(32, 16)
+    mask = get_sparsity("2:4").mask(lin.weight, None)
+    x = torch.randn(5, 32, dtype=torch.bfloat16)
+    forms = candidate_forms(lin, mask, device=cuda, dtype=torch.bfloat16)
+    assert list(forms) == ["dense", "semi-structured"] and isinstance(forms["semi-structured"], SemiStructuredLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(forms["semi-structured"](x), _masked(lin, mask).to(torch.bfloat16)(x))
+    # 1x1 convs, strided too, become SemiStructuredConv2d
+    conv = nn.Conv2d(32, 16, 1, stride=2)
+    cmask = get_sparsity("2:4").mask(conv.weight, None)
+    forms = candidate_forms(conv, cmask, device=cuda, dtype=torch.float16)
+    assert isinstance(forms.get("semi-structured"), SemiStructuredConv2d)
+    # not candidates: fp32, a mask that is not 2:4, a 3x3 or padded or grouped conv
+    converted = fake_cuda["converted"]
+    assert "semi-structured" not in candidate_forms(lin, mask, device=cuda, dtype=torch.float32)
+    irregular = get_sparsity("irregular").mask(lin.weight, 0.5)
+    assert "semi-structured" not in candidate_forms(lin, irregular, device=cuda, dtype=torch.float16)
+    for other in (nn.Conv2d(32, 16, 3), nn.Conv2d(32, 16, 1, padding=1), nn.Conv2d(32, 16, 1, groups=2)):
+        m = get_sparsity("2:4").mask(other.weight, None)
+        assert is_semi_structured(m)
+        assert set(candidate_forms(other, m, device=cuda, dtype=torch.float16)) <= {"dense", "shape-gemm"}
+    assert fake_cuda["converted"] == converted  # none of them was even tried
+    # this GPU cannot: no candidate, no error
+    fake_cuda["capability"] = (7, 5)
+    assert "semi-structured" not in candidate_forms(lin, mask, device=cuda, dtype=torch.float16)
+    fake_cuda["capability"] = (8, 6)
+    fake_cuda["convert_error"] = RuntimeError("CUDA error: operation not supported")
+    assert "semi-structured" not in candidate_forms(lin, mask, device=cuda, dtype=torch.float16)
+
+
+def test_semi_structured_candidates_let_other_errors_through(fake_cuda, monkeypatch) -> None:  # noqa: ANN001
+    """Only "this GPU cannot" drops the candidate; a bug is not swallowed."""
+    import autoprune.compact.kernels as kernels
+
+    def broken(weight, mask, who):  # noqa: ANN001, ANN202
+        raise ValueError("a bug in the 2:4 path")
+
+    monkeypatch.setattr(kernels, "_semi_structured_weight", broken)
+    lin = nn.Linear(32, 16)
+    with pytest.raises(ValueError, match="a bug in the 2:4 path"):
+        candidate_forms(lin, get_sparsity("2:4").mask(lin.weight, None), device=torch.device("cuda"),
+                        dtype=torch.float16)
+
+
+@pytest.mark.parametrize("stride", [(1, 1), (2, 2), (2, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_semi_structured_conv_forward_is_the_1x1_conv(stride: tuple[int, int], bias: bool) -> None:
+    """SemiStructuredConv2d's own work (stride by slicing, pixels as rows, back to NCHW) with
+    a CPU stand-in for the 2:4 linear (the constructor takes any weight)."""
+    torch.manual_seed(2)
+    conv = nn.Conv2d(12, 7, 1, stride=stride, bias=bias).eval()
+    mask = get_sparsity("2:4").mask(conv.weight, None)
+    ref = _masked(conv, mask)
+    w = (conv.weight.detach() * mask).reshape(7, 12)
+    layer = SemiStructuredConv2d(SemiStructuredLinear(w, conv.bias.detach() if bias else None, 12, 7), stride)
+    x = torch.randn(3, 12, 9, 10)
+    with torch.no_grad():
+        for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+            out = layer(inp)
+            _assert_same(out, ref(x))
+            assert out.is_contiguous()
+        _assert_same(layer(x[0]), ref(x[0]))  # unbatched
 
 
 # --------------------------------------------------------------------- CUDA
