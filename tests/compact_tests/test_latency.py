@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import statistics
@@ -61,6 +62,66 @@ def test_compare_latency_times_every_model_in_each_round(tmp_path):
     assert LatencyCache(tmp_path / "lat.json").get("k").rounds_ms == ()  # rounds only mean something side by side
 
 
+# -- the timing arithmetic, on a fake clock -------------------------------------------
+# perf_counter in autoprune.latency is replaced by a clock that moves only when a _Tick
+# module runs, by exactly its milliseconds: every figure is then known in advance.
+_CLOCK = {"now": 0.0}
+
+
+class _Tick(nn.Module):
+    """Takes ``ms[i % len(ms)]`` milliseconds of fake time at its i-th call (copies count on their own)."""
+
+    def __init__(self, *ms: float) -> None:
+        super().__init__()
+        self.ms, self.calls = list(ms), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _CLOCK["now"] += self.ms[self.calls % len(self.ms)] / 1e3
+        self.calls += 1
+        return x
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):  # noqa: ANN001, ANN201
+    import types
+
+    import autoprune.latency as latency
+
+    _CLOCK["now"] = 1000.0
+    monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"]))
+    return _CLOCK
+
+
+def test_measure_latency_reports_the_calls_own_times(fake_clock):  # noqa: ANN001
+    settings = LatencySettings(batch_size=2, warmup=0, repeats=5, min_seconds=0.0, fold_bn=False)
+    r = measure_latency(_Tick(5, 1, 3, 2, 4), (1, 4, 4), device=torch.device("cpu"), settings=settings)
+    assert r.repeats == 5 and r.batch_size == 2
+    assert r.median_ms == pytest.approx(3.0) and r.min_ms == pytest.approx(1.0)
+    assert r.p10_ms == pytest.approx(1.4) and r.p90_ms == pytest.approx(4.6)  # interpolated between ranks
+    # warm-up calls are not timed: the two first (5 and 1 ms) are skipped
+    warm = dataclasses.replace(settings, warmup=2)
+    r = measure_latency(_Tick(5, 1, 3, 2, 4, 6, 7), (1, 4, 4), device=torch.device("cpu"), settings=warm)
+    assert (r.min_ms, r.median_ms, r.repeats) == (pytest.approx(2.0), pytest.approx(4.0), 5)
+    # repeats go on until min_seconds were measured, at most ten times as many
+    more = dataclasses.replace(settings, min_seconds=0.0295)
+    assert measure_latency(_Tick(2), (1, 4, 4), device=torch.device("cpu"), settings=more).repeats == 15
+    most = dataclasses.replace(settings, min_seconds=10.0)
+    assert measure_latency(_Tick(2), (1, 4, 4), device=torch.device("cpu"), settings=most).repeats == 50
+
+
+def test_compare_latency_pairs_each_models_own_times(fake_clock):  # noqa: ANN001
+    settings = LatencySettings(batch_size=2, warmup=1, repeats=12, min_seconds=0.0, fold_bn=False)
+    # after one warm-up call each, 4 rounds of (1 untimed + 3 timed) calls per model:
+    # "slow" takes 10, 11, 12, ... ms at its successive calls, so its rounds' medians are known
+    slow = _Tick(*range(10, 40))
+    r = compare_latency({"fast": _Tick(3), "slow": slow}, (1, 4, 4), device=torch.device("cpu"),
+                        settings=settings)
+    assert r["fast"].rounds_ms == pytest.approx((3.0,) * 4) and r["fast"].median_ms == pytest.approx(3.0)
+    assert r["slow"].rounds_ms == pytest.approx((13.0, 17.0, 21.0, 25.0)) and r["slow"].repeats == 12
+    assert r["slow"].min_ms == pytest.approx(12.0) and r["slow"].median_ms == pytest.approx(19.0)
+    assert latency_ratio(r["slow"], r["fast"]) == pytest.approx(19.0 / 3.0)  # median of 13/3 .. 25/3
+
+
 def _result(median: float, rounds: tuple[float, ...] = ()) -> LatencyResult:
     return LatencyResult(median_ms=median, p90_ms=median, p10_ms=median, min_ms=median, repeats=3, batch_size=1,
                          dtype="fp32", device="cpu:x", threads=None, channels_last=False, rounds_ms=rounds)
@@ -80,6 +141,24 @@ def test_dtype_the_device_cannot_run():
         check_dtype("fp16", torch.device("cpu"))
     with pytest.raises(UserError, match="unknown dtype"):
         check_dtype("int3", torch.device("cpu"))
+
+
+def test_bf16_on_cuda_follows_the_device(monkeypatch):
+    """The CUDA branch of check_dtype, with the device's answers faked (runs on the CPU)."""
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(UserError, match=r"this CUDA device \(Tesla T4\) cannot run bf16; use fp16 or fp32"):
+        check_dtype("bf16", cuda)
+    assert check_dtype("fp16", cuda) is torch.float16 and check_dtype("fp32", cuda) is torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert check_dtype("bf16", cuda) is torch.bfloat16
+
+    def not_asked(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a CPU dtype check asked the CUDA device")
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", not_asked)
+    assert check_dtype("bf16", torch.device("cpu")) is torch.bfloat16
 
 
 def _err(capsys, code):  # noqa: ANN001, ANN202
@@ -137,7 +216,11 @@ def test_bench_json_filter(capsys, tmp_path, monkeypatch):
     rows = {layer["name"]: layer for layer in r["layers"]}
     assert rows["features.3"]["weight_shape_after"][0] == 32  # half of 64 filters are gone for real
     assert rows["features.0"]["weight_shape_after"] == [32, 1, 3, 3]  # the first conv is not pruned by --uniform
-    assert r["dense"]["latency"]["median_ms"] > 0 and r["compacted"]["latency"]["median_ms"] > 0
+    # the speedup is the dense/compacted ratio of the two models' paired rounds, as reported
+    dense_rounds, compact_rounds = r["dense"]["latency"]["rounds_ms"], r["compacted"]["latency"]["rounds_ms"]
+    assert len(dense_rounds) == len(compact_rounds) >= 3
+    assert r["measured_speedup"] == pytest.approx(statistics.median(
+        [d / c for d, c in zip(dense_rounds, compact_rounds)]))
     assert (tmp_path / "runs" / "latency_cache.json").is_file()
     assert r["settings"]["channels_last"] and r["settings"]["fold_bn"]  # the deployed form by default
 

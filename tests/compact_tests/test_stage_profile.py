@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 from autoprune.groups import ChannelGraph
@@ -35,12 +36,57 @@ def test_stage_profile_splits_macs_and_times_every_stage() -> None:
     for stage in ("layer1", "layer2", "layer3"):
         assert macs_pruned[stage] < 0.4 * macs_dense[stage]
     models = {"dense": dense, "compacted": compacted}
-    timed = sp.profile(models, shape, torch.device("cpu"), settings, rounds=1)
+    threads = torch.get_num_threads()
+    try:
+        timed = sp.profile(models, shape, torch.device("cpu"), settings, rounds=1)
+    finally:
+        torch.set_num_threads(threads)  # profile() sets the thread count for the process
     children = [n for n, _ in dense.named_children()]
-    for k in ("dense", "compacted"):
+    for k in ("dense", "compacted"):  # the figures themselves: test_profile_times_... below, on a fake clock
         stages = timed[k]["stages_ms"]
         assert set(stages) <= set(children) and {"conv1", "layer1", "layer3"} <= set(stages)
-        assert all(v > 0 for v in stages.values()) and timed[k]["whole_ms"] > 0
+        assert set(timed[k]) == {"whole_ms", "stages_ms"}
+
+
+_CLOCK = {"now": 0.0}
+
+
+class _Tick(torch.nn.Module):
+    """Takes exactly ``ms`` milliseconds of the fake clock per call."""
+
+    def __init__(self, ms: float) -> None:
+        super().__init__()
+        self.ms = ms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _CLOCK["now"] += self.ms / 1e3
+        return x
+
+
+def test_profile_times_the_whole_model_and_each_stage(monkeypatch) -> None:
+    """On a clock that moves only inside the stages, every figure is known: the whole model
+    is the sum of its stages, and each stage its own time."""
+    import types
+
+    import autoprune.latency as latency
+
+    sp = _load()
+    clock = types.SimpleNamespace(perf_counter=lambda: _CLOCK["now"])
+    monkeypatch.setattr(latency, "time", clock)
+    monkeypatch.setattr(sp, "time", clock)
+    _CLOCK["now"] = 1000.0
+    models = {"dense": torch.nn.Sequential(_Tick(2.0), _Tick(5.0), torch.nn.Flatten()),
+              "compacted": torch.nn.Sequential(_Tick(0.5), _Tick(1.5), torch.nn.Flatten())}
+    settings = LatencySettings(batch_size=2, threads=1, warmup=1, repeats=1, fold_bn=False)
+    threads = torch.get_num_threads()
+    try:
+        timed = sp.profile(models, (3, 4, 4), torch.device("cpu"), settings, rounds=3)
+    finally:
+        torch.set_num_threads(threads)
+    assert timed["dense"]["whole_ms"] == pytest.approx(7.0)
+    assert timed["compacted"]["whole_ms"] == pytest.approx(2.0)
+    assert timed["dense"]["stages_ms"] == pytest.approx({"0": 2.0, "1": 5.0, "2": 0.0}, abs=1e-6)
+    assert timed["compacted"]["stages_ms"] == pytest.approx({"0": 0.5, "1": 1.5, "2": 0.0}, abs=1e-6)
 
 
 def test_stage_timer_records_each_child_until_removed() -> None:
