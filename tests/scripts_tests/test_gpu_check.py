@@ -1,0 +1,95 @@
+"""scripts/gpu_check.sh: the CUDA check's dry run (every step on the CPU) and its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "gpu_check.sh"
+BENCHES = [f"bench-resnet18-b{b}-{d}" for b in (32, 256) for d in ("fp32", "fp16", "bf16")]
+STEPS = ["install", "environment", "cuda-tests", *BENCHES, "bench-alexnet-shape80", "bench-2of4",
+         "train-digits-cnn", "search-digits-cnn", "train-resnet20", "search-resnet20"]
+# what a dry run skips on purpose: fp16 (CUDA only) and the batch-256 repeats of the batch-32 command
+DRY_SKIPS = {"bench-resnet18-b32-fp16", "bench-resnet18-b256-fp32", "bench-resnet18-b256-fp16",
+             "bench-resnet18-b256-bf16"}
+
+
+def _check(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    r = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                       stdin=subprocess.DEVNULL)
+    return r, out
+
+
+@pytest.mark.slow
+def test_dry_run_passes_and_its_summary_has_every_step_and_figure(tmp_path: Path) -> None:
+    import torch
+
+    r, out = _check(tmp_path, "--dry-run")
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.md", "steps.log"]
+    data = json.loads((out / "gpu_check.json").read_text())
+    assert data["overall"] == "pass" and data["mode"] == "dry-run"
+    steps = {s["name"]: s for s in data["steps"]}
+    assert list(steps) == STEPS
+    for name, s in steps.items():
+        if name in DRY_SKIPS:
+            assert s["status"] == "skip" and s["reason"], name
+        else:
+            assert s["status"] == "pass", (name, s["reason"], s["notes"])
+            assert s["seconds"] is not None and s["seconds"] > 0
+
+    install = steps["install"]["figures"]
+    assert install["modules_ok"] == install["modules"] >= 10
+    assert data["environment"]["torch"] == torch.__version__
+    tests = steps["cuda-tests"]["figures"]
+    assert tests["collected"] > 0 and tests["failed"] == tests["errors"] == 0
+    if not torch.cuda.is_available():
+        assert tests["skipped"] == tests["collected"]  # as in CI: every CUDA test skips cleanly
+
+    for name in ("bench-resnet18-b32-fp32", "bench-resnet18-b32-bf16", "bench-alexnet-shape80", "bench-2of4"):
+        f = steps[name]["figures"]
+        assert f["dense_ms"] > 0 and f["compacted_ms"] > 0 and f["speedup"] > 0, name
+        assert sum(f["kernels"].values()) > 0 and f["device"].startswith("cpu"), name
+        assert data["outputs"][name]["settings"]["dtype"] == steps[name]["info"]["dtype"]
+    assert steps["bench-resnet18-b32-fp32"]["figures"]["mac_ratio"] > 2  # filter 50% removed channels
+    assert steps["bench-2of4"]["figures"]["mac_ratio"] > 1  # 2:4 halves the 1x1 convs' weights
+
+    for model in ("digits-cnn", "resnet20"):
+        train, search = steps[f"train-{model}"], steps[f"search-{model}"]
+        assert 0 < train["figures"]["val_acc"] <= 1
+        assert "--checkpoint" in search["cmd"] and "--no-tracking" in search["cmd"]
+        f = search["figures"]
+        assert f["trials"] == search["info"]["trials"] == 2 and f["complete"] >= 1 and f["failed"] == 0
+        assert f["search_s"] > 0 and f["s_per_trial"] == pytest.approx(f["search_s"] / f["trials"])
+        assert f["trial_s_median"] is not None and f["trial_s_median"] > 0  # read from the Optuna storage
+        assert f["dense_val_acc"] == pytest.approx(train["figures"]["val_acc"])
+
+    md = (out / "gpu_check.md").read_text()
+    assert md.startswith("# autoprune CUDA check: PASS\n") and "dry run on the CPU" in md
+    assert "## Latency: `autoprune bench`" in md and "## Search:" in md and "\n## Failures\n\nNone.\n" in md
+    for s in data["steps"]:
+        assert f"| {s['title']} | {s['status']} |" in md
+    assert md.count("| tv:resnet18 | filter 50% (uniform) |") == 6
+    log = (out / "steps.log").read_text()
+    assert "===== search-resnet20: pass" in log and "$ " in log
+
+
+def test_steps_past_the_deadline_are_recorded_as_not_run_and_fail_the_check(tmp_path: Path) -> None:
+    r, out = _check(tmp_path, "--dry-run", "--deadline", "1", timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    data = json.loads((out / "gpu_check.json").read_text())
+    assert data["overall"] == "fail"
+    ran = {s["name"]: s for s in data["steps"]}
+    assert list(ran) == STEPS
+    assert all(s["status"] == "not run" and "deadline" in s["reason"] for n, s in ran.items() if n not in DRY_SKIPS)
+    md = (out / "gpu_check.md").read_text()
+    assert md.startswith("# autoprune CUDA check: FAIL\n")
+    assert "- install the carried wheels and autoprune: not started: the check's deadline" in md
