@@ -9,7 +9,7 @@
 # driver, torch and CUDA versions, runs the CUDA-marked tests, autoprune bench (fp32/fp16/bf16, 2:4)
 # and two short searches, each step under its own timeout, and writes gpu_check.md, gpu_check.json
 # and steps.log into $OUT (else runs/gpu_check/). A failing step is recorded and the next one runs;
-# the exit status is 0 only when every step passed. Other options: --deadline SECONDS (470),
+# the exit status is 0 only when every step passed. Other options: --deadline SECONDS (470; dry run 1500),
 # --out DIR, --wheels DIR, --keep (see scripts/gpu_check.py, which does the work).
 #
 # PYTHON=...  the interpreter to check (default: python3; the checkout's .venv/bin/python when

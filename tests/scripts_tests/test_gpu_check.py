@@ -20,7 +20,7 @@ DRY_SKIPS = {"bench-resnet18-b32-fp16", "bench-resnet18-b256-fp32", "bench-resne
              "bench-resnet18-b256-bf16"}
 
 
-def _check(tmp_path: Path, *args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, Path]:
+def _check(tmp_path: Path, *args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
     r = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout,
@@ -77,7 +77,7 @@ def test_dry_run_passes_and_its_summary_has_every_step_and_figure(tmp_path: Path
     assert "## Latency: `autoprune bench`" in md and "## Search:" in md and "\n## Failures\n\nNone.\n" in md
     for s in data["steps"]:
         assert f"| {s['title']} | {s['status']} |" in md
-    assert md.count("| tv:resnet18 | filter 50% (uniform) |") == 6
+    assert md.count("| tv:resnet18 | filter 50% (uniform) |") == 2  # the latency table: one row per bench run
     log = (out / "steps.log").read_text()
     assert "===== search-resnet20: pass" in log and "$ " in log
 
