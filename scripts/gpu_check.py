@@ -9,8 +9,8 @@ One command for a GPU machine that has torch but no package registry. It
 4. ``autoprune bench --device cuda --json``: tv:resnet18 filter 50% at batch 32 and 256 in fp32, fp16 and
    bf16, tv:alexnet shape 80%, and a 2:4 configuration (tv:resnet50's 1x1 convs, fp16);
 5. ``autoprune search --budget 2% --device cuda --no-tracking`` (mlflow is not carried): digits-cnn
-   (10 trials) and resnet20 (20 trials), both on ``digits``, each with its own runs folder and storage
-   and a baseline trained first by ``autoprune train``;
+   (8 trials: the 5 seeded configurations and 3 sampled) and resnet20 (20 trials), both on ``digits``,
+   each with its own runs folder and storage and a baseline trained first by ``autoprune train``;
 6. writes ``gpu_check.md`` (every figure, every failure), ``gpu_check.json`` (the same and each
    command's JSON output) and ``steps.log`` (each command's output) into ``$OUT``, else ``runs/gpu_check/``.
 
@@ -45,9 +45,10 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DEADLINE = 470.0  # seconds: the H100 session allows 10 minutes a command, the check aims at 8
@@ -100,7 +101,7 @@ def parse_json(stdout: str) -> Any:  # noqa: ANN401
     """The JSON document an ``autoprune ... --json`` command printed (ignoring stray lines before it)."""
     with contextlib.suppress(ValueError):
         return json.loads(stdout)
-    m = re.search(r"^[{\[]", stdout, re.M)
+    m = re.search(r"^[{\[]", stdout, re.MULTILINE)
     if m is None:
         raise ValueError("no JSON in the output")
     obj, _ = json.JSONDecoder().raw_decode(stdout[m.start():])
@@ -276,7 +277,7 @@ class Check:
                       cmd=self.autoprune("bench", "--config", str(cfg24), "--input-shape", shape, "--batch-size",
                                          str(batch24), "--dtype", dtype24, *common)))
         # autoprune train + search
-        for model, trials, timeout in (("digits-cnn", 2 if dry else 10, 150), ("resnet20", 2 if dry else 20, 300)):
+        for model, trials, timeout in (("digits-cnn", 2 if dry else 8, 150), ("resnet20", 2 if dry else 20, 300)):
             runs = self.work / "runs" / model
             ckpt = runs / f"{model}-digits.pt"
             train = ["train", "--model", model, "--dataset", "digits", "--device", self.device, "--out", str(ckpt),
@@ -481,7 +482,7 @@ class Check:
             shutil.rmtree(data, ignore_errors=True)
 
     def quiet(self, cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or self.env(),
+        return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, env=env or self.env(),
                               cwd=self.run_dir, stdin=subprocess.DEVNULL)
 
     # -- environment ----------------------------------------------------------------------
@@ -498,12 +499,12 @@ class Check:
         if smi:
             try:
                 q = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total,compute_cap",
-                                    "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+                                    "--format=csv,noheader"], check=False, capture_output=True, text=True, timeout=30)
                 info["nvidia_smi"] = q.stdout.strip() or q.stderr.strip()
                 if q.returncode == 0 and q.stdout.strip():
                     info["driver"] = q.stdout.strip().splitlines()[0].split(",")[1].strip()
                 m = re.search(r"CUDA Version:\s*([\d.]+)",
-                              subprocess.run([smi], capture_output=True, text=True, timeout=30).stdout)
+                              subprocess.run([smi], check=False, capture_output=True, text=True, timeout=30).stdout)
                 info["driver_cuda"] = m.group(1) if m else None
             except (OSError, subprocess.SubprocessError, IndexError) as exc:
                 step.notes.append(f"nvidia-smi failed: {exc}")
@@ -781,11 +782,11 @@ def _git_commit() -> str | None:
     if not shutil.which("git"):
         return None
     with contextlib.suppress(Exception):
-        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
                            timeout=10)
         if r.returncode == 0:
             dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=20).stdout.strip()
+                                   check=False, capture_output=True, text=True, timeout=20).stdout.strip()
             return r.stdout.strip() + (" (with uncommitted changes)" if dirty else "")
     return None
 

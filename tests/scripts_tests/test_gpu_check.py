@@ -23,8 +23,8 @@ DRY_SKIPS = {"bench-resnet18-b32-fp16", "bench-resnet18-b256-fp32", "bench-resne
 def _check(tmp_path: Path, *args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
-    r = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL)
+    r = subprocess.run(["bash", str(SCRIPT), *args], check=False, env=env, capture_output=True, text=True,
+                       timeout=timeout, stdin=subprocess.DEVNULL)
     return r, out
 
 
