@@ -174,6 +174,26 @@ class Projector:
         """
         return rounded_keep(gt.group.size, gt.rate, self.channel_multiple, cells=gt.group.cells)
 
+    def signature(self) -> str:
+        """What the targets amount to, independently of how they were written.
+
+        Two target sets with one signature prune the same model identically: every channel
+        group keeps the same number of channels (rates that round to one channel block,
+        layers that share coupled channels) and every layer keeps the same number of weights
+        of the same sparsity type. Given the same dense weights and seed, the masks, the
+        compacted architecture and the training run are then the same, so a search can
+        reuse a result instead of training the configuration again.
+        """
+        parts = []
+        for gt in sorted(self.group_targets.values(), key=lambda g: g.group.root):
+            sides = ("out" if gt.by_out else "") + ("in" if gt.by_in else "")
+            parts.append(f"g:{gt.group.root}:{sides}:{self.group_keep_count(gt)}/{gt.group.size}")
+        for name in sorted(self.layer_types):
+            stype, rate = self.layer_types[name]
+            shape = tuple(self.model.get_submodule(name).weight.shape)
+            parts.append(f"l:{name}:{stype.name}:{stype.kept_weights(shape, rate)}")
+        return "|".join(parts) or "dense"
+
     def _group_param_masks(self, gt: GroupTarget, keep: torch.Tensor, members: list[GroupMember],
                            side: str | None) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}

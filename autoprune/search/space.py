@@ -1,8 +1,10 @@
 """Search spaces: which layers are searched, with which sparsity types and rates.
 
 A space is a YAML file (``search_spaces/<model>.yaml``, chosen with ``--space``) or, for
-a model without one, the automatic space: every conv and linear layer except the first
-conv (it reads the image) and the output layer. The schema::
+a model without one, the automatic space: every conv and linear layer except the output
+layer. The first conv is searched too: it runs at the input's full resolution, so its
+output channels (and the pooling and activations on them) can dominate the measured
+time. Which layers pay off is for the measured latency to say. The schema::
 
     model: resnet20                  # optional; checked against the searched model
     include: ["layer*"]              # layers searched (default: the automatic set)
@@ -136,13 +138,54 @@ class SearchSpace:
         # trial's type has none: samplers that model a fixed set of parameters (NSGA-II's
         # intersection search space) would otherwise never see the rates at all
         rate = None
-        if any(_has_rate(t) for t in var.types):
+        if any(has_rate(t) for t in var.types):
             rate = trial.suggest_float(var.rate_param, var.rate.low, var.rate.high, step=var.rate.step)
         if kind == NONE_TYPE:
             return None
-        if not _has_rate(kind):
+        if not has_rate(kind):
             return LayerTarget(kind)
         return LayerTarget(kind, round(float(rate), 10))  # 0.6000000000000001 -> 0.6
+
+    def distributions(self) -> dict[str, Any]:
+        """Optuna's distribution of every parameter :meth:`suggest` asks for, by name."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+        out: dict[str, Any] = {}
+        for var in self.variables:
+            out[var.type_param] = CategoricalDistribution(var.types)
+            if any(has_rate(t) for t in var.types):
+                out[var.rate_param] = FloatDistribution(var.rate.low, var.rate.high, step=var.rate.step)
+        return out
+
+    def rates(self, var: Variable) -> list[float]:
+        """The rates a variable offers, lowest first (its grid, or 10 points without a step)."""
+        r = var.rate
+        if r.step:
+            n = int(round((r.high - r.low) / r.step))
+            return [round(r.low + i * r.step, 10) for i in range(n + 1)]
+        return [round(r.low + (r.high - r.low) * i / 9, 10) for i in range(10)]
+
+    def params_of(self, choices: dict[str, tuple[str, float | None]]) -> dict[str, Any]:
+        """Parameters from ``{variable name: (type, rate)}``; variables not named are dense, and a
+        variable whose type has no rate keeps the rate parameter at its lowest value."""
+        params: dict[str, Any] = {}
+        for var in self.variables:
+            kind, rate = choices.get(var.name, (NONE_TYPE, None))
+            if kind not in var.types:
+                raise ValueError(f"{var.name} does not offer type {kind!r} (it offers {var.types})")
+            params[var.type_param] = kind
+            if any(has_rate(t) for t in var.types):
+                params[var.rate_param] = var.rate.snap(rate if rate is not None else var.rate.low)
+        return params
+
+    def choices_of(self, params: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
+        """``{variable name: (type, rate)}`` of a parameter dict (rate None for rate-less types)."""
+        out = {}
+        for var in self.variables:
+            kind = params[var.type_param]
+            rate = params.get(var.rate_param) if has_rate(kind) else None
+            out[var.name] = (kind, None if rate is None else round(float(rate), 10))
+        return out
 
     def targets_from_params(self, params: dict[str, Any]) -> dict[str, LayerTarget]:
         """The per-layer targets an Optuna parameter dict stands for."""
@@ -169,7 +212,7 @@ class SearchSpace:
                 params[var.type_param] = NONE_TYPE
             else:
                 return None
-            if any(_has_rate(t) for t in var.types):
+            if any(has_rate(t) for t in var.types):
                 params[var.rate_param] = var.rate.snap(rate if rate is not None else 0.5)
         if kind != NONE_TYPE and not used:
             return None
@@ -184,7 +227,7 @@ class SearchSpace:
         return self.uniform_params(NONE_TYPE)
 
 
-def _has_rate(kind: str) -> bool:
+def has_rate(kind: str) -> bool:
     if kind == NONE_TYPE:
         return False
     from autoprune.sparsity import get_sparsity
@@ -214,11 +257,11 @@ def load_space(spec: str | os.PathLike | None, model_name: str, graph: ChannelGr
 
 
 def _default_layers(graph: ChannelGraph) -> list[str]:
-    return [n for n, info in graph.layers.items() if not info.reads_input and not info.is_output]
+    return [n for n, info in graph.layers.items() if not info.is_output]
 
 
 def auto_space(graph: ChannelGraph, *, device: str = "cpu") -> SearchSpace:
-    """Every conv and linear but the first conv and the output layer; convs get
+    """Every conv and linear but the output layer (the first conv included); convs get
     none/filter/shape, linears none/filter/irregular (plus 2:4 on CUDA), rates 0.1–0.9."""
     raw: dict[str, Any] = {"types": list(DEFAULT_TYPES_CONV), "rate": dict(DEFAULT_RATE), "overrides": {}}
     for name in _default_layers(graph):

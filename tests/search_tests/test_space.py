@@ -48,7 +48,9 @@ def test_every_documented_model_ships_a_valid_space(model: str) -> None:
     assert space.variables, "a shipped space searches something"
     searched = {n for v in space.variables for n in v.layers}
     assert graph.output_layer not in searched
-    assert not any(graph.layers[n].reads_input for n in searched)
+    # the first conv runs at full resolution: shipped spaces search it (fixed dense would hide it)
+    first = [n for n, info in graph.layers.items() if info.reads_input]
+    assert first and all(n in searched for n in first), f"{model}'s space leaves its first conv {first} out"
     # every type a variable offers applies to each of its layers: projecting them all with
     # it, at the variable's highest rate, is accepted and removes weights from every layer
     for var in space.variables:
@@ -62,10 +64,10 @@ def test_every_documented_model_ships_a_valid_space(model: str) -> None:
                 assert not bool(masks[f"{n}.weight"].all()), f"{var.name}: {kind} removes nothing from {n}"
 
 
-def test_auto_space_is_every_conv_and_linear_but_first_conv_and_classifier(digits_graph) -> None:
+def test_auto_space_is_every_conv_and_linear_but_the_classifier(digits_graph) -> None:
     space = auto_space(digits_graph)
     layers = [n for v in space.variables for n in v.layers]
-    assert layers == ["features.3", "features.7", "features.10", "classifier.1"]
+    assert layers == ["features.0", "features.3", "features.7", "features.10", "classifier.1"]
     by = {v.layers[0]: v for v in space.variables}
     assert by["features.3"].types == ["none", "filter", "shape"]
     assert by["classifier.1"].types == ["none", "filter", "irregular"]
@@ -75,6 +77,7 @@ def test_auto_space_is_every_conv_and_linear_but_first_conv_and_classifier(digit
 
 def test_suggest_uses_stable_names_groups_and_fixed(digits_graph) -> None:
     raw = {
+        "include": ["features.3", "features.7", "features.10", "classifier.1"],
         "types": ["none", "filter", "shape"],
         "rate": {"low": 0.2, "high": 0.8, "step": 0.2},
         "groups": {"mid": ["features.7", "features.10"]},
@@ -110,10 +113,10 @@ def test_uniform_and_dense_params(digits_graph) -> None:
     assert {k for k in dense if k.endswith(".rate")} == {v.rate_param for v in space.variables}
     filt = space.uniform_params("filter", 0.5)
     targets = space.targets_from_params(filt)
-    assert set(targets) == {"features.3", "features.7", "features.10", "classifier.1"}
+    assert set(targets) == {"features.0", "features.3", "features.7", "features.10", "classifier.1"}
     assert all(t == LayerTarget("filter", 0.5) for t in targets.values())
     shape = space.targets_from_params(space.uniform_params("shape", 0.73))
-    assert set(shape) == {"features.3", "features.7", "features.10"}  # the linear layer offers no shape
+    assert set(shape) == {"features.0", "features.3", "features.7", "features.10"}  # the linear layer offers no shape
     assert all(t.rate == pytest.approx(0.7) for t in shape.values())  # snapped to the 0.1 grid
 
 
