@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admm-epochs", type=float, default=None, help="epochs per ADMM iteration (default: 0.5)")
     p.add_argument("--retrain-epochs", type=float, default=None, help="masked retraining epochs per trial (default: 2)")
     p.add_argument("--rho", type=float, default=None, help="initial ADMM penalty (default: 1.0 for short schedules)")
+    p.add_argument("--trial-method", default=None, choices=["admm", "magnitude"],
+                   help="how each trial prunes: admm (ADMM, hard prune, masked retraining; the default) or "
+                        "magnitude (hard prune at once, all epochs retraining)")
     p.add_argument("--min-speedup", type=float, default=1.0,
                    help="stop a trial early unless its measured speedup reaches this (default: %(default)s)")
     p.add_argument("--abandon-drop", default=None,
@@ -411,7 +414,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
 
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
-                         "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn", "steady_memory")
+                         "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn", "steady_memory",
+                         "trial_method")
              if getattr(args, k) is not None}
     if any(v is not None for v in (args.admm_iters, args.admm_epochs, args.retrain_epochs, args.rho)):
         given.add("admm")
@@ -428,7 +432,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         abandon_drop=parse_budget(args.abandon_drop) if args.abandon_drop is not None else None, given=given,
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
-                                                                   "seed") if getattr(args, k) is not None})
+                                                                   "seed", "trial_method") if getattr(args, k) is not None})
     settings.given = given
     tracker = None
     reporter = _reporter(args)

@@ -52,8 +52,8 @@ def _is_pruned(t: Any) -> bool:  # noqa: ANN401 - TrialRecord
 
 
 def _candidates(record: Any) -> list[Any]:  # noqa: ANN401
-    """Completed pruned trials within the budget."""
-    return [t for t in record.feasible if _is_pruned(t)]
+    """Completed pruned trials within the budget (a repeated configuration once)."""
+    return [t for t in record.feasible if _is_pruned(t) and t.repeat_of is None]
 
 
 def feasible_front(record: Any) -> list[Any]:  # noqa: ANN401 - StudyRecord -> list[TrialRecord]
@@ -68,6 +68,11 @@ def feasible_front(record: Any) -> list[Any]:  # noqa: ANN401 - StudyRecord -> l
 
 
 def _fastest(cands: list[Any]) -> Any:  # noqa: ANN401
+    """The fastest candidate, by the end-of-search re-measurement where the search made one (as
+    ``StudyRecord.best_feasible`` decides), else by the latency measured in its trial."""
+    again = [t for t in cands if t.remeasured]
+    if again:
+        return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy, -t.number))
     return min(cands, key=lambda t: (t.latency_ms, -t.accuracy, t.number))
 
 

@@ -99,7 +99,7 @@ def check_dtype(dtype: str, device: torch.device) -> torch.dtype:
 _thread_lock = threading.Lock()
 
 
-def _percentile(sorted_vals: list[float], q: float) -> float:
+def percentile(sorted_vals: list[float], q: float) -> float:
     if len(sorted_vals) == 1:
         return sorted_vals[0]
     pos = q * (len(sorted_vals) - 1)
@@ -234,8 +234,8 @@ def _summary(times: list[float], *, device: torch.device, settings: LatencySetti
     s = sorted(times)
     return LatencyResult(
         median_ms=statistics.median(s),
-        p90_ms=_percentile(s, 0.9),
-        p10_ms=_percentile(s, 0.1),
+        p90_ms=percentile(s, 0.9),
+        p10_ms=percentile(s, 0.1),
         min_ms=s[0],
         repeats=len(s),
         batch_size=settings.batch_size,

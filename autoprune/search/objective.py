@@ -17,8 +17,6 @@ PRUNED with that reason.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +29,15 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.progress import Reporter
-from autoprune.search.records import CONSTRAINT, TARGETS_ATTR, TRIAL_ATTR, StudyMeta, TrialRecord
+from autoprune.search.probe import ConfigProbe
+from autoprune.search.records import (
+    CONSTRAINT,
+    SIGNATURE_ATTR,
+    TARGETS_ATTR,
+    TRIAL_ATTR,
+    StudyMeta,
+    TrialRecord,
+)
 from autoprune.search.space import SearchSpace
 
 
@@ -55,6 +61,7 @@ class SearchContext:
     min_speedup: float
     abandon_drop: float | None  # absolute drop after the hard prune beyond which a trial stops (None: never)
     reporter: Reporter
+    method: str = "admm"  # how a trial prunes: "admm" (ADMM, hard prune, retraining) or "magnitude"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -64,79 +71,56 @@ class SearchContext:
         return torch.zeros(1, *self.input_shape)
 
     @functools.cached_property
-    def dense_fingerprint(self) -> str:
-        """The dense architecture's fingerprint (computed once per worker)."""
-        from autoprune.latency import architecture_fingerprint
-
-        return architecture_fingerprint(self.checkpoint.build())
-
-
-def config_key(targets: dict[str, LayerTarget], ctx: SearchContext) -> str:
-    """A cache key for the latency of a configuration of this model on this device."""
-    body = json.dumps({k: v.to_dict() for k, v in sorted(targets.items())}, sort_keys=True)
-    if ctx.meta.channel_multiple != 1:  # rounding changes the architecture of the same targets
-        body += f"|channel_multiple={ctx.meta.channel_multiple}"
-    digest = hashlib.sha256(body.encode()).hexdigest()[:24]
-    return "config:" + LatencyCache.key(f"{ctx.dense_fingerprint}/{digest}", ctx.device, ctx.input_shape, ctx.latency)
-
-
-@dataclass
-class ConfigLatency:
-    """A configuration's latency, measured in interleaved rounds with the dense model.
-
-    ``ratio`` (compacted / dense, the median of per-round ratios) is what drift of the machine
-    leaves intact; ``latency_ms`` puts it on the study's scale: ratio x the study's dense
-    latency, so that trials measured at different moments compare fairly.
-    """
-
-    ratio: float
-    ratio_p90: float
-    compact_ms: float  # raw median of this measurement
-    dense_ms: float  # raw median of the dense model in the same rounds
-    kernels: dict[str, str]
-
-    def to_extra(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "ratio_p90": self.ratio_p90, "compact_ms": self.compact_ms,
-                "dense_ms": self.dense_ms, "kernels": self.kernels}
-
-
-def measure_config_latency(targets: dict[str, LayerTarget], ctx: SearchContext) -> ConfigLatency:
-    """Latency of the compacted model of ``targets`` against dense, measured on the device
-    (from magnitude-projected dense weights: the architecture, and so the speed, does not
-    depend on which weights survive). Cached by configuration."""
-    from autoprune.admm import apply_masks
-    from autoprune.compact import compact_model
-    from autoprune.latency import compare_latency, latency_ratio
-    from autoprune.projection import Projector
-
-    key = config_key(targets, ctx)
-    extra = ctx.cache.extra(key)
-    if extra is not None and "ratio" in extra:
-        return ConfigLatency(extra["ratio"], extra["ratio_p90"], extra["compact_ms"], extra["dense_ms"],
-                             dict(extra.get("kernels", {})))
-    masked = ctx.checkpoint.build()
-    projector = Projector(masked, ctx.graph, targets, channel_multiple=ctx.meta.channel_multiple)
-    apply_masks(masked, projector.hard_masks())
-    result = compact_model(masked, projector, ctx.example(), device=ctx.device, latency=ctx.latency)
-    timed = compare_latency({"dense": ctx.checkpoint.build(), "config": result.model}, ctx.input_shape,
-                            device=ctx.device, settings=ctx.latency)
-    d, c = timed["dense"], timed["config"]
-    out = ConfigLatency(latency_ratio(c, d), c.p90_ms / d.median_ms, c.median_ms, d.median_ms,
-                        {n: ch.form for n, ch in result.choices.items()})
-    ctx.cache.put(key, c, extra=out.to_extra())
-    return out
+    def probe(self) -> ConfigProbe:
+        """Signatures, MACs and latency of configurations (latency cached by signature)."""
+        return ConfigProbe.for_search(self)
 
 
 def _record(trial: Any, rec: TrialRecord) -> None:  # noqa: ANN401
     keep = {k: v for k, v in rec.to_dict().items()
-            if k not in ("number", "state", "params", "targets", "stop_reason", "pareto")}
+            if k not in ("number", "state", "params", "targets", "stop_reason", "pareto", "proposal")}
     trial.set_user_attr(TRIAL_ATTR, keep)
 
 
+def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: ANN401
+    """The earliest finished trial (complete, or stopped early) of ``signature`` other than ``number``."""
+    from optuna.trial import TrialState
+
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                    key=lambda t: t.number):
+        if t.number != number and t.user_attrs.get(SIGNATURE_ATTR) == signature and TRIAL_ATTR in t.user_attrs:
+            return t
+    return None
+
+
+def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> tuple[float, float]:  # noqa: ANN401
+    """A configuration already run: its stored result, marked as a repeat; no training."""
+    from optuna.trial import TrialState
+
+    from autoprune.search.records import REASON_ATTR
+
+    known = set(TrialRecord.__dataclass_fields__)
+    for key, value in prior.user_attrs[TRIAL_ATTR].items():
+        if key in known and key not in ("number", "state", "targets", "seconds", "repeat_of"):
+            setattr(rec, key, value)
+    rec.repeat_of = prior.number
+    rec.seconds = 0.0
+    _record(trial, rec)
+    if prior.state == TrialState.PRUNED:
+        raise TrialStopped(f"same configuration as trial {prior.number}, which stopped: "
+                           f"{prior.user_attrs.get(REASON_ATTR, 'stopped early')}")
+    trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
+    return prior.values[0], prior.values[1]
+
+
 def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: ANN401 - optuna.Trial
-    """Run one trial; returns (validation accuracy, latency ms) or raises :class:`TrialStopped`."""
+    """Run one trial; returns (validation accuracy, latency ms) or raises :class:`TrialStopped`.
+
+    A configuration that an earlier trial of the study already ran (the same signature: the
+    same channels and weights kept per layer) is not trained again: the trial takes the
+    earlier result and records ``repeat_of``.
+    """
     from autoprune import admm
-    from autoprune.projection import Projector
     from autoprune.stats import layer_stats, model_counts
     from autoprune.train import evaluate, seed_everything
 
@@ -144,8 +128,14 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     t0 = time.perf_counter()
     targets = ctx.space.suggest(trial)
     trial.set_user_attr(TARGETS_ATTR, {k: v.to_dict() for k, v in targets.items()})
+    signature = ctx.probe.signature(targets)
+    trial.set_user_attr(SIGNATURE_ATTR, signature)
     rec = TrialRecord(number=trial.number, state="RUNNING", targets={k: v.to_dict() for k, v in targets.items()})
     allowed = meta.allowed_drop()
+
+    prior = find_prior(trial.study, signature, trial.number)
+    if prior is not None:
+        return _reuse(trial, prior, rec, allowed)
 
     if not targets:  # the dense configuration: measured once per study
         rec.is_dense = True
@@ -158,7 +148,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
         return meta.dense_accuracy, meta.dense_latency_ms
 
     # 1. latency of the compacted architecture, before any training
-    lat = measure_config_latency(targets, ctx)
+    lat = ctx.probe.latency(targets)
     rec.latency_ms, rec.latency_p90_ms = lat.ratio * meta.dense_latency_ms, lat.ratio_p90 * meta.dense_latency_ms
     rec.speedup = 1.0 / lat.ratio
     rec.kernels = lat.kernels
@@ -167,13 +157,13 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
         rec.seconds = time.perf_counter() - t0
         _record(trial, rec)
         raise TrialStopped(
-            f"not faster than dense: {lat.compact_ms:.3g} ms vs {lat.dense_ms:.3g} ms dense, measured side by side "
-            f"({rec.speedup:.2f}x, below the {ctx.min_speedup:g}x required)"
+            f"not faster than dense: {rec.speedup:.2f}x ({rec.latency_ms:.3g} ms against {meta.dense_latency_ms:.3g} "
+            f"ms dense, measured side by side), below the {ctx.min_speedup:g}x required"
         )
 
-    # 2. ADMM from the dense weights, stopping after the hard prune when it cannot recover
+    # 2. prune from the dense weights (ADMM or magnitude), stopping after the hard prune when it cannot recover
     model: nn.Module = ctx.checkpoint.build()
-    projector = Projector(model, ctx.graph, targets, channel_multiple=meta.channel_multiple)
+    projector = ctx.probe.projector(targets, model)
 
     def check(hard_acc: float) -> None:
         rec.hard_prune_accuracy = hard_acc
@@ -187,7 +177,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
             )
 
     seed_everything(meta.seed)
-    _, history = admm.prune(model, projector, ctx.splits.train, ctx.admm, method="admm", device=ctx.device,
+    _, history = admm.prune(model, projector, ctx.splits.train, ctx.admm, method=ctx.method, device=ctx.device,
                             seed=meta.seed, reporter=ctx.reporter, val_set=ctx.splits.val, on_hard_prune=check)
     acc = evaluate(model, ctx.splits.val, device=ctx.device)
     stats = layer_stats(model, ctx.graph, targets)
@@ -205,4 +195,3 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     _record(trial, rec)
     trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
     return acc, rec.latency_ms
-

@@ -16,6 +16,9 @@ STUDY_ATTR = "autoprune.study"  # study user attr: StudyMeta as a dict
 TRIAL_ATTR = "autoprune.trial"  # trial user attr: the measured metrics
 TARGETS_ATTR = "autoprune.targets"  # trial user attr: {layer: {type, rate}}
 REASON_ATTR = "autoprune.stop_reason"  # trial user attr: why a trial stopped early or failed
+SIGNATURE_ATTR = "autoprune.signature"  # trial user attr: what the targets amount to (Projector.signature)
+REMEASURED_ATTR = "autoprune.remeasured"  # study user attr: trial number -> its end-of-search re-measurement
+PROPOSAL_ATTR = "autoprune.proposal"  # trial user attr: which part of the sampler proposed it (uniform, ascent, ...)
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
 CONSTRAINT = "accuracy_drop_over_budget"
@@ -54,6 +57,7 @@ class StudyMeta:
     steady_memory: bool = False  # studies made before this setting measured with glibc's default allocator
     channel_multiple: int = 1
     threads: int | None = None
+    trial_method: str = "admm"  # how trials prune: admm or magnitude (studies made before the option used admm)
 
     def allowed_drop(self) -> float:
         """The budget as an absolute drop in accuracy (fraction)."""
@@ -99,6 +103,16 @@ class TrialRecord:
     train_losses: list[float] = field(default_factory=list)  # per ADMM iteration, then per retraining epoch
     seconds: float | None = None
     pareto: bool = False  # on the accuracy-latency front of the completed trials
+    repeat_of: int | None = None  # an earlier trial of the same configuration, whose result this one reused
+    proposal: str | None = None  # who proposed it: uniform, ascent, explore, mutate (None: enqueued or older studies)
+    # re-measured at the end of the search beside dense and the other candidates, more rounds:
+    # {"speedup", "speedup_p10", "speedup_p90", "rounds"} (None: not among the re-measured)
+    remeasured: dict[str, float] | None = None
+
+    @property
+    def final_speedup(self) -> float | None:
+        """The re-measured speedup where there is one, else the one measured during the search."""
+        return self.remeasured["speedup"] if self.remeasured else self.speedup
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,11 +150,28 @@ class StudyRecord:
         return [t for t in self.completed if t.feasible]
 
     def best_feasible(self) -> TrialRecord | None:
-        """The fastest trial within the budget (ties: the more accurate)."""
-        feasible = self.feasible
+        """The fastest trial within the budget (ties: the more accurate; a repeat never wins over
+        the trial it repeats). Where the search re-measured its fastest candidates at the end
+        (``remeasured``), the fastest of them by that figure: the best of many noisy timings
+        is biased upward, a second timing side by side is not."""
+        feasible = [t for t in self.feasible if t.repeat_of is None]
         if not feasible:
             return None
+        again = [t for t in feasible if t.remeasured]
+        if again:
+            return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy or 0.0))
         return min(feasible, key=lambda t: (t.latency_ms, -(t.accuracy or 0.0)))
+
+    def best_uniform(self) -> TrialRecord | None:
+        """The fastest trial within the budget among the uniform ones (one type and rate on every
+        searched variable: the search's first phase), by the same rule as :meth:`best_feasible`."""
+        uniform = [t for t in self.feasible if t.repeat_of is None and t.proposal == "uniform"]
+        if not uniform:
+            return None
+        again = [t for t in uniform if t.remeasured]
+        if again:
+            return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy or 0.0))
+        return min(uniform, key=lambda t: (t.latency_ms, -(t.accuracy or 0.0)))
 
     def most_accurate(self) -> TrialRecord | None:
         done = self.completed
@@ -158,8 +189,10 @@ def si_count(value: float | None) -> str:
 
 
 def mark_pareto(trials: list[TrialRecord]) -> None:
-    """Set ``pareto`` on the completed trials no other completed trial dominates."""
-    done = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None]
+    """Set ``pareto`` on the completed trials no other completed trial dominates; a repeated
+    configuration (``repeat_of``) counts once, as the trial that ran it."""
+    done = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None
+            and t.repeat_of is None]
     for t in trials:
         t.pareto = False
     for t in done:
@@ -178,16 +211,20 @@ def study_record(study: Any, storage: str) -> StudyRecord:
     if raw is None:
         raise UserError(f"study '{study.study_name}' in {storage} was not created by 'autoprune search'.")
     meta = StudyMeta.from_dict(raw)
+    remeasured = study.user_attrs.get(REMEASURED_ATTR) or {}
     trials = []
     for ft in study.get_trials(deepcopy=False):
         measured = dict(ft.user_attrs.get(TRIAL_ATTR, {}))
-        known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto"}
+        known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto",
+                                                         "proposal", "remeasured"}
         rec = TrialRecord(
             number=ft.number,
             state=ft.state.name,
             params=dict(ft.params),
             targets=dict(ft.user_attrs.get(TARGETS_ATTR, {})),
             stop_reason=ft.user_attrs.get(REASON_ATTR),
+            proposal=ft.user_attrs.get(PROPOSAL_ATTR),
+            remeasured=remeasured.get(str(ft.number)),
             **{k: v for k, v in measured.items() if k in known},
         )
         if rec.state == "COMPLETE" and ft.values is not None:

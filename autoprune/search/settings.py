@@ -10,6 +10,7 @@ from autoprune.device import parse_channel_multiple
 from autoprune.errors import UserError
 
 SAMPLERS = ("tpe", "nsga2", "random")
+TRIAL_METHODS = ("admm", "magnitude")
 BUDGET_MODES = ("absolute", "relative")
 
 # The search's short ADMM schedule. The authors' rho_0 = 1e-3 needs long schedules to
@@ -69,6 +70,7 @@ class SearchSettings:
     resume: bool = False
     space: str | None = None  # YAML file, "auto", or None: the model's shipped file, else auto
     admm: AdmmSettings = field(default_factory=lambda: SEARCH_ADMM)
+    trial_method: str = "admm"  # how each trial prunes: "admm" or "magnitude" (the same epochs, all retraining)
     min_speedup: float = 1.0  # a config must be at least this much faster than dense, or it stops early
     # stop a trial whose accuracy right after the hard prune is this far below dense. Off by
     # default: on digits, trials at 21% after the hard prune recovered to 97.9% (README)
@@ -81,6 +83,8 @@ class SearchSettings:
     def validate(self) -> None:
         if self.trials is not None and self.trials < 1:
             raise UserError(f"--trials must be at least 1 (got {self.trials}).")
+        if self.trial_method not in TRIAL_METHODS:
+            raise UserError(f"unknown --trial-method '{self.trial_method}'; use one of: {', '.join(TRIAL_METHODS)}.")
         if self.sampler not in SAMPLERS:
             raise UserError(f"unknown sampler '{self.sampler}'; use one of: {', '.join(SAMPLERS)}.")
         if self.budget_mode not in BUDGET_MODES:

@@ -1,0 +1,147 @@
+"""The search's sampler on a synthetic problem: uniform bisection, the latency ascent,
+no repeated configuration, and workers that share a study.
+
+The problem is arranged so that the answer is known: five layers whose latency costs and
+accuracy sensitivities differ. The first layer is cheap in time but sensitive; the others
+are expensive and robust. Pruning every layer at one rate therefore stops early (the
+sensitive layer breaks the budget), while a per-layer configuration that spares the
+first layer and prunes the others harder is both feasible and faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from autoprune.config import LayerTarget
+from autoprune.search.records import CONSTRAINT, PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.search.sampler import ASCENT, UNIFORM, PruningSampler
+from autoprune.search.space import RateRange, SearchSpace, Variable
+
+LAYERS = ["conv0", "conv1", "conv2", "conv3", "fc"]
+COST = {"conv0": 1.0, "conv1": 4.0, "conv2": 4.0, "conv3": 6.0, "fc": 1.0}  # time share of each layer
+SENSITIVITY = {"conv0": 0.30, "conv1": 0.02, "conv2": 0.02, "conv3": 0.02, "fc": 0.01}
+BUDGET = 0.05
+FIXED = 1.0  # time of everything that pruning does not touch
+
+
+def _space() -> SearchSpace:
+    variables = [Variable(f"layer.{n}", [n], ["none", "filter", "shape"], RateRange(0.1, 0.9, 0.1)) for n in LAYERS]
+    return SearchSpace("test", variables)
+
+
+def _rate(t: LayerTarget | None) -> float:
+    if t is None or t.type == "none":
+        return 0.0
+    return t.rate * (1.0 if t.type == "filter" else 0.5)  # shape removes less time than filter at a rate
+
+
+def latency(targets: dict[str, LayerTarget]) -> float:
+    return FIXED + sum(COST[n] * (1.0 - _rate(targets.get(n))) for n in LAYERS)
+
+
+def drop(targets: dict[str, LayerTarget]) -> float:
+    return sum(SENSITIVITY[n] * _rate(targets.get(n)) ** 2 for n in LAYERS)
+
+
+@dataclass
+class _Ratio:
+    median: float
+
+
+class FakeProbe:
+    """Exact signatures, MACs proportional to the modelled time, and the modelled latency."""
+
+    def __init__(self) -> None:
+        self.timed = 0
+
+    def signature(self, targets: dict[str, LayerTarget]) -> str:
+        return "|".join(f"{n}:{t.type}:{t.rate}" for n, t in sorted(targets.items())) or "dense"
+
+    def macs(self, targets: dict[str, LayerTarget]) -> float:
+        return latency(targets)
+
+    def compare(self, configs: list[dict[str, LayerTarget]]) -> list[_Ratio]:
+        self.timed += len(configs)
+        base = latency(configs[0])
+        return [_Ratio(latency(c) / base) for c in configs]
+
+
+def objective(space: SearchSpace, probe: FakeProbe):  # noqa: ANN201
+    """A trial as the search records it: signature, measured values, feasibility, constraint."""
+
+    def run(trial: optuna.Trial) -> tuple[float, float]:
+        targets = space.suggest(trial)
+        d, lat = drop(targets), latency(targets)
+        trial.set_user_attr(SIGNATURE_ATTR, probe.signature(targets))
+        trial.set_user_attr(TRIAL_ATTR, {"feasible": d <= BUDGET, "latency_ms": lat})
+        trial.set_constraint(CONSTRAINT, d - BUDGET)
+        return 1.0 - d, lat
+
+    return run
+
+
+def _study(space: SearchSpace, probe: FakeProbe, **kw) -> optuna.Study:  # noqa: ANN003
+    sampler = PruningSampler(space, probe, base=optuna.samplers.TPESampler(seed=0, multivariate=True), seed=0, **kw)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+
+
+def _best(study: optuna.Study, origins: set[str] | None = None) -> optuna.trial.FrozenTrial:
+    ok = [t for t in study.get_trials(states=(TrialState.COMPLETE,)) if t.user_attrs[TRIAL_ATTR]["feasible"]
+          and (origins is None or t.user_attrs.get(PROPOSAL_ATTR) in origins)]
+    return min(ok, key=lambda t: t.values[1])
+
+
+def test_ladder_finds_the_highest_uniform_rate_within_the_budget_by_bisection() -> None:
+    space, probe = _space(), FakeProbe()
+    study = _study(space, probe, ascent=False)
+    study.optimize(objective(space, probe), n_trials=5)
+    ladder = [t for t in study.trials if t.user_attrs.get(PROPOSAL_ATTR) == UNIFORM]
+    rates = [space.choices_of(t.params)["layer.conv1"][1] for t in ladder]
+    # uniform drop is 0.37 r^2: within 0.05 up to r = 0.36, so 0.3 is the highest rung that holds;
+    # bisection over 0.1 ... 0.9 starts in the middle and needs at most four rungs
+    assert rates[0] == pytest.approx(0.5)
+    assert len(ladder) <= 4
+    assert max(r for t, r in zip(ladder, rates) if t.user_attrs[TRIAL_ATTR]["feasible"]) == pytest.approx(0.3)
+    for t in ladder:  # every rung is one type and one rate on every variable
+        assert len({v for k, v in t.params.items() if k.endswith(".type")}) == 1
+
+
+def test_ascent_goes_past_the_best_uniform_configuration() -> None:
+    space, probe = _space(), FakeProbe()
+    study = _study(space, probe)
+    study.optimize(objective(space, probe), n_trials=20)
+    uniform, best = _best(study, {UNIFORM}), _best(study, {ASCENT})
+    # the sensitive first layer is spared and the expensive robust ones pruned harder than uniform
+    choices = space.choices_of(best.params)
+    assert _rate(LayerTarget(*choices["layer.conv3"])) > _rate(LayerTarget(*choices["layer.conv0"]))
+    assert _rate(LayerTarget(*choices["layer.conv0"])) < _rate(LayerTarget(*space.choices_of(uniform.params)["layer.conv0"]))
+    assert uniform.values[1] / best.values[1] >= 1.5
+    ascent = [t for t in study.trials if t.user_attrs.get(PROPOSAL_ATTR) == ASCENT]
+    assert ascent and probe.timed > 0  # the ascent measured its candidates before proposing
+
+
+def test_no_configuration_is_proposed_twice() -> None:
+    space, probe = _space(), FakeProbe()
+    study = _study(space, probe)
+    study.optimize(objective(space, probe), n_trials=30)
+    sigs = [t.user_attrs[SIGNATURE_ATTR] for t in study.trials]
+    assert len(sigs) == len(set(sigs)) == 30
+
+
+def test_a_second_worker_does_not_take_the_rung_that_is_running() -> None:
+    space, probe = _space(), FakeProbe()
+    study = _study(space, probe)
+    first = study.ask()
+    space.suggest(first)  # the middle rung, now RUNNING
+    second = study.ask()
+    space.suggest(second)
+    a, b = study.get_trials(states=(TrialState.RUNNING,))
+    assert a.user_attrs[PROPOSAL_ATTR] == b.user_attrs[PROPOSAL_ATTR] == UNIFORM
+    assert a.user_attrs[SIGNATURE_ATTR] != b.user_attrs[SIGNATURE_ATTR]
+    # optimistic about the running rung: the second worker goes higher up the ladder
+    assert space.choices_of(second.params)["layer.conv1"][1] > space.choices_of(first.params)["layer.conv1"][1]
