@@ -57,6 +57,8 @@ _INFEASIBLE_COLOUR = "#9a9a9a"
 _FRONT_COLOUR = "#d62728"
 _DENSE_COLOUR = "#2ca02c"
 _BUDGET_COLOUR = "#ff7f0e"
+_UNIFORM_COLOUR = "#8c564b"
+_CHOSEN_COLOUR = "#000000"
 
 
 # ---------------------------------------------------------------- small helpers
@@ -99,6 +101,15 @@ def _speedup(trial: TrialRecord) -> str:
     return _fmt(trial.speedup, ".2f", "×")
 
 
+def _final_speedup(trial: TrialRecord) -> str:
+    """The re-measured speedup with its spread where there is one, else the search's figure."""
+    r = trial.remeasured
+    if not r:
+        return _speedup(trial)
+    return (f"{r['speedup']:.2f}× (re-measured side by side, {r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}× over "
+            f"{int(r['rounds'])} rounds; {_speedup(trial)} in the search)")
+
+
 def _layer_order(record: StudyRecord) -> list[str]:
     """Layers in model order, each once: the order of the trial naming the most layers,
     then any layer only other trials name."""
@@ -109,31 +120,44 @@ def _layer_order(record: StudyRecord) -> list[str]:
     return list(seen)
 
 
-def _trial_label(trial: TrialRecord) -> str:
+def _trial_label(trial: TrialRecord, chosen: TrialRecord | None = None) -> str:
     tag = "dense" if trial.is_dense else f"#{trial.number}"
+    if chosen is not None and trial.number == chosen.number:
+        tag = f"★ {tag} chosen"
     return f"{tag} · {_speedup(trial)}" if trial.speedup is not None else tag
+
+
+def _layers_text(trial: TrialRecord, sep: str = ", ") -> str:
+    """``features.0 F 50%, features.3 F 90%`` — every pruned layer with its target."""
+    if trial.is_dense or not trial.targets:
+        return "dense"
+    return sep.join(f"{name} {_type_label(t)}" for name, t in trial.targets.items())
 
 
 # ---------------------------------------------------------------- figures
 
 
-def pareto_figure(record: StudyRecord) -> go.Figure:
+def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.Figure:
     """Accuracy (%) against measured latency (ms) of the completed trials.
 
     Traces, by name: ``feasible`` and ``infeasible`` trials (styled differently),
-    ``Pareto front`` (a line through the non-dominated trials, fastest first), ``dense``
-    (the baseline, a star) and ``budget`` (a horizontal line at the lowest accuracy the
-    budget allows). Hovering a trial shows its number, accuracy, latency, speedup and a
-    summary of its sparsity.
+    ``Pareto front`` (a line through the non-dominated trials, fastest first),
+    ``uniform`` (the trials with one type and rate on every searched layer, joined by a
+    line: the reference a per-layer search must beat), ``chosen`` (a ring around the chosen
+    trial), ``dense`` (the baseline, a star) and ``budget`` (a horizontal line at the lowest
+    accuracy the budget allows). A repeated configuration is drawn once. Hovering a trial
+    shows its number, accuracy, latency, speedup and its per-layer targets.
 
     Args:
         record: The study, with ``pareto`` marked on its trials.
+        chosen: The trial to ring (default: the fastest within the budget).
 
     Returns:
         The figure.
     """
     meta = record.meta
-    done = record.completed
+    done = [t for t in record.completed if t.repeat_of is None]
+    chosen = chosen if chosen is not None else record.best_feasible()
     fig = go.Figure()
 
     def scatter(trials: list[TrialRecord], name: str, colour: str, symbol: str) -> None:
@@ -145,7 +169,8 @@ def pareto_figure(record: StudyRecord) -> go.Figure:
                 name=name,
                 marker={"color": colour, "symbol": symbol, "size": 9, "line": {"width": 1, "color": "white"}},
                 customdata=[
-                    [t.number, _speedup(t), html.escape(t.sparsity_summary()), _pct(t.accuracy_drop)]
+                    [t.number, _speedup(t), "<br>".join(html.escape(x) for x in _layers_text(t, "\n").split("\n")),
+                     _pct(t.accuracy_drop)]
                     for t in trials
                 ],
                 hovertemplate=(
@@ -169,6 +194,33 @@ def pareto_figure(record: StudyRecord) -> go.Figure:
             hoverinfo="skip",
         )
     )
+    uniform = sorted((t for t in done if t.proposal == "uniform"), key=lambda t: t.latency_ms)
+    if uniform:
+        fig.add_trace(
+            go.Scatter(
+                x=[t.latency_ms for t in uniform],
+                y=[100 * t.accuracy for t in uniform],
+                mode="lines+markers",
+                name="uniform (one rate on every layer)",
+                line={"color": _UNIFORM_COLOUR, "width": 1.5},
+                marker={"color": _UNIFORM_COLOUR, "symbol": "square", "size": 8},
+                customdata=[[t.number, _speedup(t), html.escape(t.sparsity_summary())] for t in uniform],
+                hovertemplate=("uniform trial %{customdata[0]}: %{customdata[2]}<br>accuracy %{y:.2f}%<br>"
+                               "latency %{x:.4g} ms (%{customdata[1]})<extra></extra>"),
+            )
+        )
+    if chosen is not None and chosen.latency_ms is not None and chosen.accuracy is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen.latency_ms],
+                y=[100 * chosen.accuracy],
+                mode="markers",
+                name=f"chosen (trial {chosen.number})",
+                marker={"color": "rgba(0,0,0,0)", "symbol": "circle", "size": 20,
+                        "line": {"width": 2.5, "color": _CHOSEN_COLOUR}},
+                hovertemplate=f"chosen: trial {chosen.number}<extra></extra>",
+            )
+        )
     fig.add_trace(
         go.Scatter(
             x=[meta.dense_latency_ms],
@@ -214,9 +266,10 @@ def pareto_figure(record: StudyRecord) -> go.Figure:
     return fig
 
 
-def layer_heatmap(record: StudyRecord) -> go.Figure:
+def layer_heatmap(record: StudyRecord, chosen: TrialRecord | None = None) -> go.Figure:
     """Per-layer targets of the Pareto trials: one row per trial (fastest first), one
-    column per layer (model order).
+    column per layer (model order); the chosen trial (default: the fastest within the
+    budget) is starred.
 
     A cell's colour is the fraction of the layer's weights removed (its rate; 0 for
     ``none``; ``1 - N/M`` for ``N:M``) and its text the type's abbreviation and rate
@@ -231,6 +284,7 @@ def layer_heatmap(record: StudyRecord) -> go.Figure:
     """
     front = record.front
     layers = _layer_order(record)
+    chosen = chosen if chosen is not None else record.best_feasible()
     fig = go.Figure()
     if not front or not layers:
         fig.add_annotation(
@@ -242,18 +296,16 @@ def layer_heatmap(record: StudyRecord) -> go.Figure:
     for t in front:
         row_z, row_text = [], []
         for name in layers:
-            target = t.targets.get(name)
-            if target is None:
-                target = {"type": "none"} if t.is_dense else None
-            row_z.append(None if target is None else layer_removed_fraction(target))
-            row_text.append("" if target is None else html.escape(_type_label(target)))
+            target = t.targets.get(name) or {"type": "none"}  # a layer a trial leaves out stays dense
+            row_z.append(layer_removed_fraction(target))
+            row_text.append(html.escape(_type_label(target)))
         z.append(row_z)
         text.append(row_text)
     fig.add_trace(
         go.Heatmap(
             z=z,
             x=[html.escape(n) for n in layers],
-            y=[_trial_label(t) for t in front],
+            y=[_trial_label(t, chosen) for t in front],
             text=text,
             texttemplate="%{text}",
             zmin=0.0,
@@ -397,7 +449,8 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #eee; text-align: right; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 tr.pareto td { font-weight: 600; } tr.chosen td { background: #fff4d6; }
-tr.FAIL td, tr.PRUNED td { color: #888; }
+tr.FAIL td, tr.PRUNED td, tr.repeat td { color: #888; }
+td { white-space: nowrap; } td.layers { white-space: normal; font-size: 0.85em; }
 table.settings td, table.settings th { text-align: left; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.9em; }
 .note { color: #666; font-size: 0.9em; }
@@ -440,8 +493,9 @@ def _settings_rows(record: StudyRecord) -> list[tuple[str, str]]:
 def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
     head = (
         "<tr><th>#</th><th class='l'>state</th><th>accuracy</th><th>drop</th><th>latency (ms)</th>"
-        "<th>speedup</th><th>MACs</th><th>params</th><th>sparsity</th><th class='l'>targets</th>"
-        "<th class='l'>feasible</th><th class='l'>Pareto</th><th class='l'>stop reason</th></tr>"
+        "<th>speedup</th><th>MACs</th><th>params</th><th>sparsity</th><th class='l'>layers</th>"
+        "<th class='l'>proposed by</th><th class='l'>feasible</th><th class='l'>Pareto</th>"
+        "<th class='l'>note</th></tr>"
     )
     rows = []
     for t in sorted(record.trials, key=lambda t: t.number):
@@ -450,7 +504,16 @@ def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
             classes.append("pareto")
         if chosen is not None and t.number == chosen.number:
             classes.append("chosen")
+        if t.repeat_of is not None:
+            classes.append("repeat")
         feasible = "–" if t.feasible is None else ("yes" if t.feasible else "no")
+        note = t.stop_reason or ""
+        if t.repeat_of is not None:
+            note = f"same configuration as trial {t.repeat_of} (its result, counted once)" + (f"; {note}" if note else "")
+        if t.remeasured:
+            r = t.remeasured
+            note = (f"re-measured: {r['speedup']:.2f}× ({r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}×, "
+                    f"{int(r['rounds'])} rounds)" + (f"; {note}" if note else ""))
         cells = [
             f"<td>{t.number}</td>",
             f"<td class='l'>{html.escape(t.state)}</td>",
@@ -461,10 +524,11 @@ def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
             f"<td>{si_count(t.macs)}</td>",
             f"<td>{si_count(t.params_count)}</td>",
             f"<td>{_pct(t.sparsity, 1)}</td>",
-            f"<td class='l'>{html.escape(t.sparsity_summary())}</td>",
+            f"<td class='l layers'>{html.escape(_layers_text(t))}</td>",
+            f"<td class='l'>{html.escape(t.proposal or '')}</td>",
             f"<td class='l'>{feasible}</td>",
             f"<td class='l'>{'yes' if t.pareto else ''}</td>",
-            f"<td class='l'>{html.escape(t.stop_reason or '')}</td>",
+            f"<td class='l layers'>{html.escape(note)}</td>",
         ]
         rows.append(f"<tr class='{' '.join(classes)}' data-trial='{t.number}'>{''.join(cells)}</tr>")
     return f"<table class='trials'>{head}{''.join(rows)}</table>"
@@ -509,14 +573,23 @@ def write_report(
     add = parts.append
 
     add(f"<h1>autoprune study {html.escape(meta.name)}</h1>")
+    repeats = sum(1 for t in record.trials if t.repeat_of is not None)
     summary = (
         f"{len(record.trials)} trials: {n_complete} completed, {len(record.feasible)} within the budget, "
-        f"{len(record.front)} on the Pareto front."
+        f"{len(record.front)} on the Pareto front"
+        + (f", {repeats} repeated an earlier configuration (counted once)." if repeats else ".")
     )
     if best is not None:
         summary += (
-            f" Fastest within the budget: trial {best.number}, {_speedup(best)} "
+            f" Fastest within the budget: trial {best.number}, {_final_speedup(best)} "
             f"({_fmt(best.latency_ms, '.4g')} ms) at {_pct(best.accuracy)} accuracy."
+        )
+    uniform = record.best_uniform()
+    if uniform is not None and best is not None and not best.is_dense:
+        summary += (
+            f" Fastest uniform configuration within the budget: trial {uniform.number} "
+            f"({uniform.sparsity_summary()}), {_final_speedup(uniform)}; the search's best is "
+            f"{best.final_speedup / uniform.final_speedup:.2f}× it."
         )
     add(f"<p>{html.escape(summary)}</p>")
 
@@ -526,14 +599,14 @@ def write_report(
     add("</table>")
 
     add("<h2>Accuracy against measured latency</h2>")
-    add(_figure_div(pareto_figure(record)))
+    add(_figure_div(pareto_figure(record, chosen)))
 
     add("<h2>Trials</h2>")
     add("<p class='note'>Bold: on the Pareto front. Highlighted: the chosen configuration.</p>")
     add(_trial_table(record, chosen))
 
     add("<h2>Per-layer sparsity of the Pareto trials</h2>")
-    add(_figure_div(layer_heatmap(record)))
+    add(_figure_div(layer_heatmap(record, chosen)))
 
     add("<h2>Chosen configuration</h2>")
     if chosen is None and chosen_yaml is None:

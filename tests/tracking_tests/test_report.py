@@ -47,7 +47,7 @@ def test_pareto_figure_has_trials_front_dense_point_and_budget_line(record):
     assert list(budget.y) == pytest.approx([96.0, 96.0])  # dense 97% - 1 point
     assert budget.x[0] < 3.0 and budget.x[1] > 10.0
     hover = feasible.customdata[[c[0] for c in feasible.customdata].index(1)]
-    assert hover[1] == "2.00×" and "filter 50%" in hover[2]
+    assert hover[1] == "2.00×" and hover[2].split("<br>")[0] == "features.0 F 50%"  # every layer, by name
 
 
 def test_budget_line_follows_a_relative_budget(record):
@@ -59,10 +59,39 @@ def test_layer_heatmap_rows_are_pareto_trials_fastest_first(record):
     fig = layer_heatmap(record)
     (heat,) = fig.data
     assert list(heat.x) == ["features.0", "features.3", "features.6", "classifier.1"]
-    assert [y.split(" ")[0] for y in heat.y] == ["#2", "#1", "dense"]
+    assert [y.split(" ")[0] for y in heat.y] == ["#2", "★", "dense"]
+    assert heat.y[1].startswith("★ #1 chosen")  # the fastest within the budget
     assert list(heat.z[1]) == pytest.approx([0.5, 0.7, 0.5, 0.0])
     assert list(heat.text[1]) == ["F 50%", "S 70%", "2:4", "–"]
     assert list(heat.z[2]) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_uniform_reference_chosen_trial_filled_cells_and_repeats_counted_once(record_factory):
+    import dataclasses
+
+    from autoprune.search.records import mark_pareto
+
+    rec = record_factory(mark=False)
+    trials = rec.trials
+    trials[3].proposal = "uniform"  # feasible, 6 ms
+    trials[2].proposal = "uniform"  # infeasible, 3 ms
+    trials[1].targets = {"features.0": {"type": "filter", "rate": 0.5}}  # a search leaves dense layers out
+    repeat = dataclasses.replace(trials[1], number=6, repeat_of=1, pareto=False)
+    trials.append(repeat)
+    mark_pareto(trials)
+    assert not repeat.pareto and trials[1].pareto  # the repeated configuration counts once
+
+    fig = pareto_figure(rec)
+    uniform = _trace(fig, "uniform (one rate on every layer)")
+    assert list(uniform.x) == [3.0, 6.0]  # joined fastest first
+    assert list(_trace(fig, "chosen (trial 1)").x) == [5.0]
+    plotted = [n for t in fig.data if t.name in ("feasible", "infeasible") for n in (c[0] for c in t.customdata)]
+    assert sorted(plotted) == [0, 1, 2, 3]  # trial 6 repeats trial 1: drawn once
+
+    (heat,) = layer_heatmap(rec).data
+    row = list(heat.y).index(next(y for y in heat.y if "#1" in y))
+    assert list(heat.text[row]) == ["F 50%", "–", "–", "–"]  # left-out layers shown dense, not blank
+    assert list(heat.z[row]) == [0.5, 0.0, 0.0, 0.0]
 
 
 def test_layer_removed_fraction():
