@@ -91,7 +91,7 @@ class RichReporter(Reporter):
                     self._progress.remove_task(tid)
 
     def log(self, message: str) -> None:
-        if self._depth:
-            self._progress.console.print(message)
-        else:
-            self.console.print(message)
+        # soft_wrap: one message is one line (a terminal folds it; pipes and logs keep it whole),
+        # so no number is ever split across lines
+        console = self._progress.console if self._depth else self.console
+        console.print(message, soft_wrap=True, highlight=False)
