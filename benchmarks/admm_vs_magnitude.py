@@ -350,8 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="results path stem (default: benchmarks/results/admm_vs_magnitude[_small])")
-    ap.add_argument("--resume", action="store_true",
-                    help="reuse the runs already in <stem>.runs.jsonl (each run is appended there as it ends)")
+    ap.add_argument("--log", default=None,
+                    help="where each run is appended as it ends (default: <stem>.runs.jsonl; give a path outside the "
+                         "checkout while others run the test suite, which fails on files changing in it)")
+    ap.add_argument("--resume", action="store_true", help="reuse the runs already in the --log file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = args.models or (["digits-cnn", "lenet5"] if args.small else ["digits-cnn", "lenet5", "resnet20"])
@@ -366,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     plan = [(m, b, k, r, s, meth, seed) for m in models for b in budgets for k in KINDS for r in RATES
             for s in args.schedules for meth in SCHEDULE_METHODS[s] for seed in args.seeds
             if meth != "torch-pruning" or k == "filter"]
-    log = stem.parent / (stem.name + ".runs.jsonl")
+    log = Path(args.log) if args.log else stem.parent / (stem.name + ".runs.jsonl")
     done: dict[tuple, dict] = {}
     if args.resume and log.is_file():
         for line in log.read_text().splitlines():
