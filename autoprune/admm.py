@@ -15,6 +15,19 @@ layer per iteration is the convergence signal and is recorded.
 
 ``method="magnitude"`` skips ADMM: it hard-prunes the dense weights at once and spends
 the same number of training epochs on masked retraining, for a fair comparison.
+
+At equal epochs (``benchmarks/admm_vs_magnitude.py``), a W-step epoch buys less than an
+epoch of masked retraining, for two reasons. On the support of ``Z`` every U-step leaves
+``U = 0`` (``Z = W + U`` there), so the next W-step's penalty ``ρ (W − Z)`` anchors the
+surviving weights to their values at the last Z-step: a proximal term of strength ρ (1 to
+4 in the search's schedule, against a weight decay of 5e-4) that holds back their
+training. And the penalty's pull per SGD step is about ``lr · ρ``: at lr 0.01 and ρ 1 a
+half-epoch W-step leaves ADMM far from converged at high rates, so the hard prune still
+collapses and only the retraining epochs are left to recover. Dropping the anchor
+(penalty on the pruned entries only), ramping the rates up over the iterations and a
+distillation term from the dense model did not help at 5 epochs on ``digits``; a higher
+learning rate (0.05) and a shorter ADMM phase with a stronger ρ did
+(:meth:`AdmmSettings.for_budget`).
 """
 
 from __future__ import annotations
@@ -119,7 +132,8 @@ def admm_phase(
             history.notes.append(
                 f"ADMM did not converge: ||W-Z||/||W|| is {last[worst]:.2f} for {worst} after {settings.iters} "
                 f"iterations (rho reached {history.iterations[-1].rho:.3g}); the hard prune will cost accuracy. "
-                "Raise rho (about 1 for schedules of a few epochs), rho_growth or the ADMM epochs."
+                "Raise rho (its pull per SGD step is about lr x rho, so a lower lr needs a higher rho), rho_growth "
+                "or the ADMM epochs."
             )
     return history
 
