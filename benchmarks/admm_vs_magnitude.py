@@ -71,13 +71,13 @@ def old_schedule(budget: float) -> AdmmSettings:
 
 
 def new_schedule(budget: float) -> AdmmSettings:
-    """The best schedule found for ADMM at equal epochs (issue 12), lr 0.05 for every method.
+    """The best schedule found for ADMM at equal epochs (``AdmmSettings.for_budget``); lr 0.05 for every method.
 
     At 5 epochs: 6 ADMM iterations of 0.25 epoch at rho 3 growing x1.3, then 3.5 retraining
     epochs. Shorter W-steps leave more of the budget to masked retraining, and rho 3 makes up
     for the fewer SGD steps per W-step; lr 0.05 (the dense training's) helped every method.
     """
-    return AdmmSettings(iters=6, epochs=budget / 20, rho=3.0, rho_growth=1.3, retrain_epochs=budget * 0.7, lr=0.05)
+    return AdmmSettings.for_budget(budget)
 
 
 def lr_only_schedule(budget: float) -> AdmmSettings:
