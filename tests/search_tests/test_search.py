@@ -18,6 +18,7 @@ import yaml
 from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.errors import UserError
 from autoprune.search import SearchSettings, run_search, study_record
+from autoprune.search.records import TARGETS_ATTR
 from autoprune.search.storage import open_storage
 
 FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
@@ -71,17 +72,27 @@ def test_trials_are_measured_scored_and_recorded(first_search) -> None:
     assert json.loads((result.study_dir / "summary.json").read_text())["study"] == "t"
 
 
-def test_best_config_is_the_fastest_feasible_and_prune_reads_it(first_search, tmp_path) -> None:
-    _, _, result = first_search
+def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits_baseline) -> None:
+    # the outcome is arranged, not hoped for: no dense choice in the space (so no dense trial),
+    # no early stop, and a budget no trial can miss, so the best feasible trial is a pruned one
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"types": ["filter"], "rate": {"low": 0.3, "high": 0.7, "step": 0.2}}))
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=2, space=str(space), budget=0.99,
+                                  min_speedup=0.01, study_name="best"))
+    assert [t.state for t in result.record.trials] == ["COMPLETE"] * 2
     best = result.record.best_feasible()
-    assert best is not None
-    assert all(t.latency_ms >= best.latency_ms for t in result.record.feasible)
-    if best.is_dense:
-        assert result.best_config is None
-        pytest.skip("no pruned trial was within the budget in this short run")
+    assert best is not None and not best.is_dense
+    assert len(result.record.feasible) == 2
+    # the end of the search timed its fastest feasible trials again, side by side; the best is
+    # the fastest by that second timing (the best of many noisy timings is biased upward)
+    again = [t for t in result.record.feasible if t.remeasured]
+    assert best in again and len(again) == 3
+    assert all(t.remeasured["speedup"] <= best.remeasured["speedup"] for t in again)
+    assert all(t.remeasured["speedup_p10"] <= t.remeasured["speedup"] <= t.remeasured["speedup_p90"] for t in again)
     cfg = PruneConfig.from_yaml(result.best_config)
-    assert cfg.origin["trial"] == best.number and cfg.origin["study"] == "t"
-    assert cfg.origin["metrics"]["speedup"] == pytest.approx(best.speedup)
+    assert cfg.origin["trial"] == best.number and cfg.origin["study"] == "best"
+    assert cfg.origin["metrics"]["speedup"] == pytest.approx(best.remeasured["speedup"])
+    assert cfg.origin["metrics"]["speedup_in_search"] == pytest.approx(best.speedup)
     assert {k: v.to_dict() for k, v in cfg.layers.items()} == best.targets
     from autoprune.pipeline import run_prune
     import torch
@@ -162,8 +173,37 @@ def test_hopeless_accuracy_after_the_hard_prune_stops_before_retraining(tmp_path
 
 
 # -- several workers ----------------------------------------------------------------
+# A worker (the real CLI) whose first trial waits until a trial it did not claim has left
+# WAITING: until the other worker has claimed one. Without it, one worker could take every
+# trial before the other one is up, and "both workers took trials" would be luck.
+_WORKER = """
+import sys, time
+import optuna
+import autoprune.search.objective as objective
+from autoprune.cli import main
+from autoprune.search.storage import open_storage
+
+storage, real, first = sys.argv[1], objective.run_trial, [True]
+
+def run_trial(trial, ctx):
+    if first[0]:
+        first[0] = False
+        study = optuna.load_study(study_name="shared", storage=open_storage(storage))
+        deadline = time.monotonic() + 300
+        while not any(t.number != trial.number and t.state != optuna.trial.TrialState.WAITING
+                      for t in study.get_trials(deepcopy=False)):
+            if time.monotonic() > deadline:
+                raise SystemExit("the other worker never claimed a trial")
+            time.sleep(0.1)
+    return real(trial, ctx)
+
+objective.run_trial = run_trial
+sys.exit(main(sys.argv[2:]))
+"""
+
+
 def _worker(tmp: Path, baseline: Path, storage: str, trials: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint", str(baseline),
+    cmd = [sys.executable, "-c", _WORKER, storage, "search", "--budget", "2%", "--checkpoint", str(baseline),
            "--trials", str(trials), "--study-name", "shared", "--storage", storage, "--runs-dir", str(tmp / "runs"),
            "--json", "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "0.5", "--latency-batch", "32",
            "--no-tracking", "--min-speedup", "0.01"]
@@ -179,7 +219,7 @@ def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 8) -> No
     ran = [json.loads(out)["trials"]["ran_here"] for out, _ in outs]
     assert set(ran[0]).isdisjoint(ran[1]), "a trial ran twice"
     assert sorted(ran[0] + ran[1]) == list(range(trials)), "a trial was lost or one too many ran"
-    assert ran[0] and ran[1], "both workers should have taken trials"
+    assert ran[0] and ran[1], "both workers should have taken trials"  # certain: see _WORKER
     study = optuna.load_study(study_name="shared", storage=open_storage(storage))
     finished = [t for t in study.get_trials() if t.state != optuna.trial.TrialState.WAITING]
     assert sorted(t.number for t in finished) == list(range(trials))
@@ -257,9 +297,9 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
-    rdb = None
-    while time.monotonic() < deadline and proc.poll() is None:  # wait until a pruned trial is training
-        time.sleep(0.25)
+    rdb, inside = None, False
+    while not inside and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
         if not (tmp_path / "c.db").is_file():
             continue
         try:
@@ -267,10 +307,14 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
             study = optuna.load_study(study_name="c", storage=rdb)
         except Exception:  # noqa: BLE001 - not created yet, or the worker is writing its schema
             continue
-        if any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in study.get_trials()):
-            break
-    time.sleep(1.0)
-    assert proc.poll() is None, "the search ended before a trial could be interrupted"
+        # a pruned trial inside run_trial: claimed (RUNNING) and its targets recorded, which
+        # run_trial does first; its ADMM (6 x 2 epochs) then lasts far longer than the poll
+        inside = any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING
+                     and TARGETS_ATTR in t.user_attrs for t in study.get_trials())
+    if not (inside and proc.poll() is None):
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"no pruned trial was seen running: {err[-2000:]}")
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
