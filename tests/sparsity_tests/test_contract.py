@@ -130,11 +130,12 @@ def test_mask_is_the_support_of_the_projection(
 ) -> None:
     sp = get_sparsity(example)
     w = _weight(shape, seed)
-    assert (w != 0).all()
+    w = w + torch.where(w >= 0, 0.1, -0.1)  # no zero weight, by construction: support == kept
     mask = sp.mask(w, rate)
     projected = sp.project(w, rate)
     assert torch.equal(projected, w * mask)
     assert torch.equal(projected != 0, mask)
+    assert int(mask.sum()) == sp.kept_weights(shape, rate)  # and as many as the type keeps
 
 
 # --------------------------------------------------------------------- 5. types and errors

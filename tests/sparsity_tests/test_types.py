@@ -218,12 +218,14 @@ def test_filter_shape_alternating_is_locally_optimal_and_mostly_exact() -> None:
 
     Over 6000 random Gaussian cases of these shapes and rates (400 seeds) the
     alternating result equalled the exact projection in 85.8% of them (worst case
-    kept 67% of the optimal ||W[R, C]||^2). Only local optimality is asserted.
+    kept 67% of the optimal ||W[R, C]||^2). Here (20 seeds, 240 cases) 90% agree and the
+    worst keeps 79%: asserted, at least 80% agree and none keeps under 60%.
     """
     exact = FilterShapeSparsity()
     alternating = FilterShapeSparsity()
     alternating.exact_limit = 0  # type: ignore[misc]
     same = total = 0
+    worst = 1.0
     for seed in range(20):
         g = torch.Generator().manual_seed(seed)
         for shape in ((6, 5), (8, 3, 2, 2), (5, 4, 1, 3), (10, 7)):
@@ -233,10 +235,13 @@ def test_filter_shape_alternating_is_locally_optimal_and_mostly_exact() -> None:
                 assert _is_local_optimum(w, a)
                 assert _is_local_optimum(w, b)
                 s = w.double() ** 2
-                assert float((s * a).sum()) <= float((s * b).sum()) + 1e-9
+                kept_a, kept_b = float((s * a).sum()), float((s * b).sum())
+                assert kept_a <= kept_b + 1e-9
+                worst = min(worst, kept_a / kept_b)
                 same += torch.equal(a, b)
                 total += 1
-    assert same > 0  # sanity: the two paths do agree on ordinary inputs
+    assert same >= 0.8 * total, f"the alternating search found the exact projection in {same} of {total} cases"
+    assert worst >= 0.6, worst
 
 
 def test_filter_shape_alternating_on_a_real_layer_size() -> None:
