@@ -24,7 +24,7 @@ Reported per (model, budget, target, method): validation and test accuracy (mean
 standard deviation over the seeds), the validation accuracy right after the hard prune,
 and wall seconds per run. Everything is seeded; on CPU the accuracies repeat exactly.
 
-    .venv/bin/python benchmarks/admm_vs_magnitude.py --small   # digits-cnn, lenet5; 5 epochs
+    .venv/bin/python benchmarks/admm_vs_magnitude.py --small   # digits-cnn, lenet5; 5 epochs; old, new
     .venv/bin/python benchmarks/admm_vs_magnitude.py           # + resnet20; 5 and 10 epochs
 
 Writes ``benchmarks/results/admm_vs_magnitude{,_small}.{md,json}`` (and the runs, one JSON
@@ -347,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--models", nargs="+", default=None)
     ap.add_argument("--budgets", nargs="+", type=float, default=None, help="total training epochs per run")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    ap.add_argument("--schedules", nargs="+", default=None, choices=list(SCHEDULES),
+                    help="default: all (--small: old and new; the lr-only ADMM schedule is a diagnostic)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="results path stem (default: benchmarks/results/admm_vs_magnitude[_small])")
     ap.add_argument("--log", default=None,
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     models = args.models or (["digits-cnn", "lenet5"] if args.small else ["digits-cnn", "lenet5", "resnet20"])
     budgets = args.budgets or ([5.0] if args.small else [5.0, 10.0])
+    args.schedules = args.schedules or (["old", "new"] if args.small else list(SCHEDULES))
     stem = Path(args.out) if args.out else RESULTS / ("admm_vs_magnitude_small" if args.small else "admm_vs_magnitude")
     splits = load_dataset("digits")
     import torch_pruning as tp
