@@ -145,7 +145,11 @@ def run_autoprune(method: str, model, splits, targets, settings: AdmmSettings, s
     worst = None
     if history.iterations:
         worst = max(history.iterations[-1].residual.values(), default=None)
-    return {"hard_val_acc": history.hard_prune_val_acc, "final_residual": worst}
+    kept = None
+    if all(t.type == "filter" for t in targets.values()):  # output channels left, per pruned layer
+        kept = {name: int(model.get_submodule(name).weight.detach().flatten(1).abs().sum(1).gt(0).sum())
+                for name in targets}
+    return {"hard_val_acc": history.hard_prune_val_acc, "final_residual": worst, "kept_channels": kept}
 
 
 def run_torch_pruning(model, splits, rate: float, settings: AdmmSettings, epochs: float, seed: int) -> dict:  # noqa: ANN001
@@ -157,12 +161,15 @@ def run_torch_pruning(model, splits, rate: float, settings: AdmmSettings, epochs
         pruning_ratio=rate, ignored_layers=[output_layer(model, graph)],
     )
     pruner.step()
+    # Torch-Pruning rounds a uniform ratio its own way (and may leave a group whole), so its
+    # architecture can differ from autoprune's at the same rate: recorded for the report
+    kept = {name: int(model.get_submodule(name).weight.shape[0]) for name in list(graph.layers)[:-1]}
     hard = evaluate(model, splits.val, device=DEVICE)
     seed_everything(seed)
     run_epochs(model, splits.train, device=DEVICE, epochs=epochs, lr=settings.lr, momentum=settings.momentum,
                weight_decay=settings.weight_decay, batch_size=settings.batch_size, seed=seed + 5000,
                description="Torch-Pruning fine-tuning")
-    return {"hard_val_acc": hard, "final_residual": None}
+    return {"hard_val_acc": hard, "final_residual": None, "kept_channels": kept}
 
 
 def total_epochs(s: AdmmSettings) -> float:
@@ -246,6 +253,7 @@ def markdown(out: dict) -> str:
     for model in out["models"]:
         d = out["dense"][model]
         lines += ["", f"## {model} (dense: val {_pct(d['val'])}, test {_pct(d['test'])})", ""]
+        lines += _architectures(out, model)
         for b in out["budgets"]:
             lines += [f"### {b:g} epochs", "",
                       "| target | schedule | method | val % | test % | hard % | s/run |", "|---|---|---|---|---|---|---|"]
@@ -263,6 +271,33 @@ def markdown(out: dict) -> str:
                                          f"{r['seconds_mean']:.1f} |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def autoprune_filter_channels(model_name: str, rate: float, splits) -> dict[str, int]:  # noqa: ANN001
+    """Output channels autoprune's filter target at ``rate`` leaves in each pruned layer."""
+    model = build_model(model_name, splits)
+    graph = ChannelGraph(model, example_input(splits))
+    targets = uniform_targets(graph, "filter", rate)
+    masks = Projector(model, graph, targets).hard_masks()
+    return {name: int(masks[f"{name}.weight"].flatten(1).any(1).sum()) for name in targets}
+
+
+def _architectures(out: dict, model: str) -> list[str]:
+    """Output channels each filter target leaves per layer: autoprune's methods vs Torch-Pruning."""
+    lines = ["Filter targets, output channels left per pruned layer (autoprune: `n - floor(n * rate)`, at least "
+             "1; Torch-Pruning 1.6 rounds the same `pruning_ratio` its own way, so its architectures differ):", ""]
+    for rate in RATES:
+        ours = out["filter_channels"][model].get(str(rate))
+        tps = {tuple(r["kept_channels"].items()) for r in out["runs"]
+               if (r["model"], r["kind"], r["rate"], r["method"]) == (model, "filter", rate, "torch-pruning")
+               and r.get("kept_channels")}
+        if ours is None:
+            continue
+        line = f"- {100 * rate:.0f}% ({', '.join(ours)}): autoprune {', '.join(map(str, ours.values()))}"
+        for kept in sorted(tps):
+            line += f"; Torch-Pruning {', '.join(str(v) for _, v in kept)}"
+        lines.append(line)
+    return lines + [""]
 
 
 def _find(rows, model, budget, kind, rate, schedule, method):  # noqa: ANN001, ANN202
@@ -410,6 +445,7 @@ def main(argv: list[str] | None = None) -> None:
         "models": models, "budgets": budgets, "seeds": args.seeds, "schedule_names": args.schedules,
         "schedules": {str(b): {s: asdict(SCHEDULES[s](b)) for s in args.schedules} for b in budgets},
         "dense": dense, "summary": summarize(runs), "runs": runs,
+        "filter_channels": {m: {str(r): autoprune_filter_channels(m, r, splits) for r in RATES} for m in models},
     }
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
