@@ -111,10 +111,12 @@ class AdmmSettings:
         Six ADMM iterations share 30% of the budget (W-steps of ``epochs / 20``) at rho 3
         growing x1.3; masked retraining gets the other 70%; lr 0.05, the dense training's
         (at 5 epochs: 6 x 0.25 + 3.5). The pull of a W-step toward Z per SGD step is about
-        lr x rho, so rho 3 here matches rho 15 at lr 0.01. Measured against the search's
-        former 6 x 0.5 + 2 at lr 0.01 and against one-shot magnitude pruning at equal
-        epochs in ``benchmarks/results/admm_vs_magnitude.md``. ``changes`` (non-None) then
-        replace any field, as in :meth:`replace`.
+        lr x rho, so rho 3 here matches rho 15 at lr 0.01. On ``digits`` at 5 epochs it
+        brought ADMM from about 4 (digits-cnn) and 9 (lenet5) points behind one-shot
+        magnitude pruning (with the search's former 6 x 0.5 + 2 at lr 0.01) to under a
+        point behind it at the same epochs and lr: not ahead
+        (``benchmarks/results/admm_vs_magnitude.md``). ``changes``
+        (non-None) then replace any field, as in :meth:`replace`.
         """
         if not epochs > 0:
             raise ConfigError(f"The ADMM budget must be > 0 epochs. Got {epochs} instead.")
