@@ -241,6 +241,9 @@ def test_export_from_a_real_search(digits_baseline, tmp_path) -> None:
         assert config.checkpoint == str(digits_baseline[0]) and config.origin["trial"] == chosen.number
         assert {k: v.to_dict() for k, v in config.layers.items()} == chosen.targets
     fastest = export_config("e", url, out=tmp_path / "f.yaml")["trial"]
-    assert fastest == min(pruned_feasible, key=lambda t: (t.latency_ms, -t.accuracy)).number
+    # the fastest by the end-of-search re-measurement (the search times its 3 fastest again)
+    again = [t for t in pruned_feasible if t.remeasured]
+    assert len(again) >= 3
+    assert fastest == max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy)).number
     assert fastest == record.best_feasible().number
     assert Path(tmp_path / "f.yaml").read_text() == Path(tmp_path / "fastest.yaml").read_text()

@@ -77,12 +77,12 @@ def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits
     # no early stop, and a budget no trial can miss, so the best feasible trial is a pruned one
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"types": ["filter"], "rate": {"low": 0.3, "high": 0.7, "step": 0.2}}))
-    result = run_search(_settings(tmp_path, digits_baseline[0], trials=2, space=str(space), budget=0.99,
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, space=str(space), budget=0.99,
                                   min_speedup=0.01, study_name="best"))
-    assert [t.state for t in result.record.trials] == ["COMPLETE"] * 2
+    assert [t.state for t in result.record.trials] == ["COMPLETE"] * 3
     best = result.record.best_feasible()
     assert best is not None and not best.is_dense
-    assert len(result.record.feasible) == 2
+    assert len(result.record.feasible) == 3
     # the end of the search timed its fastest feasible trials again, side by side; the best is
     # the fastest by that second timing (the best of many noisy timings is biased upward)
     again = [t for t in result.record.feasible if t.remeasured]
