@@ -140,13 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Optuna storage URL: sqlite:///FILE.db (default: sqlite:///runs/optuna.db), "
                         "postgresql://USER@HOST/DB, journal:///FILE.log")
     p.add_argument("--resume", action="store_true", help="continue an existing study with its own settings")
-    p.add_argument("--admm-iters", type=int, default=None, help="ADMM iterations per trial (default: 6)")
-    p.add_argument("--admm-epochs", type=float, default=None, help="epochs per ADMM iteration (default: 0.5)")
-    p.add_argument("--retrain-epochs", type=float, default=None, help="masked retraining epochs per trial (default: 2)")
-    p.add_argument("--rho", type=float, default=None, help="initial ADMM penalty (default: 1.0 for short schedules)")
+    p.add_argument("--admm-iters", type=int, default=None,
+                   help="ADMM iterations per trial (default: 6; with --trial-method magnitude their epochs are "
+                        "spent on retraining)")
+    p.add_argument("--admm-epochs", type=float, default=None, help="epochs per ADMM iteration (default: 0.25)")
+    p.add_argument("--retrain-epochs", type=float, default=None, help="masked retraining epochs per trial (default: 3.5)")
+    p.add_argument("--rho", type=float, default=None, help="initial ADMM penalty (default: 3 for short schedules)")
     p.add_argument("--trial-method", default=None, choices=["admm", "magnitude"],
-                   help="how each trial prunes: admm (ADMM, hard prune, masked retraining; the default) or "
-                        "magnitude (hard prune at once, all epochs retraining)")
+                   help="how each trial prunes: magnitude (one-shot, then all its epochs masked retraining; the "
+                        "default: level or ahead of ADMM at equal epochs) or admm (ADMM, hard prune, retraining)")
     p.add_argument("--min-speedup", type=float, default=1.0,
                    help="stop a trial early unless its measured speedup reaches this (default: %(default)s)")
     p.add_argument("--abandon-drop", default=None,

@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="1%,2%")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--trials", type=int, default=None, help="search trials (default: 30 small, 60 full)")
-    ap.add_argument("--trial-method", default="admm", choices=["admm", "magnitude"])
+    ap.add_argument("--trial-method", default="magnitude", choices=["admm", "magnitude"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS), help="folder for search_vs_uniform.{md,json}")
     ap.add_argument("--name", default="search_vs_uniform", help="file name stem of the results")

@@ -1,9 +1,11 @@
-"""One trial: suggest a configuration, measure its latency, prune it with ADMM, score it.
+"""One trial: suggest a configuration, measure its latency, prune and retrain it, score it.
 
 The order matters for cost. The compacted architecture depends only on the
 configuration, so its latency is measured first (on the target device, at the study's
 deployment batch, and cached by configuration): a configuration that is not faster
-than dense stops there. ADMM then runs its short schedule from the dense weights; if
+than dense stops there. A configuration an earlier trial already ran is not trained
+again (its result is reused). The trial then prunes from the dense weights by the
+study's trial method (one-shot magnitude, or ADMM's short schedule) and retrains; if
 the accuracy right after the hard prune is so far below dense that retraining cannot
 bring it back within the budget, the trial stops before retraining. Otherwise the
 validation accuracy after masked retraining is the first objective, the measured

@@ -57,7 +57,7 @@ class StudyMeta:
     steady_memory: bool = False  # studies made before this setting measured with glibc's default allocator
     channel_multiple: int = 1
     threads: int | None = None
-    trial_method: str = "admm"  # how trials prune: admm or magnitude (studies made before the option used admm)
+    trial_method: str = "admm"  # how trials prune: magnitude or admm (studies made before the option used admm)
 
     def allowed_drop(self) -> float:
         """The budget as an absolute drop in accuracy (fraction)."""
