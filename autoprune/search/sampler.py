@@ -48,6 +48,7 @@ from autoprune.search.space import SearchSpace, has_rate
 UNIFORM, ASCENT, EXPLORE, MUTATE = "uniform", "ascent", "explore", "mutate"
 MIN_GAIN = 0.02  # a move must cut the incumbent's latency by at least 2% to be worth a trial
 SCREEN = 4  # candidate moves measured at a time, most MACs removed first
+SCREEN_ROUNDS = 20  # interleaved rounds (of three calls) when candidates are timed beside the incumbent
 RESAMPLE = 12  # draws from the base sampler before a repeated configuration is mutated instead
 INCUMBENT_CHECK = 3  # the fastest feasible trials timed again side by side to pick the incumbent
 MOVE_ATTR = "autoprune.move"  # trial user attr of an ascent step: which variable moved where
@@ -66,9 +67,9 @@ class Probe:
     def macs(self, targets: dict[str, LayerTarget]) -> float:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def compare(self, configs: list[dict[str, LayerTarget]]) -> list[Any]:  # pragma: no cover - interface
+    def compare(self, configs: list[dict[str, LayerTarget]], *, rounds: int | None = None) -> list[Any]:  # pragma: no cover
         """Latency of each configuration relative to the first (objects with a ``median``),
-        timed side by side on the device."""
+        timed side by side on the device in ``rounds`` interleaved rounds."""
         raise NotImplementedError
 
 
@@ -244,7 +245,8 @@ class PruningSampler(BaseSampler):
             return top[0] if top else None
         key = tuple(s.signature or "" for s in top)
         if key not in self._fastest_of:
-            stats = self.probe.compare([self._targets({k: s.params[k] for k in self._dists}) for s in top])
+            stats = self.probe.compare([self._targets({k: s.params[k] for k in self._dists}) for s in top],
+                                       rounds=SCREEN_ROUNDS)
             self._fastest_of[key] = min(range(len(top)), key=lambda i: (float(stats[i].median), i))
         return top[self._fastest_of[key]]
 
@@ -349,7 +351,8 @@ class PruningSampler(BaseSampler):
         the incumbent's own earlier figure may be a lucky draw, so it is timed again with them)."""
         todo = [p for p in batch if (inc_sig, self.signature(p)) not in self._relative_ms]
         if todo:
-            stats = self.probe.compare([self._targets(inc_params)] + [self._targets(p) for p in todo])
+            stats = self.probe.compare([self._targets(inc_params)] + [self._targets(p) for p in todo],
+                                       rounds=SCREEN_ROUNDS)
             for p, st in zip(todo, stats[1:]):
                 self._relative_ms[(inc_sig, self.signature(p))] = float(st.median)
         return [self._relative_ms[(inc_sig, self.signature(p))] for p in batch]

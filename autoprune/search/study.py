@@ -575,7 +575,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
 
 
 INTERRUPTED = "interrupted by the user (Ctrl-C)"
-REMEASURE_TOP = 3  # the fastest configurations within the budget timed again at the end
+REMEASURE_TOP = 5  # the fastest configurations within the budget timed again at the end
 REMEASURE_ROUNDS = 30
 
 

@@ -64,7 +64,7 @@ class FakeProbe:
     def macs(self, targets: dict[str, LayerTarget]) -> float:
         return latency(targets)
 
-    def compare(self, configs: list[dict[str, LayerTarget]]) -> list[_Ratio]:
+    def compare(self, configs: list[dict[str, LayerTarget]], *, rounds: int | None = None) -> list[_Ratio]:
         self.timed += len(configs)
         base = latency(configs[0])
         return [_Ratio(latency(c) / base) for c in configs]
