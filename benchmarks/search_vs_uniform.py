@@ -155,12 +155,11 @@ def search(ckpt_path: Path, model: str, dataset: str, budget: float, seed: int, 
 # -- figures ------------------------------------------------------------------------
 def hypervolume(points: list[tuple[float, float]], floor: float) -> float:
     """Area dominated by ``(accuracy, latency ratio)`` points above the accuracy ``floor`` and
-    below the dense latency (ratio 1): accuracy points x fraction of dense time saved."""
+    below the dense latency (ratio 1), in accuracy points x fraction of dense time: at each
+    latency x, the best accuracy of the points at most that slow."""
     pts = sorted((r, a) for a, r in points if a > floor and r < 1.0)
     area, best = 0.0, floor
-    # sweep from the slowest (closest to ratio 1) to the fastest, keeping the best accuracy so far
-    for i in range(len(pts) - 1, -1, -1):
-        r, a = pts[i]
+    for i, (r, a) in enumerate(pts):
         best = max(best, a)
         right = pts[i + 1][0] if i + 1 < len(pts) else 1.0
         area += (right - r) * (best - floor)
@@ -403,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=str(RESULTS), help="folder for search_vs_uniform.{md,json}")
     ap.add_argument("--name", default="search_vs_uniform", help="file name stem of the results")
+    ap.add_argument("--keep", default=None, help="keep the work folders (baselines, studies) here instead of a "
+                                                  "temporary folder")
     args = ap.parse_args(argv)
     from autoprune.search.settings import parse_budget
 
@@ -420,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="autoprune-svu-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="autoprune-svu-") as scratch:
+        tmp = args.keep or scratch
         for model in args.models.split(","):
             for seed in seeds:
                 work = Path(tmp) / f"{model}-{seed}".replace(":", "-")
-                work.mkdir()
+                work.mkdir(parents=True)
                 rows += run_model(model, args.dataset, seed, budgets, trials, device, args.trial_method, work,
                                   args.data_dir, log)
     out = {
