@@ -28,7 +28,7 @@ def test_autoprune_search_mirrors_to_a_real_mlflow_server(mlflow_server, digits_
     cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--trials", "4", "--checkpoint",
            str(digits_baseline[0]), "--study-name", "mirrored", "--runs-dir", str(tmp_path / "runs"),
            "--tracking-uri", mlflow_server, "--admm-iters", "2", "--admm-epochs", "0.25", "--retrain-epochs", "0.5",
-           "--latency-batch", "32", "--min-speedup", "0.01", "--json"]
+           "--latency-batch", "32", "--min-speedup", "0.01", "--trial-method", "admm", "--json"]  # ADMM: residuals
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "warning" not in r.stderr.lower(), r.stderr[-2000:]
