@@ -241,7 +241,7 @@ def test_export_from_a_real_search(digits_baseline, tmp_path) -> None:
         assert config.checkpoint == str(digits_baseline[0]) and config.origin["trial"] == chosen.number
         assert {k: v.to_dict() for k, v in config.layers.items()} == chosen.targets
     fastest = export_config("e", url, out=tmp_path / "f.yaml")["trial"]
-    # the fastest by the end-of-search re-measurement (the search times its 3 fastest again)
+    # the fastest by the end-of-search re-measurement (the search times its fastest ones again)
     again = [t for t in pruned_feasible if t.remeasured]
     assert len(again) >= 3
     assert fastest == max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy)).number
