@@ -75,41 +75,48 @@ def run_epochs(
         on_loss: Receives the mean training loss of each epoch.
     """
     reporter = reporter or Reporter()
-    loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed, drop_last=len(dataset) > batch_size)
-    per_epoch = len(loader)
-    total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
-    opt = make_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    model.train()
-    step, running, count, epoch_loss, epoch_n = 0, 0.0, 0, 0.0, 0
-    with reporter.task(description, total) as task:
-        while step < total:
-            for x, y in loader:
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                opt.zero_grad(set_to_none=True)
-                loss = F.cross_entropy(model(x), y)
-                loss.backward()
-                if grad_hook is not None:
-                    grad_hook()
-                opt.step()
-                sched.step()
-                if after_step is not None:
-                    after_step(opt)
-                value = float(loss.detach())
-                running += value
-                count += 1
-                epoch_loss += value
-                epoch_n += 1
-                step += 1
-                task.advance()
-                if step % 10 == 0 or step == total:
-                    task.set(epoch=f"{min(step // per_epoch + 1, math.ceil(total / per_epoch))}/{math.ceil(total / per_epoch)}", loss=running / count)
-                if step >= total:
-                    break
-            if on_loss is not None and epoch_n:
-                on_loss(epoch_loss / epoch_n)
-            epoch_loss, epoch_n = 0.0, 0
-    return running / max(count, 1)
+    # the run's randomness (augmentation, dropout) comes from ``seed`` alone, whatever ran before
+    # in the process (an evaluation, another trial); the caller's RNG state is left as it was
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed,
+                             drop_last=len(dataset) > batch_size)
+        per_epoch = len(loader)
+        total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
+        opt = make_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        model.train()
+        step, running, count, epoch_loss, epoch_n = 0, 0.0, 0, 0.0, 0
+        with reporter.task(description, total) as task:
+            while step < total:
+                for x, y in loader:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    opt.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x), y)
+                    loss.backward()
+                    if grad_hook is not None:
+                        grad_hook()
+                    opt.step()
+                    sched.step()
+                    if after_step is not None:
+                        after_step(opt)
+                    value = float(loss.detach())
+                    running += value
+                    count += 1
+                    epoch_loss += value
+                    epoch_n += 1
+                    step += 1
+                    task.advance()
+                    if step % 10 == 0 or step == total:
+                        epochs_total = math.ceil(total / per_epoch)
+                        task.set(epoch=f"{min(step // per_epoch + 1, epochs_total)}/{epochs_total}", loss=running / count)
+                    if step >= total:
+                        break
+                if on_loss is not None and epoch_n:
+                    on_loss(epoch_loss / epoch_n)
+                epoch_loss, epoch_n = 0.0, 0
+        return running / max(count, 1)
 
 
 @torch.no_grad()

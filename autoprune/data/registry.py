@@ -183,11 +183,13 @@ def make_loader(
 
     Shuffling draws from its own ``torch.Generator`` seeded with ``seed``: iterating the
     returned loader again gives the next epoch's order, and a new loader with the same
-    seed replays the same sequence of epochs.
+    seed replays the same sequence of epochs. The loader never draws from torch's global
+    RNG (without a generator of its own, every iterator would take a seed from it), so
+    evaluating a model does not change what a later training run draws.
     """
     if batch_size < 1:
         raise UserError(f"The 'batch_size' parameter of make_loader must be >= 1. Got {batch_size} instead.")
-    generator = torch.Generator().manual_seed(int(seed)) if shuffle else None
+    generator = torch.Generator().manual_seed(int(seed))
     return DataLoader(
         dataset,
         batch_size=batch_size,

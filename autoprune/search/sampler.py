@@ -22,9 +22,13 @@ trials only (so any number of workers can share one study):
    keeps it becomes the new incumbent. This is NetAdapt's greedy per-layer reduction driven
    by measured latency (Yang et al., ECCV 2018), walked along the budget's edge with the
    trials as the short fine-tuning.
-3. **Exploration.** Optuna's sampler (TPE by default) for the remaining trials, informed by
-   every trial so far; a proposal whose configuration was already run or is running is
-   drawn again (then mutated from the incumbent), so trial slots go to new configurations.
+3. **Exploration.** The remaining trials alternate between a *local* step (random
+   neighbours of the incumbent with two or three variables changed together, screened by
+   measured latency like the ascent's moves: the fastest that beats the incumbent is trained)
+   and Optuna's sampler (TPE by default), informed by every trial so far, which fills the
+   rest of the accuracy-latency front. A proposal whose configuration was already run or is
+   running is drawn again (then mutated from the incumbent), so trial slots go to new
+   configurations.
 
 The phase that proposed a trial is stored in its ``autoprune.proposal`` user attribute.
 """
@@ -45,7 +49,8 @@ from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.search.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
 from autoprune.search.space import SearchSpace, has_rate
 
-UNIFORM, ASCENT, EXPLORE, MUTATE = "uniform", "ascent", "explore", "mutate"
+UNIFORM, ASCENT, LOCAL, EXPLORE, MUTATE = "uniform", "ascent", "local", "explore", "mutate"
+LOCAL_DRAWS = 12  # random neighbours of the incumbent drawn per local step
 MIN_GAIN = 0.02  # a move must cut the incumbent's latency by at least 2% to be worth a trial
 SCREEN = 4  # candidate moves measured at a time, most MACs removed first
 SCREEN_ROUNDS = 20  # interleaved rounds (of three calls) when candidates are timed beside the incumbent
@@ -132,6 +137,12 @@ class PruningSampler(BaseSampler):
         step = self._ascent_step(seen)
         if step is not None:
             return self._claim(study, trial, step[0], ASCENT, step[1])
+        # past the ascent, every other trial looks near the incumbent for something faster
+        explored = sum(1 for s in seen if s.proposal in (LOCAL, EXPLORE, MUTATE))
+        if explored % 2 == 0:
+            params = self._local_step(seen)
+            if params is not None:
+                return self._claim(study, trial, params, LOCAL)
         params, origin = self._explore(study, trial, seen)
         return self._claim(study, trial, params, origin)
 
@@ -358,6 +369,57 @@ class PruningSampler(BaseSampler):
         return [self._relative_ms[(inc_sig, self.signature(p))] for p in batch]
 
     # -- phase 3: exploration ---------------------------------------------------------------
+    def _local_step(self, seen: list[_Seen]) -> dict[str, Any] | None:
+        """A random neighbour of the incumbent that measures faster than it: two or three
+        variables each moved one or two rates (or to another type), at least one of them up.
+        Where the ascent moves one variable at a time, this finds faster configurations that
+        need several layers to change together."""
+        inc = self.incumbent(seen)
+        if inc is None:
+            return None
+        inc_params = {k: inc.params[k] for k in self._dists}
+        inc_sig = self.signature(inc_params)
+        taken = {s.signature for s in seen} | {inc_sig}
+        cands, sigs = [], set()
+        for _ in range(LOCAL_DRAWS * 4):
+            p = self._neighbour(inc_params)
+            sig = self.signature(p)
+            if sig not in taken and sig not in sigs:
+                cands.append(p)
+                sigs.add(sig)
+            if len(cands) >= LOCAL_DRAWS:
+                break
+        cands.sort(key=lambda p: self.probe.macs(self._targets(p)))
+        for start in range(0, len(cands), self.screen):
+            batch = cands[start:start + self.screen]
+            ratios = self._relative(inc_params, inc_sig, batch)
+            good = [(r, i) for i, r in enumerate(ratios) if r <= 1.0 - self.min_gain]
+            if good:
+                return batch[min(good)[1]]
+        return None
+
+    def _neighbour(self, params: dict[str, Any]) -> dict[str, Any]:
+        choices = dict(self.space.choices_of(params))
+        n = min(len(self.space.variables), 2 + self._rng.randint(2))
+        picked = self._rng.choice(len(self.space.variables), size=n, replace=False)
+        for j, idx in enumerate(picked):
+            var = self.space.variables[int(idx)]
+            kind, rate = choices[var.name]
+            rates = self.space.rates(var)
+            up = j == 0 or self._rng.rand() < 0.5
+            if kind == NONE_TYPE or not has_rate(kind) or self._rng.rand() < 0.15:
+                other = [t for t in var.types if t != kind]
+                if not other:
+                    continue
+                kind = other[self._rng.randint(len(other))]
+                rate = rates[self._rng.randint(len(rates))] if has_rate(kind) else None
+            else:
+                i = min(range(len(rates)), key=lambda k: abs(rates[k] - rate))
+                step = 1 + self._rng.randint(2)
+                rate = rates[max(0, min(len(rates) - 1, i + (step if up else -step)))]
+            choices[var.name] = (kind, rate)
+        return self.space.params_of(choices)
+
     def _explore(self, study: optuna.Study, trial: FrozenTrial, seen: list[_Seen]) -> tuple[dict[str, Any], str]:
         taken = {s.signature for s in seen}
         params: dict[str, Any] = {}

@@ -391,6 +391,9 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
     reporter = reporter or Reporter()
     t_start = time.perf_counter()
     s.validate()
+    if s.space not in (None, "auto") and not Path(s.space).is_file():  # before any storage file is created
+        raise UserError(f"search space file '{s.space}' does not exist (see search_spaces/ for examples, or use "
+                        f"--space auto).")
     device = resolve_device(s.device or "cpu")
     check_dtype(s.dtype, device)
     url = s.storage or default_storage(s.runs_dir)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from autoprune.config import LayerTarget
 from autoprune.search.records import CONSTRAINT, PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.search.sampler import ASCENT, UNIFORM, PruningSampler
+from autoprune.search.sampler import ASCENT, LOCAL, UNIFORM, PruningSampler
 from autoprune.search.space import RateRange, SearchSpace, Variable
 
 LAYERS = ["conv0", "conv1", "conv2", "conv3", "fc"]
@@ -145,3 +145,19 @@ def test_a_second_worker_does_not_take_the_rung_that_is_running() -> None:
     assert a.user_attrs[SIGNATURE_ATTR] != b.user_attrs[SIGNATURE_ATTR]
     # optimistic about the running rung: the second worker goes higher up the ladder
     assert space.choices_of(second.params)["layer.conv1"][1] > space.choices_of(first.params)["layer.conv1"][1]
+
+
+def test_local_steps_change_several_layers_at_once_when_the_ascent_stalls() -> None:
+    space, probe = _space(), FakeProbe()
+    study = _study(space, probe)
+    study.optimize(objective(space, probe), n_trials=20)
+    trials = study.trials
+    local = [t for t in trials if t.user_attrs.get(PROPOSAL_ATTR) == LOCAL]
+    assert local, [t.user_attrs.get(PROPOSAL_ATTR) for t in trials]
+    first = local[0]
+    before = [t for t in trials[:first.number] if t.user_attrs[TRIAL_ATTR]["feasible"]]
+    incumbent = min(before, key=lambda t: t.values[1])
+    # it is measured faster than the incumbent it started from, and moved more than one layer
+    assert first.values[1] <= incumbent.values[1] * (1 - 0.02)
+    a, b = space.choices_of(first.params), space.choices_of(incumbent.params)
+    assert sum(a[v] != b[v] for v in a) >= 2
