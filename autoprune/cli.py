@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=None,
                    help="search space YAML, or 'auto' (default: search_spaces/<model>.yaml if shipped, else auto)")
     p.add_argument("--trials", type=int, default=None,
-                   help="trials the study should have in all (default: 20, or the study's own target)")
+                   help="trials the study should have in all (default: 30, or the study's own target)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda, cuda:N or auto (default: cpu, or the study's own device)")
     p.add_argument("--latency-batch", type=int, default=None,

@@ -55,7 +55,7 @@ class SearchSettings:
     data_dir: str | None = None
     budget: float = 0.02
     budget_mode: str = "absolute"
-    trials: int | None = None  # the study's total; None: the study's stored target, else 20
+    trials: int | None = None  # the study's total; None: the study's stored target, else 30
     device: str | None = None  # None: cpu for a new study, the study's own device for an existing one
     latency_batch: int | None = None  # None: the smallest batch (>= 32) where dense takes >= 10 ms
     dtype: str = "fp32"

@@ -338,7 +338,7 @@ def best_config_yaml(record: StudyRecord, trial: TrialRecord, *, data_dir: str |
 
 # -- the run ------------------------------------------------------------------
 TARGET_ATTR = "autoprune.target_trials"
-DEFAULT_TRIALS = 20
+DEFAULT_TRIALS = 30  # trials of the embedded default take seconds: room for the ladder, the ascent and local steps
 MAX_FAILS_IN_A_ROW = 3
 
 
