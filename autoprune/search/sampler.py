@@ -8,10 +8,14 @@ pruning every layer at one rate found 1.48×. :class:`PruningSampler` proposes e
 whole configuration in three phases, each deciding from the study's finished and running
 trials only (so any number of workers can share one study):
 
-1. **Uniform ladder.** The primary type (``filter`` where the space offers it) at one rate
+1. **Uniform ladders.** The primary type (``filter`` where the space offers it) at one rate
    on every variable, by bisection over the rate grid: the highest uniform rate within the
    budget in about log2(rates) trials. This is what a user would hand-tune, so the search
-   starts from it and can only add to it.
+   starts from it and can only add to it. Then the same on the *effective* variables only:
+   each variable's pruning alone is timed once beside dense (``latency_gains``), and those
+   that save less than 1% of the latency (or a fifth of the best one) stay dense; pruning
+   them would cost accuracy and buy no time (on an AVX-512 CPU a conv with 16 channels or
+   fewer fills one channel block whatever is removed).
 2. **Latency ascent.** From the fastest configuration within the budget so far (the
    *incumbent*), one variable at a time moves one step harder: the next rate of its type
    that changes the architecture, or another type at its rate. Candidates are ordered by the
@@ -35,6 +39,7 @@ The phase that proposed a trial is stored in its ``autoprune.proposal`` user att
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,9 +52,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.search.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.search.space import SearchSpace, has_rate
+from autoprune.search.space import SearchSpace, Variable, has_rate
 
-UNIFORM, ASCENT, LOCAL, EXPLORE, MUTATE = "uniform", "ascent", "local", "explore", "mutate"
+UNIFORM, EFFECTIVE, ASCENT, LOCAL, EXPLORE, MUTATE = "uniform", "effective", "ascent", "local", "explore", "mutate"
+GAINS_ATTR = "autoprune.latency_gains"  # study user attr: per variable, the latency its pruning alone saves
+EFFECTIVE_GAIN = 0.01  # a variable whose pruning saves less than 1% of the dense latency is left dense
 LOCAL_DRAWS = 12  # random neighbours of the incumbent drawn per local step
 MIN_GAIN = 0.02  # a move must cut the incumbent's latency by at least 2% to be worth a trial
 SCREEN = 4  # candidate moves measured at a time, most MACs removed first
@@ -131,9 +138,15 @@ class PruningSampler(BaseSampler):
         if not search_space:
             return {}
         seen = self._seen(study, trial.number)
-        params = self._ladder_step(seen)
-        if params is not None:
-            return self._claim(study, trial, params, UNIFORM)
+        if self.use_ladder:
+            params = self._ladder_step(seen, self.ladder())
+            if params is not None:
+                return self._claim(study, trial, params, UNIFORM)
+            effective = self.effective(study)
+            if 0 < len(effective) < len(self.space.variables):
+                params = self._ladder_step(seen, self.ladder(effective))
+                if params is not None:
+                    return self._claim(study, trial, params, EFFECTIVE)
         step = self._ascent_step(seen)
         if step is not None:
             return self._claim(study, trial, step[0], ASCENT, step[1])
@@ -198,12 +211,14 @@ class PruningSampler(BaseSampler):
                              t.user_attrs.get(PROPOSAL_ATTR), t.user_attrs.get(MOVE_ATTR)))
         return out
 
-    # -- phase 1: the uniform ladder -------------------------------------------------------
-    def ladder(self) -> list[tuple[float, dict[str, Any], str]]:
-        """The uniform configurations of the primary type, lowest rate first, one per signature."""
+    # -- phase 1: the uniform ladders ------------------------------------------------------
+    def ladder(self, variables: list[Variable] | None = None) -> list[tuple[float, dict[str, Any], str]]:
+        """Configurations with the primary type at one rate on ``variables`` (default: every
+        variable offering it) and dense elsewhere, lowest rate first, one per signature."""
         if self.primary is None:
             return []
-        offering = [v for v in self.space.variables if self.primary in v.types]
+        offering = [v for v in (variables if variables is not None else self.space.variables)
+                    if self.primary in v.types]
         rates = sorted({r for v in offering for r in self.space.rates(v)})
         out, taken = [], {"dense"}
         for r in rates:
@@ -214,10 +229,37 @@ class PruningSampler(BaseSampler):
                 out.append((r, params, sig))
         return out
 
-    def _ladder_step(self, seen: list[_Seen]) -> dict[str, Any] | None:
-        if not self.use_ladder:
-            return None
-        rungs = self.ladder()
+    def latency_gains(self, study: optuna.Study) -> dict[str, float]:
+        """Per variable, the fraction of the dense latency that pruning it alone (the primary
+        type at its highest rate) saves, timed once side by side with dense and stored on the
+        study (``autoprune.latency_gains``) for every worker."""
+        stored = study.user_attrs.get(GAINS_ATTR)
+        if stored is not None:
+            return {k: float(v) for k, v in stored.items()}
+        offering = [v for v in self.space.variables if self.primary in v.types] if self.primary else []
+        if not offering:
+            return {}
+        configs = [{}] + [self._targets(self.space.params_of({v.name: (self.primary, self.space.rates(v)[-1])}))
+                          for v in offering]
+        stats = self.probe.compare(configs, rounds=SCREEN_ROUNDS)
+        gains = {v.name: 1.0 - float(st.median) for v, st in zip(offering, stats[1:])}
+        with contextlib.suppress(Exception):  # another worker stored them first: either is fine
+            study.set_user_attr(GAINS_ATTR, gains)
+        return gains
+
+    def effective(self, study: optuna.Study) -> list[Variable]:
+        """The variables whose pruning measurably saves time: a gain of at least 1% of the dense
+        latency and a fifth of the largest gain. Pruning the others costs accuracy for nothing
+        (a conv whose channels all fit in one of the device's channel blocks, for instance)."""
+        gains = self.latency_gains(study)
+        if not gains:
+            return []
+        floor = max(EFFECTIVE_GAIN, 0.2 * max(gains.values()))
+        return [v for v in self.space.variables if gains.get(v.name, 0.0) >= floor]
+
+    def _ladder_step(self, seen: list[_Seen], rungs: list[tuple[float, dict[str, Any], str]]) -> dict[str, Any] | None:
+        """Bisection over ``rungs`` for the highest rung within the budget (assuming a rung
+        keeps the budget when a higher one does)."""
         by_sig = {s.signature: s for s in seen if s.signature is not None}
         status = []
         for _, _, sig in rungs:
@@ -283,7 +325,8 @@ class PruningSampler(BaseSampler):
               jump: dict[str, int] | None = None) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """Harder neighbours of a configuration, one variable changed each, with their move records:
         the variable's type at a higher rate (``jump`` grid steps: twice its last successful step,
-        at least one, below any rate that failed, and always a rate that changes the signature),
+        at least one; once a rate failed, halfway between the current one and it; always a rate
+        that changes the signature),
         and each other type at the variable's rate (from dense: at its lowest rate)."""
         failed, jump = failed or {}, jump or {}
         base_sig = self.signature(params)
@@ -298,8 +341,11 @@ class PruningSampler(BaseSampler):
                 changing = [r for r in higher
                             if self.signature(self.space.params_of({**choices, var.name: (kind, r)})) != base_sig]
                 if changing:
-                    want = 2 * jump.get(var.name, 0) or 1
-                    pick = changing[min(want, len(changing)) - 1]
+                    if (var.name, kind) in failed:  # bisect between here and the rate that failed
+                        pick = changing[(len(changing) - 1) // 2]
+                    else:
+                        want = 2 * jump.get(var.name, 0) or 1
+                        pick = changing[min(want, len(changing)) - 1]
                     new = self.space.params_of({**choices, var.name: (kind, pick)})
                     out.append((new, {"var": var.name, "type": kind, "rate": pick, "jump": changing.index(pick) + 1}))
             for other in var.types:
