@@ -100,17 +100,22 @@ class _Seen:
 
 
 class PruningSampler(BaseSampler):
-    """Uniform bisection, then latency ascent, then ``base`` (see the module docstring).
+    """The uniform and effective ladders, the latency ascent, then local steps alternating
+    with ``base`` (see the module docstring).
 
     Args:
         space: The study's search space.
         probe: Signatures, MACs and measured latency of configurations.
         base: The sampler of the exploration phase (TPE, NSGA-II, random).
-        seed: Seeds the mutations of repeated proposals.
+        seed: Seeds local steps and the mutations of repeated proposals.
         min_gain: The relative latency cut a move must measure to be tried.
         screen: How many candidate moves are measured at a time.
-        ladder: Run the uniform ladder (phase 1).
+        ladder: Run the ladders (phase 1).
         ascent: Run the latency ascent (phase 2).
+
+    Example:
+        >>> sampler = PruningSampler(space, ConfigProbe(...), base=optuna.samplers.TPESampler(seed=0))  # doctest: +SKIP
+        >>> study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)  # doctest: +SKIP
     """
 
     def __init__(self, space: SearchSpace, probe: Probe, *, base: BaseSampler, seed: int | None = None,
