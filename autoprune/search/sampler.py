@@ -219,7 +219,8 @@ class PruningSampler(BaseSampler):
     # -- phase 1: the uniform ladders ------------------------------------------------------
     def ladder(self, variables: list[Variable] | None = None) -> list[tuple[float, dict[str, Any], str]]:
         """Configurations with the primary type at one rate on ``variables`` (default: every
-        variable offering it) and dense elsewhere, lowest rate first, one per signature."""
+        variable offering it) and the lightest choice elsewhere (dense where offered), lowest
+        rate first, one per signature."""
         if self.primary is None:
             return []
         offering = [v for v in (variables if variables is not None else self.space.variables)
@@ -236,15 +237,15 @@ class PruningSampler(BaseSampler):
 
     def latency_gains(self, study: optuna.Study) -> dict[str, float]:
         """Per variable, the fraction of the dense latency that pruning it alone (the primary
-        type at its highest rate) saves, timed once side by side with dense and stored on the
-        study (``autoprune.latency_gains``) for every worker."""
+        type at its highest rate) saves, timed once side by side with the lightest configuration
+        (dense, where the space offers it) and stored on the study (``autoprune.latency_gains``) for every worker."""
         stored = study.user_attrs.get(GAINS_ATTR)
         if stored is not None:
             return {k: float(v) for k, v in stored.items()}
         offering = [v for v in self.space.variables if self.primary in v.types] if self.primary else []
         if not offering:
             return {}
-        configs = [{}] + [self._targets(self.space.params_of({v.name: (self.primary, self.space.rates(v)[-1])}))
+        configs = [self._targets(self.space.params_of({}))] + [self._targets(self.space.params_of({v.name: (self.primary, self.space.rates(v)[-1])}))
                           for v in offering]
         stats = self.probe.compare(configs, rounds=SCREEN_ROUNDS)
         gains = {v.name: 1.0 - float(st.median) for v, st in zip(offering, stats[1:])}

@@ -166,17 +166,28 @@ class SearchSpace:
         return [round(r.low + (r.high - r.low) * i / 9, 10) for i in range(10)]
 
     def params_of(self, choices: dict[str, tuple[str, float | None]]) -> dict[str, Any]:
-        """Parameters from ``{variable name: (type, rate)}``; variables not named are dense, and a
-        variable whose type has no rate keeps the rate parameter at its lowest value."""
+        """Parameters from ``{variable name: (type, rate)}``; variables not named take their
+        lightest choice (dense where the variable offers ``none``, else its first type at the
+        lowest rate), and a variable whose type has no rate keeps the rate parameter at its
+        lowest value."""
         params: dict[str, Any] = {}
         for var in self.variables:
-            kind, rate = choices.get(var.name, (NONE_TYPE, None))
+            kind, rate = choices.get(var.name) or self.lightest(var)
             if kind not in var.types:
                 raise ValueError(f"{var.name} does not offer type {kind!r} (it offers {var.types})")
             params[var.type_param] = kind
             if any(has_rate(t) for t in var.types):
                 params[var.rate_param] = var.rate.snap(rate if rate is not None else var.rate.low)
         return params
+
+    @staticmethod
+    def lightest(var: Variable) -> tuple[str, float | None]:
+        """The choice of ``var`` that prunes least: ``none`` where offered, else its first type
+        with a rate at the lowest rate (or its first type, when none has a rate)."""
+        if NONE_TYPE in var.types:
+            return NONE_TYPE, None
+        rated = [t for t in var.types if has_rate(t)]
+        return (rated[0], var.rate.low) if rated else (var.types[0], None)
 
     def choices_of(self, params: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
         """``{variable name: (type, rate)}`` of a parameter dict (rate None for rate-less types)."""

@@ -177,3 +177,21 @@ def test_effective_ladder_leaves_the_layers_whose_pruning_saves_no_time_dense() 
         assert c["layer.conv0"][0] == c["layer.fc"][0] == "none"
         assert len({c[v] for v in ("layer.conv1", "layer.conv2", "layer.conv3")}) == 1
     assert _best(study, {EFFECTIVE}).values[1] < _best(study, {UNIFORM}).values[1] / 2
+
+
+def test_a_space_without_dense_choices_takes_the_lightest_choice_for_the_layers_left_alone() -> None:
+    # no variable offers "none": the effective ladder and the latency gains must not ask for it
+    # (they did, and every trial after the uniform ladder failed with "does not offer type 'none'")
+    variables = [Variable(f"layer.{n}", [n], ["filter"], RateRange(0.3, 0.7, 0.2)) for n in LAYERS]
+    space, probe = SearchSpace("no-dense", variables), FakeProbe()
+    study = _study(space, probe)
+    study.optimize(objective(space, probe), n_trials=8)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
+    gains = study.user_attrs["autoprune.latency_gains"]
+    lightest = {n: LayerTarget("filter", 0.3) for n in LAYERS}
+    # each gain is measured against every layer at the lowest rate, not against dense
+    alone = {**lightest, "conv3": LayerTarget("filter", 0.7)}
+    assert gains["layer.conv3"] == pytest.approx(1 - latency(alone) / latency(lightest))
+    for t in study.trials:
+        assert {k for k, v in t.params.items() if k.endswith(".type")} == {f"layer.{n}.type" for n in LAYERS}
+        assert set(space.choices_of(t.params).values()) <= {("filter", r) for r in (0.3, 0.5, 0.7)}
