@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from autoprune.compact.channels import remove_channels
-from autoprune.latency import LatencySettings, compare_latency, latency_ratio, measure_latency
+from autoprune.compact.kernels import candidate_forms
+from autoprune.latency import DTYPES, LatencySettings, compare_latency, latency_ratio, measure_latency
 from autoprune.projection import Projector
 
 __all__ = ["CompactResult", "LayerChoice", "compact_model", "remove_channels"]
@@ -85,9 +86,6 @@ def compact_model(
     choices: dict[str, LayerChoice] = {}
     if not sparse_layers:
         return CompactResult(compact.to(device), choices)
-    from autoprune.compact.kernels import candidate_forms
-    from autoprune.latency import DTYPES
-
     shapes = _input_shapes(compact, example_input.cpu(), sparse_layers)
     dtype = DTYPES[latency.dtype]
     quick = dataclasses.replace(latency, warmup=3, repeats=15, min_seconds=0.1)

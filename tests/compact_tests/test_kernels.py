@@ -428,10 +428,11 @@ def fake_cuda(monkeypatch):  # noqa: ANN001, ANN201
     """CPU tensors pass the "on CUDA" guard, forms stay on the CPU, the GPU has compute
     capability ``fake_cuda["capability"]`` and ``to_sparse_semi_structured`` returns the
     masked dense weight (or raises ``fake_cuda["convert_error"]``)."""
-    import autoprune.compact.kernels as kernels
+    import autoprune.compact.kernels.forms as forms
+    import autoprune.compact.kernels.semi_structured as semi
 
     state = {"capability": (8, 0), "convert_error": None, "converted": 0}
-    real_finish = kernels._finish
+    real_finish = forms._finish
 
     def convert(w):  # noqa: ANN001, ANN202
         if state["convert_error"] is not None:
@@ -439,16 +440,17 @@ def fake_cuda(monkeypatch):  # noqa: ANN001, ANN201
         state["converted"] += 1
         return w
 
-    monkeypatch.setattr(kernels, "_on_cuda", lambda t: True)
-    monkeypatch.setattr(kernels, "_finish", lambda m, device, dtype: real_finish(m, CPU, dtype))
+    monkeypatch.setattr(semi, "_on_cuda", lambda t: True)
+    monkeypatch.setattr(forms, "_finish", lambda m, device, dtype: real_finish(m, CPU, dtype))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: state["capability"])
     monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", convert)
     return state
 
 
 def test_semi_structured_weight_guards(fake_cuda, monkeypatch) -> None:  # noqa: ANN001
-    import autoprune.compact.kernels as kernels
-    from autoprune.compact.kernels import SemiStructuredUnsupported, _semi_structured_weight
+    import autoprune.compact.kernels.semi_structured as semi
+    from autoprune.compact.kernels import SemiStructuredUnsupported
+    from autoprune.compact.kernels.semi_structured import _semi_structured_weight
 
     torch.manual_seed(0)
     w = torch.randn(16, 32, dtype=torch.bfloat16)
@@ -467,7 +469,7 @@ def test_semi_structured_weight_guards(fake_cuda, monkeypatch) -> None:  # noqa:
     fake_cuda["convert_error"] = RuntimeError("shape not supported by cuSPARSELt")
     with pytest.raises(SemiStructuredUnsupported, match=r"cannot be made semi-structured here: shape not supported"):
         _semi_structured_weight(w, mask, "L")
-    monkeypatch.setattr(kernels, "_on_cuda", lambda t: t.device.type == "cuda")  # the real guard
+    monkeypatch.setattr(semi, "_on_cuda", lambda t: t.device.type == "cuda")  # the real guard
     with pytest.raises(ValueError, match=r"L needs a CUDA weight; this one is on cpu"):
         _semi_structured_weight(w, mask, "L")
 
@@ -507,12 +509,12 @@ def test_semi_structured_candidates_on_a_faked_gpu(fake_cuda) -> None:  # noqa: 
 
 def test_semi_structured_candidates_let_other_errors_through(fake_cuda, monkeypatch) -> None:  # noqa: ANN001
     """Only "this GPU cannot" drops the candidate; a bug is not swallowed."""
-    import autoprune.compact.kernels as kernels
+    import autoprune.compact.kernels.semi_structured as semi
 
     def broken(weight, mask, who):  # noqa: ANN001, ANN202
         raise ValueError("a bug in the 2:4 path")
 
-    monkeypatch.setattr(kernels, "_semi_structured_weight", broken)
+    monkeypatch.setattr(semi, "_semi_structured_weight", broken)
     lin = nn.Linear(32, 16)
     with pytest.raises(ValueError, match="a bug in the 2:4 path"):
         candidate_forms(lin, get_sparsity("2:4").mask(lin.weight, None), device=torch.device("cuda"),
@@ -537,6 +539,60 @@ def test_semi_structured_conv_forward_is_the_1x1_conv(stride: tuple[int, int], b
             _assert_same(out, ref(x))
             assert out.is_contiguous()
         _assert_same(layer(x[0]), ref(x[0]))  # unbatched
+
+
+# --------------------------------------------------------------------- to_dense
+def _kernels_on_the_cpu() -> list[tuple[str, nn.Module, torch.Tensor, nn.Module]]:
+    """One of each kernel form (and padding case) with an input and its masked dense reference;
+    the 2:4 forms with a CPU stand-in weight (their constructors take any weight)."""
+    torch.manual_seed(3)
+    out = []
+    for padding in (1, "same"):  # "same" with an even kernel: uneven padding
+        conv = nn.Conv2d(8, 12, (3, 4) if padding == "same" else 3, padding=padding).eval()
+        x = torch.randn(2, 8, 9, 9)
+        mask = get_sparsity("shape").mask(conv.weight, 0.7)
+        out.append((f"shape-gemm/{padding}", ShapeSparseConv2d.from_conv(conv, column_structure(mask)[0]), x,
+                    _masked(conv, mask)))
+        mask = get_sparsity("irregular").mask(conv.weight, 0.7)
+        out.append((f"csr-conv/{padding}", CSRConv2d.from_conv(conv, mask), x, _masked(conv, mask)))
+    lin = nn.Linear(32, 16).eval()
+    mask = get_sparsity("irregular").mask(lin.weight, 0.7)
+    out.append(("csr-linear", CSRLinear.from_linear(lin, mask), torch.randn(5, 32), _masked(lin, mask)))
+    mask = get_sparsity("2:4").mask(lin.weight, None)
+    semi = SemiStructuredLinear(lin.weight.detach() * mask, lin.bias.detach(), 32, 16)
+    out.append(("semi-linear", semi, torch.randn(5, 32), _masked(lin, mask)))
+    conv = nn.Conv2d(32, 16, 1, stride=2).eval()
+    mask = get_sparsity("2:4").mask(conv.weight, None)
+    semi = SemiStructuredLinear((conv.weight.detach() * mask).reshape(16, 32), conv.bias.detach(), 32, 16)
+    out.append(("semi-conv", SemiStructuredConv2d(semi, (2, 2)), torch.randn(2, 32, 9, 9), _masked(conv, mask)))
+    return out
+
+
+@pytest.mark.parametrize("case", range(len(_kernels_on_the_cpu())))
+def test_to_dense_is_the_plain_masked_layer(case: int) -> None:
+    name, kernel, x, ref = _kernels_on_the_cpu()[case]
+    dense = kernel.eval().to_dense().eval()
+    plain = [m for m in dense.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert len(plain) == 1 and type(plain[0]) is type(ref), name
+    assert not [m for m in dense.modules() if type(m).__module__.startswith("autoprune")], name
+    assert plain[0].weight.device == x.device and plain[0].weight.dtype == x.dtype
+    with torch.no_grad():
+        _assert_same(dense(x), kernel(x))
+        _assert_same(dense(x), ref(x))
+    assert torch.equal(plain[0].weight != 0, ref.weight != 0)  # zeros exactly where masked
+
+
+def test_every_kernel_class_has_to_dense() -> None:
+    import autoprune.compact.kernels as kernels
+
+    forms = [getattr(kernels, n) for n in kernels.__all__]
+    forms = [c for c in forms if isinstance(c, type) and issubclass(c, nn.Module)
+             and c not in (kernels.GatherConv2d, kernels.CSRWeight)]
+    assert {c.__name__ for c in forms} == {"ShapeSparseConv2d", "CSRConv2d", "CSRLinear", "SemiStructuredLinear",
+                                            "SemiStructuredConv2d"}
+    tested = {type(k).__name__ for _, k, _, _ in _kernels_on_the_cpu()}
+    assert tested == {c.__name__ for c in forms}  # the test above covers every form
+    assert all(callable(getattr(c, "to_dense", None)) for c in forms)
 
 
 # --------------------------------------------------------------------- CUDA
@@ -595,6 +651,11 @@ def test_semi_structured_linear_and_1x1_conv(dtype: torch.dtype) -> None:
     with torch.no_grad():
         ref = forms["dense"](x).float()
         _assert_same(forms["semi-structured"](x).float(), ref, rtol=2e-2, atol=2e-2)
+
+    dense = forms["semi-structured"].to_dense()  # the real 2:4 weight back as a plain conv
+    assert type(dense) is nn.Conv2d and dense.weight.dtype == dtype and dense.weight.device.type == "cuda"
+    with torch.no_grad():
+        _assert_same(dense(x).float(), ref, rtol=2e-2, atol=2e-2)
 
     irregular = get_sparsity("irregular").mask(lin.weight, 0.5)
     assert "semi-structured" not in candidate_forms(lin, irregular, device=dev, dtype=dtype)
