@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from autoprune.errors import ConfigError, UserError
+from autoprune.params import Interval, Param, validate_params
 
 NONE_TYPE = "none"
 
@@ -50,6 +53,26 @@ class LayerTarget:
         if self.rate is not None:
             out["rate"] = float(self.rate)
         return out
+
+
+def _admm(name: str, constraint: Interval, optional: bool = False) -> Param:
+    return Param(f"The '{name}' ADMM setting", constraint, optional)
+
+
+#: What each ADMM setting must be (``rho_max`` must also be at least ``rho``).
+ADMM_PARAMS = {
+    "iters": _admm("iters", Interval(int, 0, None)),
+    "epochs": _admm("epochs", Interval(float, 0, None, closed="neither")),
+    "steps": _admm("steps", Interval(int, 0, None, closed="neither"), optional=True),
+    "rho": _admm("rho", Interval(float, 0, None, closed="neither")),
+    "rho_growth": _admm("rho_growth", Interval(float, 1, None)),
+    "rho_max": _admm("rho_max", Interval(float, 0, None, closed="neither")),
+    "retrain_epochs": _admm("retrain_epochs", Interval(float, 0, None)),
+    "lr": _admm("lr", Interval(float, 0, None, closed="neither")),
+    "momentum": _admm("momentum", Interval(float, 0, 1, closed="left")),
+    "weight_decay": _admm("weight_decay", Interval(float, 0, None)),
+    "batch_size": _admm("batch_size", Interval(int, 1, None)),
+}
 
 
 @dataclass(frozen=True)
@@ -83,22 +106,9 @@ class AdmmSettings:
     batch_size: int = 64
 
     def __post_init__(self) -> None:
-        checks = [
-            ("iters", self.iters >= 0, "an integer >= 0"),
-            ("epochs", self.epochs > 0, "> 0"),
-            ("steps", self.steps is None or self.steps > 0, "> 0"),
-            ("rho", self.rho > 0, "> 0"),
-            ("rho_growth", self.rho_growth >= 1, ">= 1"),
-            ("rho_max", self.rho_max >= self.rho, ">= rho"),
-            ("retrain_epochs", self.retrain_epochs >= 0, ">= 0"),
-            ("lr", self.lr > 0, "> 0"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-        ]
-        for name, ok, want in checks:
-            if not ok:
-                raise ConfigError(f"The '{name}' ADMM setting must be {want}. Got {getattr(self, name)} instead.")
+        validate_params(self, ADMM_PARAMS, error=ConfigError)
+        if self.rho_max < self.rho:
+            raise ConfigError(f"The 'rho_max' ADMM setting must be >= rho ({self.rho:g}). Got {self.rho_max} instead.")
 
     def replace(self, **changes: Any) -> AdmmSettings:
         """Return a copy with the given (non-None) fields changed."""
@@ -146,18 +156,18 @@ class PruneConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: expected a mapping with keys model, dataset, layers; got {type(raw).__name__}.")
         allowed = {"model", "dataset", "checkpoint", "data_dir", "seed", "layers", "admm", "channel_multiple", "origin"}
-        _reject_unknown(raw, allowed, source)
+        reject_unknown_keys(raw, allowed, source)
         for key in ("model", "dataset", "layers"):
             if key not in raw:
                 raise ConfigError(f"{source}: missing required key '{key}'.")
         if not isinstance(raw["layers"], dict) or not raw["layers"]:
             raise ConfigError(f"{source}: 'layers' must map layer names or globs to {{type, rate}}.")
-        layers = {str(pat): _parse_target(val, f"{source}: layers['{pat}']") for pat, val in raw["layers"].items()}
+        layers = {str(pat): parse_target(val, f"{source}: layers['{pat}']") for pat, val in raw["layers"].items()}
         admm_raw = raw.get("admm") or {}
         if not isinstance(admm_raw, dict):
             raise ConfigError(f"{source}: 'admm' must be a mapping.")
         fields = {f.name for f in dataclasses.fields(AdmmSettings)}
-        _reject_unknown(admm_raw, fields, f"{source}: admm")
+        reject_unknown_keys(admm_raw, fields, f"{source}: admm")
         try:
             admm = AdmmSettings(**admm_raw)
         except TypeError as exc:  # wrong value types
@@ -201,15 +211,11 @@ class PruneConfig:
         return out
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:  # noqa: ANN401
     """A YAML file's content, with one clear error for a missing file or bad YAML."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} '{p}' does not exist{missing_hint}.")
@@ -220,13 +226,15 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
         raise ConfigError(f"{what} '{p}' is not valid YAML: {first}") from None
 
 
-def _reject_unknown(raw: dict, allowed: set[str], where: str) -> None:
+def reject_unknown_keys(raw: dict, allowed: set[str], where: str) -> None:
+    """Refuse a mapping with a key outside ``allowed`` (``where`` starts the message)."""
     unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(sorted(allowed))}).")
 
 
-def _parse_target(val: Any, where: str) -> LayerTarget:
+def parse_target(val: Any, where: str) -> LayerTarget:  # noqa: ANN401
+    """A layer target as YAML writes it: ``{type, rate}``, ``filter:0.5``, ``2:4`` or ``none``."""
     if isinstance(val, str):  # shorthand "filter:0.5", "2:4" or "none"
         if re.fullmatch(r"\s*\d+\s*:\s*\d+\s*", val):
             return LayerTarget(val.replace(" ", ""))
@@ -241,7 +249,7 @@ def _parse_target(val: Any, where: str) -> LayerTarget:
             raise ConfigError(f"{where}: cannot read '{val}'; write {{type: filter, rate: 0.5}}.") from None
     if not isinstance(val, dict):
         raise ConfigError(f"{where}: expected {{type: ..., rate: ...}}, got {val!r}.")
-    _reject_unknown(val, {"type", "rate"}, where)
+    reject_unknown_keys(val, {"type", "rate"}, where)
     if "type" not in val:
         raise ConfigError(f"{where}: missing 'type'.")
     rate = val.get("rate")
@@ -253,7 +261,8 @@ def _parse_target(val: Any, where: str) -> LayerTarget:
     return LayerTarget(str(val["type"]), rate)
 
 
-def _specificity(pattern: str) -> int:
+def pattern_specificity(pattern: str) -> int:
+    """How specific a layer glob is: its literal characters (the more, the more specific)."""
     return sum(1 for ch in pattern if ch not in "*?[]")
 
 
@@ -278,7 +287,7 @@ def resolve_layer_targets(
             )
         exact = pattern in layer_names
         for name in matches:
-            key = (1 if exact else 0, _specificity(pattern), -order)
+            key = (1 if exact else 0, pattern_specificity(pattern), -order)
             if name not in chosen or key > chosen[name][0]:
                 chosen[name] = (key, target)
     ordered = [n for n in layer_names if n in chosen]

@@ -12,15 +12,21 @@ time. Which layers pay off is for the measured latency to say. The schema::
     rate: {low: 0.1, high: 0.9, step: 0.1}
     overrides:                       # per-layer changes by glob (the most specific wins)
       "layer3.*": {types: [none, filter], rate: {low: 0.3, high: 0.9, step: 0.1}}
-    groups:                          # layers that share one variable (small spaces for big nets)
+    groups:                          # layer sets: layers that share one variable (small spaces for big nets)
       stage1: ["layer1.*"]           # or {layers: [...], types: [...], rate: {...}}
     fixed:                           # layers set to one target, not searched
       "layer3.2.conv2": {type: filter, rate: 0.5}
       "fc": none
 
-Every searched layer (or group) is one *variable* with two Optuna parameters:
+Every searched layer (or layer set) is one *variable* with two Optuna parameters:
 ``layer.<name>.type`` (or ``group.<name>.type``) and, for types with a rate,
-``layer.<name>.rate``. A type that cannot apply to a layer (filter pruning on a channel
+``layer.<name>.rate``.
+
+Words: a ``groups:`` entry of a space is a *layer set*, several layers that share one
+searched variable (its parameters keep the ``group.`` prefix, which studies store). It is
+neither a *channel group* (:class:`autoprune.groups.ChannelGroup`: coupled channels that
+are removed together) nor a sparsity type's *pruning group* (the filters, columns or
+weights a rate counts). A type that cannot apply to a layer (filter pruning on a channel
 group that must keep its width, N:M on a layer whose input is not a multiple of M) is
 dropped from that variable with a note. Unknown keys, unknown types and patterns that
 match no layer are errors.
@@ -30,13 +36,24 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.config import NONE_TYPE, LayerTarget, _parse_target, _reject_unknown, _specificity, read_yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+from autoprune.config import (
+    NONE_TYPE,
+    LayerTarget,
+    parse_target,
+    pattern_specificity,
+    read_yaml,
+    reject_unknown_keys,
+)
 from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
+from autoprune.sparsity import get_sparsity
 
 DEFAULT_TYPES_CONV = (NONE_TYPE, "filter", "shape")
 DEFAULT_TYPES_LINEAR = (NONE_TYPE, "filter", "irregular")
@@ -45,8 +62,6 @@ DEFAULT_RATE = {"low": 0.1, "high": 0.9, "step": 0.1}
 def _spaces_dir() -> Path:
     """``search_spaces/`` of the source tree (editable installs), else the copy a regular
     install puts under ``<prefix>/share/autoprune/search_spaces``."""
-    import sys
-
     tree = Path(__file__).resolve().parents[2] / "search_spaces"
     installed = Path(sys.prefix) / "share" / "autoprune" / "search_spaces"
     return tree if tree.is_dir() or not installed.is_dir() else installed
@@ -75,9 +90,9 @@ class RateRange:
 
 @dataclass
 class Variable:
-    """One searched choice: a layer, or a group of layers that share it."""
+    """One searched choice: a layer, or a layer set (a space's ``groups:`` entry) whose layers share it."""
 
-    name: str  # parameter prefix: "layer.features.3" or "group.stage1"
+    name: str  # parameter prefix: "layer.features.3", or "group.stage1" for a layer set
     layers: list[str]
     types: list[str]
     rate: RateRange
@@ -148,8 +163,6 @@ class SearchSpace:
 
     def distributions(self) -> dict[str, Any]:
         """Optuna's distribution of every parameter :meth:`suggest` asks for, by name."""
-        from optuna.distributions import CategoricalDistribution, FloatDistribution
-
         out: dict[str, Any] = {}
         for var in self.variables:
             out[var.type_param] = CategoricalDistribution(var.types)
@@ -241,8 +254,6 @@ class SearchSpace:
 def has_rate(kind: str) -> bool:
     if kind == NONE_TYPE:
         return False
-    from autoprune.sparsity import get_sparsity
-
     return get_sparsity(kind).name != "n:m" and ":" not in kind
 
 
@@ -292,7 +303,7 @@ _TOP_KEYS = {"model", "include", "types", "rate", "overrides", "groups", "fixed"
 def _rate(raw: Any, where: str) -> RateRange:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: 'rate' must be a mapping {{low, high, step}}, got {raw!r}.")
-    _reject_unknown(raw, {"low", "high", "step"}, f"{where}: rate")
+    reject_unknown_keys(raw, {"low", "high", "step"}, f"{where}: rate")
     try:
         low = float(raw.get("low", DEFAULT_RATE["low"]))
         high = float(raw.get("high", DEFAULT_RATE["high"]))
@@ -310,8 +321,6 @@ def _rate(raw: Any, where: str) -> RateRange:
 
 
 def _types(raw: Any, where: str) -> list[str]:
-    from autoprune.sparsity import get_sparsity
-
     if not isinstance(raw, list) or not raw:
         raise ConfigError(f"{where}: 'types' must be a non-empty list such as [none, filter, shape], got {raw!r}.")
     out = []
@@ -341,8 +350,6 @@ def _applicable(kind: str, layers: list[str], graph: ChannelGraph, model_modules
     """None if ``kind`` can prune every layer, else why not."""
     if kind == NONE_TYPE:
         return None
-    from autoprune.sparsity import get_sparsity
-
     stype = get_sparsity(kind)
     for layer in layers:
         if stype.structured == "out":
@@ -368,7 +375,7 @@ def space_from_dict(
     where = f"search space '{source}'"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping with keys such as types, rate, overrides, groups, fixed.")
-    _reject_unknown(raw, _TOP_KEYS, where)
+    reject_unknown_keys(raw, _TOP_KEYS, where)
     if model_name is not None and raw.get("model") is not None and str(raw["model"]) != model_name:
         raise ConfigError(f"{where} is written for model '{raw['model']}', not '{model_name}'; pick the matching --space.")
     names = list(graph.layers)
@@ -402,9 +409,9 @@ def space_from_dict(
         w = f"{where}: overrides['{pat}']"
         if not isinstance(val, dict):
             raise ConfigError(f"{w}: expected {{types: [...], rate: {{...}}}}, got {val!r}.")
-        _reject_unknown(val, {"types", "rate"}, w)
+        reject_unknown_keys(val, {"types", "rate"}, w)
         for n in _match(str(pat), searched, w):
-            key = (1 if pat == n else 0, _specificity(str(pat)), -order)
+            key = (1 if pat == n else 0, pattern_specificity(str(pat)), -order)
             if n in best and best[n] > key:
                 continue
             best[n] = key
@@ -420,10 +427,8 @@ def space_from_dict(
         raise ConfigError(f"{where}: 'fixed' must map layer globs to a target such as {{type: filter, rate: 0.5}} or none.")
     for pat, val in fixed_raw.items():
         w = f"{where}: fixed['{pat}']"
-        target = _parse_target(val, w)
+        target = parse_target(val, w)
         if target.type != NONE_TYPE:
-            from autoprune.sparsity import get_sparsity
-
             try:
                 get_sparsity(target.type).check_rate(target.rate)
             except Exception as exc:
@@ -435,7 +440,7 @@ def space_from_dict(
             fixed[n] = target
     searched = [n for n in searched if n not in fixed]
 
-    # groups: one variable for several layers
+    # groups: layer sets, one variable for several layers
     groups_raw = raw.get("groups") or {}
     if not isinstance(groups_raw, dict):
         raise ConfigError(f"{where}: 'groups' must map a group name to a list of layer globs.")
@@ -448,7 +453,7 @@ def space_from_dict(
             val = {"layers": val}
         if not isinstance(val, dict):
             raise ConfigError(f"{w}: expected a list of layer globs or {{layers, types, rate}}.")
-        _reject_unknown(val, {"layers", "types", "rate"}, w)
+        reject_unknown_keys(val, {"layers", "types", "rate"}, w)
         pats = val.get("layers")
         if not isinstance(pats, list) or not pats:
             raise ConfigError(f"{w}: 'layers' must be a non-empty list of layer globs.")
@@ -473,7 +478,7 @@ def space_from_dict(
         rate = _rate(val["rate"], w) if "rate" in val else layer_rate.get(members[0], base_rate)
         group_vars[gname] = Variable(f"group.{gname}", members, types, rate)
 
-    # variables in graph order: a group sits where its first layer is
+    # variables in graph order: a layer set sits where its first layer is
     placed: set[str] = set()
     for n in names:
         if n in grouped:
