@@ -7,7 +7,12 @@ import os
 from typing import Any
 
 import torch
+
+from autoprune.admm import apply_masks
+from autoprune.checkpoint import load_checkpoint
+from autoprune.compact import compact_model
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.dense import model_input
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
@@ -19,6 +24,18 @@ from autoprune.latency import (
     compare_latency,
     latency_ratio,
 )
+from autoprune.models import create_model
+from autoprune.params import Interval, Param, validate_params
+from autoprune.projection import Projector
+from autoprune.sparsity import get_sparsity
+from autoprune.stats import layer_stats, model_counts
+
+#: What the measurement settings of ``autoprune bench`` must be (named by their flags).
+BENCH_PARAMS = {
+    "batch_size": Param("--batch-size", Interval(int, 1, None)),
+    "threads": Param("--threads", Interval(int, 1, None), optional=True),
+    "repeats": Param("--repeats", Interval(int, 1, None)),
+}
 
 
 def parse_uniform(spec: str) -> LayerTarget:
@@ -41,8 +58,6 @@ def uniform_targets(graph: ChannelGraph, target: LayerTarget,
     channel targets, only layers whose channel group can be pruned; and only layers the
     sparsity type applies to (2:4 needs a multiple of 4 weights per GEMM row). A layer left
     out because the type does not apply is described in ``skipped`` (when given)."""
-    from autoprune.sparsity import get_sparsity
-
     stype = get_sparsity(target.type)
     side = stype.structured
     out = {}
@@ -61,10 +76,31 @@ def uniform_targets(graph: ChannelGraph, target: LayerTarget,
     return out
 
 
+def _bench_model(model_name: str, dataset: str | None, checkpoint: str | os.PathLike | None,
+                 input_shape: tuple[int, int, int] | None, num_classes: int | None,
+                 data_dir: str | None) -> tuple[torch.nn.Module, tuple[int, ...], str]:
+    """The dense model to measure, its input shape, and where that input came from: the
+    checkpoint's, ``--input-shape``, the dataset's, or the model's native input."""
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.model != model_name:
+            raise UserError(f"checkpoint '{checkpoint}' holds model '{ckpt.model}', not '{model_name}'.")
+        return ckpt.build(), (ckpt.in_channels, *ckpt.image_size), "the checkpoint's input"
+    if input_shape is None:
+        inp = model_input(model_name, dataset, data_dir=data_dir)
+        shape, source, num_classes = inp.shape, inp.source, num_classes or inp.num_classes
+    else:
+        shape, source = tuple(input_shape), "--input-shape"
+    torch.manual_seed(0)
+    model = create_model(model_name, in_channels=shape[0], num_classes=num_classes or 10,
+                         image_size=(shape[1], shape[2]))
+    return model, shape, source
+
+
 def run_bench(
     model_name: str,
     *,
-    dataset: str = "digits",
+    dataset: str | None = None,
     checkpoint: str | os.PathLike | None = None,
     config: PruneConfig | None = None,
     uniform: str | None = None,
@@ -77,16 +113,12 @@ def run_bench(
 ) -> dict[str, Any]:
     """Prune by magnitude projection to the targets, compact, and measure dense vs compacted.
 
+    The input is the checkpoint's, else ``input_shape``, else the dataset's, else the model's
+    native input (a torchvision model's 3×224×224; see :func:`autoprune.dense.model_input`).
     ``channel_multiple`` rounds kept channels to a block: an integer, or ``auto`` for the
     device's channel block (:func:`autoprune.device.channel_block`). Default: the config's
     value with ``--config``, else ``auto``."""
-    from autoprune.admm import apply_masks
-    from autoprune.checkpoint import load_checkpoint
-    from autoprune.compact import compact_model
-    from autoprune.models import create_model
-    from autoprune.projection import Projector
-    from autoprune.stats import layer_stats, model_counts
-
+    validate_params(latency, BENCH_PARAMS)
     check_dtype(latency.dtype, device)
     channel_multiple = parse_channel_multiple(channel_multiple)
     if (config is None) == (uniform is None):
@@ -94,24 +126,8 @@ def run_bench(
     if config is not None:
         model_name, dataset = config.model, config.dataset
         checkpoint = checkpoint or config.checkpoint
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.model != model_name:
-            raise UserError(f"checkpoint '{checkpoint}' holds model '{ckpt.model}', not '{model_name}'.")
-        model = ckpt.build()
-        shape = (ckpt.in_channels, *ckpt.image_size)
-    else:
-        if input_shape is None:
-            from autoprune.data import get_dataset
-
-            splits = get_dataset(dataset, data_dir=config.data_dir if config else None)
-            shape = (splits.in_channels, *splits.image_size)
-            num_classes = num_classes or splits.num_classes
-        else:
-            shape = tuple(input_shape)
-        torch.manual_seed(0)
-        model = create_model(model_name, in_channels=shape[0], num_classes=num_classes or 10,
-                             image_size=(shape[1], shape[2]))
+    model, shape, input_from = _bench_model(model_name, dataset, checkpoint, input_shape, num_classes,
+                                            config.data_dir if config else None)
     model.eval()
     example = torch.randn(1, *shape)
     graph = ChannelGraph(model, example)
@@ -165,6 +181,7 @@ def run_bench(
     return {
         "model": model_name,
         "input_shape": list(shape),
+        "input_from": input_from,
         "device": str(device),
         "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype, "channels_last": latency.channels_last,
                      "fold_bn": latency.fold_bn, "steady_memory": dense_lat.steady_memory, "threads": latency.threads,

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 1  # the reader of stdout went away (`| head`): Python's and rich's status for it
 
 
 def _add_common_data(p: argparse.ArgumentParser) -> None:
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("layers", help="list the prunable layers of a model and their channel couplings")
     p.add_argument("--model", required=True)
-    p.add_argument("--dataset", default="digits", help="sets input channels, size and classes (default: %(default)s)")
+    p.add_argument("--dataset", default=None, help="sets input channels, size and classes (default: the model's native "
+                                                   "input, 3×224×224 for a torchvision model, else digits)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", action="store_true")
 
@@ -89,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure dense vs compacted latency of a pruning config on a device")
     p.add_argument("--model", default=None, help="model name (taken from --config when given)")
-    p.add_argument("--dataset", default="digits", help="sets input shape and classes (default: %(default)s)")
+    p.add_argument("--dataset", default=None, help="sets input shape and classes (default: the model's native input, "
+                                                   "3×224×224 for a torchvision model, else digits)")
     p.add_argument("--checkpoint", default=None)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--config", default=None, help="YAML config whose 'layers' give the targets")
@@ -206,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from autoprune.dense import input_label
     from autoprune.pipeline import list_layers
 
     rows = list_layers(args.model, args.dataset, data_dir=args.data_dir)
@@ -215,7 +220,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"prunable layers of {args.model} ({args.dataset} inputs)")
+    table = Table(title=f"prunable layers of {args.model} ({input_label(args.model, args.dataset)} inputs)")
     for col in ("name", "kind", "weight shape", "MACs", "filters", "channels", "coupled with"):
         table.add_column(col, justify="right" if col == "MACs" else "left", overflow="fold")
     for r in rows:
@@ -358,9 +363,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
             shape = ()
         if len(shape) != 3 or min(shape) <= 0:
             raise UserError(f"--input-shape '{args.input_shape}' is not C,H,W (e.g. 3,224,224).")
-    for flag, value in (("--batch-size", args.batch_size), ("--threads", args.threads), ("--repeats", args.repeats)):
-        if value is not None and value < 1:
-            raise UserError(f"{flag} must be at least 1. Got {value} instead.")
     if config is not None and args.model and args.model != config.model:
         raise UserError(f"--model {args.model} differs from the config's model '{config.model}'; drop --model "
                         f"(the config names the model) or use a config for {args.model}.")
@@ -383,7 +385,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     layout += ", steady memory" if d["latency"]["steady_memory"] else ""
     multiple = r["settings"]["channel_multiple"]
     rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
-    console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))}, batch {latency.batch_size}, "
+    console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))} ({r['input_from']}), "
+                  f"batch {latency.batch_size}, "
                   f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}")
     for label, lat, macs, params in (("dense    ", d["latency"], d["macs_dense"], d["params"]),
                                      ("compacted", c["latency"], c["macs"], c["params_compact"])):
@@ -514,13 +517,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     from autoprune.errors import UserError
 
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return code
+    except BrokenPipeError:  # `autoprune layers --json | head`: the reader is gone; end quietly
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except UserError as exc:
         print(f"autoprune: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("autoprune: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not raise again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Library entry points behind the CLI: train a baseline, list layers, prune from a config.
 
 Each function does the whole job and returns plain data (dicts of numbers and names),
-so the CLI only prints, and tests call these directly.
+so the CLI only prints, and tests call these directly. The dense model's input, data and
+checkpoint come from :mod:`autoprune.dense` (re-exported here).
 """
 
 from __future__ import annotations
@@ -16,117 +17,37 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint
+from autoprune import admm
 from autoprune.config import AdmmSettings, PruneConfig, resolve_layer_targets
+from autoprune.dense import (
+    build_model,
+    checkpoint_for,
+    example_input,
+    load_dataset,
+    model_input,
+    train_baseline,
+)
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
+from autoprune.models import check_model_input, create_model
 from autoprune.progress import Reporter
-from autoprune.train import TrainSettings, evaluate, seed_everything, train_model
+from autoprune.projection import Projector
+from autoprune.stats import layer_stats, model_counts
+from autoprune.train import evaluate, seed_everything
 
-
-def load_dataset(name: str, *, data_dir: str | None = None, download: bool = False):  # noqa: ANN201
-    """The dataset's splits; validation is always carved with the same fixed seed (0)."""
-    from autoprune.data import get_dataset
-
-    return get_dataset(name, data_dir=data_dir, download=download)
-
-
-def build_model(name: str, splits) -> nn.Module:  # noqa: ANN001
-    from autoprune.models import check_model_input, create_model
-
-    model = create_model(name, in_channels=splits.in_channels, num_classes=splits.num_classes,
-                         image_size=tuple(splits.image_size))
-    check_model_input(model, splits.in_channels, tuple(splits.image_size), name=name)
-    return model
-
-
-def example_input(splits, batch: int = 1) -> torch.Tensor:  # noqa: ANN001
-    return torch.zeros(batch, splits.in_channels, *splits.image_size)
-
-
-# -- train -----------------------------------------------------------------------
-def train_baseline(
-    model_name: str,
-    dataset_name: str,
-    *,
-    epochs: int | None = None,
-    device: torch.device,
-    seed: int = 0,
-    data_dir: str | None = None,
-    download: bool = False,
-    out: str | os.PathLike | None = None,
-    batch_size: int | None = None,
-    lr: float | None = None,
-    reporter: Reporter | None = None,
-) -> tuple[Checkpoint, Path]:
-    """Train the dense baseline and write its checkpoint; returns it and where it went."""
-    splits = load_dataset(dataset_name, data_dir=data_dir, download=download)
-    seed_everything(seed)
-    model = build_model(model_name, splits)
-    settings = TrainSettings()
-    changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
-    if changes:
-        from dataclasses import replace
-
-        settings = replace(settings, **changes)
-    if settings.epochs < 1:
-        raise UserError(f"--epochs must be at least 1. Got {settings.epochs} instead.")
-    result = train_model(model, splits.train, splits.val, device=device, settings=settings, seed=seed,
-                         reporter=reporter)
-    test_acc = evaluate(model, splits.test, device=device)
-    ckpt = Checkpoint(
-        model=model_name,
-        dataset=splits.name,
-        in_channels=splits.in_channels,
-        num_classes=splits.num_classes,
-        image_size=tuple(splits.image_size),
-        state_dict=model.state_dict(),
-        metrics={"val_acc": result["val_acc"], "test_acc": test_acc, "train_loss": result["train_loss"]},
-        seed=seed,
-        epochs=settings.epochs,
-    )
-    path = Path(out) if out is not None else default_checkpoint_path(model_name, splits.name)
-    ckpt.save(path)
-    return ckpt, path
-
-
-def checkpoint_for(
-    config: PruneConfig, dataset_name: str, *, device: torch.device, reporter: Reporter | None = None,
-    runs_dir: str | os.PathLike = "runs",
-) -> tuple[Checkpoint, Path, bool]:
-    """The config's dense baseline: loaded from ``checkpoint``, or trained and cached under
-    ``<runs_dir>/baselines/`` when absent.
-
-    Returns:
-        (checkpoint, path, trained_now)
-    """
-    if config.checkpoint is not None:
-        path = Path(config.checkpoint)
-        ckpt = load_checkpoint(path)
-        trained = False
-    else:
-        path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
-        if path.is_file():
-            ckpt, trained = load_checkpoint(path), False
-        else:
-            (reporter or Reporter()).log(f"no checkpoint given: training the dense baseline into {path}")
-            ckpt, path = train_baseline(config.model, config.dataset, device=device, seed=config.seed,
-                                        data_dir=config.data_dir, reporter=reporter, out=path)
-            trained = True
-    if ckpt.model != config.model or ckpt.dataset != dataset_name:
-        raise UserError(
-            f"checkpoint '{path}' holds model '{ckpt.model}' on dataset '{ckpt.dataset}', but the config asks for "
-            f"'{config.model}' on '{config.dataset}'; point 'checkpoint' at a matching file."
-        )
-    return ckpt, path, trained
+__all__ = ["PruneOutcome", "build_model", "checkpoint_for", "example_input", "list_layers", "load_dataset",
+           "run_prune", "train_baseline", "write_prune_outputs"]
 
 
 # -- layers ----------------------------------------------------------------------
-def list_layers(model_name: str, dataset_name: str = "digits", *, data_dir: str | None = None) -> list[dict[str, Any]]:
-    """The prunable layers of a model, as ``autoprune layers`` prints them."""
-    splits = load_dataset(dataset_name, data_dir=data_dir)
-    model = build_model(model_name, splits)
-    graph = ChannelGraph(model, example_input(splits))
+def list_layers(model_name: str, dataset_name: str | None = None, *, data_dir: str | None = None) -> list[dict[str, Any]]:
+    """The prunable layers of a model, as ``autoprune layers`` prints them, for the dataset's
+    inputs or, without one, the model's native input (:func:`autoprune.dense.model_input`)."""
+    inp = model_input(model_name, dataset_name, data_dir=data_dir)
+    model = create_model(model_name, in_channels=inp.in_channels, num_classes=inp.num_classes,
+                         image_size=inp.image_size)
+    check_model_input(model, inp.in_channels, inp.image_size, name=model_name)
+    graph = ChannelGraph(model, torch.zeros(1, *inp.shape))
     rows = []
     for info in graph.layers.values():
         rows.append({
@@ -173,10 +94,6 @@ def run_prune(
         overrides: ADMM settings that replace the config's (None values are ignored).
         out_dir: When given, ``result.json``, ``config.yaml`` and ``masked_model.pt`` are written there.
     """
-    from autoprune import admm
-    from autoprune.projection import Projector
-    from autoprune.stats import layer_stats, model_counts
-
     reporter = reporter or Reporter()
     if method not in admm.METHODS:
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(admm.METHODS)}.")

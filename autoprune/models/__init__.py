@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from autoprune.models._registry import (
     ModelInfo,
+    NativeInput,
     check_model_input,
     create_model,
     describe_models,
     list_models,
+    native_input,
     register_model,
 )
 from autoprune.models._torchvision_models import list_torchvision_models, replace_first_conv
@@ -26,11 +28,13 @@ from autoprune.models import digits_cnn, lenet, resnet_cifar, vgg_cifar  # noqa:
 
 __all__ = [
     "ModelInfo",
+    "NativeInput",
     "check_model_input",
     "create_model",
     "describe_models",
     "list_models",
     "list_torchvision_models",
+    "native_input",
     "register_model",
     "replace_first_conv",
 ]

@@ -21,10 +21,24 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError, unknown_name
+from autoprune.models._torchvision_models import create_torchvision_model, list_torchvision_models, torchvision_input
+from autoprune.models._user import create_user_model
 
 ModelBuilder = Callable[..., nn.Module]
 
 TORCHVISION_PREFIX = "tv:"
+
+
+@dataclass(frozen=True)
+class NativeInput:
+    """The input a model was designed for (see :func:`native_input`)."""
+
+    in_channels: int
+    image_size: tuple[int, int]
+    num_classes: int
+
+    def __str__(self) -> str:
+        return f"{self.in_channels}×{self.image_size[0]}×{self.image_size[1]}"
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,20 @@ def describe_models() -> dict[str, str]:
     return {name: _REGISTRY[name].description for name in sorted(_REGISTRY)}
 
 
+def native_input(name: str) -> NativeInput | None:
+    """The input ``name`` was designed for, where it has one: a torchvision model's ImageNet
+    input (3×224×224, 1000 classes); None for autoprune's own models and user models, which
+    adapt to whatever dataset they are built for.
+
+    Example:
+        >>> str(native_input("tv:alexnet")), native_input("digits-cnn")
+        ('3×224×224', None)
+    """
+    if not isinstance(name, str) or not name.startswith(TORCHVISION_PREFIX):
+        return None
+    return NativeInput(*torchvision_input(name))
+
+
 def _check_positive_int(value: object, parameter: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(
@@ -143,12 +171,8 @@ def create_model(name: str, *, in_channels: int, num_classes: int, image_size: t
     size = _check_image_size(image_size)
 
     if name.startswith(TORCHVISION_PREFIX):
-        from autoprune.models._torchvision_models import create_torchvision_model
-
         return create_torchvision_model(name, in_channels=in_channels, num_classes=num_classes, image_size=size)
     if ":" in name:
-        from autoprune.models._user import create_user_model
-
         return create_user_model(name, in_channels=in_channels, num_classes=num_classes, image_size=size)
     info = _REGISTRY.get(name)
     if info is None:
@@ -164,8 +188,6 @@ def _unknown_model(name: str) -> UserError:
     hint = "Use tv:NAME for a torchvision model or package.module:callable for your own."
     close = difflib.get_close_matches(name, known, n=3)
     try:
-        from autoprune.models._torchvision_models import list_torchvision_models
-
         if TORCHVISION_PREFIX + name in list_torchvision_models():
             close.insert(0, TORCHVISION_PREFIX + name)
     except Exception:  # torchvision broken: the hint is optional
@@ -211,10 +233,12 @@ def check_model_input(
             out = model(x)
     except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".!")
-        raise UserError(
-            f"model '{label}' cannot take {in_channels}×{h}×{w} inputs: {reason}. "
-            "Use a dataset with larger images or another model."
-        ) from exc
+        native = native_input(name) if name is not None else None
+        hint = "Use a dataset with larger images or another model."
+        if native is not None:
+            hint = (f"It takes {native} inputs natively: use a dataset with larger images (e.g. imagefolder:PATH) "
+                    "or another model.")
+        raise UserError(f"model '{label}' cannot take {in_channels}×{h}×{w} inputs: {reason}. {hint}") from exc
     finally:
         model.train(was_training)
     if num_classes is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from autoprune._torchvision import import_torchvision
 from autoprune.errors import UnknownNameError, UserError
 
 _PREFIX = "tv:"
@@ -23,8 +24,6 @@ _EXTRA_KWARGS: dict[str, dict[str, Any]] = {
 
 
 def _tv() -> Any:
-    from autoprune._torchvision import import_torchvision
-
     return import_torchvision()
 
 
@@ -39,6 +38,18 @@ def list_torchvision_models() -> list[str]:
     """
     tv = _tv()
     return [_PREFIX + n for n in sorted(tv.models.list_models(module=tv.models))]
+
+
+# ImageNet inputs: 3×224×224, 1000 classes; these builders were designed for other sizes.
+_NATIVE_SIZE: dict[str, int] = {"inception_v3": 299}
+NATIVE_CHANNELS, NATIVE_SIZE, NATIVE_CLASSES = 3, 224, 1000
+
+
+def torchvision_input(name: str) -> tuple[int, tuple[int, int], int]:
+    """``(in_channels, (height, width), num_classes)`` that ``tv:NAME`` was designed for:
+    ImageNet's 3×224×224 and 1000 classes (299×299 for inception_v3). Nothing is imported."""
+    size = _NATIVE_SIZE.get(name[len(_PREFIX) :], NATIVE_SIZE)
+    return NATIVE_CHANNELS, (size, size), NATIVE_CLASSES
 
 
 def _size_kwargs(tv_name: str, image_size: tuple[int, int]) -> dict[str, Any]:

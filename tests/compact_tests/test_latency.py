@@ -238,6 +238,17 @@ def test_bench_channel_multiple_rounds_kept_filters(capsys, tmp_path, monkeypatc
     assert r["dense"]["latency"]["fold_bn"] is False
 
 
+@pytest.mark.slow
+def test_bench_of_a_torchvision_model_uses_its_native_input(capsys, tmp_path, monkeypatch):
+    # no --dataset: tv:alexnet gets 3×224×224; digits' 1×8×8 failed ("Output size is too small")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--model", "tv:alexnet", "--uniform", "shape:0.8", "--batch-size", "1", "--repeats", "3",
+                 "--device", "cpu"]) == 0
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
+    assert "input 3x224x224 (tv:alexnet's native input)" in out
+    assert "speedup" in out
+
+
 def test_bench_table_keeps_long_names_and_prints_notes(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("COLUMNS", "80")  # as in a pipe or a CI log

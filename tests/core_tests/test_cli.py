@@ -124,6 +124,29 @@ def test_layers_json_lists_coupling(capsys):
     assert rows["layer1.0.conv1"]["coupled"] == []
 
 
+def test_layers_of_a_torchvision_model_use_its_native_input(capsys):
+    # without --dataset a torchvision model is traced on its ImageNet input, not digits' 1×8×8
+    assert main(["layers", "--model", "tv:alexnet", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["features.0"]["weight_shape"] == [64, 3, 11, 11]
+    assert rows["classifier.6"]["weight_shape"] == [1000, 4096]
+    assert main(["layers", "--model", "tv:alexnet"]) == 0
+    assert "3×224×224 native inputs" in capsys.readouterr().out  # the input used is printed
+    assert main(["layers", "--model", "digits-cnn"]) == 0
+    assert "(digits inputs)" in capsys.readouterr().out  # autoprune's own models: digits, as before
+
+
+@pytest.mark.parametrize("json_flag", [["--json"], []], ids=["json", "table"])
+def test_a_closed_pipe_ends_quietly(tmp_path, json_flag):
+    # `autoprune layers --json | head -1`: the reader goes away; no traceback, no BrokenPipeError
+    proc = subprocess.Popen([sys.executable, "-m", "autoprune.cli", "layers", "--model", "resnet20", *json_flag],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    proc.stdout.close()  # closed before anything is written: every write fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 1, err  # as Python's docs and rich end on a broken pipe
+    assert err == ""
+
+
 def test_prune_json_and_outputs(capsys, tmp_path, digits_baseline, monkeypatch):
     ckpt, _ = digits_baseline
     monkeypatch.chdir(tmp_path)  # the run is tracked into ./runs/mlflow.db: the test's folder, not the checkout
