@@ -6,6 +6,7 @@ Errors the user can fix print one line (``autoprune: error: ...``) and exit with
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -438,14 +439,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
                                                                    "seed", "trial_method") if getattr(args, k) is not None})
-    settings.given = given
-    tracker = None
     reporter = _reporter(args)
-    if not args.no_tracking:
-        from autoprune.tracking import Tracker
-
-        uri = args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db"
-        tracker = Tracker(uri, warn=lambda msg: reporter.log(f"warning: {msg}"))
+    callbacks = _search_callbacks(args, reporter)
     import signal
 
     def _stop(signum, frame):  # noqa: ANN001, ANN202 - SIGTERM/SIGHUP end the trial as Ctrl-C does
@@ -453,12 +448,26 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
-    result = run_search(settings, reporter=reporter, tracker=tracker)
+    result = run_search(settings, reporter=reporter, callbacks=callbacks)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print_summary(result)
     return 130 if result.interrupted else 0
+
+
+def _search_callbacks(args: argparse.Namespace, reporter: Any) -> list[Any]:  # noqa: ANN401
+    """The search's side effects: the MLflow mirror (which writes the study's figures and
+    report too), or with --no-tracking the figures and report alone."""
+    from autoprune.search import ArtifactsCallback, TrackerCallback
+    from autoprune.tracking import Tracker, write_study_artifacts  # MLflow and plotly: only when searching
+
+    def warn(msg: str) -> None:
+        reporter.log(f"warning: {msg}")
+
+    if args.no_tracking:
+        return [ArtifactsCallback(functools.partial(write_study_artifacts, warn=warn))]
+    return [TrackerCallback(Tracker(args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db", warn=warn))]
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -467,7 +476,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from autoprune.report import write_report
     from autoprune.search.records import study_record
     from autoprune.search.storage import default_storage, load_autoprune_study
-    from autoprune.search.study import best_config_yaml
+    from autoprune.search.configs import best_config_yaml
 
     url = args.storage or default_storage(args.runs_dir)
     study = load_autoprune_study(args.study, url)

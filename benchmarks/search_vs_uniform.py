@@ -51,7 +51,7 @@ from autoprune.latency import device_description  # noqa: E402
 from autoprune.pipeline import example_input, load_dataset, train_baseline  # noqa: E402
 from autoprune.search import SEARCH_ADMM, SearchSettings, run_search  # noqa: E402
 from autoprune.search.probe import ConfigProbe  # noqa: E402
-from autoprune.search.study import _latency_settings, choose_latency_batch  # noqa: E402
+from autoprune.search.baseline import choose_latency_batch, latency_settings  # noqa: E402
 from autoprune.train import evaluate, run_epochs, seed_everything  # noqa: E402
 
 RESULTS = ROOT / "results"
@@ -184,7 +184,7 @@ def run_model(model: str, dataset: str, seed: int, budgets: list[float], trials:
     batch = choose_latency_batch(ckpt.build(), shape, device, base)
     cm = resolve_channel_multiple("auto", device, "fp32")
     probe = ConfigProbe(ckpt.build, graph, channel_multiple=cm, device=device,
-                        latency=_latency_settings(batch, base), input_shape=shape)
+                        latency=latency_settings(batch, base), input_shape=shape)
     dense_val = evaluate(dense_model, splits.val, device=device)
     dense_test = evaluate(dense_model, splits.test, device=device)
     admm = SEARCH_ADMM

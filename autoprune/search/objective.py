@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
+from autoprune import admm
 from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
@@ -34,6 +36,7 @@ from autoprune.progress import Reporter
 from autoprune.search.probe import ConfigProbe
 from autoprune.search.records import (
     CONSTRAINT,
+    REASON_ATTR,
     SIGNATURE_ATTR,
     TARGETS_ATTR,
     TRIAL_ATTR,
@@ -41,6 +44,8 @@ from autoprune.search.records import (
     TrialRecord,
 )
 from autoprune.search.space import SearchSpace
+from autoprune.stats import layer_stats, model_counts
+from autoprune.train import evaluate, seed_everything
 
 
 class TrialStopped(Exception):
@@ -86,8 +91,6 @@ def _record(trial: Any, rec: TrialRecord) -> None:  # noqa: ANN401
 
 def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: ANN401
     """The earliest finished trial (complete, or stopped early) of ``signature`` other than ``number``."""
-    from optuna.trial import TrialState
-
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                     key=lambda t: t.number):
         if t.number != number and t.user_attrs.get(SIGNATURE_ATTR) == signature and TRIAL_ATTR in t.user_attrs:
@@ -97,10 +100,6 @@ def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: 
 
 def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> tuple[float, float]:  # noqa: ANN401
     """A configuration already run: its stored result, marked as a repeat; no training."""
-    from optuna.trial import TrialState
-
-    from autoprune.search.records import REASON_ATTR
-
     known = set(TrialRecord.__dataclass_fields__)
     for key, value in prior.user_attrs[TRIAL_ATTR].items():
         if key in known and key not in ("number", "state", "targets", "seconds", "repeat_of"):
@@ -122,10 +121,6 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     same channels and weights kept per layer) is not trained again: the trial takes the
     earlier result and records ``repeat_of``.
     """
-    from autoprune import admm
-    from autoprune.stats import layer_stats, model_counts
-    from autoprune.train import evaluate, seed_everything
-
     meta = ctx.meta
     t0 = time.perf_counter()
     targets = ctx.space.suggest(trial)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from autoprune.errors import UserError
+
 STUDY_ATTR = "autoprune.study"  # study user attr: StudyMeta as a dict
 TRIAL_ATTR = "autoprune.trial"  # trial user attr: the measured metrics
 TARGETS_ATTR = "autoprune.targets"  # trial user attr: {layer: {type, rate}}
@@ -205,8 +207,6 @@ def mark_pareto(trials: list[TrialRecord]) -> None:
 
 def study_record(study: Any, storage: str) -> StudyRecord:
     """Rebuild the records of an Optuna study created by ``autoprune search``."""
-    from autoprune.errors import UserError
-
     raw = study.user_attrs.get(STUDY_ATTR)
     if raw is None:
         raise UserError(f"study '{study.study_name}' in {storage} was not created by 'autoprune search'.")

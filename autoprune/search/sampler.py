@@ -52,6 +52,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.search.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.search.slots import SlotStorage
 from autoprune.search.space import SearchSpace, Variable, has_rate
 
 UNIFORM, EFFECTIVE, ASCENT, LOCAL, EXPLORE, MUTATE = "uniform", "effective", "ascent", "local", "explore", "mutate"
@@ -192,11 +193,8 @@ class PruningSampler(BaseSampler):
     def _claim(self, study: optuna.Study, trial: FrozenTrial, params: dict[str, Any], origin: str,
                move: dict[str, Any] | None = None) -> dict[str, Any]:
         """Mark the trial with its proposal (so that other workers see it as taken) and return it."""
-        storage = study._storage
-        storage.set_trial_user_attr(trial._trial_id, PROPOSAL_ATTR, origin)
-        storage.set_trial_user_attr(trial._trial_id, SIGNATURE_ATTR, self.signature(params))
-        if move is not None:
-            storage.set_trial_user_attr(trial._trial_id, MOVE_ATTR, move)
+        attrs = {PROPOSAL_ATTR: origin, SIGNATURE_ATTR: self.signature(params)}
+        SlotStorage.mark(study, trial, attrs if move is None else {**attrs, MOVE_ATTR: move})
         return params
 
     def _seen(self, study: optuna.Study, current: int) -> list[_Seen]:

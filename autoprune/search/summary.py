@@ -1,9 +1,59 @@
-"""The end-of-search summary: the Pareto front as a table, the best feasible config."""
+"""What a search run did: :class:`SearchResult` (``summary.json``) and the table it prints."""
 
 from __future__ import annotations
 
-from autoprune.search.records import TrialRecord, si_count
-from autoprune.search.study import SearchResult
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from autoprune.search.records import StudyRecord, TrialRecord, si_count
+from autoprune.search.storage import redact
+
+
+@dataclass
+class SearchResult:
+    """What a search run did: the study's record and what this worker added."""
+
+    record: StudyRecord
+    study_dir: Path
+    best_config: Path | None
+    ran: list[int] = field(default_factory=list)  # trial numbers this worker ran
+    interrupted: bool = False
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.record
+        best = rec.best_feasible()
+        uniform = rec.best_uniform()
+        most = rec.most_accurate()
+        return {
+            "study": rec.meta.name,
+            "storage": redact(rec.storage),
+            "study_dir": str(self.study_dir),
+            "meta": rec.meta.to_dict(),
+            "allowed_drop": rec.meta.allowed_drop(),
+            "trials": {
+                "total": len([t for t in rec.trials if t.state != "WAITING"]),
+                "complete": len(rec.completed),
+                "pruned": len([t for t in rec.trials if t.state == "PRUNED"]),
+                "failed": len([t for t in rec.trials if t.state == "FAIL"]),
+                "feasible": len(rec.feasible),
+                "ran_here": self.ran,
+            },
+            "front": [t.to_dict() | {"summary": t.sparsity_summary()} for t in rec.front],
+            "best_feasible": None if best is None else best.to_dict() | {"summary": best.sparsity_summary()},
+            "best_uniform": None if uniform is None else uniform.to_dict() | {"summary": uniform.sparsity_summary()},
+            "most_accurate": None if most is None else most.number,
+            "best_config": None if self.best_config is None else str(self.best_config),
+            "interrupted": self.interrupted,
+            "seconds": self.seconds,
+            "notes": self.notes,
+        }
 
 
 def speedup_text(t: TrialRecord) -> str:
@@ -17,11 +67,6 @@ def speedup_text(t: TrialRecord) -> str:
 
 def print_summary(result: SearchResult) -> None:
     """Print the study's front and where the best config went (rich, to stdout)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    import sys
-
     console = Console(width=None if sys.stdout.isatty() else 160)
     rec = result.record
     meta = rec.meta

@@ -9,6 +9,7 @@ import pytest
 from autoprune.config import AdmmSettings
 from autoprune.errors import ConfigError, UserError
 from autoprune.params import Interval, NonEmpty, Options, Param, check_param, validate_params
+from autoprune.search import SearchSettings
 
 
 @pytest.mark.parametrize(
@@ -54,9 +55,37 @@ def test_validate_params_checks_in_declared_order_with_the_callers_error() -> No
         validate_params(Run(rate=2), checks)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trials": 0}, "--trials must be at least 1. Got 0 instead."),
+        ({"sampler": "annealing"}, "unknown sampler 'annealing'; use one of: tpe, nsga2, random."),
+        ({"trial_method": "lottery"}, "unknown --trial-method 'lottery'; use one of: admm, magnitude."),
+        ({"budget": 1.5}, "--budget must be in (0, 1). Got 1.5 instead."),
+        ({"abandon_drop": 0}, "--abandon-drop must be in (0, 1]. Got 0 instead."),
+        ({"stale_after": 0}, "--stale-after must be > 0. Got 0 instead."),
+        ({"study_name": " "}, "--study-name must be a non-empty name. Got ' ' instead."),
+        ({"channel_multiple": 0}, "--channel-multiple must be a positive integer or 'auto'"),
+    ],
+)
+def test_search_settings_are_checked_before_any_work(changes, message) -> None:  # noqa: ANN001
+    with pytest.raises(UserError) as info:
+        SearchSettings(**changes).validate()
+    assert str(info.value).startswith(message)
+
+
 def test_admm_settings_name_the_setting_and_the_range() -> None:
     with pytest.raises(ConfigError, match=r"^The 'momentum' ADMM setting must be in \[0, 1\)\. Got 1 instead\.$"):
         AdmmSettings(momentum=1)
     with pytest.raises(ConfigError, match=r"'rho_max' ADMM setting must be >= rho \(3\)"):
         AdmmSettings(rho=3.0, rho_max=2.0)
     assert AdmmSettings(iters=2.0, batch_size=32).iters == 2.0  # YAML's 2.0 is a whole number, as before
+
+
+def test_search_settings_are_frozen() -> None:
+    import dataclasses
+
+    s = SearchSettings(given={"budget"})
+    assert s.given == frozenset({"budget"})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.budget = 0.05  # type: ignore[misc]

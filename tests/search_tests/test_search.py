@@ -380,12 +380,12 @@ def test_cuda_without_cuda_gets_exit_2(tmp_path) -> None:
 def test_a_trial_whose_worker_died_is_failed_and_replaced(tmp_path, digits_baseline) -> None:
     import time as _time
 
-    from autoprune.search.study import HEARTBEAT_ATTR, _claim, _enqueue_slots
+    from autoprune.search.slots import HEARTBEAT_ATTR, claim_slot, enqueue_slots
 
     run_search(_settings(tmp_path, digits_baseline[0], trials=2, study_name="dead", min_speedup=0.01))
     study = optuna.load_study(study_name="dead", storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))
-    _enqueue_slots(study, 3)
-    ghost = _claim(study, 3)  # a worker claims trial 2 ... and is killed with SIGKILL
+    enqueue_slots(study, 3)
+    ghost = claim_slot(study, 3)  # a worker claims trial 2 ... and is killed with SIGKILL
     ghost.set_user_attr(HEARTBEAT_ATTR, _time.time() - 1000)
     result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, study_name="dead", min_speedup=0.01,
                                   stale_after=300))
@@ -395,8 +395,8 @@ def test_a_trial_whose_worker_died_is_failed_and_replaced(tmp_path, digits_basel
     assert sum(t.state in ("COMPLETE", "PRUNED") for t in result.record.trials) == 3
     assert result.ran == [ghost.number + 1]
     # a live trial (recent heartbeat) is left alone
-    _enqueue_slots(study, 4)
-    alive = _claim(study, 4)
+    enqueue_slots(study, 4)
+    alive = claim_slot(study, 4)
     alive.set_user_attr(HEARTBEAT_ATTR, _time.time())
     result = run_search(_settings(tmp_path, digits_baseline[0], trials=4, study_name="dead", min_speedup=0.01,
                                   stale_after=300))
