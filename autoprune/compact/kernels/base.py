@@ -25,6 +25,18 @@ def bias_copy(module: nn.Module) -> Tensor | None:
     return None if b is None else b.detach().clone()
 
 
+def dense_linear(weight: Tensor, bias: Tensor | None, *, training: bool) -> nn.Linear:
+    """A plain ``nn.Linear`` holding ``weight`` (``[out, in]``, dense) and ``bias``, on the
+    weight's device and in its dtype: what a sparse linear kernel gives back in ``to_dense()``."""
+    out_features, in_features = weight.shape
+    lin = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias.detach())
+    return lin.train(training)
+
+
 def exporting() -> bool:
     """True under tracing, ``torch.export`` / ``torch.compile`` and ONNX export."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()

@@ -13,7 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autoprune.compact.kernels.base import GatherConv2d, bias_copy, frozen_param, im2col_span, split_columns
+from autoprune.compact.kernels.base import (
+    GatherConv2d,
+    bias_copy,
+    dense_linear,
+    frozen_param,
+    im2col_span,
+    split_columns,
+)
 from autoprune.compact.kernels.masks import check_mask
 from autoprune.sparsity import gemm_view
 
@@ -113,14 +120,7 @@ class CSRLinear(nn.Module):
 
     def to_dense(self) -> nn.Module:
         """The masked dense ``nn.Linear`` this kernel computes, on its device and in its dtype."""
-        w = self.sparse_weight.to_dense()
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
-                        dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias.detach())
-        return lin.train(self.training)
+        return dense_linear(self.sparse_weight.to_dense(), self.bias, training=self.training)
 
     def extra_repr(self) -> str:
         return (

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from autoprune.compact.kernels.base import bias_copy, conv_pad, frozen_param
+from autoprune.compact.kernels.base import bias_copy, conv_pad, dense_linear, frozen_param
 from autoprune.compact.kernels.masks import check_mask, is_semi_structured
 from autoprune.sparsity import gemm_view
 
@@ -79,14 +79,7 @@ class SemiStructuredLinear(nn.Module):
     def to_dense(self) -> nn.Module:
         """The masked dense ``nn.Linear`` this kernel computes, on its device and in its dtype
         (the 2:4 weight given back as a plain tensor)."""
-        w = self.weight.detach().to_dense()
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device,
-                        dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias.detach())
-        return lin.train(self.training)
+        return dense_linear(self.weight.detach().to_dense(), self.bias, training=self.training)
 
     def extra_repr(self) -> str:
         return (
