@@ -1,0 +1,72 @@
+"""A study written before the renovation (issue 14) loads after it: its record, its summary,
+the config exported from it, and a resumed search on it.
+
+The fixture ``tests/fixtures/pre_reno_study/`` was made with autoprune at commit 0a467df:
+``autoprune search --model digits-cnn --budget 50% --trials 3 --study-name pre-reno --storage
+sqlite:///pre_reno_study.db --runs-dir runs --admm-iters 1 --admm-epochs 0.25 --retrain-epochs
+0.25 --latency-batch 32 --min-speedup 0.01 --no-tracking``; ``summary.json`` and
+``best_config.yaml`` are the files that run wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from autoprune.cli import main
+from autoprune.config import PruneConfig
+from autoprune.search import SearchResult, SearchSettings, best_config_yaml, run_search, study_record
+from autoprune.search.storage import load_autoprune_study
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pre_reno_study"
+STORED_URL = "sqlite:///pre_reno_study.db"  # the storage URL the study was made with (its configs name it)
+NAME = "pre-reno"
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    """A copy of the fixture's storage (the checkout's copy is never written)."""
+    db = tmp_path / "study.db"
+    shutil.copy(FIXTURE / "study.db", db)
+    return f"sqlite:///{db}"
+
+
+def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> None:
+    summary = json.loads((FIXTURE / "summary.json").read_text())
+    record = study_record(load_autoprune_study(NAME, url), STORED_URL)
+    assert record.meta.to_dict() == summary["meta"]
+    assert [t.state for t in record.trials] == ["COMPLETE"] * 3 and record.trials[0].is_dense
+    best = record.best_feasible()
+    assert best is not None and best.remeasured  # the end-of-search re-measurement is read back
+    result = SearchResult(record, Path(summary["study_dir"]), Path(summary["best_config"]), summary["trials"]["ran_here"],
+                          summary["interrupted"], summary["seconds"], notes=summary["notes"])
+    assert json.loads(json.dumps(result.to_dict(), default=str)) == summary
+
+
+def test_the_config_of_an_old_study_is_byte_for_byte_the_same(url: str) -> None:
+    record = study_record(load_autoprune_study(NAME, url), STORED_URL)
+    assert best_config_yaml(record, record.best_feasible()) == (FIXTURE / "best_config.yaml").read_text()
+
+
+def test_export_reads_an_old_study(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "best.yaml"
+    assert main(["export", "--study", NAME, "--storage", url, "--out", str(out)]) == 0
+    assert "trial 2 of study pre-reno" in capsys.readouterr().out
+    exported, stored = PruneConfig.from_yaml(out), PruneConfig.from_yaml(FIXTURE / "best_config.yaml")
+    assert exported.layers == stored.layers and exported.admm == stored.admm
+    assert exported.origin["metrics"] == stored.origin["metrics"]
+
+
+@pytest.mark.slow
+def test_an_old_study_resumes(url: str, tmp_path: Path, digits_baseline) -> None:  # noqa: ANN001
+    # the study's own settings (its fast ADMM schedule, its budget) apply: none is asked here
+    s = SearchSettings(study_name=NAME, storage=url, checkpoint=str(digits_baseline[0]), trials=4,
+                       runs_dir=str(tmp_path / "runs"), min_speedup=0.01)
+    result = run_search(s)
+    assert result.ran == [3]
+    assert [t.state for t in result.record.trials][:3] == ["COMPLETE"] * 3
+    assert result.record.trials[3].state in ("COMPLETE", "PRUNED")
+    assert result.record.meta.budget == 0.5 and result.record.meta.admm["iters"] == 1
