@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.errors import ConfigError, UserError
+from autoprune.sparsity import NMSparsity
 
 NONE_TYPE = "none"
 
@@ -50,6 +51,21 @@ class LayerTarget:
         if self.rate is not None:
             out["rate"] = float(self.rate)
         return out
+
+    @property
+    def removed_fraction(self) -> float | None:
+        """The fraction of the layer's weights this target removes: its rate, 0 for ``none``,
+        ``1 - N/M`` for an ``N:M`` type (``2:4`` removes half); None for another type without
+        a rate."""
+        if self.rate is not None:
+            return self.rate
+        if self.type == NONE_TYPE:
+            return 0.0
+        try:
+            nm = NMSparsity.from_name(self.type)
+        except UserError:  # 0:4, 5:4: no pattern
+            return None
+        return nm.implied_rate if nm is not None else None
 
 
 @dataclass(frozen=True)
