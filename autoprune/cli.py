@@ -479,11 +479,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.export import export_config
+    from autoprune.pick import write_trial_config
     from autoprune.search.storage import default_storage
 
-    r = export_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial, pick=args.pick,
-                      out=args.out)
+    r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
+                           pick=args.pick, out=args.out)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return 0
