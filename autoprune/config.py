@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autoprune.errors import ConfigError, UserError
+import yaml
+
+from autoprune.errors import ConfigError, UserError, first_line
 from autoprune.sparsity import NMSparsity
 
 NONE_TYPE = "none"
@@ -217,22 +219,18 @@ class PruneConfig:
         return out
 
     def to_yaml(self) -> str:
-        import yaml
-
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
 def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any:  # noqa: ANN401
     """A YAML file's content, with one clear error for a missing file or bad YAML."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{what} '{p}' does not exist{missing_hint}.")
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        first = first_line(exc) if str(exc).strip() else "syntax error"
         raise ConfigError(f"{what} '{p}' is not valid YAML: {first}") from None
 
 
