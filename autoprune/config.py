@@ -23,6 +23,7 @@ import dataclasses
 import fnmatch
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,12 @@ class LayerTarget:
         if self.rate is not None:
             out["rate"] = float(self.rate)
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> LayerTarget:
+        """A target as :meth:`to_dict` writes it (and a study stores it): ``{type, rate}``,
+        a missing type being ``none``. Not a check of user input (that is a config's job)."""
+        return cls(str(raw.get("type", NONE_TYPE)), raw.get("rate"))
 
     @property
     def removed_fraction(self) -> float | None:

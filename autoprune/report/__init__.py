@@ -19,16 +19,31 @@ from autoprune.report.figures import (
     pareto_figure,
     write_figure_html,
 )
-from autoprune.report.labels import TYPE_ABBREVIATIONS, layer_removed_fraction
+from autoprune.report.labels import (
+    TYPE_ABBREVIATIONS,
+    final_speedup_label,
+    layer_removed_fraction,
+    layer_targets,
+    layers_text,
+    number,
+    speedup_label,
+    type_label,
+)
 from autoprune.report.study_html import write_report
 
 __all__ = [
     "TYPE_ABBREVIATIONS",
+    "final_speedup_label",
     "importance_figure",
     "layer_heatmap",
     "layer_removed_fraction",
+    "layer_targets",
+    "layers_text",
+    "number",
     "param_importances",
     "pareto_figure",
+    "speedup_label",
+    "type_label",
     "write_figure_html",
     "write_report",
     "write_study_artifacts",

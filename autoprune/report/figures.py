@@ -21,11 +21,11 @@ from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-from optuna.importance import get_param_importances
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from autoprune.report.labels import layer_removed_fraction, layers_text, speedup_label, type_label
+from autoprune.config import NONE_TYPE, LayerTarget
+from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
 from autoprune.search.records import StudyRecord, TrialRecord
 from autoprune.text import percent
 
@@ -224,8 +224,9 @@ def layer_heatmap(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     z, text = [], []
     for t in front:
         row_z, row_text = [], []
+        targets = layer_targets(t)
         for name in layers:
-            target = t.targets.get(name) or {"type": "none"}  # a layer a trial leaves out stays dense
+            target = targets.get(name, LayerTarget(NONE_TYPE))  # a layer a trial leaves out stays dense
             row_z.append(layer_removed_fraction(target))
             row_text.append(html.escape(type_label(target)))
         z.append(row_z)
@@ -293,7 +294,7 @@ def param_importances(study: Any, record: StudyRecord | None = None) -> dict[str
             warnings.simplefilter(
                 "ignore"
             )  # "computes the importances ... to achieve low target", "too few trials"
-            out[names[i]] = dict(get_param_importances(study, target=target))
+            out[names[i]] = dict(optuna.importance.get_param_importances(study, target=target))
     return out
 
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from autoprune.config import LayerTarget
+from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.search.records import TrialRecord
 
 __all__ = [
     "TYPE_ABBREVIATIONS",
     "final_speedup_label",
     "layer_removed_fraction",
+    "layer_targets",
     "layers_text",
     "number",
     "speedup_label",
@@ -28,21 +30,31 @@ TYPE_ABBREVIATIONS = {
 }
 
 
-def layer_removed_fraction(target: dict[str, Any]) -> float:
-    """The fraction of a layer's weights a target removes: its rate, 0 for ``none``,
-    ``1 - N/M`` for an ``N:M`` type (``2:4`` removes half); 0 for anything else."""
-    removed = LayerTarget(str(target.get("type", "none")), target.get("rate")).removed_fraction
+def layer_removed_fraction(target: LayerTarget | Mapping[str, Any]) -> float:
+    """The fraction of a layer's weights a target (or its stored ``{type, rate}``) removes:
+    its rate, 0 for ``none``, ``1 - N/M`` for an ``N:M`` type (``2:4`` removes half); 0 for
+    anything else (:attr:`~autoprune.config.LayerTarget.removed_fraction`)."""
+    removed = _target(target).removed_fraction
     return 0.0 if removed is None else float(removed)
 
 
-def type_label(target: dict[str, Any]) -> str:
+def type_label(target: LayerTarget | Mapping[str, Any]) -> str:
     """``F 50%``, ``2:4``, ``–`` — a layer target in a few characters."""
-    kind = str(target.get("type", "none"))
-    abbr = TYPE_ABBREVIATIONS.get(kind, kind)
-    rate = target.get("rate")
-    if kind == "none" or rate is None:
+    t = _target(target)
+    abbr = TYPE_ABBREVIATIONS.get(t.type, t.type)
+    if t.type == NONE_TYPE or t.rate is None:
         return abbr
-    return f"{abbr} {round(100 * float(rate))}%"
+    return f"{abbr} {round(100 * float(t.rate))}%"
+
+
+def _target(target: LayerTarget | Mapping[str, Any]) -> LayerTarget:
+    return target if isinstance(target, LayerTarget) else LayerTarget.from_dict(target)
+
+
+def layer_targets(trial: TrialRecord) -> dict[str, LayerTarget]:
+    """A trial's targets by layer, as :class:`~autoprune.config.LayerTarget` (the study stores
+    them as ``{type, rate}``)."""
+    return {name: LayerTarget.from_dict(t) for name, t in trial.targets.items()}
 
 
 def number(value: float | None, spec: str, suffix: str = "") -> str:
@@ -70,4 +82,4 @@ def layers_text(trial: TrialRecord, sep: str = ", ") -> str:
     """``features.0 F 50%, features.3 F 90%`` — every pruned layer with its target."""
     if trial.is_dense or not trial.targets:
         return "dense"
-    return sep.join(f"{name} {type_label(t)}" for name, t in trial.targets.items())
+    return sep.join(f"{name} {type_label(t)}" for name, t in layer_targets(trial).items())

@@ -96,10 +96,10 @@ def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
     ``none`` and ``1 - N/M`` for ``N:M``), so the column lines up across trials.
     """
     out: dict[str, Any] = {}
-    for name, target in trial.targets.items():
-        kind = str(target.get("type", "none"))
-        rate = LayerTarget(kind, target.get("rate")).removed_fraction
-        out[f"layer.{name}.type"] = kind
+    for name, stored in trial.targets.items():
+        target = LayerTarget.from_dict(stored)
+        rate = target.removed_fraction
+        out[f"layer.{name}.type"] = target.type
         if rate is not None:
             out[f"layer.{name}.rate"] = rate
     out.update({f"optuna.{k}": v for k, v in trial.params.items()})
