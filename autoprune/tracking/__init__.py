@@ -13,18 +13,56 @@ The study's files themselves (figures, report, best config) are written by
 """
 
 from autoprune.report.artifacts import write_study_artifacts
-from autoprune.tracking.connection import DEFAULT_TRACKING_URI, Connection
-from autoprune.tracking.keys import trial_metrics, trial_params, trial_tags
-from autoprune.tracking.model import log_model_to_mlflow
+from autoprune.tracking.connection import (
+    ARTIFACT_DIR,
+    DEFAULT_TRACKING_URI,
+    HEALTH_TIMEOUT_S,
+    HTTP_ENV_DEFAULTS,
+    Connection,
+    describe_failure,
+    is_connection_error,
+)
+from autoprune.tracking.keys import (
+    MAX_KEY,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    PARENT_TAG,
+    ROLE_TAG,
+    STORAGE_TAG,
+    STUDY_NAME_TAG,
+    mlflow_key,
+    param_value,
+    settings_params,
+    trial_metrics,
+    trial_params,
+    trial_tags,
+)
+from autoprune.tracking.model import log_model_to_mlflow, report_metrics
 from autoprune.tracking.tracker import Tracker
 
 __all__ = [
+    "ARTIFACT_DIR",
     "DEFAULT_TRACKING_URI",
+    "HEALTH_TIMEOUT_S",
+    "HTTP_ENV_DEFAULTS",
+    "MAX_KEY",
+    "MAX_PARAM_VALUE",
+    "MAX_TAG_VALUE",
+    "PARENT_TAG",
+    "ROLE_TAG",
+    "STORAGE_TAG",
+    "STUDY_NAME_TAG",
     "Connection",
     "Tracker",
+    "describe_failure",
+    "is_connection_error",
     "log_model_to_mlflow",
+    "mlflow_key",
+    "param_value",
+    "report_metrics",
+    "settings_params",
     "trial_metrics",
     "trial_params",
     "trial_tags",
-    "write_study_artifacts",
+    "write_study_artifacts",  # re-exported for the search, which imports it from here today
 ]
