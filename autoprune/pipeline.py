@@ -21,6 +21,7 @@ from autoprune import admm
 from autoprune.admm import AdmmIteration
 from autoprune.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint
 from autoprune.config import AdmmSettings, PruneConfig, resolve_layer_targets
+from autoprune.data import DatasetSplits
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.progress import Reporter
@@ -248,7 +249,7 @@ class PruneOutcome:
     model: nn.Module
     masks: dict[str, torch.Tensor]
     projector: Projector | None = None  # whose hard masks were applied (its kept channels drive compaction)
-    splits: Any = None  # noqa: ANN401 - the dataset splits used (autoprune.data.SplitDataset)
+    splits: DatasetSplits | None = None  # the dataset splits used
 
     def to_dict(self) -> dict[str, Any]:
         return self.summary.to_dict()

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from autoprune.checkpoint import Checkpoint, load_checkpoint
 from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
@@ -172,7 +173,7 @@ def _rebuild_in_fp32(masked: nn.Module, projector: Projector, example: torch.Ten
     return compact.to(device), notes
 
 
-def _first_batch(dataset: Any, n: int = 64) -> torch.Tensor:  # noqa: ANN401 - a torch Dataset
+def _first_batch(dataset: Dataset, n: int = 64) -> torch.Tensor:
     x, _ = next(iter(make_loader(dataset, batch_size=n, shuffle=False)))
     return x
 
@@ -195,7 +196,7 @@ def _verify_compaction(masked: nn.Module, model: nn.Module, xb: torch.Tensor, de
     return diff
 
 
-def _check_reload(folder: Path, test_set: Any, device: torch.device, test_acc: float) -> float:  # noqa: ANN401
+def _check_reload(folder: Path, test_set: Dataset, device: torch.device, test_acc: float) -> float:
     """The test accuracy of the model as :func:`load_pruned` reads it back from ``folder``.
 
     Raises:
