@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.errors import UserError
+import autoprune
+from autoprune.errors import UserError, first_line
+from autoprune.models import create_model
 
 FORMAT_KEY = "autoprune_checkpoint"
 FORMAT_VERSION = 1
@@ -32,21 +34,16 @@ class Checkpoint:
 
     def build(self) -> nn.Module:
         """Recreate the model and load the weights."""
-        from autoprune.models import create_model
-
         model = create_model(self.model, in_channels=self.in_channels, num_classes=self.num_classes,
                              image_size=self.image_size)
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise UserError(f"checkpoint weights do not fit model '{self.model}': {first}") from None
+            raise UserError(f"checkpoint weights do not fit model '{self.model}': {first_line(exc)}") from None
         return model
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a half-written checkpoint never appears under ``path``)."""
-        import autoprune
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
@@ -80,8 +77,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, foreign formats
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise UserError(f"checkpoint '{path}' cannot be read as an autoprune checkpoint ({first}).") from None
+        raise UserError(f"checkpoint '{path}' cannot be read as an autoprune checkpoint "
+                        f"({first_line(exc, limit=160)}).") from None
     if not isinstance(raw, dict) or FORMAT_KEY not in raw:
         raise UserError(
             f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry); "

@@ -1,6 +1,9 @@
 """The ``autoprune`` command: parse, call the library, print. Nothing else lives here.
 
 Errors the user can fix print one line (``autoprune: error: ...``) and exit with status 2.
+
+The commands import the library inside their bodies: ``autoprune --help`` (and a typo in
+a flag) must answer at once, without loading torch, Optuna, MLflow or plotly.
 """
 
 from __future__ import annotations
@@ -11,7 +14,14 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from autoprune import __version__
+from autoprune.errors import UserError
+
+if TYPE_CHECKING:
+    from autoprune.pipeline import PruneSummary
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 1  # the reader of stdout went away (`| head`): Python's and rich's status for it
@@ -48,8 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find the per-layer pruning rates and sparsity types that make a CNN fastest on a device "
         "within an accuracy budget (StructADMM + Optuna + MLflow).",
     )
-    from autoprune import __version__
-
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -233,12 +241,9 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from autoprune.config import PruneConfig
     from autoprune.deploy import build_deployable
     from autoprune.device import resolve_device
-    from autoprune.errors import UserError
     from autoprune.latency import LatencySettings, check_dtype
     from autoprune.pipeline import run_prune, write_prune_outputs
 
@@ -261,62 +266,64 @@ def cmd_prune(args: argparse.Namespace) -> int:
                               force=args.force, reporter=reporter)
     write_prune_outputs(outcome, config, out)
     s = outcome.summary
-    s["deploy"] = deploy
+    s.deploy = deploy
     if not args.no_tracking:
-        from autoprune.deploy import load_pruned, log_model_to_mlflow
+        from autoprune.deploy import load_pruned
         from autoprune.pipeline import example_input
+        from autoprune.tracking import DEFAULT_TRACKING_URI, log_model_to_mlflow
 
-        uri = args.tracking_uri or "sqlite:///runs/mlflow.db"
-        run_id = log_model_to_mlflow(load_pruned(out), example_input(outcome.splits, batch=2), uri,
-                                     str(origin.get("study") or "autoprune-prune"), f"prune-{out.name}", deploy,
-                                     warn=lambda m: reporter.log(f"warning: {m}"))
-        s["mlflow_run_id"] = run_id
-        (out / "result.json").write_text(json.dumps(s, indent=2, default=str))
+        uri = args.tracking_uri or DEFAULT_TRACKING_URI
+        s.mlflow_run_id = log_model_to_mlflow(load_pruned(out), example_input(outcome.splits, batch=2), uri,
+                                              str(origin.get("study") or "autoprune-prune"), f"prune-{out.name}",
+                                              deploy.to_dict(with_out_dir=True),
+                                              warn=lambda m: reporter.log(f"warning: {m}"))
+        s.tracked = True
+        (out / "result.json").write_text(json.dumps(s.to_dict(), indent=2, default=str))
     if args.json:
-        print(json.dumps(s, indent=2, default=str))
+        print(json.dumps(s.to_dict(), indent=2, default=str))
         return 0
     _print_prune_summary(s)
     return 0
 
 
-def _print_prune_summary(s: dict[str, Any]) -> None:
+def _print_prune_summary(s: PruneSummary) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    d, p = s["dense"], s["pruned"]
-    console.print(f"[bold]{s['method']}[/bold] pruning of {s['model']} on {s['dataset']} ({s['device']}, {s['seconds']:.1f} s)")
-    console.print(f"  accuracy   dense val {d['val_acc']:.2%} / test {d['test_acc']:.2%}   ->   "
-                  f"pruned val {p['val_acc']:.2%} / test {p['test_acc']:.2%}   "
-                  f"(drop {s['accuracy_drop']['val']*100:+.2f} / {s['accuracy_drop']['test']*100:+.2f} points)")
-    console.print(f"  params     {d['params_nonzero']:,} -> {p['params_nonzero']:,} non-zero")
-    console.print(f"  MACs       {d['macs']:,} -> {p['macs']:,} effective ({p['mac_reduction']:.2f}x fewer)")
+    d, p = s.dense, s.pruned
+    console.print(f"[bold]{s.method}[/bold] pruning of {s.model} on {s.dataset} ({s.device}, {s.seconds:.1f} s)")
+    console.print(f"  accuracy   dense val {d.val_acc:.2%} / test {d.test_acc:.2%}   ->   "
+                  f"pruned val {p.val_acc:.2%} / test {p.test_acc:.2%}   "
+                  f"(drop {s.val_drop*100:+.2f} / {s.test_drop*100:+.2f} points)")
+    console.print(f"  params     {d.params_nonzero:,} -> {p.params_nonzero:,} non-zero")
+    console.print(f"  MACs       {d.macs:,} -> {p.macs:,} effective ({p.mac_reduction:.2f}x fewer)")
     table = Table()
     for col in ("layer", "shape", "type", "rate", "achieved sparsity", "MACs"):
         table.add_column(col, overflow="fold")
-    for layer in s["layers"]:
-        table.add_row(layer["name"], "×".join(map(str, layer["weight_shape"])), layer["type"],
-                      "-" if layer["rate"] is None else f"{layer['rate']:.2f}", f"{layer['sparsity']:.1%}",
-                      f"{layer['macs']:,} / {layer['macs_dense']:,}")
+    for layer in s.layers:
+        table.add_row(layer.name, "×".join(map(str, layer.weight_shape)), layer.type,
+                      "-" if layer.rate is None else f"{layer.rate:.2f}", f"{layer.sparsity:.1%}",
+                      f"{layer.macs:,} / {layer.macs_dense:,}")
     console.print(table)
-    if s["residuals"]:
-        last = s["residuals"][-1]["residual"]
+    if s.residuals:
+        last = s.residuals[-1].residual
         console.print(f"  ADMM residual ||W-Z||/||W|| after the last iteration: max {max(last.values()):.3g}")
-    for note in s["notes"]:
+    for note in s.notes:
         console.print(f"  note: {note}")
-    d = s.get("deploy")
-    if d:
-        console.print(f"  deployable model: {d['speedup']:.2f}x faster than dense ({d['pruned']['latency_ms']:.3g} ms vs "
-                      f"{d['dense']['latency_ms']:.3g} ms, batch {d['batch_size']} {d['dtype']}, "
-                      f"{d['device_description']}), test accuracy {d['pruned']['test_acc']:.2%} after reloading")
-        for name, info in d.get("exports", {}).items():
-            if info.get("file") is None:
-                console.print(f"  note: {name} export skipped: {info.get('skipped')}")
-    if "out_dir" in s:
-        console.print(f"  written: {s['out_dir']}/ model.pt + architecture.json (autoprune.load_pruned), model.pt2, "
+    r = s.deploy
+    if r is not None:
+        console.print(f"  deployable model: {r.speedup:.2f}x faster than dense ({r.pruned.latency_ms:.3g} ms vs "
+                      f"{r.dense.latency_ms:.3g} ms, batch {r.batch_size} {r.dtype}, "
+                      f"{r.device_description}), test accuracy {r.pruned.test_acc:.2%} after reloading")
+        for name, info in r.exports.items():
+            if info.file is None:
+                console.print(f"  note: {name} export skipped: {info.skipped}")
+    if s.out_dir is not None:
+        console.print(f"  written: {s.out_dir}/ model.pt + architecture.json (autoprune.load_pruned), model.pt2, "
                       f"model.onnx, report.json, report.md, result.json, masked_model.pt, config.yaml")
-    if s.get("mlflow_run_id"):
-        console.print(f"  MLflow model: runs:/{s['mlflow_run_id']}/model")
+    if s.mlflow_run_id:
+        console.print(f"  MLflow model: runs:/{s.mlflow_run_id}/model")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -348,7 +355,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from autoprune.bench import run_bench
     from autoprune.config import PruneConfig
     from autoprune.device import resolve_device
-    from autoprune.errors import UserError
     from autoprune.latency import LatencySettings
 
     if args.config is None and args.uniform is None:
@@ -471,8 +477,6 @@ def _search_callbacks(args: argparse.Namespace, reporter: Any) -> list[Any]:  # 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from autoprune.report import write_report
     from autoprune.search.records import study_record
     from autoprune.search.storage import default_storage, load_autoprune_study
@@ -491,11 +495,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.export import export_config
+    from autoprune.pick import write_trial_config
     from autoprune.search.storage import default_storage
 
-    r = export_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial, pick=args.pick,
-                      out=args.out)
+    r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
+                           pick=args.pick, out=args.out)
     if args.json:
         print(json.dumps(r, indent=2, default=str))
         return 0
@@ -523,8 +527,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from autoprune.errors import UserError
-
     try:
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -23,14 +23,16 @@ import dataclasses
 import fnmatch
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from autoprune.errors import ConfigError, UserError
+from autoprune.errors import ConfigError, UserError, first_line
 from autoprune.params import Interval, Param, validate_params
+from autoprune.sparsity import NMSparsity
 
 NONE_TYPE = "none"
 
@@ -53,6 +55,27 @@ class LayerTarget:
         if self.rate is not None:
             out["rate"] = float(self.rate)
         return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> LayerTarget:
+        """A target as :meth:`to_dict` writes it (and a study stores it): ``{type, rate}``,
+        a missing type being ``none``. Not a check of user input (that is a config's job)."""
+        return cls(str(raw.get("type", NONE_TYPE)), raw.get("rate"))
+
+    @property
+    def removed_fraction(self) -> float | None:
+        """The fraction of the layer's weights this target removes: its rate, 0 for ``none``,
+        ``1 - N/M`` for an ``N:M`` type (``2:4`` removes half); None for another type without
+        a rate."""
+        if self.rate is not None:
+            return self.rate
+        if self.type == NONE_TYPE:
+            return 0.0
+        try:
+            nm = NMSparsity.from_name(self.type)
+        except UserError:  # 0:4, 5:4: no pattern
+            return None
+        return nm.implied_rate if nm is not None else None
 
 
 def _admm(name: str, constraint: Interval, optional: bool = False) -> Param:
@@ -222,7 +245,7 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
+        first = first_line(exc) if str(exc).strip() else "syntax error"
         raise ConfigError(f"{what} '{p}' is not valid YAML: {first}") from None
 
 

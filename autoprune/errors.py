@@ -38,3 +38,28 @@ def unknown_name(kind: str, name: str, known: list[str], hint: str = "") -> Unkn
     if hint:
         msg += f" {hint}"
     return UnknownNameError(msg)
+
+
+def first_line(exc: BaseException, *, limit: int = 300, with_type: bool = False) -> str:
+    """The first line of an exception's message, for a one-line error or warning.
+
+    White space is folded; an empty message gives the exception's type name.
+
+    Args:
+        exc: The exception.
+        limit: The longest result; a longer one is cut and ends with ``…``.
+        with_type: Prefix the type name (``OSError: [Errno 28] No space left on device``).
+
+    Example:
+        >>> first_line(ValueError("bad rate\\n  details nobody reads"))
+        'bad rate'
+        >>> first_line(KeyError(), with_type=True)
+        'KeyError'
+    """
+    lines = str(exc).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if not text:
+        text = type(exc).__name__
+    elif with_type:
+        text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,7 +1,8 @@
 """Library entry points behind the CLI: train a baseline, list layers, prune from a config.
 
-Each function does the whole job and returns plain data (dicts of numbers and names),
-so the CLI only prints, and tests call these directly. The dense model's input, data and
+Each function does the whole job and returns data the CLI only prints (dicts of numbers
+and names; a prune, the typed :class:`PruneSummary`, whose ``to_dict`` is its
+``result.json``), and tests call these directly. The dense model's input, data and
 checkpoint come from :mod:`autoprune.dense` (re-exported here).
 """
 
@@ -10,15 +11,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from autoprune import admm
+from autoprune.admm import AdmmIteration
 from autoprune.config import AdmmSettings, PruneConfig, resolve_layer_targets
+from autoprune.data import DatasetSplits
 from autoprune.dense import (
     build_model,
     checkpoint_for,
@@ -32,11 +35,14 @@ from autoprune.groups import ChannelGraph
 from autoprune.models import check_model_input, create_model
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
-from autoprune.stats import layer_stats, model_counts
+from autoprune.stats import LayerStats, layer_stats, model_counts
 from autoprune.train import evaluate, seed_everything
 
-__all__ = ["PruneOutcome", "build_model", "checkpoint_for", "example_input", "list_layers", "load_dataset",
-           "run_prune", "train_baseline", "write_prune_outputs"]
+if TYPE_CHECKING:
+    from autoprune.deploy import DeployReport
+
+__all__ = ["ModelScores", "PruneOutcome", "PruneSummary", "build_model", "checkpoint_for", "example_input",
+           "list_layers", "load_dataset", "run_prune", "train_baseline", "write_prune_outputs"]
 
 
 # -- layers ----------------------------------------------------------------------
@@ -65,18 +71,106 @@ def list_layers(model_name: str, dataset_name: str | None = None, *, data_dir: s
 
 
 # -- prune -----------------------------------------------------------------------
-@dataclass
-class PruneOutcome:
-    """Everything a prune run reports (``to_dict`` is what ``--json`` prints)."""
+@dataclass(frozen=True)
+class ModelScores:
+    """Accuracy and size of one model (the dense baseline, or the masked pruned model).
 
-    summary: dict[str, Any]
-    model: nn.Module
-    masks: dict[str, torch.Tensor]
-    projector: Any = None  # the Projector whose hard masks were applied (its kept channels drive compaction)
-    splits: Any = None  # the dataset splits used
+    ``params_nonzero`` and ``macs`` count what remains once zero weights are skipped;
+    ``macs_dense`` is the count without skipping them (:func:`autoprune.stats.model_counts`).
+    """
+
+    val_acc: float
+    test_acc: float
+    params: int
+    params_nonzero: int
+    macs_dense: int
+    macs: int
+    mac_reduction: float
 
     def to_dict(self) -> dict[str, Any]:
-        return self.summary
+        return asdict(self)
+
+
+@dataclass
+class PruneSummary:
+    """What a prune run measured: the typed form of ``result.json`` (:meth:`to_dict`).
+
+    ``out_dir`` is set once the outputs are written (:func:`write_prune_outputs`),
+    ``deploy`` once a deployable folder is built from it, ``mlflow_run_id`` (with
+    ``tracked``) once the deployable was offered to MLflow; each appears in
+    :meth:`to_dict` only from then on.
+    """
+
+    model: str
+    dataset: str
+    checkpoint: str
+    method: str
+    device: str
+    admm: AdmmSettings
+    channel_multiple: int
+    dense: ModelScores
+    pruned: ModelScores
+    layers: list[LayerStats]
+    residuals: list[AdmmIteration]  # one per ADMM iteration
+    retrain_losses: list[float]
+    hard_prune_val_acc: float | None  # right after the hard prune, before retraining
+    notes: list[str]
+    seconds: float
+    out_dir: str | None = None
+    deploy: DeployReport | None = None
+    mlflow_run_id: str | None = None
+    tracked: bool = False  # the model upload was tried (its run id is None where it failed)
+
+    @property
+    def val_drop(self) -> float:
+        """Validation accuracy lost to pruning (points as a fraction: 0.02 is 2 points)."""
+        return self.dense.val_acc - self.pruned.val_acc
+
+    @property
+    def test_drop(self) -> float:
+        return self.dense.test_acc - self.pruned.test_acc
+
+    def to_dict(self) -> dict[str, Any]:
+        """``result.json``: the summary as plain data (the keys of autoprune 0.1)."""
+        out: dict[str, Any] = {
+            "model": self.model,
+            "dataset": self.dataset,
+            "checkpoint": self.checkpoint,
+            "method": self.method,
+            "device": self.device,
+            "admm": dict(self.admm.__dict__),
+            "channel_multiple": self.channel_multiple,
+            "dense": self.dense.to_dict(),
+            "pruned": self.pruned.to_dict(),
+            "accuracy_drop": {"val": self.val_drop, "test": self.test_drop},
+            "layers": [s.to_dict() for s in self.layers],
+            "residuals": [asdict(it) for it in self.residuals],
+            "retrain_losses": list(self.retrain_losses),
+            "hard_prune_val_acc": self.hard_prune_val_acc,
+            "notes": list(self.notes),
+            "seconds": self.seconds,
+        }
+        if self.out_dir is not None:
+            out["out_dir"] = self.out_dir
+        if self.deploy is not None:
+            out["deploy"] = self.deploy.to_dict(with_out_dir=True)
+        if self.tracked:
+            out["mlflow_run_id"] = self.mlflow_run_id
+        return out
+
+
+@dataclass
+class PruneOutcome:
+    """Everything a prune run gives back (``to_dict`` is what ``--json`` prints)."""
+
+    summary: PruneSummary
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    projector: Projector | None = None  # whose hard masks were applied (its kept channels drive compaction)
+    splits: DatasetSplits | None = None  # the dataset splits used
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary.to_dict()
 
 
 def run_prune(
@@ -121,27 +215,23 @@ def run_prune(
     test_acc = evaluate(model, splits.test, device=device)
     stats = layer_stats(model, graph, targets)
     counts = model_counts(model, stats)
-    summary: dict[str, Any] = {
-        "model": config.model,
-        "dataset": config.dataset,
-        "checkpoint": str(ckpt_path),
-        "method": method,
-        "device": str(device),
-        "admm": {k: v for k, v in settings.__dict__.items()},
-        "channel_multiple": config.channel_multiple,
-        "dense": {"val_acc": dense_val, "test_acc": dense_test, **dense_counts},
-        "pruned": {"val_acc": val_acc, "test_acc": test_acc, **counts},
-        "accuracy_drop": {"val": dense_val - val_acc, "test": dense_test - test_acc},
-        "layers": [s.to_dict() for s in stats],
-        "residuals": [
-            {"iteration": it.iteration, "rho": it.rho, "train_loss": it.train_loss, "residual": it.residual}
-            for it in history.iterations
-        ],
-        "retrain_losses": history.retrain_losses,
-        "hard_prune_val_acc": history.hard_prune_val_acc,
-        "notes": history.notes,
-        "seconds": seconds,
-    }
+    summary = PruneSummary(
+        model=config.model,
+        dataset=config.dataset,
+        checkpoint=str(ckpt_path),
+        method=method,
+        device=str(device),
+        admm=settings,
+        channel_multiple=config.channel_multiple,
+        dense=ModelScores(val_acc=dense_val, test_acc=dense_test, **dense_counts),
+        pruned=ModelScores(val_acc=val_acc, test_acc=test_acc, **counts),
+        layers=stats,
+        residuals=history.iterations,
+        retrain_losses=history.retrain_losses,
+        hard_prune_val_acc=history.hard_prune_val_acc,
+        notes=history.notes,
+        seconds=seconds,
+    )
     outcome = PruneOutcome(summary, model, masks, projector, splits)
     if out_dir is not None:
         write_prune_outputs(outcome, config, out_dir)
@@ -154,8 +244,8 @@ def write_prune_outputs(outcome: PruneOutcome, config: PruneConfig, out_dir: str
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml())
     torch.save({"state_dict": {k: v.cpu() for k, v in outcome.model.state_dict().items()},
-                "masks": {k: v.cpu() for k, v in outcome.masks.items()}, "summary": outcome.summary},
+                "masks": {k: v.cpu() for k, v in outcome.masks.items()}, "summary": outcome.summary.to_dict()},
                out / "masked_model.pt")
-    outcome.summary["out_dir"] = str(out)
-    (out / "result.json").write_text(json.dumps(outcome.summary, indent=2))
+    outcome.summary.out_dir = str(out)
+    (out / "result.json").write_text(json.dumps(outcome.summary.to_dict(), indent=2))
     return out

@@ -8,12 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from autoprune.errors import UserError
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
+from autoprune.errors import UserError, first_line
 
 def _load_callable(name: str) -> Any:
     module_path, _, attr_path = name.partition(":")
@@ -22,7 +17,7 @@ def _load_callable(name: str) -> Any:
     try:
         module = importlib.import_module(module_path)
     except Exception as exc:  # ImportError, or any error raised while running the module
-        raise UserError(f"cannot import module '{module_path}' for model '{name}': {_first_line(exc)}.") from exc
+        raise UserError(f"cannot import module '{module_path}' for model '{name}': {first_line(exc, with_type=True)}.") from exc
     obj: Any = module
     for part in attr_path.split("."):
         try:

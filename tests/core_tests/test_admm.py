@@ -23,7 +23,7 @@ def _prune(ckpt, layers, settings, method="admm", seed=0):  # noqa: ANN001, ANN2
 def test_filter_50_on_every_conv_stays_within_3_points(digits_baseline):
     ckpt, _ = digits_baseline
     out = _prune(ckpt, {"features.*": LayerTarget("filter", 0.5)}, SHORT)
-    s = out.summary
+    s = out.to_dict()
     assert s["dense"]["val_acc"] > 0.9
     assert s["dense"]["val_acc"] - s["pruned"]["val_acc"] <= 0.03
     # exactly half of every conv's filters are gone, in the weights the model now holds
@@ -41,8 +41,8 @@ def test_admm_prepares_the_weights_for_the_hard_prune(digits_baseline):
     ckpt, _ = digits_baseline
     settings = AdmmSettings(iters=8, epochs=0.5, rho=2.0, rho_growth=1.0, retrain_epochs=2)
     layers = {"features.*": LayerTarget("filter", 0.75)}
-    admm = _prune(ckpt, layers, settings).summary
-    mag = _prune(ckpt, layers, settings, method="magnitude").summary
+    admm = _prune(ckpt, layers, settings).to_dict()
+    mag = _prune(ckpt, layers, settings, method="magnitude").to_dict()
     assert admm["hard_prune_val_acc"] >= mag["hard_prune_val_acc"] + 0.4
     residual = [max(it["residual"].values()) for it in admm["residuals"]]
     assert len(residual) == 8 and residual[-1] < residual[0]
@@ -60,7 +60,7 @@ def equal_epochs_75_filter(digits_baseline):  # noqa: ANN001, ANN201
     """ADMM and magnitude at 75% filter on every conv, 7 training epochs each, seed 0."""
     ckpt, _ = digits_baseline
     layers = {"features.*": LayerTarget("filter", 0.75)}
-    return _prune(ckpt, layers, CONVERGED).summary, _prune(ckpt, layers, CONVERGED, method="magnitude").summary
+    return _prune(ckpt, layers, CONVERGED).to_dict(), _prune(ckpt, layers, CONVERGED, method="magnitude").to_dict()
 
 
 @pytest.mark.slow
@@ -79,7 +79,7 @@ def test_masked_retraining_keeps_pruned_weights_at_zero(digits_baseline):
     named = dict(out.model.named_parameters())
     for pname, mask in out.masks.items():
         assert torch.all(named[pname][~mask] == 0), pname
-    layers = {layer["name"]: layer for layer in out.summary["layers"]}
+    layers = {layer["name"]: layer for layer in out.to_dict()["layers"]}
     assert layers["features.3"]["sparsity"] == pytest.approx(0.9, abs=1 / 18432)
     assert layers["classifier.1"]["sparsity"] == pytest.approx(0.5)
     w = out.model.get_submodule("features.7").weight.detach()
@@ -99,5 +99,5 @@ def test_same_seed_same_result_on_cpu(digits_baseline):
 def test_tiny_schedule_reports_non_convergence(digits_baseline):
     ckpt, _ = digits_baseline
     s = _prune(ckpt, {"features.*": LayerTarget("filter", 0.75)},
-               AdmmSettings(iters=2, steps=3, rho=1e-3, retrain_epochs=0.2)).summary
+               AdmmSettings(iters=2, steps=3, rho=1e-3, retrain_epochs=0.2)).to_dict()
     assert any("did not converge" in note for note in s["notes"])

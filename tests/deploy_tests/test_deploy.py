@@ -17,18 +17,12 @@ from torch import nn
 from autoprune.compact import compact_model
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, SemiStructuredLinear, ShapeSparseConv2d
 from autoprune.config import LayerTarget, PruneConfig
-from autoprune.deploy import (
-    build_deployable,
-    describe_architecture,
-    export_programs,
-    load_pruned,
-    log_model_to_mlflow,
-    save_pruned,
-)
+from autoprune.deploy import build_deployable, describe_architecture, export_programs, load_pruned, save_pruned
 from autoprune.errors import UserError
 from autoprune.latency import LatencySettings
 from autoprune.models import create_model
 from autoprune.sparsity import get_sparsity
+from autoprune.tracking import log_model_to_mlflow
 from autoprune.train import evaluate
 
 CPU = torch.device("cpu")
@@ -64,7 +58,7 @@ def pruned(digits_baseline):  # noqa: ANN001, ANN201
 @pytest.fixture(scope="module")
 def deployed(pruned, tmp_path_factory):  # noqa: ANN001, ANN201
     out = tmp_path_factory.mktemp("deploy") / "digits"
-    report = build_deployable(pruned, out, device=CPU, latency=QUICK)
+    report = build_deployable(pruned, out, device=CPU, latency=QUICK).to_dict(with_out_dir=True)
     return out, report
 
 
@@ -218,7 +212,8 @@ def test_force_replaces_the_folder_csr_kernel_round_trips_and_exports_densely(pr
     out = tmp_path / "deploy"
     out.mkdir()
     (out / "old.txt").write_text("from an earlier run")
-    report = build_deployable(pruned, out, device=CPU, latency=QUICK, force=True, force_form="csr")
+    report = build_deployable(pruned, out, device=CPU, latency=QUICK, force=True,
+                              force_form="csr").to_dict(with_out_dir=True)
     assert not (out / "old.txt").exists() and all((out / f).is_file() for f in FILES)
     assert [p.name for p in tmp_path.iterdir()] == ["deploy"]
     kernels = {row["name"]: row["kernel"] for row in report["layers"]}
@@ -235,7 +230,8 @@ def test_force_replaces_the_folder_csr_kernel_round_trips_and_exports_densely(pr
 
 def test_kernels_chosen_in_bf16_are_stored_in_fp32(pruned, tmp_path) -> None:
     bf16 = LatencySettings(batch_size=32, dtype="bf16", warmup=1, repeats=3, min_seconds=0.01)
-    report = build_deployable(pruned, tmp_path / "bf16", device=CPU, latency=bf16, force_form="shape-gemm")
+    report = build_deployable(pruned, tmp_path / "bf16", device=CPU, latency=bf16,
+                              force_form="shape-gemm").to_dict(with_out_dir=True)
     assert report["dtype"] == "bf16" and report["stored_dtype"] == "fp32"
     model = load_pruned(tmp_path / "bf16")
     assert isinstance(model.features[0], ShapeSparseConv2d) and model.features[0].weight.dtype == torch.float32
@@ -243,7 +239,7 @@ def test_kernels_chosen_in_bf16_are_stored_in_fp32(pruned, tmp_path) -> None:
 
 
 def test_a_failure_leaves_nothing_behind(pruned, tmp_path, monkeypatch) -> None:
-    import autoprune.deploy as deploy
+    import autoprune.deploy.build as deploy  # where build_deployable looks the exporter up
 
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("disk full")

@@ -11,7 +11,7 @@ import yaml
 
 from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.errors import UserError
-from autoprune.export import export_config, feasible_front, pick_trial
+from autoprune.pick import feasible_front, pick_trial, write_trial_config
 from autoprune.search.records import (
     REASON_ATTR,
     STUDY_ATTR,
@@ -136,7 +136,7 @@ def test_errors(kwargs, pattern) -> None:
         pick_trial(_record(_trials()), **kwargs)
 
 
-# -- export_config on a storage --------------------------------------------------------------
+# -- write_trial_config on a storage --------------------------------------------------------------
 
 
 def _measured(t: TrialRecord) -> dict:
@@ -171,7 +171,7 @@ def storage(tmp_path_factory) -> str:
 @pytest.mark.parametrize(("pick", "number"), [("fastest", 1), ("most-accurate", 4), ("knee", 2)])
 def test_export_writes_a_config_prune_reads(storage, tmp_path, pick, number) -> None:
     out = tmp_path / "sub" / "best.yaml"
-    summary = export_config("s", storage, pick=pick, out=out)
+    summary = write_trial_config("s", storage, pick=pick, out=out)
     assert summary["trial"] == number and summary["study"] == "s" and summary["out"] == str(out)
     assert summary["metrics"]["latency_ms"] == _trials()[number].latency_ms
     config = PruneConfig.from_yaml(out)  # read unchanged
@@ -185,7 +185,7 @@ def test_export_writes_a_config_prune_reads(storage, tmp_path, pick, number) -> 
 
 
 def test_export_one_trial_by_number(storage, tmp_path) -> None:
-    summary = export_config("s", storage, trial=6, out=tmp_path / "t6.yaml")
+    summary = write_trial_config("s", storage, trial=6, out=tmp_path / "t6.yaml")
     assert summary["trial"] == 6 and summary["pick"] == "trial"
     assert yaml.safe_load((tmp_path / "t6.yaml").read_text())["origin"]["trial"] == 6
 
@@ -203,14 +203,14 @@ def test_export_one_trial_by_number(storage, tmp_path) -> None:
 def test_export_errors(storage, tmp_path, study, kwargs, pattern) -> None:
     out = tmp_path / "x.yaml"
     with pytest.raises(UserError, match=pattern):
-        export_config(study, storage, out=out, **kwargs)
+        write_trial_config(study, storage, out=out, **kwargs)
     assert not out.exists()
 
 
 def test_export_from_a_missing_storage_file_creates_nothing(tmp_path) -> None:
     db = tmp_path / "missing.db"
     with pytest.raises(UserError, match="no Optuna storage at"):
-        export_config("s", f"sqlite:///{db}", out=tmp_path / "x.yaml")
+        write_trial_config("s", f"sqlite:///{db}", out=tmp_path / "x.yaml")
     assert not db.exists()
 
 
@@ -234,13 +234,13 @@ def test_export_from_a_real_search(digits_baseline, tmp_path) -> None:
     assert len(pruned_feasible) == 5
     for pick in ("fastest", "most-accurate", "knee"):
         out = tmp_path / f"{pick}.yaml"
-        summary = export_config("e", url, pick=pick, out=out)
+        summary = write_trial_config("e", url, pick=pick, out=out)
         chosen = next(t for t in record.trials if t.number == summary["trial"])
         assert chosen in pruned_feasible
         config = PruneConfig.from_yaml(out)
         assert config.checkpoint == str(digits_baseline[0]) and config.origin["trial"] == chosen.number
         assert {k: v.to_dict() for k, v in config.layers.items()} == chosen.targets
-    fastest = export_config("e", url, out=tmp_path / "f.yaml")["trial"]
+    fastest = write_trial_config("e", url, out=tmp_path / "f.yaml")["trial"]
     # the fastest by the end-of-search re-measurement (the search times its fastest ones again)
     again = [t for t in pruned_feasible if t.remeasured]
     assert len(again) >= 3

@@ -99,7 +99,7 @@ def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits
     import torch
 
     outcome = run_prune(cfg, device=torch.device("cpu"), overrides={"iters": 1, "epochs": 0.1, "retrain_epochs": 0.1})
-    assert {s["name"] for s in outcome.summary["layers"] if s["type"] != "dense"} == set(best.targets)
+    assert {s["name"] for s in outcome.to_dict()["layers"] if s["type"] != "dense"} == set(best.targets)
 
 
 def test_resume_adds_trials_up_to_the_new_total(first_search, digits_baseline) -> None:

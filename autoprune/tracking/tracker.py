@@ -1,4 +1,4 @@
-"""MLflow mirror of a study.
+"""The MLflow mirror of a study.
 
 The Optuna storage is the source of truth; MLflow mirrors it for browsing (``mlflow ui``)
 and can be rebuilt from it at any time (:meth:`Tracker.sync_study`). The layout:
@@ -11,6 +11,9 @@ and can be rebuilt from it at any time (:meth:`Tracker.sync_study`). The layout:
   layer's target as params (``layer.<name>.type`` / ``layer.<name>.rate``), Optuna's own
   params (``optuna.<name>``), the measured metrics, the ADMM residual and training loss as
   step histories, and the trial's config as ``config.yaml``.
+
+What is logged, by name, is :mod:`autoprune.tracking.keys`; how the tracking URI is
+reached, :mod:`autoprune.tracking.connection`.
 
 Logging is idempotent: a trial logged twice updates its run, a resumed study reuses its
 parent run. Tracking never stops a search: every MLflow call goes through one guard, and
@@ -27,49 +30,42 @@ the first failure (an unreachable server, a locked database) is reported once th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
-import re
-import socket
-import ssl
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from autoprune.report.artifacts import write_study_artifacts
 from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord
 from autoprune.search.storage import redact
+from autoprune.text import percent
+from autoprune.tracking.connection import DEFAULT_TRACKING_URI, Connection, describe_failure
+from autoprune.tracking.keys import (
+    PARENT_TAG,
+    ROLE_TAG,
+    STORAGE_TAG,
+    STUDY_NAME_TAG,
+    mlflow_key,
+    param_value,
+    settings_params,
+    trial_metrics,
+    trial_params,
+    trial_tags,
+)
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "trial_metrics", "trial_params", "trial_tags"]
+__all__ = ["Tracker"]
 
-DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
-
-ROLE_TAG = "autoprune.role"
-STORAGE_TAG = "optuna.storage"
-STUDY_NAME_TAG = "optuna.study_name"
-PARENT_TAG = "mlflow.parentRunId"
-ARTIFACT_DIR = "mlartifacts"  # next to a SQLite database, instead of MLflow's ./mlruns in the current folder
-
-# MLflow's limits (mlflow.utils.validation); kept here so a change there is one edit here.
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
-MAX_KEY = 250
+# MLflow's batch limits (mlflow.utils.validation)
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_ENTITIES_PER_BATCH = 1000
 
-# Fail fast against a remote server (MLflow's defaults: 7 retries with backoff, 120 s timeout).
-HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
-HEALTH_TIMEOUT_S = 3.0
-
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
 _STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 _GOES_ON = "the search goes on without tracking"
@@ -86,170 +82,6 @@ class _StudyRuns:
     experiment_id: str
     parent_run_id: str
     trial_runs: dict[int, str]  # trial number -> run id, filled lazily
-
-
-# ---------------------------------------------------------------- what a trial logs
-
-
-def _key(name: str) -> str:
-    """A valid MLflow param/metric/tag key (unusual characters become ``_``)."""
-    return _BAD_KEY_CHARS.sub("_", name)[:MAX_KEY]
-
-
-def _value(value: Any, limit: int = MAX_PARAM_VALUE) -> str:
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, (dict, list, tuple)):
-        text = json.dumps(value, sort_keys=True, default=str)
-    else:
-        text = str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _nm_removed(kind: str) -> float | None:
-    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", kind)
-    return 1.0 - int(m.group(1)) / int(m.group(2)) if m and int(m.group(2)) > 0 else None
-
-
-def _settings_params(meta: StudyMeta) -> dict[str, Any]:
-    """The search settings as flat params (the parent run logs these, each trial a summary)."""
-    out: dict[str, Any] = {
-        "model": meta.model,
-        "dataset": meta.dataset,
-        "checkpoint": meta.checkpoint,
-        "device": meta.device,
-        "device_description": meta.device_description,
-        "budget": meta.budget,
-        "budget_mode": meta.budget_mode,
-        "allowed_drop": meta.allowed_drop(),
-        "latency_batch": meta.latency_batch,
-        "dtype": meta.dtype,
-        "channels_last": meta.channels_last,
-        "fold_bn": meta.fold_bn,
-        "steady_memory": meta.steady_memory,
-        "channel_multiple": meta.channel_multiple,
-        "space": meta.space,
-        "sampler": meta.sampler,
-        "seed": meta.seed,
-        "objectives": ",".join(meta.objectives),
-    }
-    out.update({f"admm.{k}": v for k, v in meta.admm.items()})
-    out.update({f"version.{k}": v for k, v in meta.versions.items()})
-    return out
-
-
-def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
-    """The params of a trial's run: every layer's ``type`` and ``rate``, Optuna's params
-    as given (prefixed ``optuna.``, so they never clash with the layer keys), and a summary
-    of the search settings.
-
-    A layer's ``rate`` is the fraction of its weights removed: the target's rate, 0 for
-    ``none`` and ``1 - N/M`` for ``N:M``, so the column lines up across trials.
-    """
-    out: dict[str, Any] = {}
-    for name, target in trial.targets.items():
-        kind = str(target.get("type", "none"))
-        rate = target.get("rate")
-        if rate is None:
-            rate = 0.0 if kind == "none" else _nm_removed(kind)
-        out[f"layer.{name}.type"] = kind
-        if rate is not None:
-            out[f"layer.{name}.rate"] = rate
-    out.update({f"optuna.{k}": v for k, v in trial.params.items()})
-    settings = _settings_params(meta)
-    for k in ("model", "dataset", "device", "device_description", "seed", "latency_batch", "dtype"):
-        out[k] = settings[k]
-    out.update({k: v for k, v in settings.items() if k.startswith("version.")})
-    out["is_dense"] = trial.is_dense
-    return {_key(k): _value(v) for k, v in out.items()}
-
-
-def trial_metrics(trial: TrialRecord) -> list[tuple[str, float, int]]:
-    """``(key, value, step)`` of a trial: the measured numbers at step 0, then the ADMM
-    residual and the training loss as histories (step = iteration / epoch index)."""
-    scalars = {
-        "accuracy": trial.accuracy,
-        "accuracy_drop": trial.accuracy_drop,
-        "hard_prune_accuracy": trial.hard_prune_accuracy,
-        "latency_ms": trial.latency_ms,
-        "latency_p90_ms": trial.latency_p90_ms,
-        "speedup": trial.speedup,
-        "macs": trial.macs,
-        "params_count": trial.params_count,
-        "sparsity": trial.sparsity,
-        "seconds": trial.seconds,
-    }
-    out = [(k, float(v), 0) for k, v in scalars.items() if v is not None]
-    out += [("admm_residual", float(v), i) for i, v in enumerate(trial.residuals) if v is not None]
-    out += [("train_loss", float(v), i) for i, v in enumerate(trial.train_losses) if v is not None]
-    return out
-
-
-def trial_tags(trial: TrialRecord) -> dict[str, str]:
-    """Tags of a trial's run: number, state, Pareto membership, feasibility, stop reason,
-    the sparsity summary and the kernel chosen per layer."""
-    out = {
-        ROLE_TAG: "trial",
-        "trial_number": str(trial.number),
-        "state": trial.state,
-        "pareto": "true" if trial.pareto else "false",
-        "summary": trial.sparsity_summary(),
-    }
-    if trial.feasible is not None:
-        out["feasible"] = "true" if trial.feasible else "false"
-    if trial.stop_reason:
-        out["stop_reason"] = trial.stop_reason
-    out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
-    return {_key(k): _value(v, MAX_TAG_VALUE) for k, v in out.items()}
-
-
-def _is_http(uri: str) -> bool:
-    return uri.lower().startswith(("http://", "https://"))
-
-
-def _resolve_sqlite(uri: str) -> tuple[str, Path | None]:
-    """Make a relative SQLite path absolute (so the mirror does not move with the current
-    folder) and return the database's path."""
-    if not uri.startswith("sqlite:///"):
-        return uri, None
-    rest = uri[len("sqlite:///") :]
-    path_part, sep, query = rest.partition("?")
-    if not path_part or path_part == ":memory:":
-        return uri, None
-    path = Path(path_part).expanduser().resolve()
-    return f"sqlite:///{path}{sep}{query}", path
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    for e in _chain(exc):
-        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, urllib.error.URLError)):
-            return True
-        if type(e).__module__.startswith(("requests", "urllib3")):
-            return True
-    text = str(exc)
-    return "API request to" in text and "failed" in text  # mlflow.utils.rest_utils' wording
-
-
-def _one_line(exc: BaseException) -> str:
-    """A short reason: ``[Errno 111] Connection refused`` rather than a page of urllib3."""
-    for e in _chain(exc):
-        m = re.search(r"\[Errno -?\d+\][^'\"\)\]]*", str(e))
-        if m:
-            return m.group(0).strip()
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:199] + "…"
-
-
-# ---------------------------------------------------------------- the tracker
 
 
 class Tracker:
@@ -270,24 +102,17 @@ class Tracker:
     """
 
     def __init__(self, tracking_uri: str | None = None, *, warn: Callable[[str], None] | None = None) -> None:
-        uri, db_path = _resolve_sqlite(tracking_uri or DEFAULT_TRACKING_URI)
+        self._conn = Connection.resolve(tracking_uri or DEFAULT_TRACKING_URI)
         # MLflow prints "View run ... at: URL" on stdout when a run ends; stdout is for --json
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        self.tracking_uri = uri
+        self.tracking_uri = self._conn.uri
         self._warn = warn if warn is not None else _log.warning
         self._enabled = True
         self._client: Any = None
         self._studies: dict[str, _StudyRuns] = {}
-        self._artifact_root = db_path.parent / ARTIFACT_DIR if db_path is not None else None
-        if db_path is not None:
-            try:
-                db_path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                self._disable(exc)
-        if _is_http(uri):
-            for name, value in HTTP_ENV_DEFAULTS.items():
-                os.environ.setdefault(name, value)
-            self._check_health()
+        failure = self._conn.open()
+        if failure is not None:
+            self._disable(failure)
 
     @property
     def enabled(self) -> bool:
@@ -300,36 +125,25 @@ class Tracker:
         if not self._enabled:
             return
         self._enabled = False
-        what = "is unreachable" if _is_connection_error(exc) else "failed"
-        reason = _one_line(exc)
-        self._warn(f"MLflow tracking at {self.tracking_uri} {what} ({reason}); {_GOES_ON}")
+        self._warn(f"MLflow tracking at {self.tracking_uri} {describe_failure(exc)}; {_GOES_ON}")
 
-    def _check_health(self) -> None:
-        url = self.tracking_uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=HEALTH_TIMEOUT_S):
-                pass
-        except urllib.error.HTTPError:
-            pass  # the server answered; /health may just be routed elsewhere (a proxy, auth)
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", None)
-            if isinstance(exc, ssl.SSLError) or isinstance(reason, ssl.SSLError):
-                return  # it answered; MLflow's own TLS settings decide the rest
-            self._disable(exc)
-
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _with_client(self, fn: Callable[[Any], Any]) -> Any:  # noqa: ANN401
         """Every MLflow call goes through here: the first failure warns and turns the tracker off."""
         if not self._enabled:
             raise _Off
         try:
             if self._client is None:
-                from mlflow import MlflowClient
+                from mlflow import MlflowClient  # heavy: only once something is logged
 
                 self._client = MlflowClient(tracking_uri=self.tracking_uri)
-            return getattr(self._client, method)(*args, **kwargs)
+            return fn(self._client)
         except Exception as exc:  # noqa: BLE001 - any MLflow failure must not stop the search
             self._disable(exc)
             raise _Off from None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401
+        """``MlflowClient.<method>(*args, **kwargs)``, guarded."""
+        return self._with_client(lambda client: getattr(client, method)(*args, **kwargs))
 
     @contextlib.contextmanager
     def _guarded(self) -> Iterator[None]:
@@ -356,15 +170,7 @@ class Tracker:
                 return runs
 
     def _experiment(self, name: str) -> str:
-        exp = self._call("get_experiment_by_name", name)
-        if exp is None:
-            location = None
-            if self._artifact_root is not None:
-                location = (self._artifact_root / _key(name).replace("/", "_")).as_uri()
-            return self._call("create_experiment", name, artifact_location=location)
-        if exp.lifecycle_stage == "deleted":
-            self._call("restore_experiment", exp.experiment_id)
-        return exp.experiment_id
+        return self._with_client(lambda client: self._conn.experiment_id(client, name))
 
     def _open_study(self, meta: StudyMeta, storage: str | None) -> _StudyRuns:
         """The experiment and parent run of a study, found (resume) or created."""
@@ -448,7 +254,7 @@ class Tracker:
                         kept.append((key, value, step))
             metrics = kept
         now = int(time.time() * 1000)
-        metric_objs = [Metric(_key(k), v, now, s) for k, v, s in metrics if math.isfinite(v)]
+        metric_objs = [Metric(mlflow_key(k), v, now, s) for k, v, s in metrics if math.isfinite(v)]
         param_objs = [Param(k, v) for k, v in params.items()]
         tag_objs = [RunTag(k, v) for k, v in tags.items()]
         while param_objs or tag_objs or metric_objs:
@@ -475,7 +281,7 @@ class Tracker:
         with self._guarded():
             runs = self._open_study(meta, storage)
             existing = self._call("get_run", runs.parent_run_id)
-            params = {_key(k): _value(v) for k, v in _settings_params(meta).items()}
+            params = {mlflow_key(k): param_value(v) for k, v in settings_params(meta).items()}
             dense = {
                 "dense_accuracy": meta.dense_accuracy,
                 "dense_test_accuracy": meta.dense_test_accuracy,
@@ -484,11 +290,11 @@ class Tracker:
                 "dense_macs": meta.dense_macs,
                 "dense_params": meta.dense_params,
             }
-            params.update({k: _value(v) for k, v in dense.items()})
+            params.update({k: param_value(v) for k, v in dense.items()})
             tags = {
                 ROLE_TAG: "study",
                 STUDY_NAME_TAG: meta.name,
-                STORAGE_TAG: _value(redact(storage)),
+                STORAGE_TAG: param_value(redact(storage)),
             }
             metrics = [(k, float(v), 0) for k, v in dense.items() if v is not None]
             self._log(runs.parent_run_id, params=params, metrics=metrics, tags=tags, existing=existing)
@@ -644,69 +450,7 @@ class Tracker:
             speedup = f"{best.speedup:.2f}x, " if best.speedup is not None else ""
             tags["mlflow.note.content"] = (
                 f"Fastest within the budget: trial {best.number} ({speedup}{best.latency_ms:.4g} ms) at "
-                f"{100 * best.accuracy:.2f}% accuracy; {len(record.front)} trials on the Pareto front."
+                f"{percent(best.accuracy)} accuracy; {len(record.front)} trials on the Pareto front."
             )
         self._log(parent, metrics=metrics, tags=tags)
         self._call("set_terminated", parent, status="FINISHED")
-
-
-def write_study_artifacts(
-    record: StudyRecord,
-    folder: Path,
-    *,
-    study: Any = None,
-    best_config_yaml: str | None = None,
-    figures: bool = True,
-    warn: Callable[[str], None] | None = None,
-) -> dict[str, Path]:
-    """Write the study's files (dense baseline, best config, figures, report) into ``folder``."""
-    from autoprune import report
-
-    folder.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    meta = record.meta
-    baseline = {
-        "study": meta.name,
-        "model": meta.model,
-        "dataset": meta.dataset,
-        "checkpoint": meta.checkpoint,
-        "device": meta.device,
-        "device_description": meta.device_description,
-        "latency_batch": meta.latency_batch,
-        "dtype": meta.dtype,
-        "accuracy": meta.dense_accuracy,
-        "test_accuracy": meta.dense_test_accuracy,
-        "latency_ms": meta.dense_latency_ms,
-        "latency_p90_ms": meta.dense_latency_p90_ms,
-        "macs": meta.dense_macs,
-        "params": meta.dense_params,
-        "versions": meta.versions,
-    }
-    files["dense_baseline"] = folder / "dense_baseline.json"
-    files["dense_baseline"].write_text(json.dumps(baseline, indent=2) + "\n", encoding="utf-8")
-    if best_config_yaml is not None:
-        files["best_config"] = folder / "best_config.yaml"
-        files["best_config"].write_text(best_config_yaml, encoding="utf-8")
-    if not figures:
-        return files
-    files["pareto"] = report.write_figure_html(report.pareto_figure(record), folder / "pareto.html")
-    files["layer_heatmap"] = report.write_figure_html(
-        report.layer_heatmap(record), folder / "layer_heatmap.html"
-    )
-    importances = None
-    if study is not None and len(record.completed) >= 2:
-        try:
-            importances = report.param_importances(study, record)
-        except Exception as exc:  # noqa: BLE001 - optuna.importance can fail on odd spaces: skip
-            (warn or (lambda _m: None))(f"parameter importances skipped: {_one_line(exc)}")
-    fig = report.importance_figure(None, record, importances=importances) if importances else None
-    if fig is not None:
-        files["param_importances"] = report.write_figure_html(fig, folder / "param_importances.html")
-    files["report"] = report.write_report(
-        record,
-        folder / "report.html",
-        chosen=record.best_feasible(),
-        chosen_yaml=best_config_yaml,
-        importances=importances or {},
-    )
-    return files

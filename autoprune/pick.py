@@ -1,6 +1,9 @@
 """Pick a configuration from a finished (or running) study and write it as a prune config.
 
-``autoprune export`` is the step between the search and the full-length prune::
+The command is ``autoprune export`` (exporting a study's choice); the module is named for
+what it does, so that "export" in the library means the deployable model's programs
+(:func:`autoprune.deploy.export_programs`). It is the step between the search and the
+full-length prune::
 
     autoprune search --budget 2% ...              # the study, in the Optuna storage
     autoprune export --study S --pick knee --out best.yaml
@@ -32,31 +35,38 @@ import math
 import os
 from typing import Any
 
-from autoprune.errors import UserError
+import optuna
 
-__all__ = ["PICKS", "export_config", "feasible_front", "pick_trial"]
+from autoprune.atomic import write_text_atomic
+from autoprune.errors import UserError
+from autoprune.search.records import StudyRecord, TrialRecord, study_record
+from autoprune.search.storage import load_autoprune_study, redact
+from autoprune.search.study import best_config_yaml
+from autoprune.text import percent
+
+__all__ = ["PICKS", "feasible_front", "pick_trial", "write_trial_config"]
 
 PICKS = ("fastest", "most-accurate", "knee")
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
+    return percent(value, 1, missing="n/a")
 
 
 def _points(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f} points"
 
 
-def _is_pruned(t: Any) -> bool:  # noqa: ANN401 - TrialRecord
+def _is_pruned(t: TrialRecord) -> bool:
     return not t.is_dense and bool(t.targets)
 
 
-def _candidates(record: Any) -> list[Any]:  # noqa: ANN401
+def _candidates(record: StudyRecord) -> list[TrialRecord]:
     """Completed pruned trials within the budget (a repeated configuration once)."""
     return [t for t in record.feasible if _is_pruned(t) and t.repeat_of is None]
 
 
-def feasible_front(record: Any) -> list[Any]:  # noqa: ANN401 - StudyRecord -> list[TrialRecord]
+def feasible_front(record: StudyRecord) -> list[TrialRecord]:
     """The accuracy–latency Pareto front of the pruned trials within the budget, fastest first."""
     cands = _candidates(record)
     front = [
@@ -67,7 +77,7 @@ def feasible_front(record: Any) -> list[Any]:  # noqa: ANN401 - StudyRecord -> l
     return sorted(front, key=lambda t: (t.latency_ms, -t.accuracy))
 
 
-def _fastest(cands: list[Any]) -> Any:  # noqa: ANN401
+def _fastest(cands: list[TrialRecord]) -> TrialRecord:
     """The fastest candidate, by the end-of-search re-measurement where the search made one (as
     ``StudyRecord.best_feasible`` decides), else by the latency measured in its trial."""
     again = [t for t in cands if t.remeasured]
@@ -76,7 +86,7 @@ def _fastest(cands: list[Any]) -> Any:  # noqa: ANN401
     return min(cands, key=lambda t: (t.latency_ms, -t.accuracy, t.number))
 
 
-def _knee(record: Any, cands: list[Any]) -> Any:  # noqa: ANN401
+def _knee(record: StudyRecord, cands: list[TrialRecord]) -> TrialRecord:
     front = feasible_front(record)
     if len(front) <= 2:
         return _fastest(cands)
@@ -87,7 +97,7 @@ def _knee(record: Any, cands: list[Any]) -> Any:  # noqa: ANN401
     if lat_span <= 0 or acc_span <= 0:
         return _fastest(cands)
 
-    def above(t: Any) -> float:  # noqa: ANN401 - (signed distance to the line) * sqrt(2)
+    def above(t: TrialRecord) -> float:  # (signed distance to the line) * sqrt(2)
         u = (math.log(max(t.latency_ms, 1e-12)) - min(lat)) / lat_span
         v = (t.accuracy - min(acc)) / acc_span
         return v - u
@@ -96,7 +106,7 @@ def _knee(record: Any, cands: list[Any]) -> Any:  # noqa: ANN401
     return best if above(best) > 1e-12 else _fastest(cands)
 
 
-def _no_feasible_message(record: Any) -> str:  # noqa: ANN401
+def _no_feasible_message(record: StudyRecord) -> str:
     meta = record.meta
     budget = f"{_points(meta.allowed_drop())} below dense {_pct(meta.dense_accuracy)}"
     pruned = [t for t in record.completed if _is_pruned(t)]
@@ -111,7 +121,7 @@ def _no_feasible_message(record: Any) -> str:  # noqa: ANN401
             f"{best.latency_ms:.3g} ms): export it with --trial {best.number}, or search with a larger --budget.")
 
 
-def pick_trial(record: Any, *, trial: int | None = None, pick: str = "fastest") -> Any:  # noqa: ANN401
+def pick_trial(record: StudyRecord, *, trial: int | None = None, pick: str = "fastest") -> TrialRecord:
     """The trial of a study to export.
 
     Args:
@@ -154,7 +164,7 @@ def pick_trial(record: Any, *, trial: int | None = None, pick: str = "fastest") 
     return _knee(record, cands)
 
 
-def export_config(
+def write_trial_config(
     study_name: str,
     storage_url: str,
     *,
@@ -179,13 +189,6 @@ def export_config(
         UserError: an unknown study (the message lists the storage's studies), a storage
             that cannot be opened, or anything :func:`pick_trial` refuses.
     """
-    import optuna
-
-    from autoprune.atomic import write_text_atomic
-    from autoprune.search.records import study_record
-    from autoprune.search.storage import load_autoprune_study, redact
-    from autoprune.search.study import best_config_yaml
-
     if pick not in PICKS and trial is None:
         raise UserError(f"unknown --pick '{pick}'; use one of: {', '.join(PICKS)}.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

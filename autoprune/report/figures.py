@@ -1,4 +1,5 @@
-"""Plotly figures of a study and one self-contained HTML report.
+"""Plotly figures of a study: the accuracy–latency front, the per-layer targets, the
+parameter importances.
 
 Everything here reads the plain records of :mod:`autoprune.search.records`; only
 :func:`param_importances` and :func:`importance_figure` touch an Optuna study.
@@ -7,51 +8,35 @@ Everything here reads the plain records of :mod:`autoprune.search.records`; only
   of the completed trials, the Pareto front, the dense point and the budget line.
 - :func:`layer_heatmap`: the per-layer sparsity type and rate of every Pareto trial.
 - :func:`importance_figure`: Optuna's parameter importances for each objective.
-- :func:`write_report`: one HTML file with the settings, the figures, a table of all
-  trials and the chosen configuration.
-
-Every HTML file renders offline: plotly.js is embedded (never loaded from a CDN), once
-per file. Example::
-
-    from autoprune.report import write_report
-    write_report(record, "runs/my-study/report.html", chosen=record.best_feasible())
+- :func:`write_figure_html`: one figure as a file that renders offline.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
 import plotly.graph_objects as go
-from plotly.offline import get_plotlyjs
+from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
-from autoprune.search.records import StudyRecord, TrialRecord, si_count
+from autoprune.config import NONE_TYPE, LayerTarget
+from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
+from autoprune.search.records import StudyRecord, TrialRecord
+from autoprune.text import percent
 
 __all__ = [
-    "TYPE_ABBREVIATIONS",
     "importance_figure",
     "layer_heatmap",
-    "layer_removed_fraction",
     "param_importances",
     "pareto_figure",
     "write_figure_html",
-    "write_report",
 ]
 
-TYPE_ABBREVIATIONS = {
-    "none": "–",
-    "filter": "F",
-    "channel": "C",
-    "shape": "S",
-    "irregular": "I",
-    "filter+shape": "F+S",
-}
-_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 _FEASIBLE_COLOUR = "#1f77b4"
 _INFEASIBLE_COLOUR = "#9a9a9a"
 _FRONT_COLOUR = "#d62728"
@@ -59,55 +44,6 @@ _DENSE_COLOUR = "#2ca02c"
 _BUDGET_COLOUR = "#ff7f0e"
 _UNIFORM_COLOUR = "#8c564b"
 _CHOSEN_COLOUR = "#000000"
-
-
-# ---------------------------------------------------------------- small helpers
-
-
-def layer_removed_fraction(target: dict[str, Any]) -> float:
-    """The fraction of a layer's weights a target removes: its rate, 0 for ``none``,
-    ``1 - N/M`` for an ``N:M`` type (``2:4`` removes half)."""
-    kind = str(target.get("type", "none"))
-    rate = target.get("rate")
-    if rate is not None:
-        return float(rate)
-    m = _NM.match(kind)
-    if m and int(m.group(2)) > 0:
-        return 1.0 - int(m.group(1)) / int(m.group(2))
-    return 0.0
-
-
-def _type_label(target: dict[str, Any]) -> str:
-    """``F 50%``, ``2:4``, ``–`` — a layer target in a few characters."""
-    kind = str(target.get("type", "none"))
-    abbr = TYPE_ABBREVIATIONS.get(kind, kind)
-    rate = target.get("rate")
-    if kind == "none" or rate is None:
-        return abbr
-    return f"{abbr} {round(100 * float(rate))}%"
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    return f"{value:{spec}}{suffix}"
-
-
-def _pct(value: float | None, digits: int = 2) -> str:
-    return "–" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _speedup(trial: TrialRecord) -> str:
-    return _fmt(trial.speedup, ".2f", "×")
-
-
-def _final_speedup(trial: TrialRecord) -> str:
-    """The re-measured speedup with its spread where there is one, else the search's figure."""
-    r = trial.remeasured
-    if not r:
-        return _speedup(trial)
-    return (f"{r['speedup']:.2f}× (re-measured side by side, {r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}× over "
-            f"{int(r['rounds'])} rounds; {_speedup(trial)} in the search)")
 
 
 def _layer_order(record: StudyRecord) -> list[str]:
@@ -124,14 +60,7 @@ def _trial_label(trial: TrialRecord, chosen: TrialRecord | None = None) -> str:
     tag = "dense" if trial.is_dense else f"#{trial.number}"
     if chosen is not None and trial.number == chosen.number:
         tag = f"★ {tag} chosen"
-    return f"{tag} · {_speedup(trial)}" if trial.speedup is not None else tag
-
-
-def _layers_text(trial: TrialRecord, sep: str = ", ") -> str:
-    """``features.0 F 50%, features.3 F 90%`` — every pruned layer with its target."""
-    if trial.is_dense or not trial.targets:
-        return "dense"
-    return sep.join(f"{name} {_type_label(t)}" for name, t in trial.targets.items())
+    return f"{tag} · {speedup_label(trial)}" if trial.speedup is not None else tag
 
 
 # ---------------------------------------------------------------- figures
@@ -169,8 +98,8 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
                 name=name,
                 marker={"color": colour, "symbol": symbol, "size": 9, "line": {"width": 1, "color": "white"}},
                 customdata=[
-                    [t.number, _speedup(t), "<br>".join(html.escape(x) for x in _layers_text(t, "\n").split("\n")),
-                     _pct(t.accuracy_drop)]
+                    [t.number, speedup_label(t), "<br>".join(html.escape(x) for x in layers_text(t, "\n").split("\n")),
+                     percent(t.accuracy_drop)]
                     for t in trials
                 ],
                 hovertemplate=(
@@ -204,7 +133,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
                 name="uniform (one rate on every layer)",
                 line={"color": _UNIFORM_COLOUR, "width": 1.5},
                 marker={"color": _UNIFORM_COLOUR, "symbol": "square", "size": 8},
-                customdata=[[t.number, _speedup(t), html.escape(t.sparsity_summary())] for t in uniform],
+                customdata=[[t.number, speedup_label(t), html.escape(t.sparsity_summary())] for t in uniform],
                 hovertemplate=("uniform trial %{customdata[0]}: %{customdata[2]}<br>accuracy %{y:.2f}%<br>"
                                "latency %{x:.4g} ms (%{customdata[1]})<extra></extra>"),
             )
@@ -295,10 +224,11 @@ def layer_heatmap(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     z, text = [], []
     for t in front:
         row_z, row_text = [], []
+        targets = layer_targets(t)
         for name in layers:
-            target = t.targets.get(name) or {"type": "none"}  # a layer a trial leaves out stays dense
+            target = targets.get(name, LayerTarget(NONE_TYPE))  # a layer a trial leaves out stays dense
             row_z.append(layer_removed_fraction(target))
-            row_text.append(html.escape(_type_label(target)))
+            row_text.append(html.escape(type_label(target)))
         z.append(row_z)
         text.append(row_text)
     fig.add_trace(
@@ -344,10 +274,6 @@ def param_importances(study: Any, record: StudyRecord | None = None) -> dict[str
         ValueError: Fewer than two completed trials.
         Exception: Whatever ``optuna.importance`` raises.
     """
-    import optuna
-    from optuna.importance import get_param_importances
-    from optuna.trial import TrialState
-
     n_done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if n_done < 2:
         raise ValueError(f"parameter importances need at least 2 completed trials, got {n_done}")
@@ -368,7 +294,7 @@ def param_importances(study: Any, record: StudyRecord | None = None) -> dict[str
             warnings.simplefilter(
                 "ignore"
             )  # "computes the importances ... to achieve low target", "too few trials"
-            out[names[i]] = dict(get_param_importances(study, target=target))
+            out[names[i]] = dict(optuna.importance.get_param_importances(study, target=target))
     return out
 
 
@@ -436,205 +362,4 @@ def write_figure_html(fig: go.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
-    return path
-
-
-# ---------------------------------------------------------------- the report
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #eee; text-align: right; }
-th { background: #f4f4f4; } td.l, th.l { text-align: left; }
-tr.pareto td { font-weight: 600; } tr.chosen td { background: #fff4d6; }
-tr.FAIL td, tr.PRUNED td, tr.repeat td { color: #888; }
-td { white-space: nowrap; } td.layers { white-space: normal; font-size: 0.85em; }
-table.settings td, table.settings th { text-align: left; }
-pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.9em; }
-.note { color: #666; font-size: 0.9em; }
-"""
-
-
-def _figure_div(fig: go.Figure) -> str:
-    height = fig.layout.height or 450
-    return fig.to_html(
-        full_html=False, include_plotlyjs=False, default_height=f"{height}px", config={"displaylogo": False}
-    )
-
-
-def _settings_rows(record: StudyRecord) -> list[tuple[str, str]]:
-    m = record.meta
-    if m.budget_mode == "relative":
-        budget = f"drop ≤ {100 * m.budget:.3g}% of the dense accuracy (= {100 * m.allowed_drop():.3g} points)"
-    else:
-        budget = f"drop ≤ {100 * m.budget:.3g} points"
-    rows = [
-        ("study", m.name),
-        ("model", m.model),
-        ("dataset", m.dataset),
-        ("checkpoint", m.checkpoint),
-        ("device", m.device_description or m.device),
-        ("accuracy budget", budget),
-        ("latency", f"batch {m.latency_batch}, {m.dtype}"),
-        ("search space", m.space),
-        ("sampler", f"{m.sampler}, seed {m.seed}"),
-        ("ADMM", ", ".join(f"{k}={v}" for k, v in m.admm.items()) or "–"),
-        ("dense accuracy", f"{_pct(m.dense_accuracy)} validation, {_pct(m.dense_test_accuracy)} test"),
-        ("dense latency", f"{m.dense_latency_ms:.4g} ms median, {m.dense_latency_p90_ms:.4g} ms p90"),
-        ("dense MACs / params", f"{si_count(m.dense_macs)} / {si_count(m.dense_params)}"),
-        ("Optuna storage", record.storage),
-        ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items()) or "–"),
-    ]
-    return rows
-
-
-def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
-    head = (
-        "<tr><th>#</th><th class='l'>state</th><th>accuracy</th><th>drop</th><th>latency (ms)</th>"
-        "<th>speedup</th><th>MACs</th><th>params</th><th>sparsity</th><th class='l'>layers</th>"
-        "<th class='l'>proposed by</th><th class='l'>feasible</th><th class='l'>Pareto</th>"
-        "<th class='l'>note</th></tr>"
-    )
-    rows = []
-    for t in sorted(record.trials, key=lambda t: t.number):
-        classes = [t.state]
-        if t.pareto:
-            classes.append("pareto")
-        if chosen is not None and t.number == chosen.number:
-            classes.append("chosen")
-        if t.repeat_of is not None:
-            classes.append("repeat")
-        feasible = "–" if t.feasible is None else ("yes" if t.feasible else "no")
-        note = t.stop_reason or ""
-        if t.repeat_of is not None:
-            note = f"same configuration as trial {t.repeat_of} (its result, counted once)" + (f"; {note}" if note else "")
-        if t.remeasured:
-            r = t.remeasured
-            note = (f"re-measured: {r['speedup']:.2f}× ({r['speedup_p10']:.2f}–{r['speedup_p90']:.2f}×, "
-                    f"{int(r['rounds'])} rounds)" + (f"; {note}" if note else ""))
-        cells = [
-            f"<td>{t.number}</td>",
-            f"<td class='l'>{html.escape(t.state)}</td>",
-            f"<td>{_pct(t.accuracy)}</td>",
-            f"<td>{_fmt(None if t.accuracy_drop is None else 100 * t.accuracy_drop, '.2f', ' pt')}</td>",
-            f"<td>{_fmt(t.latency_ms, '.4g')}</td>",
-            f"<td>{_speedup(t)}</td>",
-            f"<td>{si_count(t.macs)}</td>",
-            f"<td>{si_count(t.params_count)}</td>",
-            f"<td>{_pct(t.sparsity, 1)}</td>",
-            f"<td class='l layers'>{html.escape(_layers_text(t))}</td>",
-            f"<td class='l'>{html.escape(t.proposal or '')}</td>",
-            f"<td class='l'>{feasible}</td>",
-            f"<td class='l'>{'yes' if t.pareto else ''}</td>",
-            f"<td class='l layers'>{html.escape(note)}</td>",
-        ]
-        rows.append(f"<tr class='{' '.join(classes)}' data-trial='{t.number}'>{''.join(cells)}</tr>")
-    return f"<table class='trials'>{head}{''.join(rows)}</table>"
-
-
-def write_report(
-    record: StudyRecord,
-    path: str | Path,
-    *,
-    study: Any = None,
-    chosen: TrialRecord | None = None,
-    chosen_yaml: str | None = None,
-    importances: dict[str, dict[str, float]] | None = None,
-) -> Path:
-    """Write one self-contained HTML report of a study (renders offline).
-
-    Sections: the study's settings and dense baseline, the Pareto figure, a table of all
-    trials, the per-layer heatmap of the Pareto trials, the chosen configuration, and the
-    parameter importances when they can be computed.
-
-    Args:
-        record: The study, with ``pareto`` marked on its trials.
-        path: Where to write the file (parent folders are created).
-        study: The ``optuna.Study``, for the parameter importances; optional.
-        chosen: The trial to highlight as the chosen configuration (default: the fastest
-            feasible one).
-        chosen_yaml: The chosen configuration as YAML; without it, the chosen trial's
-            per-layer targets are shown.
-        importances: Precomputed :func:`param_importances` (skips computing them again).
-
-    Returns:
-        The path written.
-    """
-    import yaml
-
-    path = Path(path)
-    meta = record.meta
-    chosen = chosen if chosen is not None else record.best_feasible()
-    n_complete = len(record.completed)
-    best = record.best_feasible()
-    parts: list[str] = []
-    add = parts.append
-
-    add(f"<h1>autoprune study {html.escape(meta.name)}</h1>")
-    repeats = sum(1 for t in record.trials if t.repeat_of is not None)
-    summary = (
-        f"{len(record.trials)} trials: {n_complete} completed, {len(record.feasible)} within the budget, "
-        f"{len(record.front)} on the Pareto front"
-        + (f", {repeats} repeated an earlier configuration (counted once)." if repeats else ".")
-    )
-    if best is not None:
-        summary += (
-            f" Fastest within the budget: trial {best.number}, {_final_speedup(best)} "
-            f"({_fmt(best.latency_ms, '.4g')} ms) at {_pct(best.accuracy)} accuracy."
-        )
-    uniform = record.best_uniform()
-    if uniform is not None and best is not None and not best.is_dense:
-        summary += (
-            f" Fastest uniform configuration within the budget: trial {uniform.number} "
-            f"({uniform.sparsity_summary()}), {_final_speedup(uniform)}; the search's best is "
-            f"{best.final_speedup / uniform.final_speedup:.2f}× it."
-        )
-    add(f"<p>{html.escape(summary)}</p>")
-
-    add("<h2>Settings</h2><table class='settings'>")
-    for key, value in _settings_rows(record):
-        add(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>")
-    add("</table>")
-
-    add("<h2>Accuracy against measured latency</h2>")
-    add(_figure_div(pareto_figure(record, chosen)))
-
-    add("<h2>Trials</h2>")
-    add("<p class='note'>Bold: on the Pareto front. Highlighted: the chosen configuration.</p>")
-    add(_trial_table(record, chosen))
-
-    add("<h2>Per-layer sparsity of the Pareto trials</h2>")
-    add(_figure_div(layer_heatmap(record, chosen)))
-
-    add("<h2>Chosen configuration</h2>")
-    if chosen is None and chosen_yaml is None:
-        add("<p>No trial is within the accuracy budget yet.</p>")
-    else:
-        if chosen is not None:
-            add(
-                f"<p>Trial {chosen.number}: {_pct(chosen.accuracy)} accuracy, "
-                f"{_fmt(chosen.latency_ms, '.4g')} ms, {html.escape(_speedup(chosen))}, "
-                f"{html.escape(chosen.sparsity_summary())}.</p>"
-            )
-        text = chosen_yaml
-        if text is None and chosen is not None:
-            text = yaml.safe_dump({"layers": chosen.targets}, sort_keys=False)
-        add(f"<pre>{html.escape(text or '')}</pre>")
-
-    fig = importance_figure(study, record, importances=importances)
-    if fig is not None:
-        add("<h2>Parameter importances</h2>")
-        add(_figure_div(fig))
-
-    doc = (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(f'autoprune: {meta.name}')}</title><style>{_CSS}</style>"
-        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>"
-        f"<script type='text/javascript'>{get_plotlyjs()}</script>"
-        "</head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc, encoding="utf-8")
     return path

@@ -1,0 +1,307 @@
+"""From a finished prune to a deployable model folder (:func:`build_deployable`), in steps:
+
+1. compact the masked model: channels removed, the kernel of each layer measured on the
+   device at the latency batch (:func:`autoprune.compact.compact_model`), stored in float32;
+2. verify that its outputs equal the masked model's on a validation batch;
+3. time dense against compacted (interleaved rounds);
+4. evaluate validation and test accuracy;
+5. save (:func:`~autoprune.deploy.save_pruned`) and export
+   (:func:`~autoprune.deploy.export_programs`);
+6. reload through :func:`~autoprune.deploy.load_pruned` and check that the test accuracy
+   is the same, and that the torch.export and ONNX (onnxruntime, when installed) programs
+   give the torch outputs;
+7. write the card: ``report.json`` and ``report.md`` (:mod:`autoprune.deploy.card`).
+
+Everything is written into a temporary sibling folder that is renamed into place at the
+end, so a failure leaves nothing half-written under the output folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from autoprune.checkpoint import Checkpoint, load_checkpoint
+from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
+from autoprune.compact.kernels import CSRConv2d, CSRLinear, candidate_forms
+from autoprune.data import make_loader
+from autoprune.deploy.archive import ARCHITECTURE_FILE, WEIGHTS_FILE, describe_module, load_pruned, save_pruned
+from autoprune.deploy.card import (
+    REPORT_FILE,
+    REPORT_MD_FILE,
+    Checks,
+    DenseFigures,
+    DeployReport,
+    LayerRow,
+    ProgramEntry,
+    PrunedFigures,
+    write_card,
+)
+from autoprune.deploy.programs import check_programs, export_programs
+from autoprune.errors import UserError
+from autoprune.latency import LatencyResult, LatencySettings, compare_latency, device_description, latency_ratio
+from autoprune.progress import Reporter
+from autoprune.projection import Projector
+from autoprune.stats import LayerStats
+from autoprune.train import evaluate
+
+if TYPE_CHECKING:
+    from autoprune.pipeline import PruneOutcome, PruneSummary
+
+__all__ = ["build_deployable", "count_stored"]
+
+
+def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, device: torch.device,
+                     latency: LatencySettings, force: bool = False, reporter: Reporter | None = None,
+                     force_form: str | None = None) -> DeployReport:
+    """Turn a finished prune into a deployable model folder and report on it (the steps are
+    in the module's docstring); nothing is left under ``out_dir`` when a step fails.
+
+    Args:
+        outcome: What :func:`autoprune.pipeline.run_prune` returned (masked model,
+            projector, splits, summary with the checkpoint path).
+        out_dir: The folder to create.
+        device: Where kernels are chosen, latency measured and accuracy evaluated.
+        latency: Batch size, dtype and repeats of the measurements.
+        force: Replace an existing non-empty ``out_dir``.
+        reporter: Progress messages (default: silent).
+        force_form: Use this kernel form wherever it is a candidate instead of measuring
+            (``dense``, ``shape-gemm``, ``csr``; for tests and known choices).
+
+    Returns:
+        The report (:meth:`DeployReport.to_dict` is ``report.json``), with ``out_dir``.
+
+    Raises:
+        UserError: ``out_dir`` exists and is not empty (without ``force``), or the prune
+            outcome lacks its projector or splits.
+        RuntimeError: the compacted or reloaded model disagrees with the masked one (a bug).
+    """
+    reporter = reporter or Reporter()
+    out = Path(out_dir)
+    _check_out_dir(out, force)
+    if outcome.projector is None or outcome.splits is None:
+        raise UserError("this prune outcome has no projector or dataset splits; run it with autoprune.pipeline.run_prune.")
+    t_start = time.perf_counter()
+    device = torch.device(device)
+    splits, summary = outcome.splits, outcome.summary
+    shape = (splits.in_channels, *splits.image_size)
+    masked = copy.deepcopy(outcome.model).cpu().float().eval()
+    model, result, notes = _compact(masked, outcome.projector, shape, device, latency, force_form, reporter)
+    xb = _first_batch(splits.val)
+    diff = _verify_compaction(masked, model, xb, device)
+    reporter.log("timing dense against compacted (interleaved)")
+    ckpt = load_checkpoint(summary.checkpoint)
+    timed = compare_latency({"dense": ckpt.build().eval(), "pruned": copy.deepcopy(model)}, shape, device=device,
+                            settings=latency)
+    reporter.log("evaluating")
+    val_acc = evaluate(model, splits.val, device=device)
+    test_acc = evaluate(model, splits.test, device=device)
+    with _staging(out) as tmp:
+        save_pruned(model, tmp, base=_base(ckpt))
+        exports = export_programs(model, xb[: min(8, len(xb))] if len(xb) >= 2 else torch.cat([xb, xb]), tmp)
+        reporter.log("reloading and checking the saved model and exported programs")
+        checks = Checks(masked_max_abs_diff=diff, reloaded_test_acc=_check_reload(tmp, splits.test, device, test_acc),
+                        **check_programs(exports, model, xb))
+        report = _report(summary, ckpt, model, result, device, latency, timed["dense"], timed["pruned"],
+                         val_acc, test_acc, checks, exports, notes)
+        report = replace(report, seconds=time.perf_counter() - t_start)
+        write_card(report, tmp)
+    reporter.log(f"deployable model in {out}: {report.speedup:.2f}x faster than dense, test accuracy "
+                 f"{100 * test_acc:.1f}% (dense {100 * summary.dense.test_acc:.1f}%)")
+    return replace(report, out_dir=str(out))
+
+
+# -- the steps ---------------------------------------------------------------------------
+
+
+def _check_out_dir(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} exists and is a file; pick another --out")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
+
+
+def _compact(
+    masked: nn.Module,
+    projector: Projector,
+    shape: tuple[int, ...],
+    device: torch.device,
+    latency: LatencySettings,
+    force_form: str | None,
+    reporter: Reporter,
+) -> tuple[nn.Module, CompactResult, list[str]]:
+    """The compacted model on ``device`` (stored in float32), the kernel choices, and notes."""
+    reporter.log(f"compacting: channel removal and per-layer kernels measured on {device_description(device)} "
+                 f"at batch {latency.batch_size}")
+    example = torch.zeros(1, *shape)
+    result = compact_model(copy.deepcopy(masked), projector, example, device=device, latency=latency,
+                           force_form=force_form)
+    notes: list[str] = []
+    if latency.dtype == "fp32":
+        model = result.model
+    else:
+        model, notes = _rebuild_in_fp32(masked, projector, example, result.choices, device)
+    return model.to(device).eval(), result, notes
+
+
+def _rebuild_in_fp32(masked: nn.Module, projector: Projector, example: torch.Tensor,
+                     choices: dict[str, LayerChoice], device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The compacted model with the chosen forms built in float32 (the dtype the deployable is
+    stored in), for choices measured in fp16/bf16. A form that has no float32 version
+    (semi-structured) becomes the dense masked layer; the notes say which."""
+    compact = remove_channels(copy.deepcopy(masked).cpu().float(), projector, example.cpu())
+    notes = []
+    for name, choice in choices.items():
+        module = compact.get_submodule(name)
+        forms = candidate_forms(module, module.weight.detach() != 0, device=device, dtype=torch.float32)
+        form = choice.form if choice.form in forms else "dense"
+        if form != choice.form:
+            notes.append(f"{name}: the {choice.form} kernel has no float32 form; stored as dense masked weights")
+        if form != "dense":  # a dense form is what remove_channels left: masked weights
+            compact.set_submodule(name, forms[form])
+    return compact.to(device), notes
+
+
+def _first_batch(dataset: Dataset, n: int = 64) -> torch.Tensor:
+    x, _ = next(iter(make_loader(dataset, batch_size=n, shuffle=False)))
+    return x
+
+
+def _verify_compaction(masked: nn.Module, model: nn.Module, xb: torch.Tensor, device: torch.device) -> float:
+    """The largest difference between the compacted and the masked model on ``xb``.
+
+    Raises:
+        RuntimeError: beyond float tolerance (a bug in compaction).
+    """
+    with torch.no_grad():
+        ref = masked.to(device)(xb.to(device)).float().cpu()
+        got = model(xb.to(device)).float().cpu()
+    masked.cpu()
+    tol = 1e-4 * max(1.0, float(ref.abs().max()))
+    diff = float((got - ref).abs().max())
+    if not torch.allclose(got, ref, rtol=1e-3, atol=tol):
+        raise RuntimeError(f"the compacted model's outputs differ from the masked model's by up to {diff:.3g} "
+                           f"(tolerance {tol:.3g}) on a validation batch; this is a bug in compaction.")
+    return diff
+
+
+def _check_reload(folder: Path, test_set: Dataset, device: torch.device, test_acc: float) -> float:
+    """The test accuracy of the model as :func:`load_pruned` reads it back from ``folder``.
+
+    Raises:
+        RuntimeError: it differs from ``test_acc`` (a bug in save/load).
+    """
+    reloaded_acc = evaluate(load_pruned(folder).to(device), test_set, device=device)
+    # CPU kernels are deterministic: the same weights give the same predictions. On a GPU
+    # the reloaded model may pick other convolution algorithms; allow one sample there.
+    slack = 0.0 if device.type == "cpu" else 1.0 / max(len(test_set), 1) + 1e-12
+    if abs(reloaded_acc - test_acc) > slack:
+        raise RuntimeError(f"the saved model reloads with test accuracy {reloaded_acc:.4f}, not {test_acc:.4f}; "
+                           f"this is a bug in save_pruned/load_pruned.")
+    return reloaded_acc
+
+
+@contextlib.contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary sibling folder of ``out`` that becomes ``out`` when the block succeeds
+    and is removed when it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` (allowed by ``force``) is moved aside first
+    and deleted only once the new folder is in place."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def count_stored(model: nn.Module) -> int:
+    """Parameters plus the stored weights of CSR kernels (kept as buffers, not parameters)."""
+    n = sum(p.numel() for p in model.parameters())
+    n += sum(m.sparse_weight.nnz for m in model.modules() if isinstance(m, (CSRLinear, CSRConv2d)))
+    return int(n)
+
+
+def _base(ckpt: Checkpoint) -> dict[str, Any]:
+    return {"model": ckpt.model, "in_channels": ckpt.in_channels, "num_classes": ckpt.num_classes,
+            "image_size": list(ckpt.image_size)}
+
+
+def _layer_rows(layers: list[LayerStats], model: nn.Module, choices: dict[str, LayerChoice]) -> list[LayerRow]:
+    rows = []
+    for stats in layers:
+        module = model.get_submodule(stats.name)
+        choice = choices.get(stats.name)
+        spec = describe_module(module)
+        rows.append(LayerRow(
+            name=stats.name, kind=stats.kind, type=stats.type, rate=stats.rate, sparsity=stats.sparsity,
+            weight_shape=list(stats.weight_shape), module_after=type(module).__name__,
+            spec_after=spec[1] if spec else None, kernel=choice.form if choice else "dense",
+            candidates_ms=dict(choice.candidates_ms) if choice else {},
+            macs_dense=stats.macs_dense, macs=stats.macs,
+        ))
+    return rows
+
+
+def _report(summary: PruneSummary, ckpt: Checkpoint, model: nn.Module, result: CompactResult,
+            device: torch.device, latency: LatencySettings, dense_lat: LatencyResult, pruned_lat: LatencyResult,
+            val_acc: float, test_acc: float, checks: Checks, exports: dict[str, Any],
+            notes: list[str]) -> DeployReport:
+    """What ``report.json`` holds, from the measurements of the build."""
+    entries = {key: ProgramEntry.from_export(key, exports) for key in ("pt2", "onnx")}
+    files = {"weights": WEIGHTS_FILE, "architecture": ARCHITECTURE_FILE, "report": REPORT_FILE,
+             "report_md": REPORT_MD_FILE}
+    files.update({key: entry.file for key, entry in entries.items() if entry.file is not None})
+    stored = count_stored(model)
+    dense, masked = summary.dense, summary.pruned
+    return DeployReport(
+        model=summary.model, dataset=summary.dataset, checkpoint=summary.checkpoint, method=summary.method,
+        device=str(device), device_description=device_description(device), dtype=latency.dtype,
+        stored_dtype="fp32", batch_size=latency.batch_size, channels_last=latency.channels_last,
+        fold_bn=latency.fold_bn, steady_memory=dense_lat.steady_memory,
+        dense=DenseFigures(val_acc=dense.val_acc, test_acc=dense.test_acc, latency_ms=dense_lat.median_ms,
+                           latency_p90_ms=dense_lat.p90_ms, macs=dense.macs_dense, params=dense.params),
+        pruned=PrunedFigures(val_acc=val_acc, test_acc=test_acc, masked_val_acc=masked.val_acc,
+                             masked_test_acc=masked.test_acc, latency_ms=pruned_lat.median_ms,
+                             latency_p90_ms=pruned_lat.p90_ms, macs=masked.macs, params=stored,
+                             params_nonzero=masked.params_nonzero),
+        speedup=latency_ratio(dense_lat, pruned_lat),
+        mac_ratio=dense.macs_dense / max(masked.macs, 1),
+        param_ratio=dense.params / max(stored, 1),
+        dense_latency=dense_lat, pruned_latency=pruned_lat, kernels_reverted=result.reverted,
+        layers=_layer_rows(summary.layers, model, result.choices), checks=checks, exports=entries, files=files,
+        notes=notes,
+    )

@@ -1,0 +1,154 @@
+"""Where MLflow keeps runs, and reaching it: the one connection helper of the tracking.
+
+A tracking URI is resolved once into a :class:`Connection`: a relative SQLite path made
+absolute (so the mirror does not move with the current folder), artifacts beside the
+database (``mlartifacts/``, instead of MLflow's ``./mlruns`` in the current folder), and
+for an http(s) server fail-fast settings and a ``/health`` check, so that an unreachable
+server costs seconds, not minutes. Example::
+
+    conn = Connection.resolve("sqlite:///runs/mlflow.db")
+    failure = conn.open()            # None, or why MLflow cannot be used
+    experiment_id = conn.experiment_id(MlflowClient(tracking_uri=conn.uri), "my-study")
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoprune.errors import first_line
+from autoprune.tracking.keys import mlflow_key
+
+__all__ = [
+    "ARTIFACT_DIR",
+    "DEFAULT_TRACKING_URI",
+    "HEALTH_TIMEOUT_S",
+    "HTTP_ENV_DEFAULTS",
+    "Connection",
+    "describe_failure",
+    "is_connection_error",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
+ARTIFACT_DIR = "mlartifacts"  # next to a SQLite database, instead of MLflow's ./mlruns in the current folder
+
+# Fail fast against a remote server (MLflow's defaults: 7 retries with backoff, 120 s timeout).
+HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+HEALTH_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A resolved tracking URI.
+
+    Args:
+        uri: ``sqlite:///<absolute path>`` or ``http(s)://host:port`` (as given, for others).
+        db_path: The SQLite database, or None.
+    """
+
+    uri: str
+    db_path: Path | None = None
+
+    @classmethod
+    def resolve(cls, uri: str | None) -> Connection:
+        """``uri`` (default :data:`DEFAULT_TRACKING_URI`) with a relative SQLite path made absolute."""
+        uri = uri or DEFAULT_TRACKING_URI
+        if not uri.startswith("sqlite:///"):
+            return cls(uri)
+        rest = uri[len("sqlite:///") :]
+        path_part, sep, query = rest.partition("?")
+        if not path_part or path_part == ":memory:":
+            return cls(uri)
+        path = Path(path_part).expanduser().resolve()
+        return cls(f"sqlite:///{path}{sep}{query}", path)
+
+    @property
+    def is_http(self) -> bool:
+        return self.uri.lower().startswith(("http://", "https://"))
+
+    @property
+    def artifact_root(self) -> Path | None:
+        """Where new experiments keep their artifacts: beside a SQLite database, else MLflow's choice."""
+        return self.db_path.parent / ARTIFACT_DIR if self.db_path is not None else None
+
+    def open(self) -> BaseException | None:
+        """Get ready to log: create the database's folder; for a server, set
+        :data:`HTTP_ENV_DEFAULTS` in the process environment (unless the user set them) and
+        check ``<uri>/health`` once (:data:`HEALTH_TIMEOUT_S`).
+
+        Returns:
+            None, or the error that makes MLflow unusable (see :func:`describe_failure`).
+        """
+        if self.db_path is not None:
+            try:
+                self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                return exc
+        if not self.is_http:
+            return None
+        for name, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=HEALTH_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered; /health may just be routed elsewhere (a proxy, auth)
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(exc, ssl.SSLError) or isinstance(reason, ssl.SSLError):
+                return None  # it answered; MLflow's own TLS settings decide the rest
+            return exc
+        return None
+
+    def experiment_id(self, client: Any, name: str) -> str:  # noqa: ANN401 - an mlflow.MlflowClient
+        """The id of experiment ``name``: found (a deleted one is restored) or created, with
+        its artifacts under :attr:`artifact_root` when there is one."""
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            location = None
+            if self.artifact_root is not None:
+                location = (self.artifact_root / mlflow_key(name).replace("/", "_")).as_uri()
+            return client.create_experiment(name, artifact_location=location)
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the server could not be reached."""
+    for e in _chain(exc):
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, urllib.error.URLError)):
+            return True
+        if type(e).__module__.startswith(("requests", "urllib3")):
+            return True
+    text = str(exc)
+    return "API request to" in text and "failed" in text  # mlflow.utils.rest_utils' wording
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``is unreachable ([Errno 111] Connection refused)`` or ``failed (<first line>)``: what
+    follows "MLflow tracking at URI" in a warning. The reason is the ``[Errno N] ...`` of the
+    cause where there is one, rather than a page of urllib3."""
+    what = "is unreachable" if is_connection_error(exc) else "failed"
+    for e in _chain(exc):
+        m = re.search(r"\[Errno -?\d+\][^'\"\)\]]*", str(e))
+        if m:
+            return f"{what} ({m.group(0).strip()})"
+    return f"{what} ({first_line(exc, limit=200)})"

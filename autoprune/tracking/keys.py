@@ -1,0 +1,150 @@
+"""What a study and its trials log to MLflow: the names and values of params, metrics and tags.
+
+These names are the mirror's format: runs of different trials and studies line up on them
+(``layer.<name>.type`` / ``layer.<name>.rate``, ``optuna.<param>``, ``kernel.<layer>``), so
+they change only with a migration.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from autoprune.config import LayerTarget
+from autoprune.search.records import StudyMeta, TrialRecord
+
+__all__ = [
+    "MAX_KEY",
+    "MAX_PARAM_VALUE",
+    "MAX_TAG_VALUE",
+    "PARENT_TAG",
+    "ROLE_TAG",
+    "STORAGE_TAG",
+    "STUDY_NAME_TAG",
+    "mlflow_key",
+    "param_value",
+    "settings_params",
+    "trial_metrics",
+    "trial_params",
+    "trial_tags",
+]
+
+ROLE_TAG = "autoprune.role"
+STORAGE_TAG = "optuna.storage"
+STUDY_NAME_TAG = "optuna.study_name"
+PARENT_TAG = "mlflow.parentRunId"
+
+# MLflow's limits (mlflow.utils.validation); kept here so a change there is one edit here.
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_KEY = 250
+
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def mlflow_key(name: str) -> str:
+    """A valid MLflow param/metric/tag key (unusual characters become ``_``)."""
+    return _BAD_KEY_CHARS.sub("_", name)[:MAX_KEY]
+
+
+def param_value(value: Any, limit: int = MAX_PARAM_VALUE) -> str:  # noqa: ANN401
+    """A param or tag value as MLflow stores it: text (containers as sorted JSON), cut at ``limit``."""
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, sort_keys=True, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def settings_params(meta: StudyMeta) -> dict[str, Any]:
+    """The search settings as flat params (the parent run logs these, each trial a summary)."""
+    out: dict[str, Any] = {
+        "model": meta.model,
+        "dataset": meta.dataset,
+        "checkpoint": meta.checkpoint,
+        "device": meta.device,
+        "device_description": meta.device_description,
+        "budget": meta.budget,
+        "budget_mode": meta.budget_mode,
+        "allowed_drop": meta.allowed_drop(),
+        "latency_batch": meta.latency_batch,
+        "dtype": meta.dtype,
+        "channels_last": meta.channels_last,
+        "fold_bn": meta.fold_bn,
+        "steady_memory": meta.steady_memory,
+        "channel_multiple": meta.channel_multiple,
+        "space": meta.space,
+        "sampler": meta.sampler,
+        "seed": meta.seed,
+        "objectives": ",".join(meta.objectives),
+    }
+    out.update({f"admm.{k}": v for k, v in meta.admm.items()})
+    out.update({f"version.{k}": v for k, v in meta.versions.items()})
+    return out
+
+
+def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
+    """The params of a trial's run: every layer's ``type`` and ``rate``, Optuna's params
+    as given (prefixed ``optuna.``, so they never clash with the layer keys), and a summary
+    of the search settings.
+
+    A layer's ``rate`` is the fraction of its weights removed
+    (:attr:`~autoprune.config.LayerTarget.removed_fraction`: the target's rate, 0 for
+    ``none`` and ``1 - N/M`` for ``N:M``), so the column lines up across trials.
+    """
+    out: dict[str, Any] = {}
+    for name, stored in trial.targets.items():
+        target = LayerTarget.from_dict(stored)
+        rate = target.removed_fraction
+        out[f"layer.{name}.type"] = target.type
+        if rate is not None:
+            out[f"layer.{name}.rate"] = rate
+    out.update({f"optuna.{k}": v for k, v in trial.params.items()})
+    settings = settings_params(meta)
+    for k in ("model", "dataset", "device", "device_description", "seed", "latency_batch", "dtype"):
+        out[k] = settings[k]
+    out.update({k: v for k, v in settings.items() if k.startswith("version.")})
+    out["is_dense"] = trial.is_dense
+    return {mlflow_key(k): param_value(v) for k, v in out.items()}
+
+
+def trial_metrics(trial: TrialRecord) -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` of a trial: the measured numbers at step 0, then the ADMM
+    residual and the training loss as histories (step = iteration / epoch index)."""
+    scalars = {
+        "accuracy": trial.accuracy,
+        "accuracy_drop": trial.accuracy_drop,
+        "hard_prune_accuracy": trial.hard_prune_accuracy,
+        "latency_ms": trial.latency_ms,
+        "latency_p90_ms": trial.latency_p90_ms,
+        "speedup": trial.speedup,
+        "macs": trial.macs,
+        "params_count": trial.params_count,
+        "sparsity": trial.sparsity,
+        "seconds": trial.seconds,
+    }
+    out = [(k, float(v), 0) for k, v in scalars.items() if v is not None]
+    out += [("admm_residual", float(v), i) for i, v in enumerate(trial.residuals) if v is not None]
+    out += [("train_loss", float(v), i) for i, v in enumerate(trial.train_losses) if v is not None]
+    return out
+
+
+def trial_tags(trial: TrialRecord) -> dict[str, str]:
+    """Tags of a trial's run: number, state, Pareto membership, feasibility, stop reason,
+    the sparsity summary and the kernel chosen per layer."""
+    out = {
+        ROLE_TAG: "trial",
+        "trial_number": str(trial.number),
+        "state": trial.state,
+        "pareto": "true" if trial.pareto else "false",
+        "summary": trial.sparsity_summary(),
+    }
+    if trial.feasible is not None:
+        out["feasible"] = "true" if trial.feasible else "false"
+    if trial.stop_reason:
+        out["stop_reason"] = trial.stop_reason
+    out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
+    return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}

@@ -1,0 +1,108 @@
+"""Uploading a deployable model to MLflow (saving it locally is :mod:`autoprune.deploy`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import autoprune
+from autoprune.errors import first_line
+from autoprune.tracking.connection import Connection, describe_failure
+from autoprune.tracking.keys import ROLE_TAG
+
+__all__ = ["log_model_to_mlflow", "report_metrics"]
+
+_log = logging.getLogger(__name__)
+
+
+def log_model_to_mlflow(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str,
+    report: dict[str, Any],
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> str | None:
+    """Log the compacted model to MLflow (``mlflow.pytorch.log_model`` with a signature
+    inferred from ``example_input``) plus the report's headline metrics and ``report.json``.
+
+    The model is pickled (``serialization_format="pickle"``: MLflow 3's default ``pt2``
+    goes through torch.export, which cannot trace the CSR kernels) with autoprune's
+    source beside it (``code_paths``), so it loads where autoprune is not installed;
+    ``mlflow.pytorch.load_model("runs:/<id>/model")`` gives the module back. Never raises
+    for MLflow's sake: an unreachable or failing tracking URI is reported once through
+    ``warn`` and gives None.
+
+    Args:
+        model: The deployable model (any device; logged as a CPU float32 copy).
+        example_input: A batch, for the signature.
+        tracking_uri: Where MLflow keeps runs (see :class:`~autoprune.tracking.connection.Connection`).
+        experiment: The experiment (created when missing).
+        run_name: The run's name.
+        report: What the deployable folder's ``report.json`` holds
+            (:meth:`autoprune.deploy.DeployReport.to_dict`).
+        warn: Called with a one-line message when logging fails (default: a logger).
+
+    Returns:
+        The MLflow run id, or None when logging failed.
+    """
+    warn = warn or _log.warning
+    conn = Connection.resolve(tracking_uri)
+    failure = conn.open()
+    if failure is not None:
+        warn(f"MLflow tracking at {conn.uri} {describe_failure(failure)}; the model was not logged")
+        return None
+    try:
+        import mlflow  # heavy: only when a model is logged
+        from mlflow import MlflowClient
+        from mlflow.models import infer_signature
+
+        exp_id = conn.experiment_id(MlflowClient(tracking_uri=conn.uri), experiment)
+        cpu_model = copy.deepcopy(model).cpu().float().eval()
+        x = example_input.detach().cpu().float()
+        with torch.no_grad():
+            y = cpu_model(x)
+        signature = infer_signature(x.numpy(), y.numpy())
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(conn.uri)
+        try:
+            with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+                mlflow.set_tag(ROLE_TAG, "deployable")
+                mlflow.log_metrics(report_metrics(report))
+                mlflow.log_dict(report, "report.json")
+                mlflow.pytorch.log_model(
+                    cpu_model, name="model", signature=signature,
+                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                    code_paths=[str(Path(autoprune.__file__).parent)],
+                    # MLflow 3's default 'pt2' goes through torch.export, which cannot trace CSR kernels
+                    serialization_format="pickle",
+                )
+                return run.info.run_id
+        finally:
+            mlflow.set_tracking_uri(previous)
+    except Exception as exc:  # noqa: BLE001 - tracking must never break the build
+        warn(f"MLflow logging to {conn.uri} failed ({first_line(exc, with_type=True)}); the model was not logged")
+        return None
+
+
+def report_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of a deployable's report as MLflow metrics:
+    ``dense_test_acc``, ``pruned_latency_ms``, ..., ``speedup``, ``mac_ratio``, ``param_ratio``."""
+    out: dict[str, float] = {}
+    for side in ("dense", "pruned"):
+        for key in ("test_acc", "val_acc", "latency_ms", "latency_p90_ms", "macs", "params"):
+            value = report.get(side, {}).get(key)
+            if isinstance(value, (int, float)):
+                out[f"{side}_{key}"] = float(value)
+    for key in ("speedup", "mac_ratio", "param_ratio"):
+        if isinstance(report.get(key), (int, float)):
+            out[key] = float(report[key])
+    return out
