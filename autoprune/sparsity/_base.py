@@ -157,7 +157,7 @@ def gemm_view(weight: Tensor) -> Tensor:
     return weight.reshape(weight.shape[0], -1)
 
 
-def _squares(weight: Tensor) -> Tensor:
+def squares(weight: Tensor) -> Tensor:
     """Squared entries in float32 (float64 stays float64), detached."""
     w = weight.detach()
     if w.dtype != torch.float64:
@@ -347,13 +347,13 @@ class GroupSparsity(SparsityType):
         rate = self.check_rate(rate)
         members = self.group_members(shape).reshape(-1, math.prod(shape)).float()
         g = members.shape[0]
-        combos = _combinations(g, keep_count(g, rate))
+        combos = combinations(g, keep_count(g, rate))
         chosen = torch.zeros(len(combos), g)
         chosen.scatter_(1, combos, 1.0)
         return (chosen @ members > 0).reshape(-1, *shape)
 
 
-def _combinations(n: int, k: int, limit: int = FEASIBLE_LIMIT) -> Tensor:
+def combinations(n: int, k: int, limit: int = FEASIBLE_LIMIT) -> Tensor:
     """``[C(n, k), k]`` long tensor of index subsets in lexicographic order."""
     count = math.comb(n, k)
     if count > limit:

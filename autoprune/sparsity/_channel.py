@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from autoprune.sparsity._base import GroupSparsity, _squares, register_sparsity
+from autoprune.sparsity._base import GroupSparsity, squares, register_sparsity
 
 
 @register_sparsity
@@ -25,7 +25,7 @@ class ChannelSparsity(GroupSparsity):
     structured = "in"
 
     def group_scores(self, weight: Tensor) -> Tensor:
-        sq = _squares(weight)
+        sq = squares(weight)
         return sq.reshape(sq.shape[0], sq.shape[1], -1).sum((0, 2))
 
     def expand_group_mask(self, group_mask: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:

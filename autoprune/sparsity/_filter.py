@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from autoprune.sparsity._base import GroupSparsity, _squares, gemm_view, register_sparsity
+from autoprune.sparsity._base import GroupSparsity, squares, gemm_view, register_sparsity
 
 
 @register_sparsity
@@ -21,7 +21,7 @@ class FilterSparsity(GroupSparsity):
     structured = "out"
 
     def group_scores(self, weight: Tensor) -> Tensor:
-        return gemm_view(_squares(weight)).sum(1)
+        return gemm_view(squares(weight)).sum(1)
 
     def expand_group_mask(self, group_mask: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
         rows = shape[0]

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from autoprune.sparsity._base import (
     SparsityType,
-    _combinations,
-    _squares,
+    combinations,
+    squares,
     gemm_view,
     keep_count,
     register_sparsity,
@@ -75,7 +75,7 @@ class FilterShapeSparsity(SparsityType):
     def mask(self, weight: Tensor, rate: float) -> Tensor:
         rate = self._prepare(weight, rate)
         with torch.no_grad():
-            s = gemm_view(_squares(weight)).double()
+            s = gemm_view(squares(weight)).double()
             rows, cols = self.select(s, *self.kept_counts(weight.shape, rate))
             return (rows[:, None] & cols[None, :]).reshape(weight.shape)
 
@@ -102,8 +102,8 @@ class FilterShapeSparsity(SparsityType):
         rate = self.check_rate(rate)
         o, k = shape[0], math.prod(shape[1:])
         k_r, k_c = self.kept_counts(shape, rate)
-        rows = torch.zeros(math.comb(o, k_r), o, dtype=torch.bool).scatter_(1, _combinations(o, k_r), True)
-        cols = torch.zeros(math.comb(k, k_c), k, dtype=torch.bool).scatter_(1, _combinations(k, k_c), True)
+        rows = torch.zeros(math.comb(o, k_r), o, dtype=torch.bool).scatter_(1, combinations(o, k_r), True)
+        cols = torch.zeros(math.comb(k, k_c), k, dtype=torch.bool).scatter_(1, combinations(k, k_c), True)
         if rows.shape[0] * cols.shape[0] > 100_000:
             raise ValueError("too many filter+shape masks to enumerate")
         both = rows[:, None, :, None] & cols[None, :, None, :]
@@ -117,7 +117,7 @@ def _value(s: Tensor, rows: Tensor, cols: Tensor) -> float:
 def _enumerate(s: Tensor, k_r: int, k_c: int, n_sets: int) -> tuple[Tensor, Tensor]:
     """Exact: try every row subset (``n_sets`` of them), each with its best columns."""
     o, k = s.shape
-    combos = _combinations(o, k_r, limit=n_sets).to(s.device)
+    combos = combinations(o, k_r, limit=n_sets).to(s.device)
     batch = max(1, (1 << 22) // k)
     best_value, best_index, best_sums = None, 0, None
     for start in range(0, combos.shape[0], batch):

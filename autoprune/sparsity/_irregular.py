@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from autoprune.sparsity._base import GroupSparsity, _squares, register_sparsity
+from autoprune.sparsity._base import GroupSparsity, squares, register_sparsity
 
 
 @register_sparsity
@@ -31,7 +31,7 @@ class IrregularSparsity(GroupSparsity):
         return None
 
     def group_scores(self, weight: Tensor) -> Tensor:
-        return _squares(weight).reshape(-1)
+        return squares(weight).reshape(-1)
 
     def expand_group_mask(self, group_mask: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
         return group_mask.reshape(shape)

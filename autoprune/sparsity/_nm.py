@@ -13,8 +13,8 @@ from autoprune.errors import UserError
 from autoprune.sparsity._base import (
     FEASIBLE_LIMIT,
     SparsityType,
-    _combinations,
-    _squares,
+    combinations,
+    squares,
     gemm_view,
     register_sparsity,
 )
@@ -105,14 +105,14 @@ class NMSparsity(SparsityType):
 
     def group_scores(self, weight: Tensor) -> Tensor:
         """Squared magnitude of every weight (flattened): each run keeps its ``n`` largest."""
-        return _squares(weight).reshape(-1)
+        return squares(weight).reshape(-1)
 
     def mask(self, weight: Tensor, rate: float | None = None) -> Tensor:
         self._prepare(weight, rate)
         if self.n == self.m:
             return torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
         with torch.no_grad():
-            runs = torch.nan_to_num(gemm_view(_squares(weight)).reshape(-1, self.m), nan=-math.inf)
+            runs = torch.nan_to_num(gemm_view(squares(weight)).reshape(-1, self.m), nan=-math.inf)
             if self.m <= _PAIRWISE_MAX_M:
                 keep = _keep_by_rank(runs, self.n)
             else:
@@ -131,7 +131,7 @@ class NMSparsity(SparsityType):
     def feasible_masks(self, shape: tuple[int, ...] | torch.Size, rate: float | None = None) -> Tensor:
         self.check_rate(rate)
         runs = math.prod(shape) // self.m
-        per_run = _combinations(self.m, self.n)
+        per_run = combinations(self.m, self.n)
         choices = torch.zeros(per_run.shape[0], self.m, dtype=torch.bool)
         choices.scatter_(1, per_run, True)
         count = choices.shape[0] ** runs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from autoprune.sparsity._base import GroupSparsity, _squares, gemm_view, register_sparsity
+from autoprune.sparsity._base import GroupSparsity, squares, gemm_view, register_sparsity
 
 
 @register_sparsity
@@ -23,7 +23,7 @@ class ShapeSparsity(GroupSparsity):
     structured = None
 
     def group_scores(self, weight: Tensor) -> Tensor:
-        return gemm_view(_squares(weight)).sum(0)
+        return gemm_view(squares(weight)).sum(0)
 
     def expand_group_mask(self, group_mask: Tensor, shape: tuple[int, ...] | torch.Size) -> Tensor:
         rows = shape[0]
