@@ -121,30 +121,45 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     same channels and weights kept per layer) is not trained again: the trial takes the
     earlier result and records ``repeat_of``.
     """
-    meta = ctx.meta
     t0 = time.perf_counter()
     targets = ctx.space.suggest(trial)
     trial.set_user_attr(TARGETS_ATTR, {k: v.to_dict() for k, v in targets.items()})
     signature = ctx.probe.signature(targets)
     trial.set_user_attr(SIGNATURE_ATTR, signature)
     rec = TrialRecord(number=trial.number, state="RUNNING", targets={k: v.to_dict() for k, v in targets.items()})
-    allowed = meta.allowed_drop()
+    allowed = ctx.meta.allowed_drop()
 
     prior = find_prior(trial.study, signature, trial.number)
     if prior is not None:
         return _reuse(trial, prior, rec, allowed)
-
     if not targets:  # the dense configuration: measured once per study
-        rec.is_dense = True
-        rec.accuracy, rec.accuracy_drop = meta.dense_accuracy, 0.0
-        rec.latency_ms, rec.latency_p90_ms, rec.speedup = meta.dense_latency_ms, meta.dense_latency_p90_ms, 1.0
-        rec.macs, rec.params_count, rec.sparsity = meta.dense_macs, meta.dense_params, 0.0
-        rec.feasible, rec.seconds = True, time.perf_counter() - t0
-        _record(trial, rec)
-        trial.set_constraint(CONSTRAINT, -allowed)
-        return meta.dense_accuracy, meta.dense_latency_ms
+        return _dense(trial, rec, ctx.meta, allowed, t0)
+    _measure_latency(trial, rec, targets, ctx, t0)  # 1. before any training
+    acc = _prune_and_score(trial, rec, targets, ctx, t0)  # 2. from the dense weights
+    rec.feasible = rec.accuracy_drop <= allowed + 1e-12
+    rec.seconds = time.perf_counter() - t0
+    _record(trial, rec)
+    trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
+    return acc, rec.latency_ms
 
-    # 1. latency of the compacted architecture, before any training
+
+def _dense(trial: Any, rec: TrialRecord, meta: StudyMeta, allowed: float, t0: float) -> tuple[float, float]:  # noqa: ANN401
+    """The dense configuration's trial: the study's own dense measurements."""
+    rec.is_dense = True
+    rec.accuracy, rec.accuracy_drop = meta.dense_accuracy, 0.0
+    rec.latency_ms, rec.latency_p90_ms, rec.speedup = meta.dense_latency_ms, meta.dense_latency_p90_ms, 1.0
+    rec.macs, rec.params_count, rec.sparsity = meta.dense_macs, meta.dense_params, 0.0
+    rec.feasible, rec.seconds = True, time.perf_counter() - t0
+    _record(trial, rec)
+    trial.set_constraint(CONSTRAINT, -allowed)
+    return meta.dense_accuracy, meta.dense_latency_ms
+
+
+def _measure_latency(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: SearchContext,  # noqa: ANN401
+                     t0: float) -> None:
+    """The compacted architecture's latency beside dense; stops a configuration that is not
+    faster than ``ctx.min_speedup``."""
+    meta = ctx.meta
     lat = ctx.probe.latency(targets)
     rec.latency_ms, rec.latency_p90_ms = lat.ratio * meta.dense_latency_ms, lat.ratio_p90 * meta.dense_latency_ms
     rec.speedup = 1.0 / lat.ratio
@@ -158,7 +173,13 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
             f"ms dense, measured side by side), below the {ctx.min_speedup:g}x required"
         )
 
-    # 2. prune from the dense weights (ADMM or magnitude), stopping after the hard prune when it cannot recover
+
+def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: SearchContext,  # noqa: ANN401
+                     t0: float) -> float:
+    """Prune from the dense weights (ADMM or magnitude, stopping after the hard prune when it
+    cannot recover), retrain, and fill ``rec`` with the accuracy and sizes; returns the
+    validation accuracy."""
+    meta = ctx.meta
     model: nn.Module = ctx.checkpoint.build()
     projector = ctx.probe.projector(targets, model)
 
@@ -187,8 +208,4 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     rec.sparsity = zeros / max(weights, 1)
     rec.residuals = [sum(it.residual.values()) / max(len(it.residual), 1) for it in history.iterations]
     rec.train_losses = [it.train_loss for it in history.iterations] + list(history.retrain_losses)
-    rec.feasible = rec.accuracy_drop <= allowed + 1e-12
-    rec.seconds = time.perf_counter() - t0
-    _record(trial, rec)
-    trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
-    return acc, rec.latency_ms
+    return acc
