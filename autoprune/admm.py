@@ -41,9 +41,11 @@ import torch
 from torch import nn
 
 from autoprune.config import AdmmSettings
+from autoprune.data import make_loader
+from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
-from autoprune.train import run_epochs
+from autoprune.train import evaluate, run_epochs
 
 METHODS = ("admm", "magnitude")
 NOT_CONVERGED = 0.5  # a final primal residual above this is reported as non-convergence
@@ -220,8 +222,6 @@ def prune(
         The hard-prune masks (parameter name -> bool) and the run's history.
     """
     if method not in METHODS:
-        from autoprune.errors import UserError
-
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")
     model.to(device)
     history = PruneHistory(method, notes=list(projector.notes))
@@ -230,8 +230,6 @@ def prune(
         admm_phase(model, projector, train_set, settings, device=device, seed=seed, reporter=reporter, history=history)
     else:  # the same training budget, all spent on masked retraining
         if settings.steps is not None:
-            from autoprune.data import make_loader
-
             per_epoch = len(make_loader(train_set, batch_size=settings.batch_size, shuffle=False))
             retrain_epochs += settings.iters * settings.steps / max(per_epoch, 1)
         else:
@@ -239,8 +237,6 @@ def prune(
     masks = projector.hard_masks()
     apply_masks(model, masks)
     if val_set is not None:
-        from autoprune.train import evaluate
-
         history.hard_prune_val_acc = evaluate(model, val_set, device=device)
         if on_hard_prune is not None:
             on_hard_prune(history.hard_prune_val_acc)
