@@ -285,6 +285,24 @@ def test_a_changed_space_file_is_refused_for_an_existing_study(tmp_path, digits_
 
 
 # -- Ctrl-C ---------------------------------------------------------------------------
+def _as_a_terminal_would() -> None:
+    """Give the worker SIGINT as an interactive terminal does: default disposition, not blocked.
+
+    A shell's background job (`.ci/run &`) inherits SIGINT ignored, and a CI runner may start
+    its jobs with it blocked; Python keeps both, and the worker would never see Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _signal_masks(pid: int) -> str:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return ", ".join(line.replace("\t", " ") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_baseline, sig) -> None:
@@ -293,10 +311,8 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
            str(digits_baseline[0]), "--trials", "30", "--study-name", "c", "--storage", storage, "--runs-dir",
            str(tmp_path / "runs"), "--admm-iters", "6", "--admm-epochs", "2", "--retrain-epochs", "20",
            "--latency-batch", "32", "--no-tracking", "--min-speedup", "0.01"]
-    # a shell's background job (`.ci/run &`) inherits SIGINT ignored, and Python then keeps
-    # ignoring it: give the worker the default disposition, as an interactive terminal does
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=_as_a_terminal_would)
     deadline = time.monotonic() + 240
     rdb, inside = None, False
     while not inside and time.monotonic() < deadline and proc.poll() is None:
@@ -316,8 +332,14 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
         proc.kill()
         out, err = proc.communicate(timeout=60)
         pytest.fail(f"no pruned trial was seen running: {err[-2000:]}")
+    masks = _signal_masks(proc.pid)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the worker went on for 120 s after {sig.name} (its signal masks: {masks}): {err[-1500:]}")
     assert proc.returncode == 130, err[-2000:]
     assert "Pareto front" in out and "interrupted" in out
     assert "Traceback" not in err
