@@ -2,8 +2,9 @@
 
 Errors the user can fix print one line (``autoprune: error: ...``) and exit with status 2.
 
-The commands import the library inside their bodies: ``autoprune --help`` (and a typo in
-a flag) must answer at once, without loading torch, Optuna, MLflow or plotly.
+The library is imported here at the top; only the MLflow and plotly layers
+(``autoprune.tracking``, ``autoprune.report``) are imported where a command uses them, so a
+command that does not track or draw never loads either.
 """
 
 from __future__ import annotations
@@ -12,16 +13,41 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
 
 from autoprune import __version__
+from autoprune.bench import run_bench
+from autoprune.config import PruneConfig
+from autoprune.data import describe_datasets
+from autoprune.dense import input_label
+from autoprune.deploy import build_deployable, load_pruned
+from autoprune.device import AUTO, resolve_device
 from autoprune.errors import UserError
-
-if TYPE_CHECKING:
-    from autoprune.pipeline import PruneSummary
+from autoprune.latency import LatencySettings, check_dtype
+from autoprune.models import describe_models, list_torchvision_models
+from autoprune.pick import write_trial_config
+from autoprune.pipeline import PruneSummary, example_input, list_layers, run_prune, train_baseline, write_prune_outputs
+from autoprune.progress import Reporter, RichReporter
+from autoprune.search import (
+    SEARCH_ADMM,
+    ArtifactsCallback,
+    SearchSettings,
+    TrackerCallback,
+    parse_budget,
+    print_summary,
+    run_search,
+)
+from autoprune.search.configs import best_config_yaml
+from autoprune.search.records import study_record
+from autoprune.search.storage import default_storage, load_autoprune_study
+from autoprune.sparsity import describe_sparsity_types
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 1  # the reader of stdout went away (`| head`): Python's and rich's status for it
@@ -198,9 +224,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ----------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from autoprune.device import resolve_device
-    from autoprune.pipeline import train_baseline
-
     device = resolve_device(args.device)
     reporter = _reporter(args)
     ckpt, path = train_baseline(args.model, args.dataset, epochs=args.epochs, device=device, seed=args.seed,
@@ -219,15 +242,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from autoprune.dense import input_label
-    from autoprune.pipeline import list_layers
-
     rows = list_layers(args.model, args.dataset, data_dir=args.data_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=f"prunable layers of {args.model} ({input_label(args.model, args.dataset)} inputs)")
     for col in ("name", "kind", "weight shape", "MACs", "filters", "channels", "coupled with"):
@@ -241,12 +259,6 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from autoprune.config import PruneConfig
-    from autoprune.deploy import build_deployable
-    from autoprune.device import resolve_device
-    from autoprune.latency import LatencySettings, check_dtype
-    from autoprune.pipeline import run_prune, write_prune_outputs
-
     config = PruneConfig.from_yaml(args.config)
     device = resolve_device(args.device)
     origin = config.origin or {}
@@ -268,8 +280,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     s = outcome.summary
     s.deploy = deploy
     if not args.no_tracking:
-        from autoprune.deploy import load_pruned
-        from autoprune.pipeline import example_input
         from autoprune.tracking import DEFAULT_TRACKING_URI, log_model_to_mlflow
 
         uri = args.tracking_uri or DEFAULT_TRACKING_URI
@@ -287,9 +297,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def _print_prune_summary(s: PruneSummary) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     d, p = s.dense, s.pruned
     console.print(f"[bold]{s.method}[/bold] pruning of {s.model} on {s.dataset} ({s.device}, {s.seconds:.1f} s)")
@@ -328,35 +335,22 @@ def _print_prune_summary(s: PruneSummary) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
-        from autoprune.models import describe_models
-
         for name, desc in describe_models().items():
             print(f"{name:14s} {desc}")
         print("tv:NAME        any torchvision classification model ('autoprune list tv-models')")
         print("pkg.mod:fn     your own model: a callable returning an nn.Module")
     elif args.what == "tv-models":
-        from autoprune.models import list_torchvision_models
-
         print("\n".join(list_torchvision_models()))
     elif args.what == "datasets":
-        from autoprune.data import describe_datasets
-
         for name, desc in describe_datasets().items():
             print(f"{name:16s} {desc}")
     else:
-        from autoprune.sparsity import describe_sparsity_types
-
         for name, desc in describe_sparsity_types().items():
             print(f"{name:14s} {desc}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from autoprune.bench import run_bench
-    from autoprune.config import PruneConfig
-    from autoprune.device import resolve_device
-    from autoprune.latency import LatencySettings
-
     if args.config is None and args.uniform is None:
         raise UserError("give --config FILE or --uniform TYPE:RATE (e.g. --uniform filter:0.5).")
     config = PruneConfig.from_yaml(args.config) if args.config else None
@@ -383,8 +377,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     d, c = r["dense"], r["compacted"]
@@ -420,11 +412,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from autoprune.device import AUTO
-    from autoprune.search import SEARCH_ADMM, SearchSettings, parse_budget, print_summary, run_search
-
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
                          "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn", "steady_memory",
                          "trial_method")
@@ -447,7 +434,6 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                                    "seed", "trial_method") if getattr(args, k) is not None})
     reporter = _reporter(args)
     callbacks = _search_callbacks(args, reporter)
-    import signal
 
     def _stop(signum, frame):  # noqa: ANN001, ANN202 - SIGTERM/SIGHUP end the trial as Ctrl-C does
         raise KeyboardInterrupt
@@ -465,7 +451,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _search_callbacks(args: argparse.Namespace, reporter: Any) -> list[Any]:  # noqa: ANN401
     """The search's side effects: the MLflow mirror (which writes the study's figures and
     report too), or with --no-tracking the figures and report alone."""
-    from autoprune.search import ArtifactsCallback, TrackerCallback
     from autoprune.tracking import Tracker, write_study_artifacts  # MLflow and plotly: only when searching
 
     def warn(msg: str) -> None:
@@ -478,9 +463,6 @@ def _search_callbacks(args: argparse.Namespace, reporter: Any) -> list[Any]:  # 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from autoprune.report import write_report
-    from autoprune.search.records import study_record
-    from autoprune.search.storage import default_storage, load_autoprune_study
-    from autoprune.search.configs import best_config_yaml
 
     url = args.storage or default_storage(args.runs_dir)
     study = load_autoprune_study(args.study, url)
@@ -495,9 +477,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from autoprune.pick import write_trial_config
-    from autoprune.search.storage import default_storage
-
     r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
                            pick=args.pick, out=args.out)
     if args.json:
@@ -516,7 +495,6 @@ COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench
 
 
 def _reporter(args: argparse.Namespace):  # noqa: ANN202
-    from autoprune.progress import Reporter, RichReporter
 
     return Reporter() if getattr(args, "json", False) and not sys.stderr.isatty() else RichReporter()
 

@@ -37,6 +37,7 @@ from torch import nn
 
 from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
+from autoprune.fold import fold_batchnorm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -112,7 +113,6 @@ def prepare_for_timing(model: nn.Module, input_shape: tuple[int, ...], *, device
                        settings: LatencySettings) -> nn.Module:
     """A copy of ``model`` in the form that is timed: eval mode, BatchNorm folded (when
     ``settings.fold_bn``), on the device in the dtype, channels-last for image inputs."""
-    from autoprune.fold import fold_batchnorm
 
     dtype = check_dtype(settings.dtype, device)
     with torch.no_grad():  # not inference mode: the copy's parameters stay ordinary tensors

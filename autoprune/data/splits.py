@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from autoprune.data.registry import DatasetSplits
-from autoprune.data.transforms import BatchTransform, normalize, standard_augmentation
+from autoprune.data.transforms import BatchTransform, channel_stats, normalize, standard_augmentation
 from autoprune.errors import UserError
 
 #: Seed of every carve that must never move (test splits carved from a single pool).
@@ -171,7 +171,6 @@ def build_splits(
     if mean is None or std is None:
         if stats_source is None:
             raise ValueError("mean/std or stats_source is required")
-        from autoprune.data.transforms import channel_stats
 
         mean, std = channel_stats(stats_source.images[torch.as_tensor(train_rows)], scale=stats_source.scale)
     mean = tuple(float(m) for m in mean)
