@@ -219,7 +219,8 @@ def test_filter_shape_alternating_is_locally_optimal_and_mostly_exact() -> None:
     Over 6000 random Gaussian cases of these shapes and rates (400 seeds) the
     alternating result equalled the exact projection in 85.8% of them (worst case
     kept 67% of the optimal ||W[R, C]||^2). Here (20 seeds, 240 cases) 90% agree and the
-    worst keeps 79%: asserted, at least 80% agree and none keeps under 60%.
+    worst keeps 79%: asserted, at least 85% agree and none keeps under 60%. (With only one
+    of its two starts, rows first, 81% agree: 85% tells the two apart.)
     """
     exact = FilterShapeSparsity()
     alternating = FilterShapeSparsity()
@@ -240,7 +241,7 @@ def test_filter_shape_alternating_is_locally_optimal_and_mostly_exact() -> None:
                 worst = min(worst, kept_a / kept_b)
                 same += torch.equal(a, b)
                 total += 1
-    assert same >= 0.8 * total, f"the alternating search found the exact projection in {same} of {total} cases"
+    assert same >= 0.85 * total, f"the alternating search found the exact projection in {same} of {total} cases"
     assert worst >= 0.6, worst
 
 
