@@ -20,8 +20,8 @@ summary is rewritten after every step, so a check stopped from outside still lea
 
 ``--dry-run`` runs the same steps on the CPU with tiny settings (small batches and inputs, one-epoch
 baselines, a few trials with a short ADMM schedule) so that CI and any CPU machine test the script; fp16,
-which only CUDA runs, and the batch-256 repeats of the batch-32 benches are skipped with the reason
-recorded. Its limits are generous (300 s a step, 1500 s in all) for slow, shared CPU machines. Without ``.whl/`` it uses the packages of
+which only CUDA runs, the batch-256 repeats of the batch-32 benches and resnet20's train and search (the
+same two commands as digits-cnn's) are skipped with the reason recorded. Its limits are generous (300 s a step, 1500 s in all) for slow, shared CPU machines. Without ``.whl/`` it uses the packages of
 the interpreter that runs it.
 
 Standard library only: it runs before anything is installed. Nothing is written into the checkout
@@ -282,8 +282,10 @@ class Check:
             ckpt = runs / f"{model}-digits.pt"
             train = ["train", "--model", model, "--dataset", "digits", "--device", self.device, "--out", str(ckpt),
                      "--json"] + (["--epochs", "1"] if dry else [])
+            skip = ("the dry run trains and searches one model (digits-cnn runs the same two commands)"
+                    if dry and model != "digits-cnn" else None)
             S.append(Step(f"train-{model}", f"train the dense {model} on digits (baseline for the search)",
-                          kind="train", needs_cuda=True, parse=self.parse_train, timeout=60 if dry else 120,
+                          kind="train", needs_cuda=True, parse=self.parse_train, timeout=60 if dry else 120, skip=skip,
                           info={"model": model}, cmd=self.autoprune(*train)))
             search = ["search", "--budget", "2%", "--model", model, "--dataset", "digits", "--device", self.device,
                       "--trials", str(trials), "--no-tracking", "--runs-dir", str(runs),
@@ -293,7 +295,7 @@ class Check:
                 search += ["--latency-batch", "8", "--threads", "1", "--admm-iters", "1", "--admm-epochs", "0.1",
                            "--retrain-epochs", "0.1"]
             S.append(Step(f"search-{model}", f"search --budget 2% on {model} (digits), {trials} trials",
-                          kind="search", needs_cuda=True, parse=self.parse_search, timeout=timeout,
+                          kind="search", needs_cuda=True, parse=self.parse_search, timeout=timeout, skip=skip,
                           before=self.search_checkpoint,
                           info={"model": model, "trials": trials, "runs": str(runs), "checkpoint": str(ckpt)},
                           cmd=self.autoprune(*search)))

@@ -212,7 +212,7 @@ def _worker(tmp: Path, baseline: Path, storage: str, trials: int) -> subprocess.
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp)
 
 
-def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 8) -> None:
+def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 5) -> None:
     workers = [_worker(tmp, baseline, storage, trials) for _ in range(2)]
     outs = [w.communicate(timeout=400) for w in workers]
     for w, (out, err) in zip(workers, outs):
