@@ -40,6 +40,23 @@ from autoprune.errors import UserError
 from autoprune.fold import fold_batchnorm
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# the least time one measurement spends repeating calls (up to 10x its repeats): more is steadier
+TIMING_SECONDS_ENV = "AUTOPRUNE_TIMING_SECONDS"
+
+
+def default_min_seconds() -> float:
+    """Seconds a latency measurement spends at least: 0.5, or ``$AUTOPRUNE_TIMING_SECONDS``
+    (a smaller value makes quick runs, such as the test suite, faster and their timings noisier)."""
+    raw = os.environ.get(TIMING_SECONDS_ENV)
+    if raw is None or not raw.strip():
+        return 0.5
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not (value >= 0.0):
+        raise UserError(f"{TIMING_SECONDS_ENV}={raw!r} is not a number of seconds >= 0; unset it or give e.g. 0.5.")
+    return value
 
 
 @dataclass(frozen=True)
@@ -54,7 +71,8 @@ class LatencySettings:
     threads: int | None = None  # CPU threads (default: all of torch's current setting)
     warmup: int = 5
     repeats: int = 30
-    min_seconds: float = 0.5  # keep repeating until at least this much time was measured (up to 10x repeats)
+    # keep repeating until at least this much time was measured (up to 10x repeats): default_min_seconds()
+    min_seconds: float = dataclasses.field(default_factory=default_min_seconds)
 
 
 @dataclass(frozen=True)

@@ -40,10 +40,10 @@ class MeasuredLike(Protocol):
 
 
 def latency_settings(batch: int, how: MeasuredLike) -> LatencySettings:
-    """The search's latency measurement at ``batch`` (30 repeats, at least half a second)."""
+    """The search's latency measurement at ``batch`` (30 repeats, at least half a second or
+    ``$AUTOPRUNE_TIMING_SECONDS``: :func:`autoprune.latency.default_min_seconds`)."""
     return LatencySettings(batch_size=batch, dtype=how.dtype, channels_last=how.channels_last, fold_bn=how.fold_bn,
-                           steady_memory=how.steady_memory, threads=how.threads, warmup=5, repeats=30,
-                           min_seconds=0.5)
+                           steady_memory=how.steady_memory, threads=how.threads, warmup=5, repeats=30)
 
 
 def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device,

@@ -333,3 +333,16 @@ def test_steady_allocator_keeps_large_blocks_in_the_heap():
     assert steady["torch"]["mapped"] - steady["freed"]["mapped"] < mb
     r = measure_latency(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
     assert r.steady_memory  # a CPU measurement turns it on and says so
+
+
+def test_the_least_timing_time_is_half_a_second_or_the_environments(monkeypatch) -> None:
+    from autoprune.latency import TIMING_SECONDS_ENV, default_min_seconds
+
+    monkeypatch.delenv(TIMING_SECONDS_ENV, raising=False)
+    assert default_min_seconds() == 0.5 and LatencySettings().min_seconds == 0.5
+    monkeypatch.setenv(TIMING_SECONDS_ENV, "0.05")
+    assert LatencySettings().min_seconds == 0.05
+    for bad in ("fast", "-1", "nan"):
+        monkeypatch.setenv(TIMING_SECONDS_ENV, bad)
+        with pytest.raises(UserError, match=f"AUTOPRUNE_TIMING_SECONDS='{bad}' is not a number of seconds >= 0"):
+            default_min_seconds()
