@@ -445,6 +445,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:
         print_summary(result)
+        for c in callbacks:  # the MLflow mirror says how to look at the runs
+            ui_hint = getattr(c, "tracker", None) and getattr(c.tracker, "ui_hint", None)
+            hint = ui_hint(result.record.meta.name) if ui_hint else None
+            if hint:
+                print(hint)
     return 130 if result.interrupted else 0
 
 

@@ -174,6 +174,7 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
         study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
                                     sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
         study.set_user_attr(STUDY_ATTR, meta.to_dict())
+        study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard and study.trials_dataframe() name them
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
         study = None
     return _Parts(study, meta, space, splits, ckpt, graph, device, tuple(space.notes))

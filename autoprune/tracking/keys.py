@@ -15,9 +15,16 @@ from autoprune.config import LayerTarget
 from autoprune.search.records import StudyMeta, TrialRecord
 
 __all__ = [
+    "CHOSEN_TAG",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
     "MAX_KEY",
     "MAX_PARAM_VALUE",
+    "MAX_RUN_NAME",
     "MAX_TAG_VALUE",
+    "ML_VIEW_QUERY",
+    "NOTE_TAG",
+    "OUTCOME_TAG",
     "PARENT_TAG",
     "ROLE_TAG",
     "STORAGE_TAG",
@@ -26,11 +33,23 @@ __all__ = [
     "param_value",
     "settings_params",
     "trial_metrics",
+    "trial_outcome",
     "trial_params",
+    "trial_run_name",
     "trial_tags",
 ]
 
 ROLE_TAG = "autoprune.role"
+OUTCOME_TAG = "outcome"
+CHOSEN_TAG = "chosen"
+# a search's runs are model training, not GenAI traces: MLflow 3 releases before 3.17 choose an
+# experiment's page from this tag; 3.17 from the URL's ``workflowType`` (else the browser's
+# stored choice, GenAI by default), so the links autoprune prints carry ML_VIEW_QUERY as well
+ML_VIEW_QUERY = "workflowType=machine_learning"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
+MAX_RUN_NAME = 100
 STORAGE_TAG = "optuna.storage"
 STUDY_NAME_TAG = "optuna.study_name"
 PARENT_TAG = "mlflow.parentRunId"
@@ -141,6 +160,7 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
         "state": trial.state,
         "pareto": "true" if trial.pareto else "false",
         "summary": trial.sparsity_summary(),
+        OUTCOME_TAG: trial_outcome(trial),
     }
     if trial.feasible is not None:
         out["feasible"] = "true" if trial.feasible else "false"
@@ -148,3 +168,50 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
         out["stop_reason"] = trial.stop_reason
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}
+
+
+def trial_outcome(trial: TrialRecord) -> str:
+    """What became of a trial, in one word the runs table can filter on
+    (``tags.outcome = 'over-budget'``): ``within-budget``, ``over-budget``, ``stopped``
+    (ended early: not faster than dense, or a hopeless accuracy), ``failed``, ``running``
+    or ``waiting``."""
+    if trial.state == "COMPLETE":
+        return "over-budget" if trial.feasible is False else "within-budget"
+    return {"PRUNED": "stopped", "FAIL": "failed", "RUNNING": "running"}.get(trial.state, trial.state.lower())
+
+
+def _short_layer(name: str) -> str:
+    """``features.3`` stays, ``layer1.0.conv2`` stays; only a long dotted path keeps its last two parts."""
+    parts = name.split(".")
+    return name if len(parts) <= 3 else ".".join(parts[-2:])
+
+
+def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
+    """A trial run's name that says what it is: ``t07 filter70 conv1,conv2 | 96.5% 3.80x``.
+
+    The targets grouped by type and rate, each with its layers (``×N`` where the names
+    would not fit), then the outcome: validation accuracy and speedup for a finished
+    trial, ``stopped``/``failed`` otherwise. ``*`` marks the chosen trial (the fastest
+    within the budget)."""
+    if trial.is_dense or not trial.targets:
+        what = "dense"
+    else:
+        groups: dict[str, list[str]] = {}
+        for layer, stored in trial.targets.items():
+            target = LayerTarget.from_dict(stored)
+            if target.type == "none":
+                continue
+            rate = "" if target.rate is None or target.type.count(":") else f"{round(100 * target.rate)}"
+            groups.setdefault(f"{target.type}{rate}", []).append(_short_layer(layer))
+        listed = " ".join(f"{label} {','.join(layers)}" for label, layers in groups.items())
+        counted = " ".join(f"{label}×{len(layers)}" for label, layers in groups.items())
+        what = listed if len(listed) <= 56 else counted
+    if trial.state == "COMPLETE" and trial.accuracy is not None:
+        speed = trial.final_speedup
+        result = f"{100 * trial.accuracy:.1f}%" + (f" {speed:.2f}x" if speed is not None else "")
+        if trial.feasible is False:
+            result += " over budget"
+    else:
+        result = trial_outcome(trial)
+    name = f"{'* ' if chosen else ''}t{trial.number:02d} {what} | {result}"
+    return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"

@@ -46,6 +46,11 @@ from autoprune.search.storage import redact
 from autoprune.text import percent
 from autoprune.tracking.connection import DEFAULT_TRACKING_URI, Connection, describe_failure
 from autoprune.tracking.keys import (
+    CHOSEN_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    ML_VIEW_QUERY,
+    NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     STORAGE_TAG,
@@ -55,6 +60,7 @@ from autoprune.tracking.keys import (
     settings_params,
     trial_metrics,
     trial_params,
+    trial_run_name,
     trial_tags,
 )
 
@@ -66,7 +72,9 @@ MAX_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_ENTITIES_PER_BATCH = 1000
 
-_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+# a stopped trial (PRUNED: not faster than dense, or hopeless) shows as "Killed", not as a
+# finished one; tags.outcome tells over-budget from within-budget among the finished
+_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 _GOES_ON = "the search goes on without tracking"
 
@@ -178,6 +186,7 @@ class Tracker:
         if cached is not None:
             return cached
         exp_id = self._experiment(meta.name)
+        self._call("set_experiment_tag", exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         parents = self._search(exp_id, f"tags.`{ROLE_TAG}` = 'study'")
         if storage is not None:
             masked = redact(storage)
@@ -194,8 +203,11 @@ class Tracker:
         self._studies[meta.name] = runs
         return runs
 
-    def _trial_run(self, runs: _StudyRuns, number: int) -> tuple[str, Any]:
-        """The run of trial ``number`` and its current state (None when just created)."""
+    def _trial_run(self, runs: _StudyRuns, trial: TrialRecord) -> tuple[str, Any]:
+        """The run of ``trial`` and its current state (None when just created). A new run
+        starts when the trial did (its ``seconds`` before now: runs are written as a trial
+        ends), so the runs table shows how long each trial took."""
+        number = trial.number
         run_id = runs.trial_runs.get(number)
         if run_id is not None:
             return run_id, self._call("get_run", run_id)
@@ -209,7 +221,9 @@ class Tracker:
             runs.trial_runs[number] = run.info.run_id
             return run.info.run_id, run
         tags = {PARENT_TAG: runs.parent_run_id, ROLE_TAG: "trial", "trial_number": str(number)}
-        run = self._call("create_run", runs.experiment_id, run_name=f"trial-{number}", tags=tags)
+        start = int(1000 * (time.time() - (trial.seconds or 0.0)))
+        run = self._call("create_run", runs.experiment_id, run_name=trial_run_name(trial), tags=tags,
+                         start_time=start)
         runs.trial_runs[number] = run.info.run_id
         return run.info.run_id, None
 
@@ -266,6 +280,19 @@ class Tracker:
 
     # ------------------------------------------------------------ the public API
 
+    def ui_hint(self, study_name: str) -> str | None:
+        """How to look at a study's runs: the ``mlflow ui`` command (for a database) and the
+        experiment's link, in MLflow's model-training view; None when the tracker is off or
+        the study has no experiment."""
+        runs = self._studies.get(study_name)
+        if not self._enabled or runs is None:
+            return None
+        link = f"#/experiments/{runs.experiment_id}?{ML_VIEW_QUERY}"
+        if self._conn.is_http:
+            return f"MLflow: {self.tracking_uri.rstrip('/')}/{link}"
+        return (f"MLflow: mlflow ui --backend-store-uri {self.tracking_uri}, then "
+                f"http://127.0.0.1:5000/{link}")
+
     def start_study(self, meta: StudyMeta, storage: str) -> None:
         """Open (or, on resume, find) the study's experiment and parent run and log the
         search settings and the dense baseline.
@@ -312,7 +339,7 @@ class Tracker:
         """
         with self._guarded():
             runs = self._open_study(meta, None)
-            run_id, existing = self._trial_run(runs, trial.number)
+            run_id, existing = self._trial_run(runs, trial)
             self._log(
                 run_id,
                 params=trial_params(meta, trial),
@@ -322,10 +349,12 @@ class Tracker:
             )
             if config_yaml is not None:
                 self._call("log_text", run_id, config_yaml, "config.yaml")
+            if existing is not None and existing.info.run_name != trial_run_name(trial):
+                self._call("update_run", run_id, name=trial_run_name(trial))
             status = _STATUS.get(trial.state)
             current = existing.info.status if existing is not None else "RUNNING"
             if status is not None and current != status:
-                self._call("set_terminated", run_id, status=status)
+                self._call("set_terminated", run_id, status=status, end_time=int(1000 * time.time()))
             elif status is None and current != "RUNNING":
                 self._call("update_run", run_id, status="RUNNING")
 
@@ -421,19 +450,10 @@ class Tracker:
     def _finish_runs(self, record: StudyRecord, files: dict[str, Path]) -> None:
         runs = self._open_study(record.meta, record.storage)
         parent = runs.parent_run_id
-        pareto = {t.number: ("true" if t.pareto else "false") for t in record.trials}
-        children = self._search(runs.experiment_id, f"tags.`{PARENT_TAG}` = '{parent}'")
-        for run in children:
-            number = run.data.tags.get("trial_number")
-            if number is None or not number.lstrip("-").isdigit():
-                continue
-            runs.trial_runs.setdefault(int(number), run.info.run_id)
-            want = pareto.get(int(number))
-            if want is not None and run.data.tags.get("pareto") != want:
-                self._call("set_tag", run.info.run_id, "pareto", want)
+        best = record.best_feasible()
+        self._mark_trials(runs, record, best)
         for path in files.values():
             self._call("log_artifact", parent, str(path))
-        best = record.best_feasible()
         summary: dict[str, float | None] = {
             "n_trials": len(record.trials),
             "n_complete": len(record.completed),
@@ -453,4 +473,39 @@ class Tracker:
                 f"{percent(best.accuracy)} accuracy; {len(record.front)} trials on the Pareto front."
             )
         self._log(parent, metrics=metrics, tags=tags)
+        self._call("set_experiment_tag", runs.experiment_id, NOTE_TAG, _study_description(record, best))
         self._call("set_terminated", parent, status="FINISHED")
+
+    def _mark_trials(self, runs: _StudyRuns, record: StudyRecord, best: TrialRecord | None) -> None:
+        """Tag every trial run with its Pareto membership and whether it is the chosen one
+        (``chosen = true``, and ``*`` before its name), as of the whole study."""
+        trials = {t.number: t for t in record.trials}
+        children = self._search(runs.experiment_id, f"tags.`{PARENT_TAG}` = '{runs.parent_run_id}'")
+        for run in children:
+            number = run.data.tags.get("trial_number")
+            if number is None or not number.lstrip("-").isdigit() or int(number) not in trials:
+                continue
+            trial = trials[int(number)]
+            runs.trial_runs.setdefault(trial.number, run.info.run_id)
+            chosen = best is not None and trial.number == best.number
+            want = {"pareto": "true" if trial.pareto else "false", CHOSEN_TAG: "true" if chosen else "false"}
+            for key, value in want.items():
+                if run.data.tags.get(key) != value:
+                    self._call("set_tag", run.info.run_id, key, value)
+            name = trial_run_name(trial, chosen=chosen)
+            if run.info.run_name != name:
+                self._call("update_run", run.info.run_id, name=name)
+
+
+def _study_description(record: StudyRecord, best: TrialRecord | None) -> str:
+    """The experiment's description: what was searched, and the best result."""
+    m = record.meta
+    text = (f"autoprune search of {m.model} on {m.dataset}, {m.device_description}, budget {percent(m.budget)} "
+            f"({m.budget_mode}), latency at batch {m.latency_batch} {m.dtype}. {len(record.trials)} trials, "
+            f"{len(record.feasible)} within the budget, {len(record.front)} on the Pareto front. ")
+    if best is None:
+        return text + "No pruned trial kept the budget."
+    speed = best.final_speedup
+    return text + (f"Chosen: trial {best.number} ({best.sparsity_summary()}), {percent(best.accuracy)} validation "
+                   f"accuracy, {best.latency_ms:.4g} ms" + (f", {speed:.2f}x faster than dense" if speed else "")
+                   + ". Runs: filter `tags.chosen = 'true'`, `tags.outcome = 'within-budget'` or `tags.pareto = 'true'`.")

@@ -75,6 +75,34 @@ def test_autoprune_search_mirrors_to_a_real_mlflow_server(mlflow_server, digits_
     t1_tags = {t["key"]: t["value"] for t in t1["data"]["tags"]}
     assert t1_tags["state"] == "COMPLETE" and t1_tags["pareto"] in ("true", "false")
 
+    # what the runs table shows: names that say what each trial is, its outcome, the chosen one,
+    # how long it took; the experiment's view and description
+    record = study_record(load_autoprune_study("mirrored", url), url)
+    best = record.best_feasible()
+    outcomes = {"COMPLETE": ("within-budget", "over-budget"), "PRUNED": ("stopped",), "FAIL": ("failed",)}
+    for t in record.trials:
+        run = trials[t.number]
+        tg = {x["key"]: x["value"] for x in run["data"]["tags"]}
+        name = run["info"]["run_name"]
+        chosen = best is not None and t.number == best.number
+        assert name.startswith(f"{'* ' if chosen else ''}t{t.number:02d} "), name
+        assert tg["chosen"] == ("true" if chosen else "false") and tg["outcome"] in outcomes[t.state]
+        if t.state == "COMPLETE":
+            assert f"| {100 * t.accuracy:.1f}%" in name and run["info"]["status"] == "FINISHED"
+        elif t.state == "PRUNED":
+            assert name.endswith("| stopped") and run["info"]["status"] == "KILLED"
+        if t.seconds:  # the run lasts as long as the trial did, give or take the logging
+            lasted = (int(run["info"]["end_time"]) - int(run["info"]["start_time"])) / 1000
+            assert lasted == pytest.approx(t.seconds, abs=1.5), (t.number, lasted, t.seconds)
+    assert trials[0]["info"]["run_name"].startswith("t00 dense |")
+    exp = _get(mlflow_server, "/api/2.0/mlflow/experiments/get", experiment_id=exp["experiment"]["experiment_id"])
+    exp_tags = {t["key"]: t["value"] for t in exp["experiment"]["tags"]}
+    assert exp_tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "digits-cnn on digits" in exp_tags["mlflow.note.content"]
+    import optuna
+
+    assert optuna.load_study(study_name="mirrored", storage=url).metric_names == ["accuracy", "latency_ms"]
+
     listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=t1["info"]["run_id"])
     assert "config.yaml" in [f["path"] for f in listed["files"]]
     listed = _get(mlflow_server, "/api/2.0/mlflow/artifacts/list", run_id=parent_id)

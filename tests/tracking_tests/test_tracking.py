@@ -58,7 +58,28 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     assert sorted(trials) == [0, 1, 2, 3, 4, 5]
     for n, run in trials.items():
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.run_name == f"trial-{n}"
+    # names that say what each trial is and how it ended; '*' marks the chosen one
+    assert {n: r.info.run_name for n, r in trials.items()} == {
+        0: "t00 dense | 97.0% 1.00x",
+        1: "* t01 filter50 features.0 shape70 features.3 2:4 features.6 | 96.5% 2.00x",
+        2: "t02 filter80 features.0,features.3,features.6 | 90.0% 3.33x over budget",
+        3: "t03 filter30 features.0 channel40 features.3 | 96.2% 1.67x",
+        4: "t04 irregular90 features.0 | stopped",
+        5: "t05 filter50 features.0 shape70 features.3 2:4 features.6 | failed",
+    }
+    assert {n: r.data.tags["outcome"] for n, r in trials.items()} == {
+        0: "within-budget", 1: "within-budget", 2: "over-budget", 3: "within-budget", 4: "stopped", 5: "failed"}
+    assert [n for n, r in trials.items() if r.data.tags["chosen"] == "true"] == [1]
+    # a run lasts as long as its trial did (runs are written when a trial ends)
+    t1_info = trials[1].info
+    assert (t1_info.end_time - t1_info.start_time) / 1000 == pytest.approx(12.5, abs=2.0)
+    # the experiment opens as model training and says what was searched and chosen
+    exp = client.get_experiment_by_name(record.meta.name)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = exp.tags["mlflow.note.content"]
+    assert "digits-cnn on digits" in note and "budget 1.00%" in note and "Chosen: trial 1" in note
+    assert tracker.ui_hint(record.meta.name).endswith(
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
 
     # parent: settings, dense baseline, storage, summary
     p = parent.data
@@ -133,7 +154,7 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
 
     assert {n for n, r in trials.items() if r.data.tags["pareto"] == "true"} == {0, 1, 2}
     assert trials[2].data.tags["feasible"] == "false"
-    assert trials[4].info.status == "FINISHED" and trials[4].data.tags["state"] == "PRUNED"
+    assert trials[4].info.status == "KILLED" and trials[4].data.tags["state"] == "PRUNED"
     assert trials[4].data.tags["stop_reason"].startswith("accuracy after the hard prune")
     assert (
         trials[5].info.status == "FAILED"
@@ -375,3 +396,25 @@ def test_a_study_logged_to_a_real_mlflow_server(mlflow_server, record, optuna_st
     assert {f["path"] for f in listed["files"]} == PARENT_ARTIFACTS
     parent_metrics = {m["key"]: m["value"] for m in parents[0]["data"]["metrics"]}
     assert parent_metrics["n_trials"] == 6 and parent_metrics["best_feasible_speedup"] == pytest.approx(2.0)
+
+
+def test_a_tracked_search_ends_with_the_experiments_link_in_the_model_training_view(
+        record, tmp_path, monkeypatch, capsys) -> None:
+    import autoprune.cli as cli
+    from autoprune.search import SearchResult
+
+    def search(settings, *, reporter, callbacks):  # noqa: ANN001, ANN202 - the mirror as a real search drives it
+        for c in callbacks:
+            c.on_study_start(record.meta, record.storage)
+        return SearchResult(record, tmp_path / "study", None)
+
+    monkeypatch.setattr(cli, "run_search", search)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["search", "--budget", "1%", "--runs-dir", "r"]) == 0
+    out = capsys.readouterr().out
+    exp = MlflowClient(tracking_uri="sqlite:///r/mlflow.db").get_experiment_by_name(record.meta.name)
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith("MLflow: mlflow ui --backend-store-uri sqlite:///") and last.endswith(
+        f"/r/mlflow.db, then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    assert cli.main(["search", "--budget", "1%", "--runs-dir", "r", "--no-tracking"]) == 0
+    assert "MLflow:" not in capsys.readouterr().out
