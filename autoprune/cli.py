@@ -504,9 +504,41 @@ def _reporter(args: argparse.Namespace):  # noqa: ANN202
     return Reporter() if getattr(args, "json", False) and not sys.stderr.isatty() else RichReporter()
 
 
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option string, of the parser and its commands, that takes one value."""
+    out: set[str] = set()
+    for action in parser._actions:  # noqa: SLF001 - argparse has no public list of its actions
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                out |= _value_options(sub)
+        elif action.option_strings and action.nargs is None and action.const is None:
+            out.update(action.option_strings)
+    return out
+
+
+def _join_negative_values(argv: list[str], value_options: set[str]) -> list[str]:
+    """``--budget -1%`` as ``--budget=-1%``: argparse takes a value that starts with '-' (and is
+    not a plain number) for an option and answers with its usage; joined, it reaches the
+    option's own check and its one-line message."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in value_options and nxt is not None and nxt.startswith("-") and len(nxt) > 1 \
+                and not nxt.startswith("--") and nxt not in value_options:
+            out.append(f"{arg}={nxt}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_join_negative_values(argv, _value_options(parser)))
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

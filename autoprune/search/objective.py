@@ -43,6 +43,7 @@ from autoprune.search.records import (
     StudyMeta,
     TrialRecord,
 )
+from autoprune.search.slots import SlotStorage
 from autoprune.search.space import SearchSpace
 from autoprune.stats import layer_stats, model_counts
 from autoprune.train import evaluate, seed_everything
@@ -110,7 +111,7 @@ def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> tuple[fl
     if prior.state == TrialState.PRUNED:
         raise TrialStopped(f"same configuration as trial {prior.number}, which stopped: "
                            f"{prior.user_attrs.get(REASON_ATTR, 'stopped early')}")
-    trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
+    SlotStorage.set_constraint(trial, CONSTRAINT, rec.accuracy_drop - allowed)
     return prior.values[0], prior.values[1]
 
 
@@ -139,7 +140,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     rec.feasible = rec.accuracy_drop <= allowed + 1e-12
     rec.seconds = time.perf_counter() - t0
     _record(trial, rec)
-    trial.set_constraint(CONSTRAINT, rec.accuracy_drop - allowed)
+    SlotStorage.set_constraint(trial, CONSTRAINT, rec.accuracy_drop - allowed)
     return acc, rec.latency_ms
 
 
@@ -151,7 +152,7 @@ def _dense(trial: Any, rec: TrialRecord, meta: StudyMeta, allowed: float, t0: fl
     rec.macs, rec.params_count, rec.sparsity = meta.dense_macs, meta.dense_params, 0.0
     rec.feasible, rec.seconds = True, time.perf_counter() - t0
     _record(trial, rec)
-    trial.set_constraint(CONSTRAINT, -allowed)
+    SlotStorage.set_constraint(trial, CONSTRAINT, -allowed)
     return meta.dense_accuracy, meta.dense_latency_ms
 
 

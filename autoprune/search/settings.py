@@ -54,7 +54,7 @@ def parse_budget(text: str | float) -> float:
         UserError: if it does not parse or lies outside (0, 100%).
     """
     raw = str(text).strip()
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)", raw)
+    m = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(%?)", raw)
     if not m:
         raise UserError(f"--budget '{raw}' is not a number; write it as 2% or 0.02 (an accuracy drop).")
     value = float(m.group(1))

@@ -69,6 +69,14 @@ class SlotStorage:
         self._storage.set_trial_user_attr(self.trial_id(number), key, value)
 
     @staticmethod
+    def set_constraint(trial: optuna.Trial, key: str, value: float) -> None:
+        """``trial.set_constraint(key, value)``, and the same value as the list Optuna wrote
+        before 5.0 (system attr ``constraints``), which optuna-dashboard 0.21 still reads to
+        tell feasible trials from infeasible ones; Optuna 5 reads both (as ``"0"`` and ``key``)."""
+        trial.set_constraint(key, value)
+        trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [float(value)])  # noqa: SLF001
+
+    @staticmethod
     def mark(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
         """Write user attributes on a trial known as a ``FrozenTrial`` (a sampler's view of the
         trial it samples for, which has no ``set_user_attr``)."""

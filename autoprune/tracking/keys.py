@@ -1,8 +1,8 @@
 """What a study and its trials log to MLflow: the names and values of params, metrics and tags.
 
 These names are the mirror's format: runs of different trials and studies line up on them
-(``layer.<name>.type`` / ``layer.<name>.rate``, ``optuna.<param>``, ``kernel.<layer>``), so
-they change only with a migration.
+(``layer.<name>.type`` / ``layer.<name>.rate``, ``kernel.<layer>``), so they change only
+with a migration.
 """
 
 from __future__ import annotations
@@ -106,13 +106,14 @@ def settings_params(meta: StudyMeta) -> dict[str, Any]:
 
 
 def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
-    """The params of a trial's run: every layer's ``type`` and ``rate``, Optuna's params
-    as given (prefixed ``optuna.``, so they never clash with the layer keys), and a summary
-    of the search settings.
+    """The params of a trial's run: every layer's ``type`` and ``rate`` (once: Optuna's own
+    parameters say the same and stay in the Optuna storage), and a summary of the search
+    settings.
 
     A layer's ``rate`` is the fraction of its weights removed
     (:attr:`~autoprune.config.LayerTarget.removed_fraction`: the target's rate, 0 for
-    ``none`` and ``1 - N/M`` for ``N:M``), so the column lines up across trials.
+    ``none`` and ``1 - N/M`` for ``N:M``), rounded to 4 digits (``0.7``, not
+    ``0.7000000000000001``), so the column lines up across trials.
     """
     out: dict[str, Any] = {}
     for name, stored in trial.targets.items():
@@ -120,8 +121,7 @@ def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
         rate = target.removed_fraction
         out[f"layer.{name}.type"] = target.type
         if rate is not None:
-            out[f"layer.{name}.rate"] = rate
-    out.update({f"optuna.{k}": v for k, v in trial.params.items()})
+            out[f"layer.{name}.rate"] = round(rate, 4)
     settings = settings_params(meta)
     for k in ("model", "dataset", "device", "device_description", "seed", "latency_batch", "dtype"):
         out[k] = settings[k]

@@ -118,13 +118,11 @@ class Tracker:
         self._enabled = True
         self._client: Any = None
         self._studies: dict[str, _StudyRuns] = {}
-        failure = self._conn.open()
-        if failure is not None:
-            self._disable(failure)
+        self._opened = False  # the connection is opened by the first call: nothing is written before it
 
     @property
     def enabled(self) -> bool:
-        """False once MLflow failed (or was unreachable at the start)."""
+        """False once MLflow failed (or was unreachable when first used)."""
         return self._enabled
 
     # ------------------------------------------------------------ the guard
@@ -139,6 +137,12 @@ class Tracker:
         """Every MLflow call goes through here: the first failure warns and turns the tracker off."""
         if not self._enabled:
             raise _Off
+        if not self._opened:
+            self._opened = True
+            failure = self._conn.open()
+            if failure is not None:
+                self._disable(failure)
+                raise _Off
         try:
             if self._client is None:
                 from mlflow import MlflowClient  # heavy: only once something is logged

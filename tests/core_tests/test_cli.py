@@ -58,6 +58,18 @@ def test_unknown_names(capsys, argv, fragment):
     assert fragment in line
 
 
+@pytest.mark.parametrize(("argv", "fragment"), [
+    (["search", "--budget", "-1%"], "--budget -1% lies outside (0, 100%)"),
+    (["search", "--trials", "-3"], "--trials must be at least 1. Got -3 instead."),
+    (["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--batch-size", "-8"], "at least 1"),
+])
+def test_negative_values_reach_autoprunes_own_message(capsys, tmp_path, monkeypatch, argv, fragment):
+    monkeypatch.chdir(tmp_path)  # argparse's usage would exit with SystemExit(2) and no message of ours
+    line = _one_error_line(capsys, main([*argv, "--runs-dir", "r"] if argv[0] == "search" else argv))
+    assert fragment in line
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_cuda(capsys):
     line = _one_error_line(capsys, main(["train", "--model", "digits-cnn", "--device", "cuda"]))

@@ -3,6 +3,7 @@ idempotency, resume, rebuilding from a record, and tracking that never stops a s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 import urllib.request
@@ -123,7 +124,7 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
         t1.data.params["layer.classifier.1.type"] == "none"
         and t1.data.params["layer.classifier.1.rate"] == "0.0"
     )
-    assert t1.data.params["optuna.layer.features.3.rate"] == "0.7"
+    assert not [k for k in t1.data.params if k.startswith("optuna.")]  # each layer once, as layer.*
     assert t1.data.params["seed"] == "0" and t1.data.params["version.autoprune"] == "0.1.0"
     for key, value in {
         "accuracy": 0.965,
@@ -204,24 +205,25 @@ def test_finish_retags_pareto_membership(sqlite_uri, record_factory):
 
 
 def test_mlflow_limits_are_respected(sqlite_uri, record):
-    layers = {f"block{i}.conv": {"type": "filter", "rate": 0.25} for i in range(260)}
+    layers = {f"block{i}.conv": {"type": "filter", "rate": 0.25} for i in range(259)}
+    layers["odd|name<>"] = {"type": "filter", "rate": 0.7000000000000001}
+    meta = dataclasses.replace(record.meta, device_description="x" * 10_000)
     big = TrialRecord(
         number=7,
         state="COMPLETE",
         targets=layers,
-        params={"note": "x" * 10_000, "odd|name<>": 1},
         accuracy=0.9,
         latency_ms=2.0,
         residuals=[1.0 / (i + 1) for i in range(2500)],
     )
     tracker = Tracker(sqlite_uri, warn=pytest.fail)
-    tracker.log_trial(record.meta, big)
+    tracker.log_trial(meta, big)
     assert tracker.enabled
     client = MlflowClient(tracking_uri=sqlite_uri)
     run = _runs(client, record.meta.name)[1][7]
     assert sum(k.startswith("layer.") for k in run.data.params) == 520
-    assert len(run.data.params["optuna.note"]) == 6000
-    assert run.data.params["optuna.odd_name__"] == "1"
+    assert len(run.data.params["device_description"]) == 6000
+    assert run.data.params["layer.odd_name__.rate"] == "0.7"
     assert len(client.get_metric_history(run.info.run_id, "admm_residual")) == 2500
 
 
@@ -321,12 +323,14 @@ def test_importance_errors_are_skipped_with_a_warning(
     }
 
 
-def test_default_uri_is_sqlite_under_runs_in_the_current_folder(tmp_path, monkeypatch):
+def test_default_uri_is_sqlite_under_runs_in_the_current_folder(tmp_path, monkeypatch, record):
     monkeypatch.chdir(tmp_path)
     tracker = Tracker()
     assert DEFAULT_TRACKING_URI == "sqlite:///runs/mlflow.db"
     assert tracker.tracking_uri == f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db"
-    assert (tmp_path / "runs").is_dir()
+    assert not (tmp_path / "runs").exists()  # nothing is written before something is logged
+    tracker.start_study(record.meta, record.storage)
+    assert tracker.enabled and (tmp_path / "runs" / "mlflow.db").is_file()
 
 
 # ---------------------------------------------------------------- a real tracking server
