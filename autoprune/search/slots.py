@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +36,7 @@ from autoprune.errors import UserError
 from autoprune.search.records import REASON_ATTR
 
 HEARTBEAT_ATTR = "autoprune.heartbeat"  # trial user attr: the time of the worker's last beat
+OWNER_ATTR = "autoprune.owner"  # trial user attr: {host, pid, started} of the worker that claimed it
 HEARTBEAT_EVERY = 30.0  # seconds between a running trial's heartbeats
 READY_ATTR = "autoprune.ready"  # study user attr: its seed trial and slots are enqueued
 TARGET_ATTR = "autoprune.target_trials"  # study user attr: the trials the study should have in all
@@ -96,8 +99,43 @@ def enqueue_slots(study: optuna.Study, target: int, seeds: Sequence[dict[str, An
         study.enqueue_trial({})
 
 
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), so a
+    reused pid is not taken for the process that had it; None where /proc cannot say."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def this_worker() -> dict[str, Any]:
+    """The owner record of a trial this process claims: host, pid and the pid's start time."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": _start_ticks(os.getpid())}
+
+
+def owner_died(owner: Any) -> bool:  # noqa: ANN401 - a stored user attribute
+    """Whether the worker in ``owner`` (see :func:`this_worker`) is known to be gone: it ran on
+    this host and its pid is no longer there, or now belongs to a process started later.
+    Another host's worker is never known dead here (the heartbeat rule covers it)."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, run by another user
+    started = owner.get("started")
+    return started is not None and _start_ticks(pid) not in (None, started)
+
+
 def claim_slot(study: optuna.Study, target: int) -> optuna.Trial | None:
-    """Claim the lowest-numbered WAITING slot below the target; None when none is left."""
+    """Claim the lowest-numbered WAITING slot below the target, recording this worker as its
+    owner; None when none is left."""
     slots = SlotStorage(study)
     trials = study.get_trials(deepcopy=False)
     limit = target + sum(1 for t in trials if t.state == TrialState.FAIL)
@@ -106,6 +144,7 @@ def claim_slot(study: optuna.Study, target: int) -> optuna.Trial | None:
             break
         trial = slots.try_claim(t.number)
         if trial is not None:
+            trial.set_user_attr(OWNER_ATTR, this_worker())
             return trial
     return None
 
@@ -179,21 +218,33 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def _why_lost(t: FrozenTrial, now: float, stale_after: float) -> str | None:
+    """Why RUNNING trial ``t`` lost its worker, or None while it may still be running."""
+    owner = t.user_attrs.get(OWNER_ATTR)
+    if owner_died(owner):
+        return f"its worker (pid {owner['pid']} on {owner['host']}) died"
+    beat = t.user_attrs.get(HEARTBEAT_ATTR)
+    if beat is None and t.datetime_start is not None:
+        beat = t.datetime_start.timestamp()
+    if beat is None or now - float(beat) < stale_after:
+        return None
+    return f"its worker stopped ({int(now - float(beat))} s without a heartbeat)"
+
+
 def fail_stale_trials(study: optuna.Study, stale_after: float) -> list[int]:
-    """Mark RUNNING trials whose worker stopped beating for ``stale_after`` seconds as FAIL
-    (a worker killed with SIGKILL, a machine that went away); returns their numbers."""
+    """Mark RUNNING trials that lost their worker as FAIL, with the reason; returns their
+    numbers. A worker on this host that is gone (SIGKILL, a crash) is known at once by its
+    pid; one elsewhere (a machine that went away) once it stopped beating for
+    ``stale_after`` seconds."""
     now, failed = time.time(), []
     slots = None
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get(HEARTBEAT_ATTR)
-        if beat is None and t.datetime_start is not None:
-            beat = t.datetime_start.timestamp()
-        if beat is None or now - float(beat) < stale_after:
+        reason = _why_lost(t, now, stale_after)
+        if reason is None:
             continue
         with contextlib.suppress(Exception):  # another worker may fail it first
             slots = slots or SlotStorage(study)
-            slots.set_trial_user_attr(
-                t.number, REASON_ATTR, f"its worker stopped ({int(now - float(beat))} s without a heartbeat)")
+            slots.set_trial_user_attr(t.number, REASON_ATTR, reason)
             study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
             failed.append(t.number)
     return failed

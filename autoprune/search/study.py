@@ -102,7 +102,7 @@ def _optimize(run: OpenStudy, stale_after: float, reporter: Reporter,
         progress.start(task)
         while True:
             try:
-                outcome = _run_trial(run, stale_after, reporter)
+                outcome = _run_trial(run, stale_after, reporter, callbacks)
                 if outcome is None:
                     return ran, False, []
                 ran.append(outcome.number)
@@ -128,9 +128,11 @@ def _optimize(run: OpenStudy, stale_after: float, reporter: Reporter,
             enqueue_slots(run.study, run.target)  # a failed trial does not count: add its replacement
 
 
-def _run_trial(run: OpenStudy, stale_after: float, reporter: Reporter) -> TrialOutcome | None:
-    """One trial, as Optuna's ``_run_trial``: fail stale trials, claim a slot (instead of
-    ``ask``), run the objective with a heartbeat, tell the storage how it ended.
+def _run_trial(run: OpenStudy, stale_after: float, reporter: Reporter,
+               callbacks: Sequence[SearchCallback] = ()) -> TrialOutcome | None:
+    """One trial, as Optuna's ``_run_trial``: fail trials that lost their worker (and tell
+    the callbacks), claim a slot (instead of ``ask``), run the objective with a heartbeat,
+    tell the storage how it ended.
 
     Returns:
         How it ended, or None when no slot below the target is left.
@@ -141,6 +143,11 @@ def _run_trial(run: OpenStudy, stale_after: float, reporter: Reporter) -> TrialO
             reporter.log(f"trials {stale} lost their worker; they are marked failed and replaced")
             enqueue_slots(run.study, run.target)
         trial = claim_slot(run.study, run.target)
+    if stale:
+        record = study_record(run.study, run.url)
+        for lost in (t for t in record.trials if t.number in stale):
+            for cb in callbacks:
+                cb.on_trial_end(record, lost)
     if trial is None:
         return None
     told = False
