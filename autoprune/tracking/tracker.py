@@ -353,8 +353,9 @@ class Tracker:
             )
             if config_yaml is not None:
                 self._call("log_text", run_id, config_yaml, "config.yaml")
-            if existing is not None and existing.info.run_name != trial_run_name(trial):
-                self._call("update_run", run_id, name=trial_run_name(trial))
+            name = trial_run_name(trial)
+            if existing is not None and existing.info.run_name != name:
+                self._call("update_run", run_id, name=name)
             status = _STATUS.get(trial.state)
             current = existing.info.status if existing is not None else "RUNNING"
             if status is not None and current != status:
