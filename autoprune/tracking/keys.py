@@ -204,7 +204,7 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
             rate = "" if target.rate is None or target.type.count(":") else f"{round(100 * target.rate)}"
             groups.setdefault(f"{target.type}{rate}", []).append(_short_layer(layer))
         listed = " ".join(f"{label} {','.join(layers)}" for label, layers in groups.items())
-        counted = " ".join(f"{label}×{len(layers)}" for label, layers in groups.items())
+        counted = " ".join(label + (f"×{len(layers)}" if len(layers) > 1 else "") for label, layers in groups.items())
         what = listed if len(listed) <= 56 else counted
     if trial.state == "COMPLETE" and trial.accuracy is not None:
         speed = trial.final_speedup
