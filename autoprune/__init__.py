@@ -1,15 +1,46 @@
 """autoprune: find the per-layer pruning rates and sparsity types that make a CNN
-fastest on a target device within an accuracy budget (StructADMM + Optuna + MLflow)."""
+fastest on a target device within an accuracy budget (StructADMM + Optuna + MLflow).
+
+The Python API (``help(autoprune.search)`` to start; the module :mod:`autoprune.api`)::
+
+    result = autoprune.search(model, example_inputs, train=my_train, evaluate=my_metric, budget=0.02)
+    pruned = autoprune.prune(model, result.best_config, train=my_train, example_inputs=example_inputs)
+    deployable = autoprune.make_deployable(pruned)
+    autoprune.save_pruned(deployable, "out/")
+    model = autoprune.load_pruned("out/")
+
+``train(model, amount)`` is your own training loop (it creates its optimizer; autoprune
+acts through optimizer hooks it removes afterwards), ``evaluate(model) -> float`` your
+metric. Names load on first use, so ``import autoprune`` stays light.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_pruned"]
+_LAZY = {
+    "search": "autoprune.api", "prune": "autoprune.api", "make_deployable": "autoprune.api",
+    "save_pruned": "autoprune.saving", "load_pruned": "autoprune.saving", "PruneResult": "autoprune.api",
+    "Deployable": "autoprune.saving", "Schedule": "autoprune.admm", "SearchResult": "autoprune.search",
+    "UserError": "autoprune.errors", "AutopruneError": "autoprune.errors",
+    "ClassifierTrainer": "autoprune.train", "LogReporter": "autoprune.progress",
+    "RichReporter": "autoprune.progress",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
 
 
-def load_pruned(path):  # noqa: ANN001, ANN201 - lazy: importing autoprune stays light
-    """Load a deployable pruned model folder (see :func:`autoprune.deploy.load_pruned`)."""
-    from autoprune.deploy import load_pruned as _load_pruned
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the API's names load on first use
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'autoprune' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
-    return _load_pruned(path)
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -34,6 +34,7 @@ pruning gains from the same learning rate (``benchmarks/results/admm_vs_magnitud
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,10 +46,65 @@ from autoprune.data import make_loader
 from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
-from autoprune.train import evaluate, run_epochs
+from autoprune.steering import admm_penalty, hold_masks, no_step_error
+from autoprune.train import ClassifierTrainer, evaluate
 
 METHODS = ("admm", "magnitude")
 NOT_CONVERGED = 0.5  # a final primal residual above this is reported as non-convergence
+
+#: A training loop: ``train(model, amount)`` trains ``model`` in place for ``amount`` (epochs
+#: or steps: the loop's own unit) with its own optimizer; what it returns (a mean loss, or
+#: anything) is recorded when it is a number.
+TrainFn = Callable[[nn.Module, float], object]
+#: A metric: ``evaluate(model) -> float`` on the user's validation data.
+EvalFn = Callable[[nn.Module], float]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How much training each phase gets, in the train function's own unit (epochs or steps).
+
+    Args:
+        iters: ADMM iterations (W-step, Z-step, U-step each).
+        admm_amount: Training per W-step.
+        retrain_amount: Masked retraining after the hard prune.
+        rho: Initial penalty rho_0 ...
+        rho_growth: ... multiplied by this after every iteration ...
+        rho_max: ... up to this cap.
+    """
+
+    iters: int = 6
+    admm_amount: float = 0.25
+    retrain_amount: float = 3.5
+    rho: float = 3.0
+    rho_growth: float = 1.3
+    rho_max: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.iters, int) and self.iters >= 0):
+            raise UserError(f"The 'iters' schedule setting must be an integer >= 0. Got {self.iters!r} instead.")
+        for name in ("admm_amount", "retrain_amount"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"The '{name}' schedule setting must be a number >= 0. Got {value!r} instead.")
+        if not (self.rho > 0 and self.rho_growth >= 1 and self.rho_max >= self.rho):
+            raise UserError(f"The schedule needs rho > 0, rho_growth >= 1 and rho_max >= rho. Got rho {self.rho}, "
+                            f"rho_growth {self.rho_growth}, rho_max {self.rho_max} instead.")
+
+    @classmethod
+    def from_settings(cls, settings: AdmmSettings, per_epoch: int | None = None) -> Schedule:
+        """The schedule of :class:`AdmmSettings`, in epochs (W-steps given in ``steps`` are
+        converted with ``per_epoch`` batches per epoch)."""
+        amount = settings.epochs
+        if settings.steps is not None:
+            amount = settings.steps / max(per_epoch or 1, 1)
+        return cls(iters=settings.iters, admm_amount=amount, retrain_amount=settings.retrain_epochs,
+                   rho=settings.rho, rho_growth=settings.rho_growth, rho_max=settings.rho_max)
+
+    @property
+    def total(self) -> float:
+        """The training every method spends in all (what magnitude pruning spends on retraining)."""
+        return self.iters * self.admm_amount + self.retrain_amount
 
 
 @dataclass
@@ -69,21 +125,28 @@ class PruneHistory:
     iterations: list[AdmmIteration] = field(default_factory=list)
     retrain_losses: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    hard_prune_val_acc: float | None = None  # accuracy right after the hard prune, before retraining
+    hard_prune_val_acc: float | None = None  # the metric right after the hard prune, before retraining
+
+
+def _as_loss(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def admm_phase(
     model: nn.Module,
     projector: Projector,
-    train_set: torch.utils.data.Dataset,
-    settings: AdmmSettings,
+    train: TrainFn,
+    schedule: Schedule,
     *,
-    device: torch.device,
-    seed: int = 0,
     reporter: Reporter | None = None,
     history: PruneHistory | None = None,
 ) -> PruneHistory:
-    """Run ``settings.iters`` ADMM iterations in place on ``model`` (no pruning yet)."""
+    """Run ``schedule.iters`` ADMM iterations in place on ``model`` (no pruning yet): each
+    W-step is ``train(model, schedule.admm_amount)`` with the penalty's gradient added
+    before every optimizer step (:func:`autoprune.steering.admm_penalty`)."""
     reporter = reporter or Reporter()
     history = history or PruneHistory("admm")
     names = projector.constrained_params
@@ -92,49 +155,30 @@ def admm_phase(
     with torch.no_grad():
         z, _ = projector.project({n: p.detach().clone() for n, p in params.items()})
         u = {n: torch.zeros_like(p) for n, p in params.items()}
-    rho = settings.rho
-    with reporter.task("ADMM", settings.iters) as task:
-        for k in range(settings.iters):
-            current_rho = rho
-
-            def penalty_grad() -> None:
-                with torch.no_grad():
-                    for n, p in params.items():
-                        if p.grad is not None:
-                            p.grad.add_(p.detach() - z[n] + u[n], alpha=current_rho)
-
-            loss = run_epochs(
-                model,
-                train_set,
-                device=device,
-                epochs=settings.epochs,
-                steps=settings.steps,
-                lr=settings.lr,
-                momentum=settings.momentum,
-                weight_decay=settings.weight_decay,
-                batch_size=settings.batch_size,
-                seed=seed + 1000 + k,
-                grad_hook=penalty_grad,
-                reporter=reporter,
-                description=f"ADMM iteration {k + 1}/{settings.iters}",
-            )
+    rho = schedule.rho
+    with reporter.task("ADMM", schedule.iters) as task:
+        for k in range(schedule.iters):
+            with admm_penalty(params, z, u, rho) as seen:
+                loss = _as_loss(train(model, schedule.admm_amount))
+            if seen.steps == 0 and schedule.admm_amount > 0:
+                raise no_step_error(f"ADMM iteration {k + 1}")
             with torch.no_grad():
                 w = {n: p.detach() for n, p in params.items()}
                 z, _ = projector.project({n: w[n] + u[n] for n in names})
                 for n in names:
                     u[n].add_(w[n] - z[n])
                 residual = {n: float((w[n] - z[n]).norm() / w[n].norm().clamp_min(1e-12)) for n in names}
-            history.iterations.append(AdmmIteration(k + 1, current_rho, loss, residual))
+            history.iterations.append(AdmmIteration(k + 1, rho, loss, residual))
             worst = max(residual.values()) if residual else 0.0
             task.advance()
-            task.set(rho=current_rho, loss=loss, max_residual=worst)
-            rho = min(rho * settings.rho_growth, settings.rho_max)
+            task.set(rho=rho, loss=loss, max_residual=worst)
+            rho = min(rho * schedule.rho_growth, schedule.rho_max)
     if history.iterations:
         last = history.iterations[-1].residual
         worst = max(last, key=last.get) if last else None
         if worst is not None and last[worst] > NOT_CONVERGED:
             history.notes.append(
-                f"ADMM did not converge: ||W-Z||/||W|| is {last[worst]:.2f} for {worst} after {settings.iters} "
+                f"ADMM did not converge: ||W-Z||/||W|| is {last[worst]:.2f} for {worst} after {schedule.iters} "
                 f"iterations (rho reached {history.iterations[-1].rho:.3g}); the hard prune will cost accuracy. "
                 "Raise rho (its pull per SGD step is about lr x rho, so a lower lr needs a higher rho), rho_growth "
                 "or the ADMM epochs."
@@ -150,53 +194,65 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         named[pname].mul_(mask.to(named[pname].device, named[pname].dtype))
 
 
-def masked_retrain(
-    model: nn.Module,
-    masks: dict[str, torch.Tensor],
-    train_set: torch.utils.data.Dataset,
-    settings: AdmmSettings,
-    *,
-    epochs: float,
-    device: torch.device,
-    seed: int = 0,
-    reporter: Reporter | None = None,
-    on_loss=None,  # noqa: ANN001
-) -> float:
-    """Retrain with pruned weights held at zero: gradients, weights and momentum stay masked."""
-    if epochs <= 0:
+def masked_retrain(model: nn.Module, masks: dict[str, torch.Tensor], train: TrainFn, amount: float) -> float:
+    """``train(model, amount)`` with pruned weights held at zero: gradients, weights and
+    optimizer state stay masked (:func:`autoprune.steering.hold_masks`). Returns what
+    ``train`` returned as a float (NaN when it is not a number)."""
+    if amount <= 0:
         return float("nan")
     named = dict(model.named_parameters())
-    pairs = [(named[n], m.to(named[n].device, named[n].dtype)) for n, m in masks.items()]
+    with hold_masks({n: named[n] for n in masks}, masks) as seen:
+        loss = _as_loss(train(model, amount))
+    if seen.steps == 0:
+        raise no_step_error("masked retraining")
+    return loss
 
-    def zero_grads() -> None:
-        for p, m in pairs:
-            if p.grad is not None:
-                p.grad.mul_(m)
 
-    @torch.no_grad()
-    def reapply(opt: torch.optim.Optimizer) -> None:
-        for p, m in pairs:
-            p.mul_(m)
-            buf = opt.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
-                buf.mul_(m)
+def prune_with(
+    model: nn.Module,
+    projector: Projector,
+    schedule: Schedule,
+    *,
+    train: TrainFn,
+    retrain: TrainFn | None = None,
+    evaluate: EvalFn | None = None,
+    method: str = "admm",
+    reporter: Reporter | None = None,
+    on_hard_prune: Callable[[float], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], PruneHistory]:
+    """Prune ``model`` in place with ADMM (or one-shot magnitude) and masked retraining, through
+    the caller's training loop.
 
-    return run_epochs(
-        model,
-        train_set,
-        device=device,
-        epochs=epochs,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        batch_size=settings.batch_size,
-        seed=seed + 5000,
-        grad_hook=zero_grads,
-        after_step=reapply,
-        reporter=reporter,
-        description=f"masked retraining ({epochs:g} epochs)",
-        on_loss=on_loss,
-    )
+    Args:
+        schedule: Iterations and training amounts, in ``train``'s unit.
+        train: The W-step's loop, ``train(model, amount)``.
+        retrain: Masked retraining's loop (default: ``train``).
+        evaluate: The metric; when given it is measured right after the hard prune
+            (``history.hard_prune_val_acc``) and passed to ``on_hard_prune``, which may raise
+            to stop the run there.
+        method: ``"admm"``, or ``"magnitude"``: no ADMM phase; the same training in all,
+            spent on masked retraining after a one-shot magnitude prune.
+
+    Returns:
+        The hard-prune masks (parameter name -> 0/1 tensor) and the run's history.
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")
+    retrain = retrain or train
+    history = PruneHistory(method, notes=list(projector.notes))
+    retrain_amount = schedule.retrain_amount
+    if method == "admm":
+        admm_phase(model, projector, train, schedule, reporter=reporter, history=history)
+    else:  # the same training budget, all spent on masked retraining
+        retrain_amount = schedule.total
+    masks = projector.hard_masks()
+    apply_masks(model, masks)
+    if evaluate is not None:
+        history.hard_prune_val_acc = float(evaluate(model))
+        if on_hard_prune is not None:
+            on_hard_prune(history.hard_prune_val_acc)
+    masked_retrain(model, masks, retrain, retrain_amount)
+    return masks, history
 
 
 def prune(
@@ -212,7 +268,8 @@ def prune(
     val_set: torch.utils.data.Dataset | None = None,
     on_hard_prune: Callable[[float], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], PruneHistory]:
-    """Prune ``model`` in place with ADMM (or one-shot magnitude) and masked retraining.
+    """:func:`prune_with` and the built-in classifier loop (:class:`~autoprune.train.ClassifierTrainer`:
+    SGD with a cosine learning rate restarting every phase, cross-entropy, top-1 on ``val_set``).
 
     Args:
         on_hard_prune: Called with the validation accuracy right after the hard prune
@@ -224,31 +281,15 @@ def prune(
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")
     model.to(device)
-    history = PruneHistory(method, notes=list(projector.notes))
-    retrain_epochs = settings.retrain_epochs
-    if method == "admm":
-        admm_phase(model, projector, train_set, settings, device=device, seed=seed, reporter=reporter, history=history)
-    else:  # the same training budget, all spent on masked retraining
-        if settings.steps is not None:
-            per_epoch = len(make_loader(train_set, batch_size=settings.batch_size, shuffle=False))
-            retrain_epochs += settings.iters * settings.steps / max(per_epoch, 1)
-        else:
-            retrain_epochs += settings.iters * settings.epochs
-    masks = projector.hard_masks()
-    apply_masks(model, masks)
-    if val_set is not None:
-        history.hard_prune_val_acc = evaluate(model, val_set, device=device)
-        if on_hard_prune is not None:
-            on_hard_prune(history.hard_prune_val_acc)
-    masked_retrain(
-        model,
-        masks,
-        train_set,
-        settings,
-        epochs=retrain_epochs,
-        device=device,
-        seed=seed,
-        reporter=reporter,
-        on_loss=history.retrain_losses.append,
-    )
+    per_epoch = len(make_loader(train_set, batch_size=settings.batch_size, shuffle=False))
+    schedule = Schedule.from_settings(settings, per_epoch)
+    retrain_losses: list[float] = []
+    w_step = ClassifierTrainer(train_set, settings, device=device, seed=seed + 1000, reporter=reporter,
+                               description="ADMM W-step")
+    retrain = ClassifierTrainer(train_set, settings, device=device, seed=seed + 5000, reporter=reporter,
+                                description="masked retraining", on_loss=retrain_losses.append)
+    score = None if val_set is None else (lambda m: evaluate(m, val_set, device=device))
+    masks, history = prune_with(model, projector, schedule, train=w_step, retrain=retrain, evaluate=score,
+                                method=method, reporter=reporter, on_hard_prune=on_hard_prune)
+    history.retrain_losses = retrain_losses
     return masks, history

@@ -42,19 +42,10 @@ from autoprune.errors import UserError
 from autoprune.search.records import StudyRecord, TrialRecord, study_record
 from autoprune.search.storage import load_autoprune_study, redact
 from autoprune.search.study import best_config_yaml
-from autoprune.text import percent
 
 __all__ = ["PICKS", "feasible_front", "pick_trial", "write_trial_config"]
 
 PICKS = ("fastest", "most-accurate", "knee")
-
-
-def _pct(value: float | None) -> str:
-    return percent(value, 1, missing="n/a")
-
-
-def _points(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f} points"
 
 
 def _is_pruned(t: TrialRecord) -> bool:
@@ -71,10 +62,10 @@ def feasible_front(record: StudyRecord) -> list[TrialRecord]:
     cands = _candidates(record)
     front = [
         t for t in cands
-        if not any(o.accuracy >= t.accuracy and o.latency_ms <= t.latency_ms
-                   and (o.accuracy > t.accuracy or o.latency_ms < t.latency_ms) for o in cands)
+        if not any(o.merit >= t.merit and o.latency_ms <= t.latency_ms
+                   and (o.merit > t.merit or o.latency_ms < t.latency_ms) for o in cands)
     ]
-    return sorted(front, key=lambda t: (t.latency_ms, -t.accuracy))
+    return sorted(front, key=lambda t: (t.latency_ms, -t.merit))
 
 
 def _fastest(cands: list[TrialRecord]) -> TrialRecord:
@@ -82,8 +73,8 @@ def _fastest(cands: list[TrialRecord]) -> TrialRecord:
     ``StudyRecord.best_feasible`` decides), else by the latency measured in its trial."""
     again = [t for t in cands if t.remeasured]
     if again:
-        return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy, -t.number))
-    return min(cands, key=lambda t: (t.latency_ms, -t.accuracy, t.number))
+        return max(again, key=lambda t: (t.remeasured["speedup"], t.merit, -t.number))
+    return min(cands, key=lambda t: (t.latency_ms, -t.merit, t.number))
 
 
 def _knee(record: StudyRecord, cands: list[TrialRecord]) -> TrialRecord:
@@ -91,7 +82,7 @@ def _knee(record: StudyRecord, cands: list[TrialRecord]) -> TrialRecord:
     if len(front) <= 2:
         return _fastest(cands)
     lat = [math.log(max(t.latency_ms, 1e-12)) for t in front]
-    acc = [t.accuracy for t in front]
+    acc = [t.merit for t in front]
     lat_span = max(lat) - min(lat)
     acc_span = max(acc) - min(acc)
     if lat_span <= 0 or acc_span <= 0:
@@ -99,7 +90,7 @@ def _knee(record: StudyRecord, cands: list[TrialRecord]) -> TrialRecord:
 
     def above(t: TrialRecord) -> float:  # (signed distance to the line) * sqrt(2)
         u = (math.log(max(t.latency_ms, 1e-12)) - min(lat)) / lat_span
-        v = (t.accuracy - min(acc)) / acc_span
+        v = (t.merit - min(acc)) / acc_span
         return v - u
 
     best = max(front, key=lambda t: (above(t), -t.latency_ms))
@@ -108,16 +99,16 @@ def _knee(record: StudyRecord, cands: list[TrialRecord]) -> TrialRecord:
 
 def _no_feasible_message(record: StudyRecord) -> str:
     meta = record.meta
-    budget = f"{_points(meta.allowed_drop())} below dense {_pct(meta.dense_accuracy)}"
+    budget = f"{meta.metric} {meta.fmt_drop(meta.allowed_drop())} worse than dense {meta.fmt(meta.dense_accuracy)}"
     pruned = [t for t in record.completed if _is_pruned(t)]
     if not pruned:
         others = [t for t in record.trials if _is_pruned(t) and t.state != "COMPLETE"]
         detail = f" ({len(others)} pruned trial(s) stopped early or failed)" if others else ""
         return (f"study '{meta.name}' has no completed pruned trial yet{detail}; run more trials "
                 f"(autoprune search --study-name {meta.name} --resume --trials N).")
-    best = max(pruned, key=lambda t: (t.accuracy, -t.latency_ms))
+    best = max(pruned, key=lambda t: (t.merit, -t.latency_ms))
     return (f"no pruned trial of study '{meta.name}' is within the budget ({budget}); the most accurate pruned "
-            f"trial is {best.number} ({_pct(best.accuracy)}, drop {_points(best.accuracy_drop)}, "
+            f"trial is {best.number} ({meta.fmt(best.accuracy)}, drop {meta.fmt_drop(best.accuracy_drop)}, "
             f"{best.latency_ms:.3g} ms): export it with --trial {best.number}, or search with a larger --budget.")
 
 
@@ -160,7 +151,7 @@ def pick_trial(record: StudyRecord, *, trial: int | None = None, pick: str = "fa
     if pick == "fastest":
         return _fastest(cands)
     if pick == "most-accurate":
-        return max(cands, key=lambda t: (t.accuracy, -t.latency_ms, -t.number))
+        return max(cands, key=lambda t: (t.merit, -t.latency_ms, -t.number))
     return _knee(record, cands)
 
 

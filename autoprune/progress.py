@@ -95,3 +95,19 @@ class RichReporter(Reporter):
         # so no number is ever split across lines
         console = self._progress.console if self._depth else self.console
         console.print(message, soft_wrap=True, highlight=False)
+
+
+class LogReporter(Reporter):
+    """One line per message on stderr, with the seconds since it was made (no bars: for
+    scripts, notebooks and logs)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.perf_counter
+        self._t0 = self._clock()
+
+    def log(self, message: str) -> None:
+        import sys
+
+        print(f"[{self._clock() - self._t0:7.1f} s] {message}", file=sys.stderr, flush=True)

@@ -83,7 +83,7 @@ def run_epochs(
         loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed,
                              drop_last=len(dataset) > batch_size)
         per_epoch = len(loader)
-        total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch)))
+        total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch - 1e-9)))
         opt = make_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         model.train()
@@ -117,6 +117,43 @@ def run_epochs(
                     on_loss(epoch_loss / epoch_n)
                 epoch_loss, epoch_n = 0.0, 0
         return running / max(count, 1)
+
+
+class ClassifierTrainer:
+    """The built-in training loop as a ``train(model, epochs)`` function: SGD with momentum,
+    weight decay and a cosine learning rate over the call, cross-entropy on ``dataset``.
+
+    Each call restarts the learning rate and takes its randomness from ``seed`` plus the
+    number of earlier calls, so a run is repeatable whatever ran before it.
+
+    Args:
+        dataset: The training set.
+        settings: ``lr``, ``momentum``, ``weight_decay`` and ``batch_size`` (an
+            :class:`~autoprune.config.AdmmSettings` or :class:`TrainSettings`).
+        description: The progress bar's label.
+        on_loss: Receives the mean training loss of each epoch.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, settings: object, *, device: torch.device, seed: int = 0,
+                 reporter: Reporter | None = None, description: str = "train",
+                 on_loss: Callable[[float], None] | None = None) -> None:
+        self.dataset = dataset
+        self.settings = settings
+        self.device = device
+        self.seed = seed
+        self.reporter = reporter
+        self.description = description
+        self.on_loss = on_loss
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, epochs: float) -> float:
+        """Train ``model`` in place for ``epochs`` (fractions allowed); returns the mean loss."""
+        s = self.settings
+        seed = self.seed + self.calls
+        self.calls += 1
+        return run_epochs(model, self.dataset, device=self.device, epochs=epochs, lr=s.lr, momentum=s.momentum,
+                          weight_decay=s.weight_decay, batch_size=s.batch_size, seed=seed, reporter=self.reporter,
+                          description=f"{self.description} ({epochs:.3g} epochs)", on_loss=self.on_loss)
 
 
 @torch.no_grad()

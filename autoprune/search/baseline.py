@@ -22,7 +22,7 @@ from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencySettings, check_dtype, measure_latency
 from autoprune.progress import Reporter
 from autoprune.stats import layer_stats, model_counts
-from autoprune.train import evaluate
+from autoprune.task import Task
 
 AUTO_BATCHES = (32, 64, 128, 256, 512, 1024)
 AUTO_MIN_MS = 10.0
@@ -66,20 +66,22 @@ def dense_checkpoint(model: str, dataset: str, *, checkpoint: str | None, data_d
     return ckpt, path
 
 
-def measure_dense(ckpt: Checkpoint, splits: DatasetSplits, device: torch.device, how: MeasuredLike,
-                  latency_batch: int | None, graph: ChannelGraph, reporter: Reporter, *, label: str) -> dict[str, Any]:
-    """The dense model's validation and test accuracy, counts and latency: the ``dense_*``
+def measure_dense(task: Task, device: torch.device, how: MeasuredLike, latency_batch: int | None,
+                  graph: ChannelGraph, reporter: Reporter, *, label: str) -> dict[str, Any]:
+    """The dense model's validation and test score, counts and latency: the ``dense_*``
     fields of :class:`~autoprune.search.records.StudyMeta` (and its batch and device).
     ``label`` names the model and data in the line logged (``digits-cnn on digits``)."""
     check_dtype(how.dtype, device)
-    model = ckpt.build().to(device)
-    acc = evaluate(model, splits.val, device=device)
-    test_acc = evaluate(model, splits.test, device=device)
-    shape = (splits.in_channels, *splits.image_size)
-    batch = latency_batch or choose_latency_batch(ckpt.build(), shape, device, how)
-    lat = measure_latency(ckpt.build(), shape, device=device, settings=latency_settings(batch, how))
+    model = task.dense().to(device)
+    acc = task.score(model, device)
+    test_acc = task.test_score(model, device)
+    shape = task.input_shape
+    batch = latency_batch or choose_latency_batch(task.dense(), shape, device, how)
+    lat = measure_latency(task.dense(), shape, device=device, settings=latency_settings(batch, how))
     counts = model_counts(model, layer_stats(model, graph))
-    reporter.log(f"dense {label}: validation {100 * acc:.1f}%, test {100 * test_acc:.1f}%, "
+    fmt = (lambda v: f"{100 * v:.1f}%") if task.metric == "accuracy" else (lambda v: f"{v:.4g}")
+    test = "" if test_acc is None else f", test {fmt(test_acc)}"
+    reporter.log(f"dense {label}: validation {task.metric} {fmt(acc)}{test}, "
                  f"{lat.median_ms:.3g} ms per batch of {batch} on {lat.device}")
     return {"dense_accuracy": acc, "dense_test_accuracy": test_acc, "dense_latency_ms": lat.median_ms,
             "dense_latency_p90_ms": lat.p90_ms, "dense_macs": float(counts["macs"]),

@@ -28,7 +28,6 @@ import torch
 from optuna.trial import TrialState
 from torch import nn
 
-from autoprune import admm
 from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
@@ -46,7 +45,7 @@ from autoprune.search.records import (
 from autoprune.search.slots import SlotStorage
 from autoprune.search.space import SearchSpace
 from autoprune.stats import layer_stats, model_counts
-from autoprune.train import evaluate, seed_everything
+from autoprune.task import Task
 
 
 class TrialStopped(Exception):
@@ -59,8 +58,7 @@ class SearchContext:
 
     meta: StudyMeta
     space: SearchSpace
-    splits: Any  # DatasetSplits
-    checkpoint: Any  # Checkpoint: builds a fresh dense model per trial
+    task: Task  # the dense model, its input, the training loop, the metric
     graph: ChannelGraph
     device: torch.device
     latency: LatencySettings
@@ -73,10 +71,10 @@ class SearchContext:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (self.splits.in_channels, *self.splits.image_size)
+        return self.task.input_shape
 
     def example(self) -> torch.Tensor:
-        return torch.zeros(1, *self.input_shape)
+        return self.task.example()
 
     @functools.cached_property
     def probe(self) -> ConfigProbe:
@@ -181,30 +179,29 @@ def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarge
     cannot recover), retrain, and fill ``rec`` with the accuracy and sizes; returns the
     validation accuracy."""
     meta = ctx.meta
-    model: nn.Module = ctx.checkpoint.build()
+    model: nn.Module = ctx.task.dense()
     projector = ctx.probe.projector(targets, model)
 
     def check(hard_acc: float) -> None:
         rec.hard_prune_accuracy = hard_acc
-        drop = meta.dense_accuracy - hard_acc
+        drop = meta.drop(hard_acc)
         if ctx.abandon_drop is not None and drop > ctx.abandon_drop:
             rec.seconds = time.perf_counter() - t0
             _record(trial, rec)
             raise TrialStopped(
-                f"accuracy after the hard prune is {100 * hard_acc:.1f}%, {100 * drop:.1f} points below dense: "
-                f"beyond the {100 * ctx.abandon_drop:.1f}-point limit for recovering within the budget"
+                f"{meta.metric} after the hard prune is {meta.fmt(hard_acc)}, {meta.fmt_drop(drop)} worse than dense: "
+                f"beyond the {meta.fmt_drop(ctx.abandon_drop)} limit for recovering within the budget"
             )
 
-    seed_everything(meta.seed)
-    _, history = admm.prune(model, projector, ctx.splits.train, ctx.admm, method=ctx.method, device=ctx.device,
-                            seed=meta.seed, reporter=ctx.reporter, val_set=ctx.splits.val, on_hard_prune=check)
-    acc = evaluate(model, ctx.splits.val, device=ctx.device)
+    _, history = ctx.task.prune(model, projector, ctx.admm, method=ctx.method, seed=meta.seed, device=ctx.device,
+                                reporter=ctx.reporter, on_hard_prune=check)
+    acc = ctx.task.score(model, ctx.device)
     stats = layer_stats(model, ctx.graph, targets)
     counts = model_counts(model, stats)
     weights = sum(math.prod(s.weight_shape) for s in stats)
     zeros = sum(s.sparsity * math.prod(s.weight_shape) for s in stats)
     rec.accuracy = acc
-    rec.accuracy_drop = meta.dense_accuracy - acc
+    rec.accuracy_drop = meta.drop(acc)
     rec.macs, rec.params_count = float(counts["macs"]), float(counts["params_nonzero"])
     rec.sparsity = zeros / max(weights, 1)
     rec.residuals = [sum(it.residual.values()) / max(len(it.residual), 1) for it in history.iterations]

@@ -38,12 +38,13 @@ from autoprune.latency import LatencyCache, check_dtype
 from autoprune.progress import Reporter
 from autoprune.search.baseline import dense_checkpoint, latency_settings, measure_dense
 from autoprune.search.objective import SearchContext
-from autoprune.search.records import DIRECTIONS, OBJECTIVES, STUDY_ATTR, StudyMeta
+from autoprune.search.records import STUDY_ATTR, StudyMeta
 from autoprune.search.sampler import PruningSampler
 from autoprune.search.settings import DEFAULT_TRIALS, SearchSettings
 from autoprune.search.slots import READY_ATTR, TARGET_ATTR, prepare_slots
 from autoprune.search.space import SearchSpace, load_space
 from autoprune.search.storage import default_storage, open_storage, redact
+from autoprune.task import ClassifierTask, Task, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,7 @@ class _Parts:
     study: optuna.Study | None  # None: another worker created it first (join it)
     meta: StudyMeta
     space: SearchSpace
-    splits: Any  # DatasetSplits
-    checkpoint: Any  # Checkpoint
+    task: Task  # the dense model, its input, the training loop, the metric
     graph: ChannelGraph
     device: torch.device
     notes: tuple[str, ...] = ()
@@ -131,7 +131,7 @@ def _attach(s: SearchSettings, parts: _Parts, storage: Any, url: str, creator: b
     study_dir = Path(s.runs_dir) / meta.name.replace("/", "-")
     study_dir.mkdir(parents=True, exist_ok=True)
     ctx = SearchContext(
-        meta=meta, space=parts.space, splits=parts.splits, checkpoint=parts.checkpoint, graph=parts.graph,
+        meta=meta, space=parts.space, task=parts.task, graph=parts.graph,
         device=parts.device, latency=latency_settings(meta.latency_batch, meta),
         cache=LatencyCache(Path(s.runs_dir) / "latency_cache.json"),
         admm=s.admm if creator else AdmmSettings(**meta.admm), min_speedup=s.min_speedup,
@@ -153,16 +153,25 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
             reporter: Reporter) -> _Parts:
     """A new study: the space checked, the dense baseline measured, the settings stored.
     Its ``study`` is None when another worker created the study meanwhile."""
-    # check the space on the untrained model first: a bad file must not cost a baseline training
-    splits = load_dataset(s.dataset, data_dir=s.data_dir)
-    graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
-    space = load_space(s.space, s.model, graph, device=device.type)
-    ckpt, ckpt_path = dense_checkpoint(s.model, s.dataset, checkpoint=s.checkpoint, data_dir=s.data_dir, seed=s.seed,
-                                       runs_dir=s.runs_dir, splits=splits, device=device, reporter=reporter)
-    dense = measure_dense(ckpt, splits, device, s, s.latency_batch, graph, reporter,  # same model, data: same graph
-                          label=f"{s.model} on {s.dataset}")
+    if s.task is not None:  # the caller's own model, loop and metric (autoprune.search)
+        task: Task = s.task
+        graph = ChannelGraph(task.dense(), task.example())
+        space = load_space(s.space, s.model, graph, device=device.type)
+        dataset, ckpt_id = s.dataset, model_fingerprint(task.dense())
+    else:  # check the space on the untrained model first: a bad file must not cost a baseline training
+        splits = load_dataset(s.dataset, data_dir=s.data_dir)
+        graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
+        space = load_space(s.space, s.model, graph, device=device.type)
+        ckpt, ckpt_path = dense_checkpoint(s.model, s.dataset, checkpoint=s.checkpoint, data_dir=s.data_dir,
+                                           seed=s.seed, runs_dir=s.runs_dir, splits=splits, device=device,
+                                           reporter=reporter)
+        task = ClassifierTask(splits, ckpt)
+        dataset, ckpt_id = splits.name, str(Path(ckpt_path).resolve())
+    dense = measure_dense(task, device, s, s.latency_batch, graph, reporter,  # same model, data: same graph
+                          label=f"{s.model} on {dataset}")
     meta = StudyMeta(
-        name=name, model=s.model, dataset=splits.name, checkpoint=str(Path(ckpt_path).resolve()),
+        name=name, model=s.model, dataset=dataset, checkpoint=ckpt_id, metric=task.metric, direction=task.direction,
+        objectives=(task.metric, "latency_ms"),
         device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
         space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
         admm=dict(s.admm.__dict__), versions=versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
@@ -171,13 +180,13 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
         **dense,
     )
     try:
-        study = optuna.create_study(study_name=name, storage=storage, directions=list(DIRECTIONS),
+        study = optuna.create_study(study_name=name, storage=storage, directions=list(meta.directions),
                                     sampler=optuna.samplers.RandomSampler(), load_if_exists=False)
         study.set_user_attr(STUDY_ATTR, meta.to_dict())
-        study.set_metric_names(list(OBJECTIVES))  # optuna-dashboard and study.trials_dataframe() name them
+        study.set_metric_names(list(meta.objectives))  # optuna-dashboard and study.trials_dataframe() name them
     except optuna.exceptions.DuplicatedStudyError:  # another worker created it meanwhile: join it
         study = None
-    return _Parts(study, meta, space, splits, ckpt, graph, device, tuple(space.notes))
+    return _Parts(study, meta, space, task, graph, device, tuple(space.notes))
 
 
 def _join(study: optuna.Study, s: SearchSettings) -> _Parts:
@@ -186,6 +195,25 @@ def _join(study: optuna.Study, s: SearchSettings) -> _Parts:
     meta = existing_study_meta(study, s)
     name = study.study_name
     device = resolve_device(s.device if s.device is not None else meta.device)
+    if s.task is not None:
+        task: Task = s.task
+        if model_fingerprint(task.dense()) != meta.checkpoint:
+            raise UserError(f"study '{name}' was made from another model or other weights than the one given; "
+                            f"pass the same trained model, or start a new study_name.")
+    else:
+        task = _registry_task(s, meta, name)
+    graph = ChannelGraph(task.dense(), task.example())
+    space = SearchSpace.from_dict(meta.space_spec)
+    if meta.space != "auto" and Path(meta.space).is_file():
+        now = load_space(meta.space, meta.model, graph, device=device.type).to_dict()
+        if now["variables"] != meta.space_spec["variables"] or now["fixed"] != meta.space_spec["fixed"]:
+            raise UserError(f"the space file '{meta.space}' changed since study '{name}' was created; a study "
+                            f"searches one space: restore the file or start a new --study-name.")
+    return _Parts(study, meta, space, task, graph, device)
+
+
+def _registry_task(s: SearchSettings, meta: StudyMeta, name: str) -> ClassifierTask:
+    """The built-in classifier task of an existing study: its dataset and its checkpoint file."""
     splits = load_dataset(meta.dataset, data_dir=s.data_dir)
     ckpt_file = s.checkpoint if s.checkpoint is not None else meta.checkpoint
     if not Path(ckpt_file).is_file():
@@ -195,14 +223,7 @@ def _join(study: optuna.Study, s: SearchSettings) -> _Parts:
     if ckpt.model != meta.model:
         raise UserError(f"checkpoint '{ckpt_file}' holds model '{ckpt.model}', but study '{name}' searches "
                         f"'{meta.model}'.")
-    graph = ChannelGraph(ckpt.build(), example_input(splits))
-    space = SearchSpace.from_dict(meta.space_spec)
-    if meta.space != "auto" and Path(meta.space).is_file():
-        now = load_space(meta.space, meta.model, graph, device=device.type).to_dict()
-        if now["variables"] != meta.space_spec["variables"] or now["fixed"] != meta.space_spec["fixed"]:
-            raise UserError(f"the space file '{meta.space}' changed since study '{name}' was created; a study "
-                            f"searches one space: restore the file or start a new --study-name.")
-    return _Parts(study, meta, space, splits, ckpt, graph, device)
+    return ClassifierTask(splits, ckpt)
 
 
 # -- pieces -------------------------------------------------------------------
@@ -241,7 +262,7 @@ def load_existing(storage: Any, name: str) -> optuna.Study | None:  # noqa: ANN4
 def existing_study_meta(study: optuna.Study, s: SearchSettings) -> StudyMeta:
     """The settings of a study someone else created (waiting briefly for a creator that is
     still writing them), refusing a clash with what was asked."""
-    if study.user_attrs.get(STUDY_ATTR) is None and tuple(d.name.lower() for d in study.directions) == DIRECTIONS:
+    if study.user_attrs.get(STUDY_ATTR) is None and len(study.directions) == 2:
         wait_for_meta(study, timeout=60.0)
     return check_compatible(study, s)
 
@@ -262,11 +283,12 @@ def check_compatible(study: optuna.Study, s: SearchSettings) -> StudyMeta:
     name = study.study_name
     raw = study.user_attrs.get(STUDY_ATTR)
     directions = [d.name.lower() for d in study.directions]
-    if raw is None or tuple(raw.get("objectives", ())) != OBJECTIVES or tuple(directions) != DIRECTIONS:
-        have = raw.get("objectives") if raw else directions
-        raise UserError(f"study '{name}' exists with other objectives ({have}); autoprune search needs "
-                        f"{list(OBJECTIVES)} ({'/'.join(DIRECTIONS)}). Use another --study-name.")
-    meta = StudyMeta.from_dict(raw)
+    want = (s.task.metric, s.task.direction) if s.task is not None else ("accuracy", "maximize")
+    meta = StudyMeta.from_dict(raw) if raw is not None else None
+    if meta is None or (meta.metric, meta.direction) != want or tuple(directions) != meta.directions:
+        have = f"{meta.metric} ({meta.direction})" if meta is not None else f"directions {directions}"
+        raise UserError(f"study '{name}' exists with other objectives ({have}); this search scores {want[0]} "
+                        f"({want[1]}) and latency_ms (minimize). Use another study name.")
     asked = {
         "model": (s.model, meta.model), "dataset": (s.dataset, meta.dataset),
         "budget": (s.budget, meta.budget), "budget_mode": (s.budget_mode, meta.budget_mode),

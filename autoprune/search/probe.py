@@ -116,7 +116,7 @@ class ConfigProbe:
 
     @classmethod
     def for_search(cls, ctx: SearchContext) -> ConfigProbe:
-        return cls(ctx.checkpoint.build, ctx.graph, channel_multiple=ctx.meta.channel_multiple, device=ctx.device,
+        return cls(ctx.task.dense, ctx.graph, channel_multiple=ctx.meta.channel_multiple, device=ctx.device,
                    latency=ctx.latency, input_shape=ctx.input_shape, cache=ctx.cache)
 
     @functools.cached_property

@@ -60,12 +60,44 @@ class StudyMeta:
     channel_multiple: int = 1
     threads: int | None = None
     trial_method: str = "admm"  # how trials prune: magnitude or admm (studies made before the option used admm)
+    # the metric the budget is on (the ``dense_accuracy`` and trial ``accuracy`` fields hold it
+    # whatever its name), and whether higher (maximize) or lower is better
+    metric: str = "accuracy"
+    direction: str = "maximize"
 
     def allowed_drop(self) -> float:
-        """The budget as an absolute drop in accuracy (fraction)."""
+        """The budget as an absolute drop of the metric (in its units; a fraction for accuracy)."""
         if self.budget_mode == "relative":
-            return self.budget * self.dense_accuracy
+            return self.budget * abs(self.dense_accuracy)
         return self.budget
+
+    def drop(self, value: float) -> float:
+        """How much worse ``value`` is than dense (positive: worse), whatever the direction."""
+        return self.dense_accuracy - value if self.direction == "maximize" else value - self.dense_accuracy
+
+    @property
+    def percent(self) -> bool:
+        """Whether the metric is shown as a percentage (the built-in accuracy)."""
+        return self.metric == "accuracy"
+
+    def fmt(self, value: float | None) -> str:
+        """A value of the metric as shown: ``97.2%`` for accuracy, ``0.8312`` otherwise."""
+        if value is None:
+            return "–"
+        return f"{100 * value:.1f}%" if self.percent else f"{value:.4g}"
+
+    def fmt_drop(self, drop: float | None, sign: bool = False) -> str:
+        """A drop of the metric: ``1.2 points`` for accuracy, ``0.0132`` otherwise."""
+        if drop is None:
+            return "–"
+        if self.percent:
+            return f"{100 * drop:{'+' if sign else ''}.1f} points"
+        return f"{drop:{'+' if sign else ''}.3g}"
+
+    @property
+    def directions(self) -> tuple[str, str]:
+        """The study's Optuna directions: the metric's, then latency's."""
+        return (self.direction, "minimize")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -110,6 +142,11 @@ class TrialRecord:
     # re-measured at the end of the search beside dense and the other candidates, more rounds:
     # {"speedup", "speedup_p10", "speedup_p90", "rounds"} (None: not among the re-measured)
     remeasured: dict[str, float] | None = None
+
+    @property
+    def merit(self) -> float:
+        """Higher is better whatever the metric's direction: minus the drop from dense."""
+        return -self.accuracy_drop if self.accuracy_drop is not None else float("-inf")
 
     @property
     def final_speedup(self) -> float | None:
@@ -161,8 +198,8 @@ class StudyRecord:
             return None
         again = [t for t in feasible if t.remeasured]
         if again:
-            return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy or 0.0))
-        return min(feasible, key=lambda t: (t.latency_ms, -(t.accuracy or 0.0)))
+            return max(again, key=lambda t: (t.remeasured["speedup"], t.merit))
+        return min(feasible, key=lambda t: (t.latency_ms, -t.merit))
 
     def best_uniform(self) -> TrialRecord | None:
         """The fastest trial within the budget among the uniform ones (one type and rate on every
@@ -172,12 +209,12 @@ class StudyRecord:
             return None
         again = [t for t in uniform if t.remeasured]
         if again:
-            return max(again, key=lambda t: (t.remeasured["speedup"], t.accuracy or 0.0))
-        return min(uniform, key=lambda t: (t.latency_ms, -(t.accuracy or 0.0)))
+            return max(again, key=lambda t: (t.remeasured["speedup"], t.merit))
+        return min(uniform, key=lambda t: (t.latency_ms, -t.merit))
 
     def most_accurate(self) -> TrialRecord | None:
         done = self.completed
-        return max(done, key=lambda t: (t.accuracy, -t.latency_ms)) if done else None
+        return max(done, key=lambda t: (t.merit, -t.latency_ms)) if done else None
 
 
 def si_count(value: float | None) -> str:
@@ -199,8 +236,8 @@ def mark_pareto(trials: list[TrialRecord]) -> None:
         t.pareto = False
     for t in done:
         t.pareto = not any(
-            (o.accuracy >= t.accuracy and o.latency_ms <= t.latency_ms)
-            and (o.accuracy > t.accuracy or o.latency_ms < t.latency_ms)
+            (o.merit >= t.merit and o.latency_ms <= t.latency_ms)
+            and (o.merit > t.merit or o.latency_ms < t.latency_ms)
             for o in done
         )
 
@@ -229,6 +266,8 @@ def study_record(study: Any, storage: str) -> StudyRecord:
         )
         if rec.state == "COMPLETE" and ft.values is not None:
             rec.accuracy, rec.latency_ms = float(ft.values[0]), float(ft.values[1])
+            if rec.accuracy_drop is None:
+                rec.accuracy_drop = meta.drop(rec.accuracy)
         trials.append(rec)
     mark_pareto(trials)
     return StudyRecord(meta, storage, trials)

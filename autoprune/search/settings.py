@@ -17,6 +17,7 @@ from autoprune.config import AdmmSettings
 from autoprune.device import parse_channel_multiple
 from autoprune.errors import UserError
 from autoprune.params import Interval, NonEmpty, Options, Param, validate_params
+from autoprune.task import Task
 
 SAMPLERS = ("tpe", "nsga2", "random")
 TRIAL_METHODS = ("admm", "magnitude")
@@ -111,6 +112,9 @@ class SearchSettings:
     stale_after: float = 600.0  # a RUNNING trial without a heartbeat for this long lost its worker
     # explicitly given on the command line (the rest are defaults, which a resumed study overrides)
     given: frozenset[str] = field(default_factory=frozenset)
+    # the caller's own model, loop and metric (autoprune.search); None: the registry ``model``
+    # trained on ``dataset``, the built-in loop and accuracy
+    task: Task | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "given", frozenset(self.given))

@@ -191,7 +191,8 @@ class _Progress:
         record = study_record(run.study, run.url)
         self.task, self.shown = task, min(finished_count(record), run.target)
         self.reporter.log(f"study '{run.name}' in {redact(run.url)}: {self.shown} of {run.target} trials done; "
-                          f"budget {100 * meta.allowed_drop():.2g} points below dense {100 * meta.dense_accuracy:.1f}%")
+                          f"budget: {meta.metric} at most {meta.fmt_drop(meta.allowed_drop())} worse than dense "
+                          f"{meta.fmt(meta.dense_accuracy)}")
         if meta.channel_multiple > 1:
             self.reporter.log(f"kept channels are rounded to multiples of {meta.channel_multiple} where a channel "
                               f"group has at least {4 * meta.channel_multiple} (--channel-multiple; 1 keeps the "
@@ -224,6 +225,7 @@ def trial_line(t: TrialRecord, meta: StudyMeta) -> str:
         head += f" (same configuration as trial {t.repeat_of}: its result reused, nothing trained)"
     if t.state == "COMPLETE":
         ok = "within budget" if t.feasible else "over budget"
-        return (f"{head} → {100 * t.accuracy:.1f}% ({-100 * t.accuracy_drop:+.1f}), {t.latency_ms:.3g} ms "
+        return (f"{head} → {meta.metric} {meta.fmt(t.accuracy)} (drop {meta.fmt_drop(t.accuracy_drop)}), "
+                f"{t.latency_ms:.3g} ms "
                 f"({t.speedup:.2f}x), {ok}")
     return f"{head} → {t.state.lower()}: {t.stop_reason}"

@@ -26,6 +26,16 @@ class SearchResult:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def front(self) -> list[TrialRecord]:
+        """The Pareto front of the completed trials (metric against measured latency), fastest first."""
+        return self.record.front
+
+    @property
+    def best(self) -> TrialRecord | None:
+        """The fastest trial within the budget (see :meth:`StudyRecord.best_feasible`), or None."""
+        return self.record.best_feasible()
+
     def to_dict(self) -> dict[str, Any]:
         rec = self.record
         best = rec.best_feasible()
@@ -77,13 +87,15 @@ def print_summary(result: SearchResult) -> None:
         f"{states['FAIL']} failed" + (f", {states['RUNNING']} running elsewhere" if states["RUNNING"] else "")
         + f" ({result.seconds:.0f} s here)"
     )
-    console.print(f"  dense: {100 * meta.dense_accuracy:.1f}% validation, {meta.dense_latency_ms:.3g} ms; "
-                  f"budget: accuracy >= {100 * (meta.dense_accuracy - meta.allowed_drop()):.1f}%")
-    table = Table(title="Pareto front (validation accuracy vs measured latency)")
-    for col in ("trial", "accuracy", "drop", "latency ms", "speedup", "MACs", "params", "sparsity", "in budget"):
+    limit = meta.dense_accuracy - meta.allowed_drop() if meta.direction == "maximize" else \
+        meta.dense_accuracy + meta.allowed_drop()
+    console.print(f"  dense: {meta.metric} {meta.fmt(meta.dense_accuracy)} (validation), {meta.dense_latency_ms:.3g} ms; "
+                  f"budget: {meta.metric} {'>=' if meta.direction == 'maximize' else '<='} {meta.fmt(limit)}")
+    table = Table(title=f"Pareto front (validation {meta.metric} vs measured latency)")
+    for col in ("trial", meta.metric, "drop", "latency ms", "speedup", "MACs", "params", "sparsity", "in budget"):
         table.add_column(col, justify="left" if col == "sparsity" else "right", overflow="fold")
     for t in rec.front:
-        table.add_row(str(t.number), f"{100 * t.accuracy:.1f}%", f"{100 * t.accuracy_drop:+.1f}",
+        table.add_row(str(t.number), meta.fmt(t.accuracy), meta.fmt_drop(t.accuracy_drop, sign=True).split()[0],
                       f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x", si_count(t.macs), si_count(t.params_count),
                       t.sparsity_summary(), "yes" if t.feasible else "no")
     console.print(table)
@@ -96,12 +108,12 @@ def print_summary(result: SearchResult) -> None:
         console.print("[yellow]no pruned configuration within the budget was faster than dense yet[/yellow]")
     else:
         console.print(f"[green]best within budget: trial {best.number}, {speedup_text(best)} faster, "
-                      f"{100 * best.accuracy:.1f}% ({100 * -best.accuracy_drop:+.1f} points)[/green]")
+                      f"{meta.metric} {meta.fmt(best.accuracy)} (drop {meta.fmt_drop(best.accuracy_drop)})[/green]")
     uniform = rec.best_uniform()
     if uniform is not None and best is not None and not best.is_dense:
         ratio = best.final_speedup / uniform.final_speedup
         console.print(f"  best uniform: trial {uniform.number} ({uniform.sparsity_summary()}), {speedup_text(uniform)}, "
-                      f"{100 * uniform.accuracy:.1f}%; the search's best is {ratio:.2f}x the best uniform")
+                      f"{meta.fmt(uniform.accuracy)}; the search's best is {ratio:.2f}x the best uniform")
     if result.best_config is not None:
         console.print(f"  best config: {result.best_config}  (autoprune prune --config {result.best_config})")
     console.print(f"  summary: {result.study_dir / 'summary.json'}")

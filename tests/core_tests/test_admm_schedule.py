@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+import autoprune.train
 from autoprune import admm
 from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
 from autoprune.errors import ConfigError
@@ -59,9 +60,13 @@ def _record_epochs(monkeypatch) -> list[tuple[float, int | None]]:  # noqa: ANN0
 
     def fake_run_epochs(model, dataset, *, epochs, steps=None, **kwargs):  # noqa: ANN001, ANN202
         calls.append((epochs, steps))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)  # one step, so that the masks' hooks see it
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
         return 0.0
 
-    monkeypatch.setattr(admm, "run_epochs", fake_run_epochs)
+    monkeypatch.setattr(autoprune.train, "run_epochs", fake_run_epochs)
     return calls
 
 

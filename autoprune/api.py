@@ -1,0 +1,358 @@
+"""The Python API: search, prune, compact and save the user's own model with the user's own
+training loop and metric. The CLI runs the same library (:func:`autoprune.search.run_search`,
+:func:`autoprune.admm.prune_with`, :func:`autoprune.compact.compact_model`).
+
+The shortest complete use::
+
+    import autoprune
+
+    result = autoprune.search(model, torch.randn(1, 3, 32, 32),
+                              train=lambda m, epochs: my_train(m, loader, epochs),
+                              evaluate=lambda m: my_metric(m, val_loader), metric="mAP",
+                              budget=0.02, trials=50)
+    pruned = autoprune.prune(model, result.best_config, train=..., example_inputs=x)
+    deployable = autoprune.make_deployable(pruned)
+    autoprune.save_pruned(deployable, "out/")
+    model = autoprune.load_pruned("out/")
+
+``train(model, amount)`` trains the model it is given in place for ``amount`` of its own
+unit (epochs or steps: the :class:`~autoprune.admm.Schedule` is in that unit), creating
+its optimizer inside; it needs no change for ADMM or masked retraining, which act through
+optimizer hooks (:mod:`autoprune.steering`) that are gone when it returns.
+``evaluate(model) -> float`` is any metric; ``direction`` says whether higher or lower is
+better. Bad input raises :class:`autoprune.UserError` with what to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import admm
+from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
+from autoprune.compact import compact_model
+from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target, resolve_layer_targets
+from autoprune.device import resolve_device
+from autoprune.errors import UserError
+from autoprune.groups import ChannelGraph
+from autoprune.latency import LatencySettings, compare_latency
+from autoprune.progress import Reporter
+from autoprune.projection import Projector
+from autoprune.saving import Deployable, load_pruned, save_pruned
+from autoprune.search import SearchResult, SearchSettings, run_search
+from autoprune.search.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
+from autoprune.search.settings import SEARCH_ADMM, parse_budget
+from autoprune.stats import layer_stats, model_counts
+from autoprune.task import FunctionTask
+from autoprune.train import seed_everything
+
+__all__ = ["Deployable", "PruneResult", "load_pruned", "make_deployable", "prune", "save_pruned", "search"]
+
+
+
+# -- search --------------------------------------------------------------------------
+def search(
+    model: nn.Module | str,
+    example_inputs: torch.Tensor | None = None,
+    *,
+    train: TrainFn | None = None,
+    evaluate: EvalFn | None = None,
+    metric: str = "accuracy",
+    direction: str = "maximize",
+    budget: float | str = 0.02,
+    budget_mode: str = "absolute",
+    device: str = "cpu",
+    trials: int | None = None,
+    schedule: Schedule | None = None,
+    method: str = "magnitude",
+    space: str | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    tracking_uri: str | None = None,
+    tracking: bool = True,
+    runs_dir: str | os.PathLike = "runs",
+    seed: int = 0,
+    sampler: str = "tpe",
+    latency_batch: int | None = None,
+    dtype: str = "fp32",
+    dataset: str | None = None,
+    test: EvalFn | None = None,
+    resume: bool = False,
+    reporter: Reporter | None = None,
+    callbacks: Sequence[SearchCallback] = (),
+) -> SearchResult:
+    """Search per-layer sparsity types and rates that make ``model`` fastest on ``device``
+    within a budget on the metric.
+
+    Args:
+        model: The trained dense model (never changed), or a registry model name
+            (``"digits-cnn"``) to search exactly as ``autoprune search --model`` does
+            (then ``dataset`` names its data, and ``train``/``evaluate`` stay None).
+        example_inputs: One input batch (batch dimension first); the latency is measured
+            on inputs of this shape.
+        train: ``train(model, amount)``, your training loop (see the module docstring).
+        evaluate: ``evaluate(model) -> float``, your metric on validation data.
+        metric: The metric's name, used in the budget, the front, Optuna and MLflow.
+        direction: ``"maximize"`` (accuracy, mAP, IoU) or ``"minimize"`` (a loss, an error).
+        budget: The drop of the metric allowed: ``0.02`` or ``"2%"``; absolute (in the
+            metric's units) or, with ``budget_mode="relative"``, a fraction of dense.
+        device: Where latency is measured and the model trained (``cpu``, ``cuda``).
+        trials: Trials in all (default 30).
+        schedule: Training per ADMM W-step and retraining, in ``train``'s unit
+            (default :class:`~autoprune.admm.Schedule`: 6 x 0.25 + 3.5).
+        method: How each trial prunes: ``"magnitude"`` (one-shot, then all the
+            schedule's training is masked retraining) or ``"admm"``.
+        space: A search space YAML file, or None/``"auto"`` (every prunable layer).
+        storage: An Optuna storage URL (default ``sqlite:///<runs_dir>/optuna.db``).
+        study_name: The study's name (default ``<model class>-<dataset>-<device>``).
+        tracking_uri: The MLflow tracking URI (default ``sqlite:///<runs_dir>/mlflow.db``).
+        tracking: False writes the study's figures and report without MLflow.
+        runs_dir: Where studies, caches and reports go.
+        dataset: A name for your data in reports (default ``user-data``); for a registry
+            model, the registry dataset.
+        test: ``test(model) -> float`` on held-out data, reported beside (optional).
+        resume: Continue an existing study with its stored settings.
+        reporter: Progress (default: none; :class:`autoprune.progress.RichReporter` draws bars).
+        callbacks: More per-trial side effects.
+
+    Returns:
+        The :class:`~autoprune.search.SearchResult`: ``.front`` (the Pareto trials),
+        ``.best`` (the fastest within the budget), ``.best_config`` (its config YAML file,
+        which :func:`prune` and ``autoprune prune --config`` read).
+
+    Raises:
+        UserError: for bad input (a wrong type, budget, direction, space or storage).
+    """
+    budget_value = parse_budget(budget)
+    admm_settings = SEARCH_ADMM
+    if isinstance(model, str):
+        if train is not None or evaluate is not None:
+            raise UserError("a registry model name searches with the built-in loop and accuracy; pass your model "
+                            "object to use your own train and evaluate.")
+        task, model_name, data_name = None, model, dataset or "digits"
+    else:
+        if example_inputs is None or train is None or evaluate is None:
+            raise UserError("autoprune.search(model, example_inputs, train=..., evaluate=...) needs all four for "
+                            "your own model (or pass a registry model name such as 'digits-cnn').")
+        task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, direction=direction,
+                            schedule=schedule, test=test)
+        sched = task.schedule
+        admm_settings = AdmmSettings(iters=sched.iters, epochs=sched.admm_amount, rho=sched.rho,
+                                     rho_growth=sched.rho_growth, rho_max=sched.rho_max,
+                                     retrain_epochs=sched.retrain_amount)
+        model_name, data_name = type(model).__name__, dataset or "user-data"
+    given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method"}
+    settings = SearchSettings(model=model_name, dataset=data_name, budget=budget_value, budget_mode=budget_mode,
+                              trials=trials, device=device, latency_batch=latency_batch, dtype=dtype, sampler=sampler,
+                              seed=seed, study_name=study_name, storage=storage, resume=resume, space=space,
+                              admm=admm_settings, trial_method=method, runs_dir=str(runs_dir),
+                              given=frozenset(given | ({"space"} if space is not None else set())), task=task)
+    hooks = [*callbacks, *_tracking_callbacks(tracking, tracking_uri, str(runs_dir), reporter)]
+    return run_search(settings, reporter=reporter, callbacks=hooks)
+
+
+def _tracking_callbacks(tracking: bool, uri: str | None, runs_dir: str,
+                        reporter: Reporter | None) -> list[SearchCallback]:
+    from autoprune.tracking import Tracker, write_study_artifacts  # MLflow and plotly: only when searching
+
+    def warn(msg: str) -> None:
+        if reporter is not None:
+            reporter.log(f"warning: {msg}")
+
+    if not tracking:
+        return [ArtifactsCallback(lambda *a, **k: write_study_artifacts(*a, **k, warn=warn))]
+    return [TrackerCallback(Tracker(uri or f"sqlite:///{runs_dir}/mlflow.db", warn=warn))]
+
+
+# -- prune ---------------------------------------------------------------------------
+@dataclass
+class PruneResult:
+    """A pruned model and how it got there.
+
+    Attributes:
+        model: The pruned model: the user's architecture with pruned weights at zero, a plain
+            ``nn.Module`` (no hooks, no parametrizations, no extra attributes).
+        masks: Parameter name -> 0/1 tensor (1: kept).
+        targets: Layer -> its sparsity type and rate.
+        history: ADMM residuals per iteration, notes.
+        dense_score: The metric of the dense model (None without ``evaluate``).
+        score: The metric after pruning (None without ``evaluate``).
+        metric: The metric's name.
+        macs: Multiply-accumulates of the pruned model (zeros skipped) and of dense.
+        example_inputs: The example batch (compaction and latency use its shape).
+    """
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    targets: dict[str, LayerTarget]
+    history: PruneHistory
+    dense_score: float | None
+    score: float | None
+    metric: str
+    macs: int
+    dense_macs: int
+    example_inputs: torch.Tensor
+    dense: nn.Module = field(repr=False)
+    projector: Projector = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _ConfigParts:
+    layers: dict[str, LayerTarget]
+    admm: AdmmSettings | None = None  # the stored schedule (configs written by a search)
+    channel_multiple: int = 1
+    seed: int = 0
+    method: str | None = None  # how the search's trials pruned (configs written by a search)
+
+
+def _read_config(config: Any) -> _ConfigParts:  # noqa: ANN401
+    """What a config in any accepted form asks."""
+    if isinstance(config, SearchResult):
+        if config.best_config is None:
+            raise UserError("this search found no pruned configuration within its budget (best_config is None); "
+                            "search longer or with a larger budget, or pass a config.")
+        config = config.best_config
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        if not path.is_file():
+            raise UserError(f"config file '{path}' does not exist; pass a best_config.yaml path, a PruneConfig, or a "
+                            f"mapping such as {{'features.*': 'filter:0.5'}}.")
+        config = PruneConfig.from_yaml(path)
+    if isinstance(config, PruneConfig):
+        method = (config.origin or {}).get("trial_method")
+        return _ConfigParts(dict(config.layers), config.admm, config.channel_multiple, config.seed, method)
+    if isinstance(config, Mapping):
+        if "layers" in config:
+            raw = dict(config)
+            raw.setdefault("model", "user")
+            raw.setdefault("dataset", "user-data")
+            return _read_config(PruneConfig.from_dict(raw, source="config"))
+        if not config:
+            raise UserError("the config prunes no layer; map layer names or globs to targets such as "
+                            "{'conv1': 'filter:0.5'}.")
+        return _ConfigParts({str(k): parse_target(v, f"config['{k}']") for k, v in config.items()})
+    raise UserError(f"config must be a best_config.yaml path, a PruneConfig, a SearchResult or a mapping of layers "
+                    f"to targets; got {type(config).__name__}.")
+
+
+def prune(
+    model: nn.Module,
+    config: Any,  # noqa: ANN401 - path, PruneConfig, SearchResult or mapping
+    *,
+    train: TrainFn,
+    example_inputs: torch.Tensor,
+    evaluate: EvalFn | None = None,
+    metric: str = "accuracy",
+    schedule: Schedule | None = None,
+    method: str | None = None,
+    device: str = "cpu",
+    seed: int | None = None,
+    channel_multiple: int | None = None,
+    reporter: Reporter | None = None,
+) -> PruneResult:
+    """Prune a copy of ``model`` to ``config`` with ADMM (or magnitude) and masked retraining,
+    through your training loop.
+
+    Args:
+        model: The trained dense model (not changed: a copy is pruned).
+        config: What to prune: a ``best_config.yaml`` path (from :func:`search` or the CLI),
+            a :class:`~autoprune.config.PruneConfig`, a :class:`~autoprune.search.SearchResult`
+            (its best), or a mapping of layer names or globs to targets
+            (``{"features.*": "filter:0.5", "classifier.0": {"type": "shape", "rate": 0.7}}``).
+        train: ``train(model, amount)``: your loop (see the module docstring).
+        example_inputs: One input batch (batch dimension first).
+        evaluate: ``evaluate(model) -> float`` (optional): measured before and after.
+        metric: The metric's name in the result.
+        schedule: Training per phase in ``train``'s unit (default: the config's stored
+            schedule, else :class:`~autoprune.admm.Schedule`).
+        method: ``"admm"`` or ``"magnitude"`` (default: how the search that wrote the config
+            pruned its trials, else ``"admm"``).
+        device: Where to train (the model is moved there).
+        seed: Seeds Python, NumPy and torch before pruning (default: the config's, else 0).
+        channel_multiple: Kept channels rounded to a multiple of this (default: the config's, else 1).
+
+    Returns:
+        A :class:`PruneResult`; ``.model`` is a plain model with the pruned weights at zero.
+
+    Raises:
+        UserError: a bad config (a layer pattern that matches nothing, an unknown type, a
+            rate out of range), a ``train`` that steps no optimizer, bad arguments.
+    """
+    task = FunctionTask(model, example_inputs, train, evaluate if evaluate is not None else (lambda m: 0.0),
+                        metric=metric, schedule=schedule)
+    cfg = _read_config(config)
+    if schedule is None and cfg.admm is not None:
+        schedule = Schedule.from_settings(cfg.admm)
+    schedule = schedule or Schedule()
+    method = method or cfg.method or "admm"
+    dev = resolve_device(device)
+    work = task.dense()
+    graph = ChannelGraph(work, task.example())
+    targets = resolve_layer_targets(cfg.layers, list(graph.layers), where="config")
+    if not targets:
+        raise UserError("the config prunes no layer (every match is 'none').")
+    projector = Projector(work, graph, targets, channel_multiple=channel_multiple or cfg.channel_multiple)
+    for note in projector.notes:
+        (reporter or Reporter()).log(f"note: {note}")
+    dense_counts = model_counts(work, layer_stats(work, graph))
+    dense_score = task.score(task.dense(), dev) if evaluate is not None else None
+    seed_everything(cfg.seed if seed is None else seed)
+    work.to(dev)
+    masks, history = admm.prune_with(work, projector, schedule, train=train,
+                                     evaluate=None if evaluate is None else (lambda m: task.score(m, dev)),
+                                     method=method, reporter=reporter)
+    score = task.score(work, dev) if evaluate is not None else None
+    counts = model_counts(work, layer_stats(work, graph, targets))
+    return PruneResult(model=work, masks=masks, targets=targets, history=history, dense_score=dense_score,
+                       score=score, metric=task.metric, macs=int(counts["macs"]), dense_macs=int(dense_counts["macs"]),
+                       example_inputs=task.example(), dense=task.dense(), projector=projector)
+
+
+# -- deployable ---------------------------------------------------------------------------
+def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = None, *, device: str = "cpu",
+            batch: int = 32, dtype: str = "fp32") -> Deployable:
+    """Remove pruned channels and pick each sparse layer's fastest kernel on ``device`` (the
+    same compaction as ``autoprune prune --deploy``), check the outputs against the pruned
+    model, and time it beside dense.
+
+    Args:
+        pruned: What :func:`prune` returned.
+        example_inputs: An input batch for the checks (default: ``pruned.example_inputs``).
+        device: Where kernels are chosen and latency measured.
+        batch: The batch size of the measurements.
+        dtype: ``fp32``, ``fp16`` or ``bf16`` for the kernel choice and timing.
+
+    Raises:
+        UserError: ``pruned`` is not a :class:`PruneResult`.
+        RuntimeError: the compacted outputs differ from the pruned model's (a bug).
+    """
+    if not isinstance(pruned, PruneResult):
+        raise UserError(f"make_deployable() takes what autoprune.prune() returned, not {type(pruned).__name__}.")
+    dev = resolve_device(device)
+    x = (pruned.example_inputs if example_inputs is None else example_inputs).detach().cpu().float()
+    masked = copy.deepcopy(pruned.model).cpu().float().eval()
+    latency = LatencySettings(batch_size=batch, dtype=dtype)
+    result = compact_model(copy.deepcopy(masked), pruned.projector, x[:1], device=dev, latency=latency)
+    model = result.model.to(dev).eval()
+    with torch.no_grad():
+        ref = masked.to(dev)(x.to(dev)).float().cpu()
+        got = model(x.to(dev)).float().cpu()
+    diff = float((got - ref).abs().max())
+    tol = 1e-4 * max(1.0, float(ref.abs().max()))
+    if diff > tol:
+        raise RuntimeError(f"the compacted model's outputs differ from the pruned model's by {diff:.3g} (tolerance "
+                           f"{tol:.3g}); this is a bug in compaction.")
+    shape = tuple(x.shape[1:])
+    timed = compare_latency({"dense": copy.deepcopy(pruned.dense).eval(), "pruned": copy.deepcopy(model)}, shape,
+                            device=dev, settings=latency)
+    dense_ms, pruned_ms = timed["dense"].median_ms, timed["pruned"].median_ms
+    return Deployable(model=model, kernels={k: c.form for k, c in result.choices.items()}, max_abs_diff=diff,
+                      speedup=dense_ms / pruned_ms, latency_ms={"dense": dense_ms, "pruned": pruned_ms}, batch=batch,
+                      device=str(dev), example_inputs=x)

@@ -1,0 +1,140 @@
+"""ADMM and masked retraining through any training loop: optimizer hooks, removed afterwards.
+
+A user's ``train(model, amount)`` builds its own optimizer, loss, autocast and loader.
+autoprune reaches its gradients and weights without changing it, through two of
+PyTorch's global optimizer hooks (:func:`torch.optim.optimizer.register_optimizer_step_pre_hook`
+and ``..._post_hook``), registered only while the loop runs and only acting on the
+parameters of the model being pruned:
+
+* :func:`admm_penalty` (the W-step): before every optimizer step, each constrained
+  parameter's gradient gets the ADMM penalty's gradient ``ρ (W − Z + U)``. A step hook
+  runs after :class:`torch.amp.GradScaler` has unscaled the gradients and once per
+  update whatever the gradient accumulation, so the penalty has its intended strength
+  with mixed precision too.
+* :func:`hold_masks` (masked retraining): before every step, pruned entries of the
+  gradients are zeroed (so no momentum or Adam moment builds up there); after it, the
+  pruned weights and every same-shaped optimizer state tensor (momentum buffers, Adam
+  moments) are zeroed again, which also undoes any decoupled weight decay or other
+  update that does not come from the gradient.
+
+Both count the optimizer steps they saw: a ``train`` that never stepped a
+``torch.optim`` optimizer over the model's parameters is reported as a
+:class:`~autoprune.errors.UserError` (autoprune could not have acted on it). When the
+block ends the hooks are gone and the model is a plain model again: no parametrization,
+no tensor hook, no extra attribute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+from autoprune.errors import UserError
+
+__all__ = ["StepCount", "admm_penalty", "hold_masks", "no_step_error"]
+
+
+@dataclass
+class StepCount:
+    """Optimizer steps seen over the model's constrained parameters."""
+
+    steps: int = 0
+
+
+def _ours(opt: torch.optim.Optimizer, by_id: Mapping[int, object]) -> list[nn.Parameter]:
+    return [p for group in opt.param_groups for p in group["params"] if id(p) in by_id]
+
+
+@contextlib.contextmanager
+def admm_penalty(params: Mapping[str, nn.Parameter], z: Mapping[str, torch.Tensor], u: Mapping[str, torch.Tensor],
+                 rho: float) -> Iterator[StepCount]:
+    """Add ``rho * (W - Z + U)`` to each parameter's gradient before every optimizer step.
+
+    Args:
+        params: The constrained parameters, by name.
+        z: The ADMM auxiliary variables Z (the last projection), by the same names.
+        u: The scaled dual variables U, by the same names.
+        rho: The penalty's strength for this W-step.
+
+    Yields:
+        The count of optimizer steps that reached these parameters.
+    """
+    by_id = {id(p): (p, z[n], u[n]) for n, p in params.items()}
+    count = StepCount()
+
+    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        ours = _ours(opt, by_id)
+        if not ours:
+            return
+        count.steps += 1
+        with torch.no_grad():
+            for p in ours:
+                if p.grad is not None:
+                    _, zn, un = by_id[id(p)]
+                    p.grad.add_((p.detach() - zn + un).to(p.grad.dtype), alpha=rho)
+
+    handle = register_optimizer_step_pre_hook(pre)
+    try:
+        yield count
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def hold_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> Iterator[StepCount]:
+    """Keep the pruned entries of ``params`` at zero through every optimizer step.
+
+    Args:
+        params: The pruned parameters, by name.
+        masks: 1 where a weight is kept, 0 where it is pruned, by the same names.
+
+    Yields:
+        The count of optimizer steps that reached these parameters.
+    """
+    by_id = {id(p): (p, masks[n].to(p.device, p.dtype)) for n, p in params.items()}
+    count = StepCount()
+
+    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        ours = _ours(opt, by_id)
+        if not ours:
+            return
+        count.steps += 1
+        for p in ours:
+            if p.grad is not None:
+                p.grad.mul_(by_id[id(p)][1].to(p.grad.dtype))
+
+    @torch.no_grad()
+    def post(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        for p in _ours(opt, by_id):
+            m = by_id[id(p)][1]
+            p.mul_(m)
+            for value in opt.state.get(p, {}).values():
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    value.mul_(m.to(value.dtype))
+
+    with torch.no_grad():  # the loop starts from masked weights
+        for p, m in by_id.values():
+            p.mul_(m)
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        yield count
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():  # whatever the loop did outside an optimizer step
+            for p, m in by_id.values():
+                p.mul_(m)
+
+
+def no_step_error(what: str) -> UserError:
+    """The error for a ``train`` function that stepped no optimizer over the model."""
+    return UserError(
+        f"train() ran no optimizer step over the model's pruned layers during {what}. autoprune acts through "
+        "torch.optim optimizers: create the optimizer inside train from the model it is given "
+        "(model.parameters()), and call optimizer.step() at least once."
+    )

@@ -1,0 +1,186 @@
+"""What a search or a prune works on: the dense model, its input, the training loop, the metric.
+
+A :class:`Task` answers four questions and nothing else: a fresh copy of the dense model,
+one example input, how to prune it (ADMM or magnitude through a training loop), and its
+score. The built-in :class:`ClassifierTask` (a registry dataset, the dense checkpoint, SGD
+with cross-entropy, top-1 accuracy) is what the CLI searches; :class:`FunctionTask`
+takes the user's own ``train(model, amount)`` and ``evaluate(model) -> float`` (any
+metric: ``accuracy``, ``mAP``, ``IoU``, ``loss``; higher or lower is better), which is
+what :func:`autoprune.search` and :func:`autoprune.prune` use.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import admm
+from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
+from autoprune.config import AdmmSettings
+from autoprune.errors import UserError
+from autoprune.progress import Reporter
+from autoprune.projection import Projector
+from autoprune.train import evaluate, seed_everything
+
+__all__ = ["DIRECTIONS", "ClassifierTask", "FunctionTask", "Task", "metric_drop", "model_fingerprint"]
+
+DIRECTIONS = ("maximize", "minimize")
+
+
+def metric_drop(dense: float, value: float, direction: str) -> float:
+    """How much worse ``value`` is than ``dense`` (positive: worse), in the metric's units."""
+    return dense - value if direction == "maximize" else value - dense
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """``user:<class>:<sha256 of the state dict>``: which model and weights a study searches."""
+    h = hashlib.sha256(type(model).__qualname__.encode())
+    for key, value in model.state_dict().items():
+        h.update(key.encode())
+        h.update(str(tuple(value.shape)).encode())
+        h.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if value.numel() else b"")
+    return f"user:{type(model).__qualname__}:{h.hexdigest()[:16]}"
+
+
+class Task:
+    """The base: subclasses fill in the four methods and the two names."""
+
+    metric: str = "accuracy"
+    direction: str = "maximize"
+
+    def dense(self) -> nn.Module:
+        """A fresh copy of the dense model on the CPU (its weights never change)."""
+        raise NotImplementedError
+
+    def example(self) -> torch.Tensor:
+        """One example input, batch 1, on the CPU."""
+        raise NotImplementedError
+
+    def score(self, model: nn.Module, device: torch.device) -> float:
+        """The metric on validation data."""
+        raise NotImplementedError
+
+    def test_score(self, model: nn.Module, device: torch.device) -> float | None:
+        """The metric on held-out test data, where the task has some (else None)."""
+        return None
+
+    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings, *, method: str, seed: int,
+              device: torch.device, reporter: Reporter | None = None,
+              on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
+        """Prune ``model`` in place (ADMM or magnitude, hard prune, masked retraining)."""
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.example().shape[1:])
+
+
+class ClassifierTask(Task):
+    """The built-in classifier: a dense checkpoint, a registry dataset's splits, SGD and
+    cross-entropy (:class:`~autoprune.train.ClassifierTrainer`), top-1 accuracy."""
+
+    metric = "accuracy"
+    direction = "maximize"
+
+    def __init__(self, splits: Any, checkpoint: Any) -> None:  # noqa: ANN401 - DatasetSplits, Checkpoint
+        self.splits = splits
+        self.checkpoint = checkpoint
+
+    def dense(self) -> nn.Module:
+        return self.checkpoint.build()
+
+    def example(self) -> torch.Tensor:
+        return torch.zeros(1, self.splits.in_channels, *self.splits.image_size)
+
+    def score(self, model: nn.Module, device: torch.device) -> float:
+        return evaluate(model, self.splits.val, device=device)
+
+    def test_score(self, model: nn.Module, device: torch.device) -> float | None:
+        return evaluate(model, self.splits.test, device=device)
+
+    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings, *, method: str, seed: int,
+              device: torch.device, reporter: Reporter | None = None,
+              on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
+        seed_everything(seed)
+        return admm.prune(model, projector, self.splits.train, settings, method=method, device=device, seed=seed,
+                          reporter=reporter, val_set=self.splits.val, on_hard_prune=on_hard_prune)
+
+
+class FunctionTask(Task):
+    """The user's model, training loop and metric.
+
+    Args:
+        model: The trained dense model (copied; never changed).
+        example_inputs: One input batch (its first dimension is the batch).
+        train: ``train(model, amount)``: trains ``model`` in place for ``amount`` of its own
+            unit (epochs or steps), creating its own optimizer. autoprune adds the ADMM
+            penalty and holds the masks through optimizer hooks; the function needs no change.
+        evaluate: ``evaluate(model) -> float`` on validation data.
+        metric: The metric's name (``accuracy``, ``mAP``, ``IoU``, ``loss``...).
+        direction: ``"maximize"`` or ``"minimize"``.
+        schedule: How much ``train`` each phase gets (default: :class:`~autoprune.admm.Schedule`).
+        test: ``test(model) -> float`` on held-out data, reported beside (optional).
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, train: TrainFn, evaluate: EvalFn, *,
+                 metric: str = "accuracy", direction: str = "maximize", schedule: Schedule | None = None,
+                 test: EvalFn | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise UserError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+        if not torch.is_tensor(example_inputs) or example_inputs.dim() < 2:
+            raise UserError("example_inputs must be one input tensor with a batch dimension first, e.g. "
+                            "torch.randn(1, 3, 224, 224).")
+        for name, fn in (("train", train), ("evaluate", evaluate)):
+            if not callable(fn):
+                raise UserError(f"{name} must be a function; got {type(fn).__name__}.")
+        if direction not in DIRECTIONS:
+            raise UserError(f"direction must be 'maximize' or 'minimize' (is a higher {metric} better?); "
+                            f"got {direction!r}.")
+        if not isinstance(metric, str) or not metric.strip():
+            raise UserError("metric must be a non-empty name such as 'accuracy' or 'mAP'.")
+        self._model = copy.deepcopy(model).cpu().eval()
+        self._example = example_inputs[:1].detach().cpu()
+        self.train, self.evaluate, self.test = train, evaluate, test
+        self.metric, self.direction = metric.strip(), direction
+        self.schedule = schedule or Schedule()
+
+    def dense(self) -> nn.Module:
+        return copy.deepcopy(self._model)
+
+    def example(self) -> torch.Tensor:
+        return self._example.clone()
+
+    def _call_metric(self, fn: EvalFn, model: nn.Module, device: torch.device) -> float:
+        model.to(device)
+        value = fn(model)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"evaluate() must return a number (the {self.metric}); it returned "
+                            f"{type(value).__name__}.") from None
+        if not math.isfinite(value):
+            raise UserError(f"evaluate() returned {value} for the {self.metric}; it must be a finite number.")
+        return value
+
+    def score(self, model: nn.Module, device: torch.device) -> float:
+        return self._call_metric(self.evaluate, model, device)
+
+    def test_score(self, model: nn.Module, device: torch.device) -> float | None:
+        return None if self.test is None else self._call_metric(self.test, model, device)
+
+    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings | None = None, *, method: str,
+              seed: int, device: torch.device, reporter: Reporter | None = None,
+              on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
+        seed_everything(seed)
+        model.to(device)
+        schedule = self.schedule if settings is None else Schedule.from_settings(settings)
+        return admm.prune_with(model, projector, schedule, train=self.train,
+                               evaluate=lambda m: self.score(m, device), method=method, reporter=reporter,
+                               on_hard_prune=on_hard_prune)
