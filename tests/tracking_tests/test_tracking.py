@@ -14,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from autoprune.search.records import TrialRecord, mark_pareto
-from autoprune.tracking import DEFAULT_TRACKING_URI, Connection, Tracker
+from autoprune.tracking import DEFAULT_TRACKING_URI, Connection, Tracker, trial_tags
+from autoprune.tracking.keys import trial_run_name
 
 PARENT_ARTIFACTS = {
     "pareto.html",
@@ -466,3 +467,16 @@ def test_runs_folder_moves_with_its_artifacts(tmp_path, monkeypatch, record, _ml
     assert not (tmp_path / "runs").exists()
     t2 = trials[2].info.artifact_uri
     assert (elsewhere / t2 / "config.yaml").read_text() == "trial: 2 again\n"
+
+
+def test_a_repeated_configuration_is_named_and_tagged_as_a_repeat(record):
+    # trial 6 reused trial 1's result, trial 7 repeated the stopped trial 4
+    first, stopped = record.trials[1], record.trials[4]
+    again = dataclasses.replace(first, number=6, repeat_of=1, pareto=False)
+    stopped_again = dataclasses.replace(stopped, number=7, repeat_of=4)
+    assert trial_run_name(again) == trial_run_name(first).replace("t01", "t06") + " = t01"
+    assert trial_run_name(stopped_again).endswith("| stopped = t04")
+    tags = trial_tags(again)
+    assert tags["outcome"] == "repeat" and tags["repeat_of"] == "1"  # out of `tags.outcome = 'within-budget'`
+    assert trial_tags(stopped_again)["outcome"] == "repeat" and trial_tags(first)["outcome"] == "within-budget"
+    assert "repeat_of" not in trial_tags(first)
