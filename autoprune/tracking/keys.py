@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from typing import Any
 
 from autoprune.config import LayerTarget
@@ -29,6 +30,7 @@ __all__ = [
     "ROLE_TAG",
     "STORAGE_TAG",
     "STUDY_NAME_TAG",
+    "TRIAL_RUNS_QUERY",
     "mlflow_key",
     "param_value",
     "settings_params",
@@ -46,6 +48,11 @@ CHOSEN_TAG = "chosen"
 # experiment's page from this tag; 3.17 from the URL's ``workflowType`` (else the browser's
 # stored choice, GenAI by default), so the links autoprune prints carry ML_VIEW_QUERY as well
 ML_VIEW_QUERY = "workflowType=machine_learning"
+# the runs tab with the trial runs alone, fastest first: with a filter or a sort MLflow lists
+# nested runs flat (unfiltered, they hide under the study's run until it is expanded)
+TRIAL_RUNS_QUERY = ML_VIEW_QUERY + "&" + urllib.parse.urlencode(
+    {"searchFilter": "tags.`autoprune.role` = 'trial'", "orderByKey": "metrics.`speedup`", "orderByAsc": "false"},
+    quote_via=urllib.parse.quote)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI

@@ -51,12 +51,12 @@ from autoprune.tracking.keys import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     MAX_TAG_VALUE,
-    ML_VIEW_QUERY,
     NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     STORAGE_TAG,
     STUDY_NAME_TAG,
+    TRIAL_RUNS_QUERY,
     mlflow_key,
     param_value,
     settings_params,
@@ -308,12 +308,13 @@ class Tracker:
 
     def ui_hint(self, study_name: str) -> str | None:
         """How to look at a study's runs: the ``mlflow ui`` command (for a database) and the
-        experiment's link, in MLflow's model-training view; None when the tracker is off or
+        link to the experiment's trial runs, fastest first, in MLflow's model-training view
+        (:data:`~autoprune.tracking.keys.TRIAL_RUNS_QUERY`); None when the tracker is off or
         the study has no experiment."""
         runs = self._studies.get(study_name)
         if not self._enabled or runs is None:
             return None
-        link = f"#/experiments/{runs.experiment_id}?{ML_VIEW_QUERY}"
+        link = f"#/experiments/{runs.experiment_id}/runs?{TRIAL_RUNS_QUERY}"
         if self._conn.is_http:
             return f"MLflow: {self.tracking_uri.rstrip('/')}/{link}"
         given = self._conn.db_as_given

@@ -82,7 +82,8 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     note = exp.tags["mlflow.note.content"]
     assert "digits-cnn on digits" in note and "budget 1.00%" in note and "Chosen: trial 1" in note
     assert tracker.ui_hint(record.meta.name).endswith(
-        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60autoprune.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60speedup%60&orderByAsc=false")
 
     # parent: settings, dense baseline, storage, summary
     p = parent.data
@@ -424,7 +425,7 @@ def test_a_tracked_search_ends_with_the_experiments_link_in_the_model_training_v
     last = out.rstrip().splitlines()[-1]
     # the database and its artifacts are named relative to this folder: the command says where to run it
     assert last.startswith(f"MLflow: mlflow ui --backend-store-uri sqlite:///r/mlflow.db (in {Path.cwd()})")
-    assert last.endswith(f", then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    assert f", then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&" in last
     assert cli.main(["search", "--budget", "1%", "--runs-dir", "r", "--no-tracking"]) == 0
     assert "MLflow:" not in capsys.readouterr().out
 
