@@ -4,7 +4,8 @@ The order matters for cost. The compacted architecture depends only on the
 configuration, so its latency is measured first (on the target device, at the study's
 deployment batch, and cached by configuration): a configuration that is not faster
 than dense stops there. A configuration an earlier trial already ran is not trained
-again (its result is reused). The trial then prunes from the dense weights by the
+again: the trial takes its result and stops as a repeat (so that Optuna's fronts and
+optuna-dashboard hold each configuration once). The trial then prunes from the dense weights by the
 study's trial method (one-shot magnitude, or ADMM's short schedule) and retrains; if
 the accuracy right after the hard prune is so far below dense that retraining cannot
 bring it back within the budget, the trial stops before retraining. Otherwise the
@@ -89,16 +90,25 @@ def _record(trial: Any, rec: TrialRecord) -> None:  # noqa: ANN401
 
 
 def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: ANN401
-    """The earliest finished trial (complete, or stopped early) of ``signature`` other than ``number``."""
+    """The earliest finished trial (complete, or stopped early) of ``signature`` other than
+    ``number`` that ran it (not itself a repeat)."""
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
                     key=lambda t: t.number):
-        if t.number != number and t.user_attrs.get(SIGNATURE_ATTR) == signature and TRIAL_ATTR in t.user_attrs:
+        measured = t.user_attrs.get(TRIAL_ATTR)
+        if (t.number != number and t.user_attrs.get(SIGNATURE_ATTR) == signature and measured is not None
+                and measured.get("repeat_of") is None):
             return t
     return None
 
 
-def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> tuple[float, float]:  # noqa: ANN401
-    """A configuration already run: its stored result, marked as a repeat; no training."""
+def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  # noqa: ANN401
+    """A configuration already run: its stored result, marked as a repeat; no training.
+
+    A repeat always ends as stopped (PRUNED, :class:`TrialStopped`) in the Optuna storage, so
+    that Optuna's ``best_trials`` and optuna-dashboard's fronts hold each configuration once;
+    it keeps the result (and, after a complete trial, the constraint) of the trial it repeats,
+    and :func:`~autoprune.search.records.study_record` reads a repeat of a complete trial
+    back as complete, so autoprune's own tables count it as before."""
     known = set(TrialRecord.__dataclass_fields__)
     for key, value in prior.user_attrs[TRIAL_ATTR].items():
         if key in known and key not in ("number", "state", "targets", "seconds", "repeat_of"):
@@ -110,7 +120,12 @@ def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> tuple[fl
         raise TrialStopped(f"same configuration as trial {prior.number}, which stopped: "
                            f"{prior.user_attrs.get(REASON_ATTR, 'stopped early')}")
     SlotStorage.set_constraint(trial, CONSTRAINT, rec.accuracy_drop - allowed)
-    return prior.values[0], prior.values[1]
+    raise TrialStopped(repeat_reason(prior.number))
+
+
+def repeat_reason(prior: int) -> str:
+    """The stop reason of a repeat of complete trial ``prior``."""
+    return f"same configuration as trial {prior}: its result, counted once"
 
 
 def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: ANN401 - optuna.Trial
@@ -118,7 +133,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
 
     A configuration that an earlier trial of the study already ran (the same signature: the
     same channels and weights kept per layer) is not trained again: the trial takes the
-    earlier result and records ``repeat_of``.
+    earlier result, records ``repeat_of`` and stops (see :func:`_reuse`).
     """
     t0 = time.perf_counter()
     targets = ctx.space.suggest(trial)
@@ -130,7 +145,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
 
     prior = find_prior(trial.study, signature, trial.number)
     if prior is not None:
-        return _reuse(trial, prior, rec, allowed)
+        _reuse(trial, prior, rec, allowed)  # raises TrialStopped: a repeat is not a new result
     if not targets:  # the dense configuration: measured once per study
         return _dense(trial, rec, ctx.meta, allowed, t0)
     _measure_latency(trial, rec, targets, ctx, t0)  # 1. before any training

@@ -5,6 +5,11 @@ trial's user attributes (``autoprune.*``) and the study's settings and dense bas
 the study's user attributes. :func:`study_record` turns a study into these dataclasses,
 which the summary table, the MLflow mirror and the plots read, so none of them needs
 Optuna's objects.
+
+A repeated configuration (``repeat_of``: an earlier trial ran it, its result was reused) is
+stored as a stopped (PRUNED) trial, so that Optuna's ``best_trials`` and optuna-dashboard
+hold each configuration once; a repeat of a complete trial reads back here as complete,
+with the result it reused.
 """
 
 from __future__ import annotations
@@ -250,7 +255,9 @@ def study_record(study: Any, storage: str) -> StudyRecord:
     meta = StudyMeta.from_dict(raw)
     remeasured = study.user_attrs.get(REMEASURED_ATTR) or {}
     trials = []
-    for ft in study.get_trials(deepcopy=False):
+    frozen = study.get_trials(deepcopy=False)
+    state_of = {ft.number: ft.state.name for ft in frozen}
+    for ft in frozen:
         measured = dict(ft.user_attrs.get(TRIAL_ATTR, {}))
         known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto",
                                                          "proposal", "remeasured"}
@@ -268,6 +275,10 @@ def study_record(study: Any, storage: str) -> StudyRecord:
             rec.accuracy, rec.latency_ms = float(ft.values[0]), float(ft.values[1])
             if rec.accuracy_drop is None:
                 rec.accuracy_drop = meta.drop(rec.accuracy)
+        elif rec.state == "PRUNED" and state_of.get(rec.repeat_of) == "COMPLETE":
+            # a repeat of a complete trial: stopped in Optuna (each configuration once on its
+            # fronts), complete here with the result it reused (older studies stored it complete)
+            rec.state, rec.stop_reason = "COMPLETE", None
         trials.append(rec)
     mark_pareto(trials)
     return StudyRecord(meta, storage, trials)

@@ -264,7 +264,10 @@ class PruningSampler(BaseSampler):
     def _ladder_step(self, seen: list[_Seen], rungs: list[tuple[float, dict[str, Any], str]]) -> dict[str, Any] | None:
         """Bisection over ``rungs`` for the highest rung within the budget (assuming a rung
         keeps the budget when a higher one does)."""
-        by_sig = {s.signature: s for s in seen if s.signature is not None}
+        by_sig: dict[str, _Seen] = {}
+        for s in sorted(seen, key=lambda s: s.number):  # the trial that ran a configuration, not its repeats
+            if s.signature is not None:
+                by_sig.setdefault(s.signature, s)
         status = []
         for _, _, sig in rungs:
             s = by_sig.get(sig)

@@ -32,6 +32,21 @@ def redact(url: str) -> str:
     return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def absolute_storage(url: str) -> str:
+    """The storage URL with a relative file path (SQLite database, journal file) made
+    absolute: what it names, whatever the current folder (``sqlite:///runs/optuna.db`` ->
+    ``sqlite:////home/me/project/runs/optuna.db``)."""
+    if url.startswith("sqlite:///"):
+        path, sep, query = url[len("sqlite:///"):].partition("?")
+        if path and path != ":memory:" and not Path(path).expanduser().is_absolute():
+            return f"sqlite:///{Path(path).expanduser().resolve()}{sep}{query}"
+        return url
+    journal = _journal_path(url)
+    if journal is not None and not journal.expanduser().is_absolute():
+        return f"journal://{journal.expanduser().resolve()}"
+    return url
+
+
 def _journal_path(url: str) -> Path | None:
     if url.startswith("journal://"):
         return Path(url[len("journal://"):])

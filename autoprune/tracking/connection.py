@@ -4,7 +4,17 @@ A tracking URI is resolved once into a :class:`Connection`: a relative SQLite pa
 absolute (so the mirror does not move with the current folder), artifacts beside the
 database (``mlartifacts/``, instead of MLflow's ``./mlruns`` in the current folder), and
 for an http(s) server fail-fast settings and a ``/health`` check, so that an unreachable
-server costs seconds, not minutes. Example::
+server costs seconds, not minutes.
+
+An experiment created beside a SQLite database named by a relative path (the default
+``sqlite:///runs/mlflow.db``) stores its artifact location relative in the same way
+(``runs/mlartifacts/<experiment>``): plain MLflow resolves both against the folder it is
+started in, so the database and its artifacts move together (copy ``runs/`` anywhere and run
+``mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`` beside it). MLflow's API makes a
+relative location absolute when it creates an experiment, so the relative one is written
+after creation; autoprune itself writes artifacts through :meth:`Connection.artifact_repository`,
+which resolves a relative location against the database's own ``mlartifacts/`` folder, from any
+current folder. A database named by an absolute path keeps absolute artifact locations. Example::
 
     conn = Connection.resolve("sqlite:///runs/mlflow.db")
     failure = conn.open()            # None, or why MLflow cannot be used
@@ -13,9 +23,11 @@ server costs seconds, not minutes. Example::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import sqlite3
 import ssl
 import urllib.error
 import urllib.request
@@ -35,6 +47,7 @@ __all__ = [
     "Connection",
     "describe_failure",
     "is_connection_error",
+    "is_relative_location",
 ]
 
 DEFAULT_TRACKING_URI = "sqlite:///runs/mlflow.db"
@@ -52,10 +65,12 @@ class Connection:
     Args:
         uri: ``sqlite:///<absolute path>`` or ``http(s)://host:port`` (as given, for others).
         db_path: The SQLite database, or None.
+        db_as_given: The database's path as the URI gave it, when relative (``runs/mlflow.db``).
     """
 
     uri: str
     db_path: Path | None = None
+    db_as_given: Path | None = None
 
     @classmethod
     def resolve(cls, uri: str | None) -> Connection:
@@ -67,8 +82,9 @@ class Connection:
         path_part, sep, query = rest.partition("?")
         if not path_part or path_part == ":memory:":
             return cls(uri)
-        path = Path(path_part).expanduser().resolve()
-        return cls(f"sqlite:///{path}{sep}{query}", path)
+        given = Path(path_part).expanduser()
+        path = given.resolve()
+        return cls(f"sqlite:///{path}{sep}{query}", path, None if given.is_absolute() else given)
 
     @property
     def is_http(self) -> bool:
@@ -110,16 +126,61 @@ class Connection:
 
     def experiment_id(self, client: Any, name: str) -> str:  # noqa: ANN401 - an mlflow.MlflowClient
         """The id of experiment ``name``: found (a deleted one is restored) or created, with
-        its artifacts under :attr:`artifact_root` when there is one."""
+        its artifacts under :attr:`artifact_root` when there is one (stored relative when
+        the database was named by a relative path, see the module's notes)."""
         exp = client.get_experiment_by_name(name)
         if exp is None:
-            location = None
-            if self.artifact_root is not None:
-                location = (self.artifact_root / mlflow_key(name).replace("/", "_")).as_uri()
-            return client.create_experiment(name, artifact_location=location)
+            if self.artifact_root is None:
+                return client.create_experiment(name)
+            folder = mlflow_key(name).replace("/", "_")
+            exp_id = client.create_experiment(name, artifact_location=(self.artifact_root / folder).as_uri())
+            if self.db_as_given is not None:
+                self._set_artifact_location(exp_id, (self.db_as_given.parent / ARTIFACT_DIR / folder).as_posix())
+            return exp_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
+
+    def _set_artifact_location(self, experiment_id: str, location: str) -> None:
+        """Store ``location`` as the experiment's artifact location, as it is (MLflow's API
+        makes every local location absolute); its runs created afterwards inherit it."""
+        assert self.db_path is not None
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=30)) as db, db:
+            db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                       (location, int(experiment_id)))
+
+    def local_artifacts(self, location: str) -> Path | None:
+        """The folder a relative artifact location under ``mlartifacts/`` stands for: the one
+        beside this database, wherever the current folder is; None for any other location."""
+        parts = Path(location).parts
+        if self.db_path is None or not is_relative_location(location) or ARTIFACT_DIR not in parts:
+            return None
+        return self.db_path.parent.joinpath(*parts[parts.index(ARTIFACT_DIR):])
+
+    def location_base(self, location: str) -> Path | None:
+        """The folder against which MLflow must resolve the relative ``location`` to reach
+        :meth:`local_artifacts` (the folder the search ran in); None when it cannot be told."""
+        local = self.local_artifacts(location)
+        parts = Path(location).parts
+        if local is None or ".." in parts:
+            return None
+        return local.parents[len(parts) - 1]
+
+    def artifact_repository(self, artifact_uri: str) -> Any:  # noqa: ANN401 - an mlflow ArtifactRepository
+        """Where a run's artifacts are written: :meth:`local_artifacts` for a relative location
+        under ``mlartifacts/`` (not the current folder, as MLflow would), MLflow's choice otherwise."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+        local = self.local_artifacts(artifact_uri)
+        if local is not None:
+            return LocalArtifactRepository(str(local))
+        return get_artifact_repository(artifact_uri, tracking_uri=self.uri)
+
+
+def is_relative_location(artifact_uri: str) -> bool:
+    """Whether ``artifact_uri`` is a relative local path (no scheme, not absolute)."""
+    return "://" not in artifact_uri and ":" not in artifact_uri.split("/")[0] and not Path(artifact_uri).is_absolute()
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from typing import Any
 
 from autoprune.config import LayerTarget
@@ -29,6 +30,7 @@ __all__ = [
     "ROLE_TAG",
     "STORAGE_TAG",
     "STUDY_NAME_TAG",
+    "TRIAL_RUNS_QUERY",
     "mlflow_key",
     "param_value",
     "settings_params",
@@ -46,6 +48,11 @@ CHOSEN_TAG = "chosen"
 # experiment's page from this tag; 3.17 from the URL's ``workflowType`` (else the browser's
 # stored choice, GenAI by default), so the links autoprune prints carry ML_VIEW_QUERY as well
 ML_VIEW_QUERY = "workflowType=machine_learning"
+# the runs tab with the trial runs alone, fastest first: with a filter or a sort MLflow lists
+# nested runs flat (unfiltered, they hide under the study's run until it is expanded)
+TRIAL_RUNS_QUERY = ML_VIEW_QUERY + "&" + urllib.parse.urlencode(
+    {"searchFilter": "tags.`autoprune.role` = 'trial'", "orderByKey": "metrics.`speedup`", "orderByAsc": "false"},
+    quote_via=urllib.parse.quote)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 NOTE_TAG = "mlflow.note.content"  # an experiment's or run's description in the UI
@@ -166,6 +173,8 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
         out["feasible"] = "true" if trial.feasible else "false"
     if trial.stop_reason:
         out["stop_reason"] = trial.stop_reason
+    if trial.repeat_of is not None:
+        out["repeat_of"] = str(trial.repeat_of)
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}
 
@@ -173,8 +182,11 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
 def trial_outcome(trial: TrialRecord) -> str:
     """What became of a trial, in one word the runs table can filter on
     (``tags.outcome = 'over-budget'``): ``within-budget``, ``over-budget``, ``stopped``
-    (ended early: not faster than dense, or a hopeless accuracy), ``failed``, ``running``
+    (ended early: not faster than dense, or a hopeless accuracy), ``repeat`` (an earlier
+    trial ran the same configuration; its result, counted once), ``failed``, ``running``
     or ``waiting``."""
+    if trial.repeat_of is not None and trial.state in ("COMPLETE", "PRUNED"):
+        return "repeat"
     if trial.state == "COMPLETE":
         return "over-budget" if trial.feasible is False else "within-budget"
     return {"PRUNED": "stopped", "FAIL": "failed", "RUNNING": "running"}.get(trial.state, trial.state.lower())
@@ -191,8 +203,8 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
 
     The targets grouped by type and rate, each with its layers (``×N`` where the names
     would not fit), then the outcome: validation accuracy and speedup for a finished
-    trial, ``stopped``/``failed`` otherwise. ``*`` marks the chosen trial (the fastest
-    within the budget)."""
+    trial (``= t03`` after a repeat of trial 3), ``stopped``/``failed``/``repeat`` otherwise.
+    ``*`` marks the chosen trial (the fastest within the budget)."""
     if trial.is_dense or not trial.targets:
         what = "dense"
     else:
@@ -211,7 +223,9 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
         result = f"{100 * trial.accuracy:.1f}%" + (f" {speed:.2f}x" if speed is not None else "")
         if trial.feasible is False:
             result += " over budget"
+        if trial.repeat_of is not None:
+            result += f" = t{trial.repeat_of:02d}"
     else:
-        result = trial_outcome(trial)
+        result = trial_outcome(trial) if trial.repeat_of is None else f"stopped = t{trial.repeat_of:02d}"
     name = f"{'* ' if chosen else ''}t{trial.number:02d} {what} | {result}"
     return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,11 @@ def log_model_to_mlflow(
         from mlflow import MlflowClient
         from mlflow.models import infer_signature
 
-        exp_id = conn.experiment_id(MlflowClient(tracking_uri=conn.uri), experiment)
+        client = MlflowClient(tracking_uri=conn.uri)
+        exp_id = conn.experiment_id(client, experiment)
+        # MLflow resolves a relative artifact location (a search's experiment, see
+        # Connection) against the current folder: log from the folder it is relative to
+        base = conn.location_base(client.get_experiment(exp_id).artifact_location)
         cpu_model = copy.deepcopy(model).cpu().float().eval()
         x = example_input.detach().cpu().float()
         with torch.no_grad():
@@ -74,7 +80,7 @@ def log_model_to_mlflow(
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(conn.uri)
         try:
-            with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
+            with _working_folder(base), mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
                 mlflow.set_tag(ROLE_TAG, "deployable")
                 mlflow.log_metrics(report_metrics(report))
                 mlflow.log_dict(report, "report.json")
@@ -91,6 +97,20 @@ def log_model_to_mlflow(
     except Exception as exc:  # noqa: BLE001 - tracking must never break the build
         warn(f"MLflow logging to {conn.uri} failed ({first_line(exc, with_type=True)}); the model was not logged")
         return None
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path | None) -> Iterator[None]:
+    """Run the block with ``folder`` as the current folder (None: where it is)."""
+    if folder is None:
+        yield
+        return
+    previous = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def report_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -30,6 +30,7 @@ the first failure (an unreachable server, a locked database) is reported once th
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -42,19 +43,20 @@ from typing import Any
 
 from autoprune.report.artifacts import write_study_artifacts
 from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord
-from autoprune.search.storage import redact
+from autoprune.search.storage import absolute_storage, redact
 from autoprune.text import percent
 from autoprune.tracking.connection import DEFAULT_TRACKING_URI, Connection, describe_failure
 from autoprune.tracking.keys import (
     CHOSEN_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
-    ML_VIEW_QUERY,
+    MAX_TAG_VALUE,
     NOTE_TAG,
     PARENT_TAG,
     ROLE_TAG,
     STORAGE_TAG,
     STUDY_NAME_TAG,
+    TRIAL_RUNS_QUERY,
     mlflow_key,
     param_value,
     settings_params,
@@ -118,6 +120,7 @@ class Tracker:
         self._enabled = True
         self._client: Any = None
         self._studies: dict[str, _StudyRuns] = {}
+        self._repos: dict[str, Any] = {}  # run id -> its artifact repository
         self._opened = False  # the connection is opened by the first call: nothing is written before it
 
     @property
@@ -192,16 +195,16 @@ class Tracker:
         exp_id = self._experiment(meta.name)
         self._call("set_experiment_tag", exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         parents = self._search(exp_id, f"tags.`{ROLE_TAG}` = 'study'")
-        if storage is not None:
-            masked = redact(storage)
-            parents = [r for r in parents if r.data.tags.get(STORAGE_TAG) in (masked, None)]
+        if storage is not None:  # mirrors before the tag was absolute hold the URL as given
+            names = (storage_tag(storage), param_value(redact(storage), MAX_TAG_VALUE), None)
+            parents = [r for r in parents if r.data.tags.get(STORAGE_TAG) in names]
         parents.sort(key=lambda r: r.info.start_time or 0)
         if parents:
             parent_id = parents[0].info.run_id
         else:
             tags = {ROLE_TAG: "study", STUDY_NAME_TAG: meta.name}
             if storage is not None:
-                tags[STORAGE_TAG] = redact(storage)
+                tags[STORAGE_TAG] = storage_tag(storage)
             parent_id = self._call("create_run", exp_id, run_name=meta.name, tags=tags).info.run_id
         runs = _StudyRuns(exp_id, parent_id, {})
         self._studies[meta.name] = runs
@@ -282,19 +285,43 @@ class Tracker:
             m, metric_objs = metric_objs[:room], metric_objs[room:]
             self._call("log_batch", run_id, metrics=m, params=p, tags=t)
 
+    def _artifacts(self, run_id: str) -> Any:  # noqa: ANN401 - an mlflow ArtifactRepository
+        """The run's artifact repository, its location resolved against the tracking root
+        (:meth:`Connection.artifact_repository`), not against the current folder."""
+        repo = self._repos.get(run_id)
+        if repo is None:
+            uri = self._call("get_run", run_id).info.artifact_uri
+            repo = self._repos[run_id] = self._with_client(lambda _: self._conn.artifact_repository(uri))
+        return repo
+
+    def _log_artifact(self, run_id: str, path: Path) -> None:
+        repo = self._artifacts(run_id)
+        self._with_client(lambda _: repo.log_artifact(str(path)))
+
+    def _log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory(prefix="autoprune-mlflow-") as tmp:
+            path = Path(tmp) / name
+            path.write_text(text, encoding="utf-8")
+            self._log_artifact(run_id, path)
+
     # ------------------------------------------------------------ the public API
 
     def ui_hint(self, study_name: str) -> str | None:
         """How to look at a study's runs: the ``mlflow ui`` command (for a database) and the
-        experiment's link, in MLflow's model-training view; None when the tracker is off or
+        link to the experiment's trial runs, fastest first, in MLflow's model-training view
+        (:data:`~autoprune.tracking.keys.TRIAL_RUNS_QUERY`); None when the tracker is off or
         the study has no experiment."""
         runs = self._studies.get(study_name)
         if not self._enabled or runs is None:
             return None
-        link = f"#/experiments/{runs.experiment_id}?{ML_VIEW_QUERY}"
+        link = f"#/experiments/{runs.experiment_id}/runs?{TRIAL_RUNS_QUERY}"
         if self._conn.is_http:
             return f"MLflow: {self.tracking_uri.rstrip('/')}/{link}"
-        return (f"MLflow: mlflow ui --backend-store-uri {self.tracking_uri}, then "
+        given = self._conn.db_as_given
+        if given is None:
+            return f"MLflow: mlflow ui --backend-store-uri {self.tracking_uri}, then http://127.0.0.1:5000/{link}"
+        # the artifact locations are relative like the database's path: start MLflow from here
+        return (f"MLflow: mlflow ui --backend-store-uri sqlite:///{given.as_posix()} (in {Path.cwd()}), then "
                 f"http://127.0.0.1:5000/{link}")
 
     def start_study(self, meta: StudyMeta, storage: str) -> None:
@@ -307,7 +334,7 @@ class Tracker:
 
         Args:
             meta: The study's settings and dense baseline.
-            storage: The Optuna storage URL (kept as a tag, password masked).
+            storage: The Optuna storage URL (kept as a tag: a relative path made absolute, password masked).
         """
         with self._guarded():
             runs = self._open_study(meta, storage)
@@ -325,11 +352,11 @@ class Tracker:
             tags = {
                 ROLE_TAG: "study",
                 STUDY_NAME_TAG: meta.name,
-                STORAGE_TAG: param_value(redact(storage)),
+                STORAGE_TAG: storage_tag(storage),
             }
             metrics = [(k, float(v), 0) for k, v in dense.items() if v is not None]
             self._log(runs.parent_run_id, params=params, metrics=metrics, tags=tags, existing=existing)
-            self._call("log_dict", runs.parent_run_id, meta.to_dict(), "study_meta.json")
+            self._log_text(runs.parent_run_id, json.dumps(meta.to_dict(), indent=2, default=str), "study_meta.json")
             if existing.info.status != "RUNNING":
                 self._call("update_run", runs.parent_run_id, status="RUNNING")
 
@@ -352,7 +379,7 @@ class Tracker:
                 existing=existing,
             )
             if config_yaml is not None:
-                self._call("log_text", run_id, config_yaml, "config.yaml")
+                self._log_text(run_id, config_yaml, "config.yaml")
             name = trial_run_name(trial)
             if existing is not None and existing.info.run_name != name:
                 self._call("update_run", run_id, name=name)
@@ -458,7 +485,7 @@ class Tracker:
         best = record.best_feasible()
         self._mark_trials(runs, record, best)
         for path in files.values():
-            self._call("log_artifact", parent, str(path))
+            self._log_artifact(parent, path)
         summary: dict[str, float | None] = {
             "n_trials": len(record.trials),
             "n_complete": len(record.completed),
@@ -500,6 +527,12 @@ class Tracker:
             name = trial_run_name(trial, chosen=chosen)
             if run.info.run_name != name:
                 self._call("update_run", run.info.run_id, name=name)
+
+
+def storage_tag(storage: str) -> str:
+    """The ``optuna.storage`` tag: the storage URL with a relative path made absolute (a
+    relative one would depend on the folder the search ran in) and any password masked."""
+    return param_value(redact(absolute_storage(storage)), MAX_TAG_VALUE)
 
 
 def _study_description(record: StudyRecord, best: TrialRecord | None) -> str:

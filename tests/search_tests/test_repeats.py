@@ -1,6 +1,8 @@
 """No configuration is trained twice in one study: a trial whose configuration an earlier
 trial ran (the same signature: the same channels and weights kept per layer) takes the
-earlier result, is marked as a repeat, and counts once on the front."""
+earlier result, is marked as a repeat, and counts once on the front: autoprune's and
+Optuna's (a repeat is stored as stopped, so ``study.best_trials`` and optuna-dashboard list
+each configuration once)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset
 from autoprune.projection import Projector
 from autoprune.search import SearchSettings, run_search
+from autoprune.search.records import REASON_ATTR, SIGNATURE_ATTR
 
 FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 
@@ -65,5 +68,13 @@ def test_a_repeated_configuration_is_not_trained_again(tmp_path: Path, digits_ba
     import optuna
 
     study = optuna.load_study(study_name="rep", storage=settings.storage)
+    # in Optuna a repeat is stopped with its reason, so its best trials hold each configuration once
+    assert len(study.trials) == 3  # still exactly --trials finished trials
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED", "PRUNED"]
+    assert {t.user_attrs[REASON_ATTR] for t in study.trials[1:]} == {
+        f"same configuration as trial {first.number}: its result, counted once"}
+    best = study.best_trials
+    signatures = [t.user_attrs[SIGNATURE_ATTR] for t in best]
+    assert len(signatures) == len(set(signatures)) and [t.number for t in best] == [first.number]
     constraints = [{k: v for k, v in t.system_attrs.items() if k.startswith("constraints")} for t in study.trials]
     assert constraints[0] and all(c == constraints[0] for c in constraints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from mlflow import MlflowClient
 
 from autoprune.search.records import TrialRecord, mark_pareto
-from autoprune.tracking import DEFAULT_TRACKING_URI, Tracker
+from autoprune.tracking import DEFAULT_TRACKING_URI, Connection, Tracker, trial_tags
+from autoprune.tracking.keys import trial_run_name
 
 PARENT_ARTIFACTS = {
     "pareto.html",
@@ -80,7 +82,8 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     note = exp.tags["mlflow.note.content"]
     assert "digits-cnn on digits" in note and "budget 1.00%" in note and "Chosen: trial 1" in note
     assert tracker.ui_hint(record.meta.name).endswith(
-        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        "&searchFilter=tags.%60autoprune.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60speedup%60&orderByAsc=false")
 
     # parent: settings, dense baseline, storage, summary
     p = parent.data
@@ -94,7 +97,9 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     )
     assert float(p.params["dense_accuracy"]) == pytest.approx(0.97)
     assert p.metrics["dense_latency_ms"] == pytest.approx(10.0)
-    assert p.tags["optuna.storage"] == record.storage and p.tags["optuna.study_name"] == record.meta.name
+    # the storage as an absolute URL: record.storage is relative to the folder the search ran in
+    assert p.tags["optuna.storage"] == f"sqlite:///{Path('runs/optuna.db').resolve()}"
+    assert p.tags["optuna.study_name"] == record.meta.name
     assert p.metrics["n_trials"] == 6 and p.metrics["n_complete"] == 4 and p.metrics["n_feasible"] == 3
     assert p.metrics["best_feasible_speedup"] == pytest.approx(2.0)
     assert p.metrics["best_feasible_accuracy"] == pytest.approx(0.965)
@@ -418,7 +423,61 @@ def test_a_tracked_search_ends_with_the_experiments_link_in_the_model_training_v
     out = capsys.readouterr().out
     exp = MlflowClient(tracking_uri="sqlite:///r/mlflow.db").get_experiment_by_name(record.meta.name)
     last = out.rstrip().splitlines()[-1]
-    assert last.startswith("MLflow: mlflow ui --backend-store-uri sqlite:///") and last.endswith(
-        f"/r/mlflow.db, then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}?workflowType=machine_learning")
+    # the database and its artifacts are named relative to this folder: the command says where to run it
+    assert last.startswith(f"MLflow: mlflow ui --backend-store-uri sqlite:///r/mlflow.db (in {Path.cwd()})")
+    assert f", then http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning&" in last
     assert cli.main(["search", "--budget", "1%", "--runs-dir", "r", "--no-tracking"]) == 0
     assert "MLflow:" not in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- a mirror that moves
+
+
+def test_runs_folder_moves_with_its_artifacts(tmp_path, monkeypatch, record, _mlflow_template_db):
+    # a search in project/ with the default URI; then runs/ is copied to elsewhere/ and the original removed
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    (project / "runs").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(_mlflow_template_db, project / "runs" / "mlflow.db")
+    monkeypatch.chdir(project)
+    tracker = Tracker(warn=pytest.fail)
+    tracker.sync_study(record, lambda t: f"trial: {t.number}\n", figures=False)
+    client = MlflowClient(tracking_uri=DEFAULT_TRACKING_URI)
+    parent, trials = _runs(client, record.meta.name)
+    assert client.get_experiment_by_name(record.meta.name).artifact_location == "runs/mlartifacts/digits-search"
+    assert parent.info.artifact_uri.startswith("runs/mlartifacts/digits-search/")  # nothing names project/
+    assert (project / parent.info.artifact_uri / "best_config.yaml").is_file()
+    # the folder MLflow's own writers (the deployable model) must resolve the location from
+    assert Connection.resolve(DEFAULT_TRACKING_URI).location_base(parent.info.artifact_uri) == project.resolve()
+    # the Optuna storage tag names one database, whatever folder it is read from
+    assert parent.data.tags["optuna.storage"] == f"sqlite:///{project.resolve()}/runs/optuna.db"
+
+    shutil.copytree(project / "runs", elsewhere / "runs")
+    shutil.rmtree(project)
+    monkeypatch.chdir(elsewhere)
+    moved = MlflowClient(tracking_uri="sqlite:///runs/mlflow.db")  # plain MLflow, beside the copy
+    assert {a.path for a in moved.list_artifacts(parent.info.run_id)} == {
+        "best_config.yaml", "dense_baseline.json", "study_meta.json"}
+    got = moved.download_artifacts(trials[1].info.run_id, "config.yaml", str(tmp_path))
+    assert Path(got).read_text() == "trial: 1\n"
+
+    # autoprune writes beside the database even from another folder, through an absolute URI
+    monkeypatch.chdir(tmp_path)
+    again = Tracker(f"sqlite:///{elsewhere / 'runs' / 'mlflow.db'}", warn=pytest.fail)
+    again.log_trial(record.meta, record.trials[2], config_yaml="trial: 2 again\n")
+    assert not (tmp_path / "runs").exists()
+    t2 = trials[2].info.artifact_uri
+    assert (elsewhere / t2 / "config.yaml").read_text() == "trial: 2 again\n"
+
+
+def test_a_repeated_configuration_is_named_and_tagged_as_a_repeat(record):
+    # trial 6 reused trial 1's result, trial 7 repeated the stopped trial 4
+    first, stopped = record.trials[1], record.trials[4]
+    again = dataclasses.replace(first, number=6, repeat_of=1, pareto=False)
+    stopped_again = dataclasses.replace(stopped, number=7, repeat_of=4)
+    assert trial_run_name(again) == trial_run_name(first).replace("t01", "t06") + " = t01"
+    assert trial_run_name(stopped_again).endswith("| stopped = t04")
+    tags = trial_tags(again)
+    assert tags["outcome"] == "repeat" and tags["repeat_of"] == "1"  # out of `tags.outcome = 'within-budget'`
+    assert trial_tags(stopped_again)["outcome"] == "repeat" and trial_tags(first)["outcome"] == "within-budget"
+    assert "repeat_of" not in trial_tags(first)
