@@ -27,7 +27,6 @@ from plotly.subplots import make_subplots
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
 from autoprune.search.records import StudyRecord, TrialRecord
-from autoprune.text import percent
 
 __all__ = [
     "importance_figure",
@@ -88,22 +87,24 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     done = [t for t in record.completed if t.repeat_of is None]
     chosen = chosen if chosen is not None else record.best_feasible()
     fig = go.Figure()
+    k = 100.0 if meta.percent else 1.0  # accuracy in %, any other metric as it is
+    unit, name = ("%", meta.metric) if meta.percent else ("", html.escape(meta.metric))
 
     def scatter(trials: list[TrialRecord], name: str, colour: str, symbol: str) -> None:
         fig.add_trace(
             go.Scatter(
                 x=[t.latency_ms for t in trials],
-                y=[100 * t.accuracy for t in trials],
+                y=[k * t.accuracy for t in trials],
                 mode="markers",
                 name=name,
                 marker={"color": colour, "symbol": symbol, "size": 9, "line": {"width": 1, "color": "white"}},
                 customdata=[
                     [t.number, speedup_label(t), "<br>".join(html.escape(x) for x in layers_text(t, "\n").split("\n")),
-                     percent(t.accuracy_drop)]
+                     meta.fmt_drop(t.accuracy_drop)]
                     for t in trials
                 ],
                 hovertemplate=(
-                    "trial %{customdata[0]}<br>accuracy %{y:.2f}% (drop %{customdata[3]})<br>"
+                    f"trial %{{customdata[0]}}<br>{name} %{{y:.4g}}{unit} (drop %{{customdata[3]}})<br>"
                     "latency %{x:.4g} ms<br>speedup %{customdata[1]}<br>%{customdata[2]}<extra></extra>"
                 ),
             )
@@ -116,7 +117,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     fig.add_trace(
         go.Scatter(
             x=[t.latency_ms for t in front],
-            y=[100 * t.accuracy for t in front],
+            y=[k * t.accuracy for t in front],
             mode="lines",
             name="Pareto front",
             line={"color": _FRONT_COLOUR, "width": 2, "dash": "dot"},
@@ -128,13 +129,13 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
         fig.add_trace(
             go.Scatter(
                 x=[t.latency_ms for t in uniform],
-                y=[100 * t.accuracy for t in uniform],
+                y=[k * t.accuracy for t in uniform],
                 mode="lines+markers",
                 name="uniform (one rate on every layer)",
                 line={"color": _UNIFORM_COLOUR, "width": 1.5},
                 marker={"color": _UNIFORM_COLOUR, "symbol": "square", "size": 8},
                 customdata=[[t.number, speedup_label(t), html.escape(t.sparsity_summary())] for t in uniform],
-                hovertemplate=("uniform trial %{customdata[0]}: %{customdata[2]}<br>accuracy %{y:.2f}%<br>"
+                hovertemplate=(f"uniform trial %{{customdata[0]}}: %{{customdata[2]}}<br>{name} %{{y:.4g}}{unit}<br>"
                                "latency %{x:.4g} ms (%{customdata[1]})<extra></extra>"),
             )
         )
@@ -142,7 +143,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
         fig.add_trace(
             go.Scatter(
                 x=[chosen.latency_ms],
-                y=[100 * chosen.accuracy],
+                y=[k * chosen.accuracy],
                 mode="markers",
                 name=f"chosen (trial {chosen.number})",
                 marker={"color": "rgba(0,0,0,0)", "symbol": "circle", "size": 20,
@@ -153,7 +154,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     fig.add_trace(
         go.Scatter(
             x=[meta.dense_latency_ms],
-            y=[100 * meta.dense_accuracy],
+            y=[k * meta.dense_accuracy],
             mode="markers",
             name="dense",
             marker={
@@ -162,7 +163,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
                 "size": 16,
                 "line": {"width": 1, "color": "black"},
             },
-            hovertemplate="dense baseline<br>accuracy %{y:.2f}%<br>latency %{x:.4g} ms<extra></extra>",
+            hovertemplate=f"dense baseline<br>{name} %{{y:.4g}}{unit}<br>latency %{{x:.4g}} ms<extra></extra>",
         )
     )
 
@@ -170,24 +171,26 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     lats = [x for x in lats if x is not None and math.isfinite(x)]
     lo, hi = (min(lats), max(lats)) if lats else (0.0, 1.0)
     pad = 0.05 * (hi - lo) if hi > lo else 0.5 * max(abs(hi), 1e-9)
-    floor = 100 * (meta.dense_accuracy - meta.allowed_drop())
+    sign = -1.0 if meta.direction == "maximize" else 1.0
+    floor = k * (meta.dense_accuracy + sign * meta.allowed_drop())
+    worst = "lowest" if meta.direction == "maximize" else "highest"
     fig.add_trace(
         go.Scatter(
             x=[lo - pad, hi + pad],
             y=[floor, floor],
             mode="lines",
-            name=f"budget (drop ≤ {100 * meta.allowed_drop():.3g} points)",
+            name=html.escape(f"budget (drop ≤ {meta.fmt_drop(meta.allowed_drop())})"),
             line={"color": _BUDGET_COLOUR, "width": 1.5, "dash": "dash"},
-            hovertemplate=f"lowest accuracy within budget: {floor:.2f}%<extra></extra>",
+            hovertemplate=f"{worst} {name} within budget: {floor:.4g}{unit}<extra></extra>",
             meta="budget",
         )
     )
     fig.update_layout(
         title=html.escape(
-            f"{meta.name}: accuracy vs measured latency on {meta.device_description or meta.device}"
+            f"{meta.name}: {meta.metric} vs measured latency on {meta.device_description or meta.device}"
         ),
         xaxis_title=html.escape(f"latency (ms per batch of {meta.latency_batch}, {meta.dtype}, median)"),
-        yaxis_title="validation accuracy (%)",
+        yaxis_title=f"validation {name}" + (" (%)" if meta.percent else ""),
         height=520,
         legend={"orientation": "h", "y": -0.18},
         margin={"l": 60, "r": 20, "t": 60, "b": 40},

@@ -49,21 +49,21 @@ def _figure_div(fig: go.Figure) -> str:
 def _settings_rows(record: StudyRecord) -> list[tuple[str, str]]:
     m = record.meta
     if m.budget_mode == "relative":
-        budget = f"drop ≤ {100 * m.budget:.3g}% of the dense accuracy (= {100 * m.allowed_drop():.3g} points)"
+        budget = f"drop ≤ {100 * m.budget:.3g}% of the dense {m.metric} (= {m.fmt_drop(m.allowed_drop())})"
     else:
-        budget = f"drop ≤ {100 * m.budget:.3g} points"
+        budget = f"drop ≤ {m.fmt_drop(m.budget)}"
     rows = [
         ("study", m.name),
         ("model", m.model),
         ("dataset", m.dataset),
         ("checkpoint", m.checkpoint),
         ("device", m.device_description or m.device),
-        ("accuracy budget", budget),
+        (f"{m.metric} budget", budget),
         ("latency", f"batch {m.latency_batch}, {m.dtype}"),
         ("search space", m.space),
         ("sampler", f"{m.sampler}, seed {m.seed}"),
         ("ADMM", ", ".join(f"{k}={v}" for k, v in m.admm.items()) or "–"),
-        ("dense accuracy", f"{percent(m.dense_accuracy)} validation, {percent(m.dense_test_accuracy)} test"),
+        (f"dense {m.metric}", f"{m.fmt(m.dense_accuracy)} validation, {m.fmt(m.dense_test_accuracy)} test"),
         ("dense latency", f"{m.dense_latency_ms:.4g} ms median, {m.dense_latency_p90_ms:.4g} ms p90"),
         ("dense MACs / params", f"{si_count(m.dense_macs)} / {si_count(m.dense_params)}"),
         ("Optuna storage", record.storage),
@@ -73,8 +73,9 @@ def _settings_rows(record: StudyRecord) -> list[tuple[str, str]]:
 
 
 def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
+    m = record.meta
     head = (
-        "<tr><th>#</th><th class='l'>state</th><th>accuracy</th><th>drop</th><th>latency (ms)</th>"
+        f"<tr><th>#</th><th class='l'>state</th><th>{html.escape(m.metric)}</th><th>drop</th><th>latency (ms)</th>"
         "<th>speedup</th><th>MACs</th><th>params</th><th>sparsity</th><th class='l'>layers</th>"
         "<th class='l'>proposed by</th><th class='l'>feasible</th><th class='l'>Pareto</th>"
         "<th class='l'>note</th></tr>"
@@ -99,8 +100,8 @@ def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
         cells = [
             f"<td>{t.number}</td>",
             f"<td class='l'>{html.escape(t.state)}</td>",
-            f"<td>{percent(t.accuracy)}</td>",
-            f"<td>{number(None if t.accuracy_drop is None else 100 * t.accuracy_drop, '.2f', ' pt')}</td>",
+            f"<td>{html.escape(m.fmt(t.accuracy))}</td>",
+            f"<td>{html.escape(m.fmt_drop(t.accuracy_drop))}</td>",
             f"<td>{number(t.latency_ms, '.4g')}</td>",
             f"<td>{speedup_label(t)}</td>",
             f"<td>{si_count(t.macs)}</td>",
@@ -162,7 +163,7 @@ def write_report(
     if best is not None:
         summary += (
             f" Fastest within the budget: trial {best.number}, {final_speedup_label(best)} "
-            f"({number(best.latency_ms, '.4g')} ms) at {percent(best.accuracy)} accuracy."
+            f"({number(best.latency_ms, '.4g')} ms) at {meta.metric} {meta.fmt(best.accuracy)}."
         )
     uniform = record.best_uniform()
     if uniform is not None and best is not None and not best.is_dense:
@@ -178,7 +179,7 @@ def write_report(
         add(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(value))}</td></tr>")
     add("</table>")
 
-    add("<h2>Accuracy against measured latency</h2>")
+    add(f"<h2>{html.escape(meta.metric[:1].upper() + meta.metric[1:])} against measured latency</h2>")
     add(_figure_div(pareto_figure(record, chosen)))
 
     add("<h2>Trials</h2>")
@@ -190,11 +191,11 @@ def write_report(
 
     add("<h2>Chosen configuration</h2>")
     if chosen is None and chosen_yaml is None:
-        add("<p>No trial is within the accuracy budget yet.</p>")
+        add(f"<p>No trial is within the {html.escape(meta.metric)} budget yet.</p>")
     else:
         if chosen is not None:
             add(
-                f"<p>Trial {chosen.number}: {percent(chosen.accuracy)} accuracy, "
+                f"<p>Trial {chosen.number}: {html.escape(meta.metric)} {html.escape(meta.fmt(chosen.accuracy))}, "
                 f"{number(chosen.latency_ms, '.4g')} ms, {html.escape(speedup_label(chosen))}, "
                 f"{html.escape(chosen.sparsity_summary())}.</p>"
             )

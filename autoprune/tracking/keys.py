@@ -106,6 +106,8 @@ def settings_params(meta: StudyMeta) -> dict[str, Any]:
         "sampler": meta.sampler,
         "seed": meta.seed,
         "objectives": ",".join(meta.objectives),
+        "metric": meta.metric,
+        "direction": meta.direction,
     }
     out.update({f"admm.{k}": v for k, v in meta.admm.items()})
     out.update({f"version.{k}": v for k, v in meta.versions.items()})
@@ -137,13 +139,14 @@ def trial_params(meta: StudyMeta, trial: TrialRecord) -> dict[str, str]:
     return {mlflow_key(k): param_value(v) for k, v in out.items()}
 
 
-def trial_metrics(trial: TrialRecord) -> list[tuple[str, float, int]]:
-    """``(key, value, step)`` of a trial: the measured numbers at step 0, then the ADMM
-    residual and the training loss as histories (step = iteration / epoch index)."""
+def trial_metrics(trial: TrialRecord, metric: str = "accuracy") -> list[tuple[str, float, int]]:
+    """``(key, value, step)`` of a trial: the measured numbers at step 0 (the study's metric
+    under its own name: ``accuracy``, ``accuracy_drop``, ``hard_prune_accuracy``), then the
+    ADMM residual and the training loss as histories (step = iteration / epoch index)."""
     scalars = {
-        "accuracy": trial.accuracy,
-        "accuracy_drop": trial.accuracy_drop,
-        "hard_prune_accuracy": trial.hard_prune_accuracy,
+        metric: trial.accuracy,
+        f"{metric}_drop": trial.accuracy_drop,
+        f"hard_prune_{metric}": trial.hard_prune_accuracy,
         "latency_ms": trial.latency_ms,
         "latency_p90_ms": trial.latency_p90_ms,
         "speedup": trial.speedup,
@@ -152,7 +155,7 @@ def trial_metrics(trial: TrialRecord) -> list[tuple[str, float, int]]:
         "sparsity": trial.sparsity,
         "seconds": trial.seconds,
     }
-    out = [(k, float(v), 0) for k, v in scalars.items() if v is not None]
+    out = [(mlflow_key(k), float(v), 0) for k, v in scalars.items() if v is not None]
     out += [("admm_residual", float(v), i) for i, v in enumerate(trial.residuals) if v is not None]
     out += [("train_loss", float(v), i) for i, v in enumerate(trial.train_losses) if v is not None]
     return out
@@ -198,7 +201,7 @@ def _short_layer(name: str) -> str:
     return name if len(parts) <= 3 else ".".join(parts[-2:])
 
 
-def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
+def trial_run_name(trial: TrialRecord, *, chosen: bool = False, meta: StudyMeta | None = None) -> str:
     """A trial run's name that says what it is: ``t07 filter70 conv1,conv2 | 96.5% 3.80x``.
 
     The targets grouped by type and rate, each with its layers (``×N`` where the names
@@ -220,7 +223,8 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False) -> str:
         what = listed if len(listed) <= 56 else counted
     if trial.state == "COMPLETE" and trial.accuracy is not None:
         speed = trial.final_speedup
-        result = f"{100 * trial.accuracy:.1f}%" + (f" {speed:.2f}x" if speed is not None else "")
+        shown = meta.fmt(trial.accuracy) if meta is not None else f"{100 * trial.accuracy:.1f}%"
+        result = shown + (f" {speed:.2f}x" if speed is not None else "")
         if trial.feasible is False:
             result += " over budget"
         if trial.repeat_of is not None:

@@ -92,6 +92,7 @@ class _StudyRuns:
     experiment_id: str
     parent_run_id: str
     trial_runs: dict[int, str]  # trial number -> run id, filled lazily
+    meta: StudyMeta | None = None  # the study's settings (the metric's name and format)
 
 
 class Tracker:
@@ -206,7 +207,7 @@ class Tracker:
             if storage is not None:
                 tags[STORAGE_TAG] = storage_tag(storage)
             parent_id = self._call("create_run", exp_id, run_name=meta.name, tags=tags).info.run_id
-        runs = _StudyRuns(exp_id, parent_id, {})
+        runs = _StudyRuns(exp_id, parent_id, {}, meta)
         self._studies[meta.name] = runs
         return runs
 
@@ -229,7 +230,7 @@ class Tracker:
             return run.info.run_id, run
         tags = {PARENT_TAG: runs.parent_run_id, ROLE_TAG: "trial", "trial_number": str(number)}
         start = int(1000 * (time.time() - (trial.seconds or 0.0)))
-        run = self._call("create_run", runs.experiment_id, run_name=trial_run_name(trial), tags=tags,
+        run = self._call("create_run", runs.experiment_id, run_name=trial_run_name(trial, meta=runs.meta), tags=tags,
                          start_time=start)
         runs.trial_runs[number] = run.info.run_id
         return run.info.run_id, None
@@ -341,14 +342,14 @@ class Tracker:
             existing = self._call("get_run", runs.parent_run_id)
             params = {mlflow_key(k): param_value(v) for k, v in settings_params(meta).items()}
             dense = {
-                "dense_accuracy": meta.dense_accuracy,
-                "dense_test_accuracy": meta.dense_test_accuracy,
+                f"dense_{meta.metric}": meta.dense_accuracy,
+                f"dense_test_{meta.metric}": meta.dense_test_accuracy,
                 "dense_latency_ms": meta.dense_latency_ms,
                 "dense_latency_p90_ms": meta.dense_latency_p90_ms,
                 "dense_macs": meta.dense_macs,
                 "dense_params": meta.dense_params,
             }
-            params.update({k: param_value(v) for k, v in dense.items()})
+            params.update({mlflow_key(k): param_value(v) for k, v in dense.items() if v is not None})
             tags = {
                 ROLE_TAG: "study",
                 STUDY_NAME_TAG: meta.name,
@@ -374,13 +375,13 @@ class Tracker:
             self._log(
                 run_id,
                 params=trial_params(meta, trial),
-                metrics=trial_metrics(trial),
+                metrics=trial_metrics(trial, meta.metric),
                 tags=trial_tags(trial),
                 existing=existing,
             )
             if config_yaml is not None:
                 self._log_text(run_id, config_yaml, "config.yaml")
-            name = trial_run_name(trial)
+            name = trial_run_name(trial, meta=meta)
             if existing is not None and existing.info.run_name != name:
                 self._call("update_run", run_id, name=name)
             status = _STATUS.get(trial.state)
@@ -492,7 +493,7 @@ class Tracker:
             "n_feasible": len(record.feasible),
             "n_pareto": len(record.front),
             "best_feasible_speedup": best.speedup if best else None,
-            "best_feasible_accuracy": best.accuracy if best else None,
+            f"best_feasible_{record.meta.metric}": best.accuracy if best else None,
             "best_feasible_latency_ms": best.latency_ms if best else None,
         }
         step = len(record.trials)
@@ -502,7 +503,7 @@ class Tracker:
             speedup = f"{best.speedup:.2f}x, " if best.speedup is not None else ""
             tags["mlflow.note.content"] = (
                 f"Fastest within the budget: trial {best.number} ({speedup}{best.latency_ms:.4g} ms) at "
-                f"{percent(best.accuracy)} accuracy; {len(record.front)} trials on the Pareto front."
+                f"{record.meta.metric} {record.meta.fmt(best.accuracy)}; {len(record.front)} trials on the Pareto front."
             )
         self._log(parent, metrics=metrics, tags=tags)
         self._call("set_experiment_tag", runs.experiment_id, NOTE_TAG, _study_description(record, best))
@@ -524,7 +525,7 @@ class Tracker:
             for key, value in want.items():
                 if run.data.tags.get(key) != value:
                     self._call("set_tag", run.info.run_id, key, value)
-            name = trial_run_name(trial, chosen=chosen)
+            name = trial_run_name(trial, chosen=chosen, meta=record.meta)
             if run.info.run_name != name:
                 self._call("update_run", run.info.run_id, name=name)
 
@@ -538,12 +539,13 @@ def storage_tag(storage: str) -> str:
 def _study_description(record: StudyRecord, best: TrialRecord | None) -> str:
     """The experiment's description: what was searched, and the best result."""
     m = record.meta
-    text = (f"autoprune search of {m.model} on {m.dataset}, {m.device_description}, budget {percent(m.budget)} "
-            f"({m.budget_mode}), latency at batch {m.latency_batch} {m.dtype}. {len(record.trials)} trials, "
+    budget = f"{percent(m.budget)} of dense" if m.budget_mode == "relative" else m.fmt_drop(m.budget)
+    text = (f"autoprune search of {m.model} on {m.dataset}, {m.device_description}, budget: {m.metric} at most "
+            f"{budget} worse than dense, latency at batch {m.latency_batch} {m.dtype}. {len(record.trials)} trials, "
             f"{len(record.feasible)} within the budget, {len(record.front)} on the Pareto front. ")
     if best is None:
         return text + "No pruned trial kept the budget."
     speed = best.final_speedup
-    return text + (f"Chosen: trial {best.number} ({best.sparsity_summary()}), {percent(best.accuracy)} validation "
-                   f"accuracy, {best.latency_ms:.4g} ms" + (f", {speed:.2f}x faster than dense" if speed else "")
+    return text + (f"Chosen: trial {best.number} ({best.sparsity_summary()}), validation {m.metric} "
+                   f"{m.fmt(best.accuracy)}, {best.latency_ms:.4g} ms" + (f", {speed:.2f}x faster than dense" if speed else "")
                    + ". Runs: filter `tags.chosen = 'true'`, `tags.outcome = 'within-budget'` or `tags.pareto = 'true'`.")
