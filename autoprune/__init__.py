@@ -38,6 +38,8 @@ def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the API's names lo
     if module is None:
         raise AttributeError(f"module 'autoprune' has no attribute '{name}'")
     value = getattr(importlib.import_module(module), name)
+    if name == "search":  # the search package, callable as autoprune.api.search (see autoprune.search)
+        value = importlib.import_module("autoprune.search")
     globals()[name] = value
     return value
 

@@ -234,7 +234,7 @@ def prune_with(
             spent on masked retraining after a one-shot magnitude prune.
 
     Returns:
-        The hard-prune masks (parameter name -> 0/1 tensor) and the run's history.
+        The hard-prune masks (parameter name -> bool, True: kept) and the run's history.
     """
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")

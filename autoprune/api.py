@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,7 +180,7 @@ class PruneResult:
     Attributes:
         model: The pruned model: the user's architecture with pruned weights at zero, a plain
             ``nn.Module`` (no hooks, no parametrizations, no extra attributes).
-        masks: Parameter name -> 0/1 tensor (1: kept).
+        masks: Parameter name -> bool tensor (True: kept).
         targets: Layer -> its sparsity type and rate.
         history: ADMM residuals per iteration, notes.
         dense_score: The metric of the dense model (None without ``evaluate``).
@@ -356,3 +357,11 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
     return Deployable(model=model, kernels={k: c.form for k, c in result.choices.items()}, max_abs_diff=diff,
                       speedup=dense_ms / pruned_ms, latency_ms={"dense": dense_ms, "pruned": pruned_ms}, batch=batch,
                       device=str(dev), example_inputs=x)
+
+
+# ``autoprune.search`` is the search package made callable (autoprune.search.__init__): its
+# help() starts with this function's, so that help(autoprune.search) is enough to start
+_package = sys.modules["autoprune.search"]
+if not (_package.__doc__ or "").startswith("autoprune.search("):
+    _package.__doc__ = ("autoprune.search(model, example_inputs, *, train, evaluate, ...) -> SearchResult\n\n"
+                        + (search.__doc__ or "") + "\n\nThe package behind it:\n\n" + (_package.__doc__ or ""))

@@ -17,6 +17,16 @@ parameters of the model being pruned:
   moments) are zeroed again, which also undoes any decoupled weight decay or other
   update that does not come from the gradient.
 
+How far a W-step pulls depends on the optimizer. SGD moves a weight by about ``lr · ρ ·
+(W − Z + U)`` per step: a contraction toward Z. Adam and its kin normalise each
+coordinate's step to about ``lr`` whatever the gradient's size, so a W-step moves a weight
+by at most ``lr × steps``: small weights (conv and linear weights) reach Z, but a
+BatchNorm scale near 1 coupled to a pruned filter barely moves in a short W-step. Measured
+on digits (``tests/api_tests``): with AdamW at lr 3e-3, four W-steps of half an epoch took
+a linear layer's distance to its 75% sparse set from 0.53 (no penalty) to 0.20, but a
+filter group with its BatchNorm only from 0.86 to 0.78 even at ρ = 5000. With an Adam-type
+loop, give ADMM longer W-steps or use ``method="magnitude"``.
+
 Both count the optimizer steps they saw: a ``train`` that never stepped a
 ``torch.optim`` optimizer over the model's parameters is reported as a
 :class:`~autoprune.errors.UserError` (autoprune could not have acted on it). When the

@@ -1,5 +1,8 @@
-"""The search: Optuna over per-layer sparsity types and rates, scored by validation
-accuracy and latency measured on the target device, under an accuracy budget.
+"""The search: Optuna over per-layer sparsity types and rates, scored by a validation metric
+and latency measured on the target device, under a budget on the metric.
+
+Called, ``autoprune.search(model, example_inputs, train=..., evaluate=...)`` runs
+:func:`autoprune.api.search` (the Python API's entry point; its docstring has every argument).
 
 * :mod:`~autoprune.search.settings` — what a run is asked (frozen, checked up front);
 * :mod:`~autoprune.search.space` — YAML search spaces → Optuna suggestions;
@@ -14,6 +17,10 @@ accuracy and latency measured on the target device, under an accuracy budget.
 * :mod:`~autoprune.search.configs` — a trial as a ``prune --config`` YAML;
 * :mod:`~autoprune.search.summary` — what a run did, and the end-of-run table.
 """
+
+import sys
+import types
+from typing import Any
 
 from autoprune.search.callbacks import ArtifactsCallback, SearchCallback, SearchEnd, TrackerCallback
 from autoprune.search.configs import best_config_yaml
@@ -45,3 +52,16 @@ __all__ = [
     "run_search",
     "study_record",
 ]
+
+
+class _CallableSearch(types.ModuleType):
+    """``autoprune.search`` is both this package and the API's entry point: calling it runs
+    :func:`autoprune.api.search` (the package keeps its name, the call its natural one)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SearchResult:  # noqa: ANN401
+        from autoprune.api import search
+
+        return search(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableSearch

@@ -1,0 +1,225 @@
+"""The Python API on a user's own model, loop and metric (issue: the user's train(model, epochs)
+needs no change; the model is left plain; bad input raises autoprune.UserError)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.optim import optimizer as optim_module
+
+import autoprune
+from autoprune.admm import Schedule, admm_phase
+from autoprune.config import LayerTarget
+from autoprune.groups import ChannelGraph
+from autoprune.projection import Projector
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(d.target)
+    return {"x": x[:1200], "y": y[:1200], "vx": x[1200:1500], "vy": y[1500 - 300:1500]}
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(F.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(x.flatten(1))
+
+
+def make_train(data, calls: list[int] | None = None, optimizer: str = "adamw"):  # noqa: ANN001, ANN201
+    """A user's loop: its own optimizer, label smoothing, bfloat16 autocast, epochs as the unit."""
+
+    def train(model: nn.Module, epochs: float) -> float:
+        if calls is not None:
+            calls.append(0)
+        if optimizer == "adamw":
+            opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.05)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+        g = torch.Generator().manual_seed(len(calls or []))
+        model.train()
+        steps = max(1, round(epochs * len(data["x"]) / 64))
+        for _ in range(steps):
+            idx = torch.randint(0, len(data["x"]), (64,), generator=g)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(data["x"][idx]), data["y"][idx], label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if calls is not None:
+                calls[-1] += 1
+            opt.step()
+        return float(loss.detach())
+
+    return train
+
+
+def make_accuracy(data):  # noqa: ANN001, ANN201
+    @torch.no_grad()
+    def accuracy(model: nn.Module) -> float:
+        model.eval()
+        return float((model(data["vx"]).argmax(1) == data["vy"]).float().mean())
+
+    return accuracy
+
+
+@pytest.fixture(scope="module")
+def trained(data) -> nn.Module:  # noqa: ANN001
+    torch.manual_seed(0)
+    model = Net()
+    make_train(data)(model, 4)
+    return model
+
+
+def _module_state(model: nn.Module) -> dict[str, tuple]:
+    """What could be left behind on a module: its attribute names, its hooks, parametrizations."""
+    out = {}
+    for name, m in model.named_modules():
+        hooks = tuple(len(getattr(m, h)) for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks",
+                                                    "_backward_pre_hooks", "_state_dict_hooks",
+                                                    "_load_state_dict_pre_hooks"))
+        out[name] = (tuple(sorted(vars(m))), hooks, parametrize.is_parametrized(m),
+                     tuple(sorted(n for n, _ in m.named_parameters(recurse=False))))
+    return out
+
+
+def test_prune_through_the_users_loop_leaves_a_plain_model_and_no_step_moves_a_masked_weight(data, trained):
+    original = copy.deepcopy(trained.state_dict())
+    reference = _module_state(copy.deepcopy(trained))
+    global_hooks = (len(optim_module._global_optimizer_pre_hooks), len(optim_module._global_optimizer_post_hooks))
+    calls: list[int] = []
+    snapshots: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    # registered before autoprune's: runs right after the optimizer's own update, before
+    # autoprune zeroes anything again, so it sees what the optimizer itself did
+    def watch(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        snapshots.append((len(calls), {n: p.detach().clone() for n, p in zip(
+            ("conv1.weight", "conv2.weight", "fc.weight"), [opt.param_groups[0]["params"][i] for i in (0, 4, 8)])}))
+
+    handle = optim_module.register_optimizer_step_post_hook(watch)
+    try:
+        result = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "shape:0.6", "fc": "irregular:0.7"},
+                                 train=make_train(data, calls), example_inputs=data["x"][:1],
+                                 evaluate=make_accuracy(data), schedule=Schedule(iters=2, admm_amount=0.5,
+                                                                                 retrain_amount=1.0))
+    finally:
+        handle.remove()
+    model = result.model
+    # the user's model is untouched; the pruned copy carries nothing of autoprune's
+    assert all(torch.equal(original[k], v) for k, v in trained.state_dict().items())
+    assert _module_state(model) == reference
+    assert (len(optim_module._global_optimizer_pre_hooks), len(optim_module._global_optimizer_post_hooks)) == global_hooks
+    assert all(p._backward_hooks is None for p in model.parameters())
+    assert type(model) is Net
+    # the masks hold: pruned weights are zero, and during retraining (the last call of
+    # train) no optimizer step ever moved one of them, AdamW's decoupled weight decay included
+    assert len(calls) == 3  # two ADMM W-steps, one masked retraining
+    masks = result.masks
+    named = dict(model.named_parameters())
+    for name in ("conv1.weight", "conv2.weight", "fc.weight"):
+        assert masks[name].dtype == torch.bool and not named[name].detach()[~masks[name]].any()
+    retrain_steps = [s for call, s in snapshots if call == 3]
+    assert len(retrain_steps) == calls[-1] > 0
+    for step in retrain_steps:
+        for name, w in step.items():
+            assert not w[~masks[name]].any(), name
+    # and the sparsity asked for is there: half the filters of conv1, 70% of fc's weights
+    assert int(masks["conv1.weight"].flatten(1).amax(1).sum()) == 16
+    assert float(masks["fc.weight"].float().mean()) == pytest.approx(0.3, abs=0.01)
+    assert result.score is not None and result.dense_score is not None and result.macs < result.dense_macs
+
+
+def _distance_to_sparse_set(model: nn.Module, projector: Projector) -> float:
+    """||W - Π(W)|| / ||W|| over the constrained weights: 0 when W is already sparse."""
+    named = dict(model.named_parameters())
+    w = {n: named[n].detach() for n in projector.constrained_params}
+    z, _ = projector.project(w)
+    num = sum(float((w[n] - z[n]).pow(2).sum()) for n in w)
+    return (num / sum(float(w[n].pow(2).sum()) for n in w)) ** 0.5
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_admm_penalty_reaches_the_users_optimizer(data, trained, optimizer):
+    """The W-steps are the user's loop with whatever optimizer it builds: with the penalty, W
+    ends far closer to the sparse set than the same loop without it (rho ~ 0). (With Adam a
+    coordinate moves at most about lr per step, so the layer is one without BatchNorm, whose
+    scales near 1 would need hundreds of steps: see autoprune.steering.)"""
+    distance = {}
+    for rho in (1e-9, 5.0):
+        model = copy.deepcopy(trained)
+        graph = ChannelGraph(model, data["x"][:1])
+        projector = Projector(model, graph, {"fc": LayerTarget("irregular", 0.75)})
+        torch.manual_seed(0)
+        admm_phase(model, projector, make_train(data, optimizer=optimizer),
+                   Schedule(iters=4, admm_amount=0.5, retrain_amount=0.0, rho=rho, rho_growth=1.0))
+        distance[rho] = _distance_to_sparse_set(model, projector)
+    assert distance[5.0] < 0.5 * distance[1e-9], distance
+
+
+def test_a_train_function_that_steps_no_optimizer_is_a_user_error(data, trained):
+    def lazy(model: nn.Module, epochs: float) -> None:
+        model(data["x"][:8]).sum().backward()  # gradients, but no optimizer step
+
+    with pytest.raises(autoprune.UserError, match=r"train\(\) ran no optimizer step.*optimizer.step\(\)"):
+        autoprune.prune(trained, {"conv1": "filter:0.5"}, train=lazy, example_inputs=data["x"][:1],
+                        schedule=Schedule(iters=1, admm_amount=1, retrain_amount=1))
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda m, t, e, x: autoprune.prune(m, {"convX*": "filter:0.5"}, train=t, example_inputs=x),
+     "layer pattern 'convX\\*' matches no prunable layer"),
+    (lambda m, t, e, x: autoprune.prune(m, {"conv1": "filter:1.5"}, train=t, example_inputs=x), "rate"),
+    (lambda m, t, e, x: autoprune.prune(m, {"conv1": "diagonal:0.5"}, train=t, example_inputs=x), "diagonal"),
+    (lambda m, t, e, x: autoprune.prune(m, "missing.yaml", train=t, example_inputs=x), "does not exist"),
+    (lambda m, t, e, x: autoprune.prune("resnet", {"conv1": "filter:0.5"}, train=t, example_inputs=x),
+     "model must be a torch.nn.Module"),
+    (lambda m, t, e, x: autoprune.prune(m, {"conv1": "filter:0.5"}, train=t, example_inputs=[1, 2]),
+     "example_inputs must be one input tensor"),
+    (lambda m, t, e, x: autoprune.search(m, x, train=t, evaluate=e, direction="up"), "direction must be"),
+    (lambda m, t, e, x: autoprune.search(m, x, train=t, evaluate=e, budget="150%"), "outside"),
+    (lambda m, t, e, x: autoprune.search(m, x, train=t, evaluate=lambda model: "high"), "must return a number"),
+    (lambda m, t, e, x: autoprune.search(m, x, train=None, evaluate=e), "needs all four"),
+    (lambda m, t, e, x: autoprune.make_deployable(m), "takes what autoprune.prune\\(\\) returned"),
+    (lambda m, t, e, x: autoprune.prune(m, {"conv1": "filter:0.5"}, train=t, example_inputs=x,
+                                        schedule=Schedule(iters=-1)), "'iters'"),
+])
+def test_bad_input_raises_one_user_error_that_says_what_to_fix(data, trained, tmp_path, monkeypatch, call, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(autoprune.UserError, match=message):
+        call(trained, make_train(data), make_accuracy(data), data["x"][:1])
+    assert not (tmp_path / "runs" / "optuna.db").exists() or "must return a number" in message
+
+
+def test_prune_compact_save_and_load_a_user_model(data, trained, tmp_path):
+    """A config from a search's YAML (or a mapping), the deployable, its folder, its ONNX program."""
+    pruned = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "filter:0.5"}, train=make_train(data),
+                             example_inputs=data["x"][:1], evaluate=make_accuracy(data), method="magnitude",
+                             schedule=Schedule(iters=0, retrain_amount=1.0))
+    deployable = autoprune.make_deployable(pruned, data["vx"][:32], batch=64)
+    assert deployable.model.conv1.out_channels == 16 and deployable.model.conv2.out_channels == 16
+    assert deployable.max_abs_diff < 1e-3
+    folder = autoprune.save_pruned(deployable, tmp_path / "out")
+    report = json.loads((folder / "report.json").read_text())
+    assert report["checks"]["onnx_max_abs_diff"] < 1e-4 and report["exports"]["onnx"] == "model.onnx"
+    again = autoprune.load_pruned(folder)
+    with torch.no_grad():
+        assert torch.allclose(again(data["vx"]), deployable.model.cpu()(data["vx"]), atol=1e-5)
+    with pytest.raises(autoprune.UserError, match="exists and is not empty"):
+        autoprune.save_pruned(deployable, folder)
