@@ -84,6 +84,8 @@ def search(
     latency_batch: int | None = None,
     dtype: str = "fp32",
     dataset: str | None = None,
+    checkpoint: str | None = None,
+    data_dir: str | None = None,
     test: EvalFn | None = None,
     resume: bool = False,
     reporter: Reporter | None = None,
@@ -118,6 +120,8 @@ def search(
         runs_dir: Where studies, caches and reports go.
         dataset: A name for your data in reports (default ``user-data``); for a registry
             model, the registry dataset.
+        checkpoint: A registry model's dense checkpoint (default: trained once and cached).
+        data_dir: Where a registry dataset's files are.
         test: ``test(model) -> float`` on held-out data, reported beside (optional).
         resume: Continue an existing study with its stored settings.
         reporter: Progress (default: none; :class:`autoprune.progress.RichReporter` draws bars).
@@ -134,11 +138,13 @@ def search(
     budget_value = parse_budget(budget)
     admm_settings = SEARCH_ADMM
     if isinstance(model, str):
-        if train is not None or evaluate is not None:
+        if train is not None or evaluate is not None or example_inputs is not None:
             raise UserError("a registry model name searches with the built-in loop and accuracy; pass your model "
                             "object to use your own train and evaluate.")
         task, model_name, data_name = None, model, dataset or "digits"
     else:
+        if checkpoint is not None or data_dir is not None:
+            raise UserError("checkpoint and data_dir belong to registry models; your model object is the checkpoint.")
         if example_inputs is None or train is None or evaluate is None:
             raise UserError("autoprune.search(model, example_inputs, train=..., evaluate=...) needs all four for "
                             "your own model (or pass a registry model name such as 'digits-cnn').")
@@ -154,7 +160,8 @@ def search(
                               trials=trials, device=device, latency_batch=latency_batch, dtype=dtype, sampler=sampler,
                               seed=seed, study_name=study_name, storage=storage, resume=resume, space=space,
                               admm=admm_settings, trial_method=method, runs_dir=str(runs_dir),
-                              given=frozenset(given | ({"space"} if space is not None else set())), task=task)
+                              given=frozenset(given | ({"space"} if space is not None else set())), task=task,
+                              checkpoint=checkpoint, data_dir=data_dir)
     hooks = [*callbacks, *_tracking_callbacks(tracking, tracking_uri, str(runs_dir), reporter)]
     return run_search(settings, reporter=reporter, callbacks=hooks)
 

@@ -223,3 +223,56 @@ def test_prune_compact_save_and_load_a_user_model(data, trained, tmp_path):
         assert torch.allclose(again(data["vx"]), deployable.model.cpu()(data["vx"]), atol=1e-5)
     with pytest.raises(autoprune.UserError, match="exists and is not empty"):
         autoprune.save_pruned(deployable, folder)
+
+
+def _trials(url: str, name: str) -> list[tuple]:
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=url)
+    return [(t.number, t.state.name, dict(t.params), None if t.values is None else round(t.values[0], 9))
+            for t in study.trials]
+
+
+@pytest.mark.slow
+def test_the_cli_and_the_api_run_the_same_search(tmp_path, digits_baseline, monkeypatch):
+    """The same digits search through ``autoprune search`` and through ``autoprune.search`` with
+    the built-in loop: the same trials (configurations, states, accuracies) for the same seed."""
+    from autoprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    ckpt = str(digits_baseline[0])
+    url = f"sqlite:///{tmp_path / 'same.db'}"
+    assert main(["search", "--budget", "2%", "--trials", "4", "--study-name", "cli", "--storage", url,
+                 "--checkpoint", ckpt, "--no-tracking", "--json"]) == 0
+    result = autoprune.search("digits-cnn", dataset="digits", budget="2%", trials=4, study_name="api", storage=url,
+                              tracking=False, checkpoint=ckpt)
+    cli, api = _trials(url, "cli"), _trials(url, "api")
+    assert len(cli) == 4 and cli == api
+    assert result.record.meta.metric == "accuracy" and result.record.meta.direction == "maximize"
+
+
+def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
+    """direction="minimize": the budget is on the metric's rise; Optuna, the record and MLflow
+    name the metric; a trial worse by more than the budget is infeasible."""
+    import optuna
+
+    @torch.no_grad()
+    def val_loss(model: nn.Module) -> float:
+        model.eval()
+        return float(F.cross_entropy(model(data["vx"]), data["vy"]))
+
+    result = autoprune.search(trained, data["x"][:1], train=make_train(data), evaluate=val_loss, metric="val_loss",
+                              direction="minimize", budget=0.05, trials=3, runs_dir=tmp_path / "runs",
+                              schedule=Schedule(iters=0, retrain_amount=0.5), tracking=False, study_name="loss")
+    meta = result.record.meta
+    assert (meta.metric, meta.direction, meta.objectives) == ("val_loss", "minimize", ("val_loss", "latency_ms"))
+    study = optuna.load_study(study_name="loss", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_loss", "latency_ms"]
+    done = [t for t in result.record.completed if not t.is_dense]
+    assert done
+    for t in done:
+        assert t.accuracy_drop == pytest.approx(t.accuracy - meta.dense_accuracy)
+        assert t.feasible == (t.accuracy - meta.dense_accuracy <= 0.05 + 1e-12)
+    page = (tmp_path / "runs" / "loss" / "report.html")
+    assert page.is_file() and "val_loss" in page.read_text()
