@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -275,6 +276,48 @@ def test_a_failed_trial_is_replaced_and_repeated_failures_stop_the_worker(tmp_pa
     monkeypatch.setattr(objective, "run_trial", broken)
     result = run_search(_settings(tmp_path, digits_baseline[0], trials=8, min_speedup=0.01))
     assert len(result.ran) == 3 and any("3 trials in a row failed" in n for n in result.notes)
+
+
+def test_a_trial_whose_loss_turns_nan_fails_at_that_step_and_the_study_goes_on(tmp_path, digits_baseline,
+                                                                              monkeypatch) -> None:
+    """The loss of trial 1 turns NaN at its third training step: the trial stops there, is
+    recorded FAIL with the step in its reason (Optuna and MLflow), and is replaced."""
+    import torch.nn.functional as F  # noqa: N812
+
+    import autoprune.search.objective as objective
+    import autoprune.train as train
+    from autoprune.tracking import Tracker
+
+    steps: dict[int, int] = {}  # training steps (losses computed) per trial
+    now = {"trial": -1}
+    real_trial = objective.run_trial
+
+    def counted(trial, ctx):  # noqa: ANN001, ANN202
+        now["trial"] = trial.number
+        return real_trial(trial, ctx)
+
+    class NanInTrialOne:  # train.F with a loss that turns NaN at trial 1's third step
+        @staticmethod
+        def cross_entropy(logits, y):  # noqa: ANN001, ANN205
+            steps[now["trial"]] = steps.get(now["trial"], 0) + 1
+            loss = F.cross_entropy(logits, y)
+            return loss * float("nan") if now["trial"] == 1 and steps[1] >= 3 else loss
+
+    monkeypatch.setattr(objective, "run_trial", counted)
+    monkeypatch.setattr(train, "F", NanInTrialOne)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, min_speedup=0.01, abandon_drop=1.0),
+                        tracker=Tracker(uri))
+    trials = {t.number: t for t in result.record.trials if t.state != "WAITING"}
+    assert trials[1].state == "FAIL"
+    assert re.fullmatch(r"NonFiniteLossError: loss became nan at step 3 \(epoch 1\) of .+", trials[1].stop_reason)
+    assert steps[1] == 3 < max(n for t, n in steps.items() if t != 1)  # stopped at once, not after the schedule
+    assert sorted(t.number for t in trials.values() if t.state in ("COMPLETE", "PRUNED")) == [0, 2, 3]  # replaced
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id], "tags.trial_number = '1'")
+    assert [(r.info.status, r.data.tags["stop_reason"]) for r in runs] == [("FAILED", trials[1].stop_reason)]
 
 
 def test_a_changed_space_file_is_refused_for_an_existing_study(tmp_path, digits_baseline) -> None:
