@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -396,48 +397,65 @@ def test_ctrl_c_ends_the_trial_cleanly_and_prints_the_summary(tmp_path, digits_b
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
 
 
+def _storage_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh storage URL of one kind; PostgreSQL skips where no server can be started."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'k.db'}"
+    if kind == "journal":
+        return f"journal:///{tmp_path / 'k.log'}"
+    return request.getfixturevalue("postgres_url")  # one server per session: study names differ
+
+
+def _running(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
+            if t.state == optuna.trial.TrialState.RUNNING]
+
+
 @pytest.mark.slow
-def test_the_same_command_after_a_sigkill_finishes_exactly_the_trials_asked(tmp_path, digits_baseline) -> None:
-    """A worker killed mid-trial (SIGKILL: no handler runs) leaves its trial RUNNING; the same
-    command on the same host knows at once that the owner is gone, fails that trial with the
-    reason, in Optuna and in MLflow, and finishes exactly --trials trials, none RUNNING."""
+@pytest.mark.parametrize("kind", ["sqlite", "journal", "postgresql"])
+def test_the_same_command_after_a_sigkill_finishes_exactly_the_trials_asked(tmp_path, digits_baseline, kind,
+                                                                            request) -> None:
+    """A worker killed (SIGKILL: no handler runs) at a random moment of its first pruned
+    trial (latency measurement, training, telling the storage, the MLflow write) may leave
+    a trial RUNNING; the same command on the same host knows at once that the owner is
+    gone, fails that trial with the reason, in Optuna and in MLflow, and finishes exactly
+    --trials trials, none RUNNING. On SQLite, a journal file and PostgreSQL."""
     from mlflow import MlflowClient
 
-    storage = f"sqlite:///{tmp_path / 'k.db'}"
+    storage, study = _storage_for(kind, tmp_path, request), f"kill-{kind}"
     cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint", str(digits_baseline[0]),
-           "--trials", "3", "--study-name", "kill", "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
-           "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "10", "--latency-batch", "32",
+           "--trials", "2", "--study-name", study, "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
+           "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "1", "--latency-batch", "32",
            "--min-speedup", "0.01", "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline, victim = time.monotonic() + 240, None
-    while victim is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
+    deadline, started = time.monotonic() + 240, False
+    while not started and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
         try:
-            trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
+            started = any(t.number >= 1 and TARGETS_ATTR in t.user_attrs for t in _running(storage, study))
         except Exception:  # noqa: BLE001 - not created yet
             continue
-        victim = next((t.number for t in trials if t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING
-                       and TARGETS_ATTR in t.user_attrs), None)
-    if victim is None or proc.poll() is not None:
+    if not started or proc.poll() is not None:
         proc.kill()
         pytest.fail(f"no pruned trial was seen running: {proc.communicate(timeout=60)[1][-2000:]}")
+    time.sleep(random.Random(kind).uniform(0.0, 6.0))  # a random moment of the trial (~8 s), the same each run
     proc.kill()  # SIGKILL
     proc.communicate(timeout=60)
-    assert optuna.load_study(study_name="kill", storage=storage).trials[victim].state == optuna.trial.TrialState.RUNNING
+    victims = [t.number for t in _running(storage, study)]  # none when it was killed after telling the storage
 
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=400)
     assert r.returncode == 0, r.stderr[-2000:]
-    trials = optuna.load_study(study_name="kill", storage=storage).get_trials()
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
     states = [t.state for t in trials]
-    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 2
     assert optuna.trial.TrialState.RUNNING not in states
-    lost = trials[victim]
-    assert lost.state == optuna.trial.TrialState.FAIL
-    assert lost.user_attrs["autoprune.stop_reason"].startswith(f"its worker (pid {proc.pid} on ")
+    assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == victims
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("kill")
-    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.trial_number = '{victim}'")
-    assert [(r.info.status, r.data.tags["outcome"]) for r in runs] == [("FAILED", "failed")]
+    exp = client.get_experiment_by_name(study)
+    for victim in victims:
+        assert trials[victim].user_attrs["autoprune.stop_reason"].startswith(f"its worker (pid {proc.pid} on ")
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.trial_number = '{victim}'")
+        assert [(r.info.status, r.data.tags["outcome"]) for r in runs] == [("FAILED", "failed")]
 
 
 # -- bad input ------------------------------------------------------------------------
