@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import autoprune
+from autoprune.atomic import save_torch_atomic
 from autoprune.errors import UserError, first_line
 from autoprune.models import create_model
 
@@ -44,8 +45,6 @@ class Checkpoint:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (a half-written checkpoint never appears under ``path``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {
             FORMAT_KEY: FORMAT_VERSION,
             "model": self.model,
@@ -59,10 +58,7 @@ class Checkpoint:
             "epochs": self.epochs,
             "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
         }
-        tmp = path.with_name(path.name + ".partial")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_torch_atomic(payload, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

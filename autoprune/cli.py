@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoprune import __version__
+from autoprune.atomic import write_text_atomic
 from autoprune.bench import run_bench
 from autoprune.config import PruneConfig
 from autoprune.data import describe_datasets
@@ -289,7 +290,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                                               deploy.to_dict(with_out_dir=True),
                                               warn=lambda m: reporter.log(f"warning: {m}"))
         s.tracked = True
-        (out / "result.json").write_text(json.dumps(s.to_dict(), indent=2, default=str))
+        write_text_atomic(out / "result.json", json.dumps(s.to_dict(), indent=2, default=str))
     if args.json:
         print(json.dumps(s.to_dict(), indent=2, default=str))
         return 0

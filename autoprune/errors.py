@@ -16,6 +16,10 @@ class UserError(AutopruneError):
     """Bad input the user can fix. The message names the problem and the fix."""
 
 
+class NonFiniteLossError(AutopruneError, ArithmeticError):
+    """Training diverged: the loss became NaN or infinite (raised at the step it happened)."""
+
+
 class ConfigError(UserError):
     """A configuration file or value is invalid."""
 

@@ -29,6 +29,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -353,12 +354,34 @@ class LatencyCache:
 
     def __init__(self, path: str | os.PathLike | None) -> None:
         self.path = Path(path) if path else None
-        self._data: dict[str, dict] = {}
-        if self.path and self.path.is_file():
-            try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError):
-                self._data = {}
+        self._data: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        """What the file holds now: {} when there is none; a file that is not a JSON object
+        (a crash of some other writer, a hand edit) is set aside as ``NAME.corrupt-TIME``
+        with one warning, and measuring starts afresh."""
+        if self.path is None:
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                return data
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            warnings.warn(f"latency cache '{self.path}' cannot be read ({exc.strerror or exc}); not using it.",
+                          stacklevel=3)
+            return {}
+        except ValueError:  # json.JSONDecodeError, UnicodeDecodeError
+            pass
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        try:
+            os.replace(self.path, aside)
+        except FileNotFoundError:  # another worker set it aside first
+            return {}
+        warnings.warn(f"latency cache '{self.path}' is not valid JSON; set it aside as '{aside.name}' and measuring "
+                      f"afresh.", stacklevel=3)
+        return {}
 
     @staticmethod
     def key(fingerprint: str, device: torch.device, input_shape: tuple[int, ...], settings: LatencySettings) -> str:
@@ -369,10 +392,13 @@ class LatencyCache:
 
     def get(self, key: str) -> LatencyResult | None:
         raw = self._data.get(key)
-        if raw is None:
+        if not isinstance(raw, dict):
             return None
         raw = {k: v for k, v in raw.items() if k not in ("spread", "extra", "rounds_ms")}
-        return LatencyResult(**raw)
+        try:
+            return LatencyResult(**raw)
+        except TypeError:  # an entry of another version or a hand edit: measure again
+            return None
 
     def extra(self, key: str) -> dict | None:
         """What was stored beside a result (e.g. the kernels chosen), or None."""
@@ -387,11 +413,7 @@ class LatencyCache:
         self._data[key] = entry
         if self.path:
             # merge with what other processes wrote meanwhile, then replace atomically
-            if self.path.is_file():
-                try:
-                    self._data = {**json.loads(self.path.read_text()), **self._data}
-                except (OSError, json.JSONDecodeError):
-                    pass
+            self._data = {**self._read(), **self._data}
             write_text_atomic(self.path, json.dumps(self._data, indent=1))
 
     def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from autoprune import admm
+from autoprune.atomic import save_torch_atomic, write_text_atomic
 from autoprune.admm import AdmmIteration
 from autoprune.config import AdmmSettings, PruneConfig, resolve_layer_targets
 from autoprune.data import DatasetSplits
@@ -242,10 +243,10 @@ def write_prune_outputs(outcome: PruneOutcome, config: PruneConfig, out_dir: str
     """``config.yaml``, ``masked_model.pt`` and ``result.json`` of a prune run, into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml())
-    torch.save({"state_dict": {k: v.cpu() for k, v in outcome.model.state_dict().items()},
-                "masks": {k: v.cpu() for k, v in outcome.masks.items()}, "summary": outcome.summary.to_dict()},
-               out / "masked_model.pt")
+    write_text_atomic(out / "config.yaml", config.to_yaml())
+    save_torch_atomic({"state_dict": {k: v.cpu() for k, v in outcome.model.state_dict().items()},
+                       "masks": {k: v.cpu() for k, v in outcome.masks.items()}, "summary": outcome.summary.to_dict()},
+                      out / "masked_model.pt")
     outcome.summary.out_dir = str(out)
-    (out / "result.json").write_text(json.dumps(outcome.summary.to_dict(), indent=2))
+    write_text_atomic(out / "result.json", json.dumps(outcome.summary.to_dict(), indent=2))
     return out

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.data import make_loader
+from autoprune.errors import NonFiniteLossError
 from autoprune.progress import Reporter
 
 StepHook = Callable[[], None]
@@ -73,6 +74,10 @@ def run_epochs(
         after_step: Called after every optimizer step (masked retraining re-applies masks
             to weights and optimizer state here).
         on_loss: Receives the mean training loss of each epoch.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN or infinite ("loss became nan at step 12
+            (epoch 1) of ...", steps counted from 1), at that step.
     """
     reporter = reporter or Reporter()
     # the run's randomness (augmentation, dropout) comes from ``seed`` alone, whatever ran before
@@ -94,6 +99,10 @@ def run_epochs(
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     opt.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(x), y)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):  # at once: the rest of the schedule would train on NaN
+                        raise NonFiniteLossError(f"loss became {value} at step {step + 1} (epoch "
+                                                 f"{step // per_epoch + 1}) of {description}")
                     loss.backward()
                     if grad_hook is not None:
                         grad_hook()
@@ -101,7 +110,6 @@ def run_epochs(
                     sched.step()
                     if after_step is not None:
                         after_step(opt)
-                    value = float(loss.detach())
                     running += value
                     count += 1
                     epoch_loss += value

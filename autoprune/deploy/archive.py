@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 import autoprune
-from autoprune.atomic import write_text_atomic
+from autoprune.atomic import save_torch_atomic, write_text_atomic
 from autoprune.compact import kernels
 from autoprune.compact.kernels import SemiStructuredConv2d, SemiStructuredLinear
 from autoprune.deploy.card import REPORT_FILE
@@ -281,7 +281,7 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
     arch = describe_architecture(portable, base=base)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in portable.state_dict().items()}
-    _atomic_save(state, out / WEIGHTS_FILE)
+    save_torch_atomic(state, out / WEIGHTS_FILE)
     write_text_atomic(out / ARCHITECTURE_FILE, json.dumps(arch, indent=2))
     return out
 
@@ -366,8 +366,3 @@ def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Modu
     shape = (base["in_channels"], *base["image_size"])
     return prepare_for_timing(model, shape, device=torch.device("cpu"), settings=LatencySettings(**form))
 
-
-def _atomic_save(obj: Any, path: Path) -> None:  # noqa: ANN401
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

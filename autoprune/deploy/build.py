@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from autoprune.atomic import replace_folder
 from autoprune.checkpoint import Checkpoint, load_checkpoint
 from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, candidate_forms
@@ -221,28 +222,10 @@ def _staging(out: Path) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         yield tmp
-        _move_into_place(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` (allowed by ``force``) is moved aside first
-    and deleted only once the new folder is in place."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # -- the report --------------------------------------------------------------------------

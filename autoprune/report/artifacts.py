@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from autoprune.atomic import write_text_atomic
 from autoprune.errors import first_line
 from autoprune.report.figures import (
     importance_figure,
@@ -69,10 +70,10 @@ def write_study_artifacts(
         "versions": meta.versions,
     }
     files["dense_baseline"] = folder / "dense_baseline.json"
-    files["dense_baseline"].write_text(json.dumps(baseline, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(files["dense_baseline"], json.dumps(baseline, indent=2) + "\n")
     if best_config_yaml is not None:
         files["best_config"] = folder / "best_config.yaml"
-        files["best_config"].write_text(best_config_yaml, encoding="utf-8")
+        write_text_atomic(files["best_config"], best_config_yaml)
     if not figures:
         return files
     files["pareto"] = write_figure_html(pareto_figure(record), folder / "pareto.html")

@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 from plotly.subplots import make_subplots
 
+from autoprune.atomic import atomic_path
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
 from autoprune.search.records import StudyRecord, TrialRecord
@@ -363,6 +364,6 @@ def importance_figure(
 def write_figure_html(fig: go.Figure, path: str | Path) -> Path:
     """Write one figure as a standalone HTML file with plotly.js embedded (renders offline)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
+    with atomic_path(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"displaylogo": False})
     return path

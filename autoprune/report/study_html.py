@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 import yaml
 from plotly.offline import get_plotlyjs
 
+from autoprune.atomic import write_text_atomic
 from autoprune.report.figures import importance_figure, layer_heatmap, pareto_figure
 from autoprune.report.labels import final_speedup_label, layers_text, number, speedup_label
 from autoprune.search.records import StudyRecord, TrialRecord, si_count
@@ -216,6 +217,4 @@ def write_report(
         f"<script type='text/javascript'>{get_plotlyjs()}</script>"
         "</head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(doc, encoding="utf-8")
-    return path
+    return write_text_atomic(path, doc)

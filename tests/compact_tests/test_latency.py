@@ -49,6 +49,21 @@ def test_cache_measures_an_architecture_once(tmp_path):
     assert architecture_fingerprint(_net(8)) != architecture_fingerprint(_net(9))
 
 
+@pytest.mark.parametrize("garbage", ["{\"k\": {\"median_ms\": 1.0, ", "\u0000\u0000\u0000", "[1, 2]"],
+                         ids=["torn", "zeros", "not-an-object"])
+def test_a_corrupt_cache_is_set_aside_with_one_warning(tmp_path, garbage):
+    path = tmp_path / "latency_cache.json"
+    path.write_text(garbage)
+    with pytest.warns(UserWarning, match="latency cache .* is not valid JSON; set it aside") as caught:
+        cache = LatencyCache(path)
+    assert len(caught) == 1
+    aside = list(tmp_path.glob("latency_cache.json.corrupt-*"))
+    assert [p.read_text() for p in aside] == [garbage] and not path.exists()  # kept for a look, out of the way
+    r, hit = cache.measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK)
+    assert not hit  # measured afresh, and written as a good cache
+    assert LatencyCache(path).measure(_net(8), (1, 8, 8), device=torch.device("cpu"), settings=QUICK) == (r, True)
+
+
 def test_compare_latency_times_every_model_in_each_round(tmp_path):
     settings = LatencySettings(batch_size=4, warmup=1, repeats=12, min_seconds=0.0)
     r = compare_latency({"small": _net(4), "big": _net(64)}, (1, 8, 8), device=torch.device("cpu"), settings=settings)

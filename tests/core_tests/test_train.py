@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from torch import nn
+from torch.utils.data import TensorDataset
+
 from autoprune.checkpoint import load_checkpoint
 from autoprune.cli import main
+from autoprune.errors import NonFiniteLossError
 from autoprune.pipeline import train_baseline
+from autoprune.train import run_epochs
 
 
 def test_same_seed_same_checkpoint_on_cpu(tmp_path):
@@ -19,7 +24,31 @@ def test_same_seed_same_checkpoint_on_cpu(tmp_path):
     back = load_checkpoint(tmp_path / "a.pt")
     assert back.model == "lenet5" and back.dataset == "digits" and back.metrics == a.metrics
     assert {"val_acc", "test_acc"} <= set(back.metrics)
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file of the atomic write is left
+
+
+class _TurnsNan(nn.Module):
+    """A linear classifier whose outputs become NaN from its ``at``-th training call on."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.fc, self.at, self.calls = nn.Linear(4, 2), at, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.fc(x)
+        return out * float("nan") if self.calls >= self.at else out
+
+
+@pytest.mark.parametrize(("at", "epoch"), [(1, 1), (12, 2), (25, 3)])
+def test_a_nan_loss_stops_training_at_the_step_it_appears(at, epoch):
+    data = TensorDataset(torch.randn(80, 4), torch.arange(80) % 2)  # 10 steps per epoch at batch 8
+    model = _TurnsNan(at)
+    with pytest.raises(NonFiniteLossError, match=rf"^loss became nan at step {at} \(epoch {epoch}\) of ADMM"):
+        run_epochs(model, data, device=torch.device("cpu"), epochs=10, lr=0.1, batch_size=8,
+                   description="ADMM iteration 1/2")
+    assert model.calls == at  # not the 100 steps of the schedule
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())  # no NaN step was applied
 
 
 def test_train_cli_json(capsys, tmp_path):
