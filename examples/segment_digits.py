@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     d = make_data()
     train, iou = make_train(d["train_x"], d["train_y"]), make_iou(d["val_x"], d["val_y"])
-    model = SegNet(width=32)
+    model = SegNet(width=16 if args.small else 32)
     train(model, 3 if args.small else 10)  # the "trained model" a user starts from
     example = d["val_x"][:1]
     schedule = autoprune.Schedule(iters=2, admm_amount=0.25, retrain_amount=1.0 if args.small else 2.5)
     result = autoprune.search(model, example, train=train, evaluate=iou, metric="IoU", direction="maximize",
-                              budget=args.budget, trials=6 if args.small else 24, schedule=schedule,
+                              budget=args.budget, trials=5 if args.small else 24, schedule=schedule,
                               runs_dir=args.runs_dir, study_name="segment-digits-small" if args.small else None,
                               test=make_iou(d["test_x"], d["test_y"]), reporter=autoprune.LogReporter())
     best = result.best

@@ -1,0 +1,42 @@
+"""The examples in examples/, run as a user runs them (their --small mode), from the checkout."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run(script: str, tmp_path: Path, *args: str) -> dict:
+    env = dict(os.environ)  # AUTOPRUNE_TIMING_SECONDS from tests/conftest.py: shorter timings
+    r = subprocess.run([sys.executable, str(EXAMPLES / script), "--small", *args], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_the_segmentation_example_finds_a_faster_model_within_its_iou_budget_and_exports_it(tmp_path):
+    out = _run("segment_digits.py", tmp_path)
+    assert out["best_trial"] is not None and out["best_trial"] > 0, out  # a pruned trial, not dense
+    assert out["dense_iou"] - out["best_iou"] <= 0.02 + 1e-9  # within the budget (2% IoU, absolute)
+    assert out["speedup"] > 1.0, out  # measured beside dense, after compaction
+    assert out["pruned_iou"] == out["reloaded_iou"]  # the saved folder reloads to the same model
+    assert out["onnx_max_abs_diff"] < 1e-4  # the ONNX program (onnxruntime) matches torch
+    folder = tmp_path / out["folder"]
+    assert {"module.pt", "model.onnx", "model.pt2", "report.json"} <= {p.name for p in folder.iterdir()}
+    assert (tmp_path / "runs" / "mlflow.db").is_file()  # tracked like a CLI search
+
+
+@pytest.mark.slow
+def test_the_torchvision_example_prunes_with_the_users_own_loop(tmp_path):
+    out = _run("torchvision_classifier.py", tmp_path)
+    assert out["best_trial"] is not None and out["best_trial"] > 0, out
+    assert out["dense_accuracy"] - out["pruned_accuracy"] <= 0.05, out  # re-pruned from the config: near the trial
+    assert out["speedup"] > 1.0, out
