@@ -142,6 +142,10 @@ def search(
             raise UserError("a registry model name searches with the built-in loop and accuracy; pass your model "
                             "object to use your own train and evaluate.")
         task, model_name, data_name = None, model, dataset or "digits"
+        if schedule is not None:  # the built-in loop counts in epochs
+            admm_settings = SEARCH_ADMM.replace(iters=schedule.iters, epochs=schedule.admm_amount, rho=schedule.rho,
+                                                rho_growth=schedule.rho_growth, rho_max=schedule.rho_max,
+                                                retrain_epochs=schedule.retrain_amount)
     else:
         if checkpoint is not None or data_dir is not None:
             raise UserError("checkpoint and data_dir belong to registry models; your model object is the checkpoint.")

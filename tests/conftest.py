@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-# latency measurements spend 0.05 s each instead of 0.5 s (autoprune.latency.default_min_seconds):
+# latency measurements spend 0.02 s each instead of 0.5 s (autoprune.latency.default_min_seconds):
 # the suite's searches time tiny models many times and assert nothing that needs the precision;
 # subprocesses (the CLI, workers, the GPU check's dry run) inherit it
-os.environ.setdefault("AUTOPRUNE_TIMING_SECONDS", "0.05")
+os.environ.setdefault("AUTOPRUNE_TIMING_SECONDS", "0.02")
 
 ROOT = Path(__file__).resolve().parents[1]
 # what running the suite may create or change in the checkout: interpreter and tool caches

@@ -37,18 +37,28 @@ def url(tmp_path: Path) -> str:
 def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> None:
     summary = json.loads((FIXTURE / "summary.json").read_text())
     record = study_record(load_autoprune_study(NAME, url), STORED_URL)
-    assert record.meta.to_dict() == summary["meta"]
+    meta = record.meta.to_dict()
+    # fields added since take their defaults: an old study searched top-1 accuracy, maximized
+    assert (meta.pop("metric"), meta.pop("direction")) == ("accuracy", "maximize")
+    assert meta == summary["meta"]
     assert [t.state for t in record.trials] == ["COMPLETE"] * 3 and record.trials[0].is_dense
     best = record.best_feasible()
     assert best is not None and best.remeasured  # the end-of-search re-measurement is read back
     result = SearchResult(record, Path(summary["study_dir"]), Path(summary["best_config"]), summary["trials"]["ran_here"],
                           summary["interrupted"], summary["seconds"], notes=summary["notes"])
-    assert json.loads(json.dumps(result.to_dict(), default=str)) == summary
+    now = json.loads(json.dumps(result.to_dict(), default=str))
+    assert (now["meta"].pop("metric"), now["meta"].pop("direction")) == ("accuracy", "maximize")
+    assert now == summary
 
 
-def test_the_config_of_an_old_study_is_byte_for_byte_the_same(url: str) -> None:
+def test_the_config_of_an_old_study_is_the_same_plus_its_method_and_metric(url: str) -> None:
     record = study_record(load_autoprune_study(NAME, url), STORED_URL)
-    assert best_config_yaml(record, record.best_feasible()) == (FIXTURE / "best_config.yaml").read_text()
+    text = best_config_yaml(record, record.best_feasible())
+    # the two lines configs record since the Python API (how trials pruned, the metric's name) ...
+    added = "  trial_method: magnitude\n  metric: accuracy\n"
+    assert added in text
+    # ... and otherwise byte for byte what the old study wrote
+    assert text.replace(added, "") == (FIXTURE / "best_config.yaml").read_text()
 
 
 def test_export_reads_an_old_study(url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -80,7 +80,7 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
     exp = client.get_experiment_by_name(record.meta.name)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     note = exp.tags["mlflow.note.content"]
-    assert "digits-cnn on digits" in note and "budget 1.00%" in note and "Chosen: trial 1" in note
+    assert "digits-cnn on digits" in note and "budget: accuracy at most 1.0 points worse" in note and "Chosen: trial 1" in note
     assert tracker.ui_hint(record.meta.name).endswith(
         f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
         "&searchFilter=tags.%60autoprune.role%60%20%3D%20%27trial%27&orderByKey=metrics.%60speedup%60&orderByAsc=false")
