@@ -101,6 +101,25 @@ def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: 
     return None
 
 
+TWIN_WAIT_S = 600.0  # the longest a trial waits for a twin another worker is running
+
+
+def wait_for_twin(study: Any, signature: str, number: int, poll_s: float = 0.5,  # noqa: ANN401
+                  timeout_s: float = TWIN_WAIT_S) -> Any | None:
+    """Where a lower-numbered trial of the same configuration is running (another worker
+    proposed it at the same moment), wait until it ends and return the finished trial to
+    reuse (:func:`find_prior`), or None where it failed: a configuration is trained once.
+    Waiting only on lower numbers keeps two twins from waiting on each other."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                 if t.number < number and t.user_attrs.get(SIGNATURE_ATTR) == signature]
+        if not twins:
+            break
+        time.sleep(poll_s)
+    return find_prior(study, signature, number)
+
+
 def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  # noqa: ANN401
     """A configuration already run: its stored result, marked as a repeat; no training.
 
@@ -143,7 +162,7 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
     rec = TrialRecord(number=trial.number, state="RUNNING", targets={k: v.to_dict() for k, v in targets.items()})
     allowed = ctx.meta.allowed_drop()
 
-    prior = find_prior(trial.study, signature, trial.number)
+    prior = find_prior(trial.study, signature, trial.number) or wait_for_twin(trial.study, signature, trial.number)
     if prior is not None:
         _reuse(trial, prior, rec, allowed)  # raises TrialStopped: a repeat is not a new result
     if not targets:  # the dense configuration: measured once per study

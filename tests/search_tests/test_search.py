@@ -245,18 +245,13 @@ def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 5, worke
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_journal_file_study(tmp_path, digits_baseline) -> None:
-    _two_workers(tmp_path, digits_baseline[0], f"journal:///{tmp_path / 'study.log'}")
-
-
-@pytest.mark.slow
 def test_three_workers_share_a_journal_file_study(tmp_path, digits_baseline) -> None:
     _two_workers(tmp_path, digits_baseline[0], f"journal:///{tmp_path / 'study.log'}", trials=6, workers=3)
 
 
 @pytest.mark.slow
-def test_two_workers_share_a_postgresql_study(tmp_path, digits_baseline, postgres_url) -> None:
-    _two_workers(tmp_path, digits_baseline[0], postgres_url)
+def test_three_workers_share_a_postgresql_study(tmp_path, digits_baseline, postgres_url) -> None:
+    _two_workers(tmp_path, digits_baseline[0], postgres_url, trials=6, workers=3)
 
 
 @pytest.mark.slow
