@@ -46,7 +46,7 @@ from autoprune.search import (
     print_summary,
     run_search,
 )
-from autoprune.search.configs import best_config_yaml
+from autoprune.search.configs import best_config_yaml, trial_config_yaml
 from autoprune.search.records import study_record
 from autoprune.search.storage import default_storage, load_autoprune_study
 from autoprune.sparsity import describe_sparsity_types
@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
     p.add_argument("--out", default=None, help="HTML file (default: <runs-dir>/<study>/report.html)")
     p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
+
+    p = sub.add_parser("sync", help="bring MLflow level with a study's Optuna storage (after a tracking outage)")
+    p.add_argument("--study", required=True, help="the study name")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
+    p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
+    p.add_argument("--no-figures", action="store_true", help="skip the study's figures and report")
 
     p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
@@ -483,6 +490,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Mirror every trial of a study from its Optuna storage into MLflow: runs that are missing
+    are made, runs already there are brought up to date (never duplicated)."""
+    from autoprune.tracking import Tracker
+
+    url = args.storage or default_storage(args.runs_dir)
+    study = load_autoprune_study(args.study, url)
+    record = study_record(study, url)
+    problems: list[str] = []
+    tracker = Tracker(args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db", warn=problems.append)
+    folder = Path(args.runs_dir) / record.meta.name.replace("/", "-")
+    tracker.sync_study(record, lambda t: trial_config_yaml(record, t), study=study, figures=not args.no_figures,
+                       out_dir=folder if not args.no_figures else None)
+    if problems:
+        raise UserError(f"could not bring MLflow level with study '{args.study}': {problems[0].split(';')[0]}; "
+                        f"check that the tracking server is up, then run autoprune sync again.")
+    print(f"synced study {record.meta.name}: {len(record.trials)} trials in MLflow at {tracker.tracking_uri}")
+    hint = tracker.ui_hint(record.meta.name)
+    if hint:
+        print(hint)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
                            pick=args.pick, out=args.out)
@@ -498,6 +528,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "layers": cmd_layers, "prune": cmd_prune, "bench": cmd_bench, "search": cmd_search, "export": cmd_export, "report": cmd_report,
+            "sync": cmd_sync,
             "list": cmd_list}
 
 

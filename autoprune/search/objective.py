@@ -85,7 +85,7 @@ class SearchContext:
 
 def _record(trial: Any, rec: TrialRecord) -> None:  # noqa: ANN401
     keep = {k: v for k, v in rec.to_dict().items()
-            if k not in ("number", "state", "params", "targets", "stop_reason", "pareto", "proposal")}
+            if k not in ("number", "state", "params", "targets", "stop_reason", "pareto", "proposal", "worker")}
     trial.set_user_attr(TRIAL_ATTR, keep)
 
 

@@ -25,6 +25,7 @@ TARGETS_ATTR = "autoprune.targets"  # trial user attr: {layer: {type, rate}}
 REASON_ATTR = "autoprune.stop_reason"  # trial user attr: why a trial stopped early or failed
 SIGNATURE_ATTR = "autoprune.signature"  # trial user attr: what the targets amount to (Projector.signature)
 REMEASURED_ATTR = "autoprune.remeasured"  # study user attr: trial number -> its end-of-search re-measurement
+OWNER_ATTR = "autoprune.owner"  # trial user attr: {host, pid, started} of the worker that claimed it
 PROPOSAL_ATTR = "autoprune.proposal"  # trial user attr: which part of the sampler proposed it (uniform, ascent, ...)
 OBJECTIVES = ("accuracy", "latency_ms")
 DIRECTIONS = ("maximize", "minimize")
@@ -144,6 +145,7 @@ class TrialRecord:
     pareto: bool = False  # on the accuracy-latency front of the completed trials
     repeat_of: int | None = None  # an earlier trial of the same configuration, whose result this one reused
     proposal: str | None = None  # who proposed it: uniform, ascent, explore, mutate (None: enqueued or older studies)
+    worker: str | None = None  # "host:pid" of the worker that ran it (None: older studies)
     # re-measured at the end of the search beside dense and the other candidates, more rounds:
     # {"speedup", "speedup_p10", "speedup_p90", "rounds"} (None: not among the re-measured)
     remeasured: dict[str, float] | None = None
@@ -247,6 +249,12 @@ def mark_pareto(trials: list[TrialRecord]) -> None:
         )
 
 
+def _worker(owner: Any) -> str | None:  # noqa: ANN401 - a stored user attribute
+    if not isinstance(owner, dict) or "host" not in owner or "pid" not in owner:
+        return None
+    return f"{owner['host']}:{owner['pid']}"
+
+
 def study_record(study: Any, storage: str) -> StudyRecord:
     """Rebuild the records of an Optuna study created by ``autoprune search``."""
     raw = study.user_attrs.get(STUDY_ATTR)
@@ -260,7 +268,7 @@ def study_record(study: Any, storage: str) -> StudyRecord:
     for ft in frozen:
         measured = dict(ft.user_attrs.get(TRIAL_ATTR, {}))
         known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto",
-                                                         "proposal", "remeasured"}
+                                                         "proposal", "remeasured", "worker"}
         rec = TrialRecord(
             number=ft.number,
             state=ft.state.name,
@@ -268,6 +276,7 @@ def study_record(study: Any, storage: str) -> StudyRecord:
             targets=dict(ft.user_attrs.get(TARGETS_ATTR, {})),
             stop_reason=ft.user_attrs.get(REASON_ATTR),
             proposal=ft.user_attrs.get(PROPOSAL_ATTR),
+            worker=_worker(ft.user_attrs.get(OWNER_ATTR)),
             remeasured=remeasured.get(str(ft.number)),
             **{k: v for k, v in measured.items() if k in known},
         )

@@ -33,10 +33,9 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.records import REASON_ATTR
+from autoprune.search.records import OWNER_ATTR, REASON_ATTR
 
 HEARTBEAT_ATTR = "autoprune.heartbeat"  # trial user attr: the time of the worker's last beat
-OWNER_ATTR = "autoprune.owner"  # trial user attr: {host, pid, started} of the worker that claimed it
 HEARTBEAT_EVERY = 30.0  # seconds between a running trial's heartbeats
 READY_ATTR = "autoprune.ready"  # study user attr: its seed trial and slots are enqueued
 TARGET_ATTR = "autoprune.target_trials"  # study user attr: the trials the study should have in all

@@ -161,9 +161,11 @@ def trial_metrics(trial: TrialRecord, metric: str = "accuracy") -> list[tuple[st
     return out
 
 
-def trial_tags(trial: TrialRecord) -> dict[str, str]:
+def trial_tags(trial: TrialRecord, meta: StudyMeta | None = None) -> dict[str, str]:
     """Tags of a trial's run: number, state, Pareto membership, feasibility, stop reason,
-    the sparsity summary and the kernel chosen per layer."""
+    the sparsity summary, the kernel chosen per layer, and the worker (``host:pid``) and
+    device that ran it: latencies of workers that shared a device are not comparable
+    (filter ``tags.worker`` to see which ran together)."""
     out = {
         ROLE_TAG: "trial",
         "trial_number": str(trial.number),
@@ -178,6 +180,10 @@ def trial_tags(trial: TrialRecord) -> dict[str, str]:
         out["stop_reason"] = trial.stop_reason
     if trial.repeat_of is not None:
         out["repeat_of"] = str(trial.repeat_of)
+    if trial.worker is not None:
+        out["worker"] = trial.worker
+    if meta is not None:
+        out["device"] = meta.device_description or meta.device
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}
 

@@ -376,7 +376,7 @@ class Tracker:
                 run_id,
                 params=trial_params(meta, trial),
                 metrics=trial_metrics(trial, meta.metric),
-                tags=trial_tags(trial),
+                tags=trial_tags(trial, meta),
                 existing=existing,
             )
             if config_yaml is not None:

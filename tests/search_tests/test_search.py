@@ -236,6 +236,8 @@ def _two_workers(tmp: Path, baseline: Path, storage: str, trials: int = 5, worke
     assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in finished)
     rec = study_record(study, storage)
     assert rec.trials[0].is_dense
+    # each trial names the worker that ran it (MLflow tags its run with it: tags.worker)
+    assert len({t.worker for t in rec.trials if t.state != "WAITING"}) >= 2
     # no configuration was trained twice: a repeat is marked and reuses the earlier result
     seen: dict[str, int] = {}
     for t in sorted((t for t in rec.trials if t.state != "WAITING"), key=lambda t: t.number):

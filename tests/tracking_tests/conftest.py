@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -236,7 +237,7 @@ def sqlite_uri(tmp_path, _mlflow_template_db) -> str:
     return f"sqlite:///{db}"
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_server(proc: subprocess.Popen) -> None:
     """Stop the server and the workers it spawned (its own process group)."""
     if proc.poll() is None:
         for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
@@ -256,58 +257,66 @@ def _stop(proc: subprocess.Popen) -> None:
             pass
 
 
+def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
+    """Start ``mlflow server`` on 127.0.0.1:``port`` with its store in ``root`` (SQLite backend,
+    proxied artifacts) and wait until it is healthy; stop it with :func:`stop_server`."""
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")]
+    # MLflow 3.x also starts a job runner with a dozen huey worker processes; not needed here.
+    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
+    log_path = root / "server.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            pytest.fail(f"mlflow server exited with status {proc.returncode}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            stop_server(proc)
+            tail = log_path.read_text(errors="replace")[-3000:]
+            pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{tail}")
+        time.sleep(0.25)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts) for the
     session; yields its URL, e.g. ``http://127.0.0.1:54321``."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    cmd = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
-    ]
-    # MLflow 3.x also starts a job runner with a dozen huey worker processes; not needed here.
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true")
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-            while True:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"mlflow server exited with status {proc.returncode}:\n{tail}")
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                        if resp.status == 200:
-                            break
-                except (urllib.error.URLError, OSError):
-                    pass
-                if time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    pytest.fail(f"mlflow server not healthy after {SERVER_START_TIMEOUT_S:.0f} s:\n{tail}")
-                time.sleep(0.25)
-            yield url
-        finally:
-            _stop(proc)
+    proc = start_mlflow_server(root, port)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_server(proc)
 
 
 @pytest.fixture
 def closed_url() -> str:
     """``http://127.0.0.1:<port>`` where nothing listens."""
     return f"http://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def server_control() -> Iterator[SimpleNamespace]:
+    """For a test that starts, stops and restarts its own ``mlflow server``:
+    ``start(root, port) -> process``, ``stop(process)``, ``free_port()``; every server it
+    started is stopped at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(root: Path, port: int) -> subprocess.Popen:
+        proc = start_mlflow_server(root, port)
+        started.append(proc)
+        return proc
+
+    yield SimpleNamespace(start=start, stop=stop_server, free_port=free_port)
+    for proc in started:
+        stop_server(proc)

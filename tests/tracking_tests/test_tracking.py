@@ -481,3 +481,14 @@ def test_a_repeated_configuration_is_named_and_tagged_as_a_repeat(record):
     assert tags["outcome"] == "repeat" and tags["repeat_of"] == "1"  # out of `tags.outcome = 'within-budget'`
     assert trial_tags(stopped_again)["outcome"] == "repeat" and trial_tags(first)["outcome"] == "within-budget"
     assert "repeat_of" not in trial_tags(first)
+
+
+def test_a_trial_run_is_tagged_with_its_worker_and_device(record) -> None:
+    import dataclasses
+
+    from autoprune.tracking.keys import trial_tags
+
+    trial = dataclasses.replace(record.trials[1], worker="host-a:1234")
+    tags = trial_tags(trial, record.meta)
+    assert tags["worker"] == "host-a:1234" and tags["device"] == record.meta.device_description
+    assert "worker" not in trial_tags(record.trials[1])  # older studies recorded no worker
