@@ -48,6 +48,9 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
                           summary["interrupted"], summary["seconds"], notes=summary["notes"])
     now = json.loads(json.dumps(result.to_dict(), default=str))
     assert (now["meta"].pop("metric"), now["meta"].pop("direction")) == ("accuracy", "maximize")
+    for trial in [*now["front"], now["best_feasible"], now["best_uniform"]]:
+        if trial is not None:
+            assert trial.pop("worker") is None  # an old study recorded no worker
     assert now == summary
 
 
