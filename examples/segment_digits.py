@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     example = d["val_x"][:1]
     schedule = autoprune.Schedule(iters=2, admm_amount=0.25, retrain_amount=1.0 if args.small else 2.5)
     result = autoprune.search(model, example, train=train, evaluate=iou, metric="IoU", direction="maximize",
-                              budget=args.budget, trials=5 if args.small else 24, schedule=schedule,
+                              budget=args.budget, trials=4 if args.small else 24, schedule=schedule,
                               runs_dir=args.runs_dir, study_name="segment-digits-small" if args.small else None,
                               test=make_iou(d["test_x"], d["test_y"]), reporter=autoprune.LogReporter())
     best = result.best
