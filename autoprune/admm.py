@@ -101,6 +101,13 @@ class Schedule:
         return cls(iters=settings.iters, admm_amount=amount, retrain_amount=settings.retrain_epochs,
                    rho=settings.rho, rho_growth=settings.rho_growth, rho_max=settings.rho_max)
 
+    def to_settings(self, base: AdmmSettings | None = None) -> AdmmSettings:
+        """These amounts as :class:`AdmmSettings` (``epochs`` and ``retrain_epochs`` in the train
+        function's unit), the other fields from ``base`` (default: AdmmSettings' defaults)."""
+        return (base or AdmmSettings()).replace(iters=self.iters, epochs=self.admm_amount, rho=self.rho,
+                                                rho_growth=self.rho_growth, rho_max=self.rho_max,
+                                                retrain_epochs=self.retrain_amount)
+
     @property
     def total(self) -> float:
         """The training every method spends in all (what magnitude pruning spends on retraining)."""

@@ -26,6 +26,7 @@ better. Bad input raises :class:`autoprune.UserError` with what to fix.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from autoprune import admm
 from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
 from autoprune.compact import compact_model
 from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target, resolve_layer_targets
+from autoprune.deploy.build import verify_compaction
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
@@ -143,9 +145,7 @@ def search(
                             "object to use your own train and evaluate.")
         task, model_name, data_name = None, model, dataset or "digits"
         if schedule is not None:  # the built-in loop counts in epochs
-            admm_settings = SEARCH_ADMM.replace(iters=schedule.iters, epochs=schedule.admm_amount, rho=schedule.rho,
-                                                rho_growth=schedule.rho_growth, rho_max=schedule.rho_max,
-                                                retrain_epochs=schedule.retrain_amount)
+            admm_settings = schedule.to_settings(SEARCH_ADMM)
     else:
         if checkpoint is not None or data_dir is not None:
             raise UserError("checkpoint and data_dir belong to registry models; your model object is the checkpoint.")
@@ -154,10 +154,7 @@ def search(
                             "your own model (or pass a registry model name such as 'digits-cnn').")
         task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, direction=direction,
                             schedule=schedule, test=test)
-        sched = task.schedule
-        admm_settings = AdmmSettings(iters=sched.iters, epochs=sched.admm_amount, rho=sched.rho,
-                                     rho_growth=sched.rho_growth, rho_max=sched.rho_max,
-                                     retrain_epochs=sched.retrain_amount)
+        admm_settings = task.schedule.to_settings()
         model_name, data_name = type(model).__name__, dataset or "user-data"
     given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method"}
     settings = SearchSettings(model=model_name, dataset=data_name, budget=budget_value, budget_mode=budget_mode,
@@ -166,12 +163,17 @@ def search(
                               admm=admm_settings, trial_method=method, runs_dir=str(runs_dir),
                               given=frozenset(given | ({"space"} if space is not None else set())), task=task,
                               checkpoint=checkpoint, data_dir=data_dir)
-    hooks = [*callbacks, *_tracking_callbacks(tracking, tracking_uri, str(runs_dir), reporter)]
+    hooks = [*callbacks, *mirror_callbacks(tracking=tracking, tracking_uri=tracking_uri, runs_dir=str(runs_dir),
+                                           reporter=reporter)]
     return run_search(settings, reporter=reporter, callbacks=hooks)
 
 
-def _tracking_callbacks(tracking: bool, uri: str | None, runs_dir: str,
-                        reporter: Reporter | None) -> list[SearchCallback]:
+def mirror_callbacks(*, tracking: bool, tracking_uri: str | None, runs_dir: str,
+                     reporter: Reporter | None) -> list[SearchCallback]:
+    """A search's side effects (the CLI's too): the MLflow mirror at ``tracking_uri`` (default
+    ``sqlite:///<runs_dir>/mlflow.db``), which writes the study's figures and report as well,
+    or without ``tracking`` the figures and report alone. MLflow's failures are logged as
+    warnings through ``reporter``."""
     from autoprune.tracking import Tracker, write_study_artifacts  # MLflow and plotly: only when searching
 
     def warn(msg: str) -> None:
@@ -179,8 +181,8 @@ def _tracking_callbacks(tracking: bool, uri: str | None, runs_dir: str,
             reporter.log(f"warning: {msg}")
 
     if not tracking:
-        return [ArtifactsCallback(lambda *a, **k: write_study_artifacts(*a, **k, warn=warn))]
-    return [TrackerCallback(Tracker(uri or f"sqlite:///{runs_dir}/mlflow.db", warn=warn))]
+        return [ArtifactsCallback(functools.partial(write_study_artifacts, warn=warn))]
+    return [TrackerCallback(Tracker(tracking_uri or f"sqlite:///{runs_dir}/mlflow.db", warn=warn))]
 
 
 # -- prune ---------------------------------------------------------------------------
@@ -314,7 +316,9 @@ def prune(
     for note in projector.notes:
         (reporter or Reporter()).log(f"note: {note}")
     dense_counts = model_counts(work, layer_stats(work, graph))
-    dense_score = task.score(task.dense(), dev) if evaluate is not None else None
+    dense = task.dense()
+    dense_score = task.score(dense, dev) if evaluate is not None else None
+    dense.cpu()
     seed_everything(cfg.seed if seed is None else seed)
     work.to(dev)
     masks, history = admm.prune_with(work, projector, schedule, train=train,
@@ -324,7 +328,7 @@ def prune(
     counts = model_counts(work, layer_stats(work, graph, targets))
     return PruneResult(model=work, masks=masks, targets=targets, history=history, dense_score=dense_score,
                        score=score, metric=task.metric, macs=int(counts["macs"]), dense_macs=int(dense_counts["macs"]),
-                       example_inputs=task.example(), dense=task.dense(), projector=projector)
+                       example_inputs=task.example(), dense=dense, projector=projector)
 
 
 # -- deployable ---------------------------------------------------------------------------
@@ -353,14 +357,7 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
     latency = LatencySettings(batch_size=batch, dtype=dtype)
     result = compact_model(copy.deepcopy(masked), pruned.projector, x[:1], device=dev, latency=latency)
     model = result.model.to(dev).eval()
-    with torch.no_grad():
-        ref = masked.to(dev)(x.to(dev)).float().cpu()
-        got = model(x.to(dev)).float().cpu()
-    diff = float((got - ref).abs().max())
-    tol = 1e-4 * max(1.0, float(ref.abs().max()))
-    if diff > tol:
-        raise RuntimeError(f"the compacted model's outputs differ from the pruned model's by {diff:.3g} (tolerance "
-                           f"{tol:.3g}); this is a bug in compaction.")
+    diff = verify_compaction(masked, model, x, dev)
     shape = tuple(x.shape[1:])
     timed = compare_latency({"dense": copy.deepcopy(pruned.dense).eval(), "pruned": copy.deepcopy(model)}, shape,
                             device=dev, settings=latency)

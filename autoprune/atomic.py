@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "replace_folder", "save_torch_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "replace_folder", "save_torch_atomic", "staged_folder", "write_text_atomic"]
 
 
 @contextlib.contextmanager
@@ -68,6 +68,23 @@ def _flush_to_disk(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folder(out: str | os.PathLike) -> Iterator[Path]:
+    """A new, empty temporary sibling folder of ``out`` that becomes ``out`` when the block succeeds
+    (:func:`replace_folder`) and is removed when it fails."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        yield tmp
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace_folder(new: str | os.PathLike, path: str | os.PathLike) -> None:

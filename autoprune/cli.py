@@ -10,7 +10,6 @@ command that does not track or draw never loads either.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoprune import __version__
+from autoprune.api import mirror_callbacks
 from autoprune.atomic import write_text_atomic
 from autoprune.bench import run_bench
 from autoprune.config import PruneConfig
@@ -39,9 +39,7 @@ from autoprune.pipeline import PruneSummary, example_input, list_layers, run_pru
 from autoprune.progress import Reporter, RichReporter
 from autoprune.search import (
     SEARCH_ADMM,
-    ArtifactsCallback,
     SearchSettings,
-    TrackerCallback,
     parse_budget,
     print_summary,
     run_search,
@@ -465,14 +463,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 def _search_callbacks(args: argparse.Namespace, reporter: Any) -> list[Any]:  # noqa: ANN401
     """The search's side effects: the MLflow mirror (which writes the study's figures and
     report too), or with --no-tracking the figures and report alone."""
-    from autoprune.tracking import Tracker, write_study_artifacts  # MLflow and plotly: only when searching
-
-    def warn(msg: str) -> None:
-        reporter.log(f"warning: {msg}")
-
-    if args.no_tracking:
-        return [ArtifactsCallback(functools.partial(write_study_artifacts, warn=warn))]
-    return [TrackerCallback(Tracker(args.tracking_uri or f"sqlite:///{args.runs_dir}/mlflow.db", warn=warn))]
+    return mirror_callbacks(tracking=not args.no_tracking, tracking_uri=args.tracking_uri, runs_dir=args.runs_dir,
+                            reporter=reporter)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.atomic import write_text_atomic
+from autoprune.atomic import staged_folder, write_text_atomic
 from autoprune.errors import UserError
 
 __all__ = ["MODULE_FILE", "Deployable", "load_pruned", "save_pruned"]
@@ -83,9 +82,7 @@ def save_pruned(deployable: Deployable | nn.Module, out_dir: str | os.PathLike, 
     x = example_inputs if example_inputs is not None else getattr(deployable, "example_inputs", None)
     if onnx and x is None:
         raise UserError("save_pruned() needs example_inputs to export a bare module (or pass onnx=False).")
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with staged_folder(out) as tmp:
         cpu = copy.deepcopy(model).cpu().float().eval()
         torch.save(cpu, tmp / MODULE_FILE)
         report: dict[str, Any] = {"format": "autoprune-module/1", "class": f"{type(model).__module__}."
@@ -99,12 +96,6 @@ def save_pruned(deployable: Deployable | nn.Module, out_dir: str | os.PathLike, 
             report["exports"] = {k: (str(Path(v).name) if isinstance(v, Path) else v) for k, v in exports.items()}
             report["checks"] = check_programs(exports, cpu, xb)
         write_text_atomic(tmp / REPORT_FILE, json.dumps(report, indent=2, default=str))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

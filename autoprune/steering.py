@@ -37,7 +37,7 @@ no tensor hook, no extra attribute.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +60,24 @@ def _ours(opt: torch.optim.Optimizer, by_id: Mapping[int, object]) -> list[nn.Pa
     return [p for group in opt.param_groups for p in group["params"] if id(p) in by_id]
 
 
+def _on_our_grads(by_id: Mapping[int, object], count: StepCount,
+                  act: Callable[[nn.Parameter], None]) -> Callable[[torch.optim.Optimizer, object, object], None]:
+    """An optimizer step pre-hook: for a step over our parameters, count it and ``act`` on each
+    of them that has a gradient (before the optimizer reads it)."""
+
+    @torch.no_grad()
+    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        ours = _ours(opt, by_id)
+        if not ours:
+            return
+        count.steps += 1
+        for p in ours:
+            if p.grad is not None:
+                act(p)
+
+    return pre
+
+
 @contextlib.contextmanager
 def admm_penalty(params: Mapping[str, nn.Parameter], z: Mapping[str, torch.Tensor], u: Mapping[str, torch.Tensor],
                  rho: float) -> Iterator[StepCount]:
@@ -77,18 +95,11 @@ def admm_penalty(params: Mapping[str, nn.Parameter], z: Mapping[str, torch.Tenso
     by_id = {id(p): (p, z[n], u[n]) for n, p in params.items()}
     count = StepCount()
 
-    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        ours = _ours(opt, by_id)
-        if not ours:
-            return
-        count.steps += 1
-        with torch.no_grad():
-            for p in ours:
-                if p.grad is not None:
-                    _, zn, un = by_id[id(p)]
-                    p.grad.add_((p.detach() - zn + un).to(p.grad.dtype), alpha=rho)
+    def penalty(p: nn.Parameter) -> None:
+        _, zn, un = by_id[id(p)]
+        p.grad.add_((p.detach() - zn + un).to(p.grad.dtype), alpha=rho)
 
-    handle = register_optimizer_step_pre_hook(pre)
+    handle = register_optimizer_step_pre_hook(_on_our_grads(by_id, count, penalty))
     try:
         yield count
     finally:
@@ -109,14 +120,8 @@ def hold_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Ten
     by_id = {id(p): (p, masks[n].to(p.device, p.dtype)) for n, p in params.items()}
     count = StepCount()
 
-    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        ours = _ours(opt, by_id)
-        if not ours:
-            return
-        count.steps += 1
-        for p in ours:
-            if p.grad is not None:
-                p.grad.mul_(by_id[id(p)][1].to(p.grad.dtype))
+    def mask_grad(p: nn.Parameter) -> None:
+        p.grad.mul_(by_id[id(p)][1].to(p.grad.dtype))
 
     @torch.no_grad()
     def post(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -130,7 +135,8 @@ def hold_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Ten
     with torch.no_grad():  # the loop starts from masked weights
         for p, m in by_id.values():
             p.mul_(m)
-    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    handles = [register_optimizer_step_pre_hook(_on_our_grads(by_id, count, mask_grad)),
+               register_optimizer_step_post_hook(post)]
     try:
         yield count
     finally:

@@ -18,12 +18,9 @@ end, so a failure leaves nothing half-written under the output folder.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoprune.atomic import replace_folder
+from autoprune.atomic import staged_folder
 from autoprune.checkpoint import Checkpoint, load_checkpoint
 from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, candidate_forms
@@ -60,7 +57,7 @@ from autoprune.train import evaluate
 if TYPE_CHECKING:
     from autoprune.pipeline import PruneOutcome, PruneSummary
 
-__all__ = ["build_deployable", "count_stored"]
+__all__ = ["build_deployable", "count_stored", "verify_compaction"]
 
 
 def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, device: torch.device,
@@ -100,7 +97,7 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
     masked = copy.deepcopy(outcome.model).cpu().float().eval()
     model, result, notes = _compact(masked, outcome.projector, shape, device, latency, force_form, reporter)
     xb = _first_batch(splits.val)
-    diff = _verify_compaction(masked, model, xb, device)
+    diff = verify_compaction(masked, model, xb, device)
     reporter.log("timing dense against compacted (interleaved)")
     ckpt = load_checkpoint(summary.checkpoint)
     timed = compare_latency({"dense": ckpt.build().eval(), "pruned": copy.deepcopy(model)}, shape, device=device,
@@ -108,7 +105,7 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
     reporter.log("evaluating")
     val_acc = evaluate(model, splits.val, device=device)
     test_acc = evaluate(model, splits.test, device=device)
-    with _staging(out) as tmp:
+    with staged_folder(out) as tmp:
         save_pruned(model, tmp, base=_base(ckpt))
         exports = export_programs(model, xb[: min(8, len(xb))] if len(xb) >= 2 else torch.cat([xb, xb]), tmp)
         reporter.log("reloading and checking the saved model and exported programs")
@@ -179,7 +176,7 @@ def _first_batch(dataset: Dataset, n: int = 64) -> torch.Tensor:
     return x
 
 
-def _verify_compaction(masked: nn.Module, model: nn.Module, xb: torch.Tensor, device: torch.device) -> float:
+def verify_compaction(masked: nn.Module, model: nn.Module, xb: torch.Tensor, device: torch.device) -> float:
     """The largest difference between the compacted and the masked model on ``xb``.
 
     Raises:
@@ -211,21 +208,6 @@ def _check_reload(folder: Path, test_set: Dataset, device: torch.device, test_ac
         raise RuntimeError(f"the saved model reloads with test accuracy {reloaded_acc:.4f}, not {test_acc:.4f}; "
                            f"this is a bug in save_pruned/load_pruned.")
     return reloaded_acc
-
-
-@contextlib.contextmanager
-def _staging(out: Path) -> Iterator[Path]:
-    """A temporary sibling folder of ``out`` that becomes ``out`` when the block succeeds
-    and is removed when it fails."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        yield tmp
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # -- the report --------------------------------------------------------------------------

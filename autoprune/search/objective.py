@@ -110,14 +110,15 @@ def wait_for_twin(study: Any, signature: str, number: int, poll_s: float = 0.5, 
     proposed it at the same moment), wait until it ends and return the finished trial to
     reuse (:func:`find_prior`), or None where it failed: a configuration is trained once.
     Waiting only on lower numbers keeps two twins from waiting on each other."""
-    deadline = time.monotonic() + timeout_s
+    deadline, waited = time.monotonic() + timeout_s, False
     while time.monotonic() < deadline:
         twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                  if t.number < number and t.user_attrs.get(SIGNATURE_ATTR) == signature]
         if not twins:
             break
+        waited = True
         time.sleep(poll_s)
-    return find_prior(study, signature, number)
+    return find_prior(study, signature, number) if waited else None
 
 
 def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  # noqa: ANN401

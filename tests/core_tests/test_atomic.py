@@ -32,10 +32,9 @@ _WRITERS = r"""
 import os, sys
 from pathlib import Path
 import torch
-from autoprune.atomic import write_text_atomic
+from autoprune.atomic import staged_folder, write_text_atomic
 from autoprune.checkpoint import Checkpoint
 from autoprune.deploy.archive import save_pruned
-from autoprune.deploy.build import _staging
 from autoprune.latency import LatencyCache, LatencyResult
 from autoprune.models import create_model
 
@@ -59,7 +58,7 @@ def folder(path, v):
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float(v))
-    with _staging(Path(path)) as tmp:
+    with staged_folder(Path(path)) as tmp:
         save_pruned(model, tmp, base=BASE)
         (tmp / "version.txt").write_text(str(v))
         torch.save(torch.full((PAD,), float(v)), tmp / "pad.pt")
