@@ -363,3 +363,88 @@ def test_data_package_does_not_import_torchvision() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- Fashion-MNIST as Debian's dataset-fashion-mnist ships it ------------------------------
+def _debian_fashion(folder: Path, *, n_train: int = 120, label_offset: int = 0) -> None:
+    """The four IDX files gzipped, straight in ``folder`` (as /usr/share/datasets/fashion-mnist/)."""
+    import gzip
+
+    rng = np.random.default_rng(7)
+    folder.mkdir(parents=True)
+    for prefix, n in (("train", n_train), ("t10k", 30)):
+        for kind, array in (("images-idx3", _pixels(rng, (n, 28, 28), [0.286], [0.353], 0)),
+                            ("labels-idx1", (np.arange(n) + label_offset) % 10)):
+            plain = folder / f"{prefix}-{kind}-ubyte"
+            _write_idx(plain, array)
+            with gzip.open(f"{plain}.gz", "wb") as f:
+                f.write(plain.read_bytes())
+            plain.unlink()
+
+
+def test_fashion_mnist_reads_the_system_package_files_when_no_data_dir_is_given(tmp_path, monkeypatch) -> None:
+    from autoprune.data import torchvision_sets
+
+    system = tmp_path / "usr-share-datasets" / "fashion-mnist"
+    _debian_fashion(system, n_train=150)
+    monkeypatch.setitem(torchvision_sets.SYSTEM_DIRS, "fashion-mnist", (system, "apt-get install -y dataset-fashion-mnist"))
+    monkeypatch.chdir(tmp_path)  # ./data does not exist here
+    splits = get_dataset("fashion-mnist")
+    assert len(splits.train) + len(splits.val) == 150 and len(splits.test) == 30
+    assert splits.image_size == (28, 28) and splits.in_channels == 1
+    assert sorted(int(y) for _, y in (splits.test[i] for i in range(30))) == sorted(list(range(10)) * 3)
+
+
+def test_read_idx_gives_the_same_array_plain_and_gzipped(tmp_path) -> None:
+    import gzip
+
+    from autoprune.data.torchvision_sets import read_idx
+
+    array = np.random.default_rng(3).integers(0, 256, size=(7, 28, 28)).astype(np.uint8)
+    _write_idx(tmp_path / "x-idx3-ubyte", array)
+    with gzip.open(tmp_path / "y-idx3-ubyte.gz", "wb") as f:
+        f.write((tmp_path / "x-idx3-ubyte").read_bytes())
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte"), array)
+    assert np.array_equal(read_idx(tmp_path / "y-idx3-ubyte.gz"), array)
+
+
+def test_fashion_mnist_data_dir_wins_over_the_system_package(tmp_path, monkeypatch) -> None:
+    from autoprune.data import torchvision_sets
+
+    system = tmp_path / "system"
+    _debian_fashion(system, n_train=150)
+    monkeypatch.setitem(torchvision_sets.SYSTEM_DIRS, "fashion-mnist", (system, "apt-get install -y dataset-fashion-mnist"))
+    mine = tmp_path / "mine"
+    _debian_fashion(mine, n_train=200)  # gzipped files straight in the folder named
+    assert len(get_dataset("fashion-mnist", data_dir=mine).train) + len(get_dataset("fashion-mnist", data_dir=mine).val) == 200
+    # a folder the user names that lacks the files is an error, not a silent fallback
+    with pytest.raises(UserError) as info:
+        get_dataset("fashion-mnist", data_dir=tmp_path / "empty")
+    assert str(system) not in str(info.value)
+
+
+def test_fashion_mnist_missing_says_how_to_install_it_in_one_line(tmp_path, monkeypatch) -> None:
+    from autoprune.data import torchvision_sets
+
+    monkeypatch.setitem(torchvision_sets.SYSTEM_DIRS, "fashion-mnist",
+                        (tmp_path / "nowhere", "apt-get install -y dataset-fashion-mnist"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as info:
+        get_dataset("fashion-mnist")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "apt-get install -y dataset-fashion-mnist" in message and str(tmp_path / "nowhere") in message
+
+
+def test_corrupt_idx_file_is_named(tmp_path) -> None:
+    import gzip
+
+    _debian_fashion(tmp_path / "f")
+    bad = tmp_path / "f" / "t10k-labels-idx1-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(b"\x00\x00\x08\x01\x00\x00\x00\x1e" + bytes(10))  # says 30 labels, holds 10
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz.*10 data bytes"):
+        get_dataset("fashion-mnist", data_dir=tmp_path / "f")
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.gz"):
+        get_dataset("fashion-mnist", data_dir=tmp_path / "f")
