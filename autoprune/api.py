@@ -75,6 +75,9 @@ def search(
     trials: int | None = None,
     schedule: Schedule | None = None,
     method: str = "magnitude",
+    rungs: bool = True,
+    short_rung: float = 0.2,
+    epoch_budget: float | str | None = "auto",
     space: str | None = None,
     storage: str | None = None,
     study_name: str | None = None,
@@ -114,6 +117,15 @@ def search(
             (default :class:`~autoprune.admm.Schedule`: 6 x 0.25 + 3.5).
         method: How each trial prunes: ``"magnitude"`` (one-shot, then all the
             schedule's training is masked retraining) or ``"admm"``.
+        rungs: Score each configuration cheaply first (the hard prune with BatchNorm
+            statistics recomputed by ``train`` with its optimizer steps undone, then a short
+            masked retraining) and train the full schedule only for those predicted to reach
+            the front within the budget (:mod:`autoprune.search.rungs`). False trains every
+            configuration faster than dense fully.
+        short_rung: The short rung's training, a fraction of the schedule (0: none).
+        epoch_budget: The training the whole study may spend, in ``train``'s unit, every rung
+            counted: a number, ``"auto"`` (nine full schedules: what a uniform sweep of nine
+            rates trains) or None (no cap).
         space: A search space YAML file, or None/``"auto"`` (every prunable layer).
         storage: An Optuna storage URL (default ``sqlite:///<runs_dir>/optuna.db``).
         study_name: The study's name (default ``<model class>-<dataset>-<device>``).
@@ -156,11 +168,12 @@ def search(
                             schedule=schedule, test=test)
         admm_settings = task.schedule.to_settings()
         model_name, data_name = type(model).__name__, dataset or "user-data"
-    given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method"}
+    given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method", "rungs", "short_rung"}
     settings = SearchSettings(model=model_name, dataset=data_name, budget=budget_value, budget_mode=budget_mode,
                               trials=trials, device=device, latency_batch=latency_batch, dtype=dtype, sampler=sampler,
                               seed=seed, study_name=study_name, storage=storage, resume=resume, space=space,
-                              admm=admm_settings, trial_method=method, runs_dir=str(runs_dir),
+                              admm=admm_settings, trial_method=method, runs_dir=str(runs_dir), rungs=rungs,
+                              short_rung=short_rung, epoch_budget=epoch_budget,
                               given=frozenset(given | ({"space"} if space is not None else set())), task=task,
                               checkpoint=checkpoint, data_dir=data_dir)
     hooks = [*callbacks, *mirror_callbacks(tracking=tracking, tracking_uri=tracking_uri, runs_dir=str(runs_dir),

@@ -188,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-method", default=None, choices=["admm", "magnitude"],
                    help="how each trial prunes: magnitude (one-shot, then all its epochs masked retraining; the "
                         "default: level or ahead of ADMM at equal epochs) or admm (ADMM, hard prune, retraining)")
+    p.add_argument("--rungs", action=argparse.BooleanOptionalAction, default=None,
+                   help="score each configuration at a screen (hard prune + BatchNorm recalibration, no training) "
+                        "and a short retraining before its full schedule, training only those predicted to reach "
+                        "the front within the budget (default: on; --no-rungs trains every configuration fully)")
+    p.add_argument("--short-rung", type=float, default=None,
+                   help="the short rung's training, a fraction of a trial's (default: 0.2; 0: none)")
+    p.add_argument("--epoch-budget", default=None, metavar="EPOCHS|auto|none",
+                   help="training the whole study may spend, every rung counted (default: auto = nine full trials, "
+                        "what a uniform sweep of nine rates trains; a study given a larger one goes on)")
     p.add_argument("--min-speedup", type=float, default=1.0,
                    help="stop a trial early unless its measured speedup reaches this (default: %(default)s)")
     p.add_argument("--abandon-drop", default=None,
@@ -421,7 +430,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     given = {k for k in ("model", "dataset", "budget", "budget_mode", "latency_batch", "dtype", "sampler", "seed",
                          "space", "device", "trials", "channel_multiple", "channels_last", "fold_bn", "steady_memory",
-                         "trial_method")
+                         "trial_method", "rungs", "short_rung", "epoch_budget")
              if getattr(args, k) is not None}
     if any(v is not None for v in (args.admm_iters, args.admm_epochs, args.retrain_epochs, args.rho)):
         given.add("admm")
@@ -438,7 +447,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         abandon_drop=parse_budget(args.abandon_drop) if args.abandon_drop is not None else None, given=given,
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
-                                                                   "seed", "trial_method") if getattr(args, k) is not None})
+                                                                   "seed", "trial_method", "rungs", "short_rung",
+                                                                   "epoch_budget") if getattr(args, k) is not None})
     reporter = _reporter(args)
     callbacks = _search_callbacks(args, reporter)
 

@@ -46,7 +46,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from autoprune.errors import UserError
 
-__all__ = ["StepCount", "admm_penalty", "hold_masks", "no_step_error"]
+__all__ = ["StepCount", "admm_penalty", "frozen_weights", "hold_masks", "no_step_error"]
 
 
 @dataclass
@@ -145,6 +145,51 @@ def hold_masks(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Ten
         with torch.no_grad():  # whatever the loop did outside an optimizer step
             for p, m in by_id.values():
                 p.mul_(m)
+
+
+@contextlib.contextmanager
+def frozen_weights(params: Mapping[str, nn.Parameter]) -> Iterator[StepCount]:
+    """Undo every optimizer step over ``params``: each parameter is copied before a step and put
+    back after it, and so is the optimizer's state for it. What the loop's forward passes change
+    outside the optimizer (BatchNorm running statistics) stays: this is how a user's ``train``
+    recomputes BatchNorm statistics for the search's screen without training a weight.
+
+    Yields:
+        The count of optimizer steps that reached these parameters.
+    """
+    by_id = {id(p): p for p in params.values()}
+    count = StepCount()
+    saved: dict[int, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+
+    @torch.no_grad()
+    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        ours = _ours(opt, by_id)
+        if not ours:
+            return
+        count.steps += 1
+        for p in ours:
+            state = {k: v.clone() for k, v in opt.state.get(p, {}).items() if torch.is_tensor(v)}
+            saved[id(p)] = (p.detach().clone(), state)
+
+    @torch.no_grad()
+    def post(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        for p in _ours(opt, by_id):
+            if id(p) not in saved:
+                continue
+            value, state = saved.pop(id(p))
+            p.copy_(value)
+            if not state:  # the step made the state: every step is again the first
+                opt.state.pop(p, None)
+                continue
+            for k, v in state.items():
+                opt.state[p][k] = v
+
+    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    try:
+        yield count
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def no_step_error(what: str) -> UserError:

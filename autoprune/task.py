@@ -23,10 +23,12 @@ from torch import nn
 from autoprune import admm
 from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
 from autoprune.config import AdmmSettings
+from autoprune.data import make_loader
 from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
-from autoprune.train import evaluate, seed_everything
+from autoprune.steering import frozen_weights
+from autoprune.train import ClassifierTrainer, evaluate, fresh_batchnorm, recalibrate_batchnorm, seed_everything, steps_for
 
 __all__ = ["DIRECTIONS", "ClassifierTask", "FunctionTask", "Task", "metric_drop", "model_fingerprint"]
 
@@ -77,6 +79,27 @@ class Task:
         """Prune ``model`` in place (ADMM or magnitude, hard prune, masked retraining)."""
         raise NotImplementedError
 
+    # -- the search's rungs (autoprune.search.rungs) --------------------------------------
+    def trial_amount(self, settings: AdmmSettings) -> float:
+        """A trial's whole training, in the training loop's unit."""
+        raise NotImplementedError
+
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings,  # noqa: ANN401
+                    seed: int) -> float:
+        """Recompute the BatchNorm statistics of a hard-pruned ``model`` without training a
+        weight; returns what it cost, in the training loop's unit (0 without BatchNorm)."""
+        raise NotImplementedError
+
+    def screen_score(self, model: nn.Module, device: torch.device, fidelity: Any) -> float:  # noqa: ANN401
+        """The metric the screen rung scores with (default: :meth:`score`)."""
+        return self.score(model, device)
+
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings, *,
+                seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
+        """Masked retraining of ``model`` for ``amount``; returns the training actually run, in the
+        loop's unit, and the mean training loss (NaN where the loop returns none)."""
+        raise NotImplementedError
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.example().shape[1:])
@@ -111,6 +134,44 @@ class ClassifierTask(Task):
         seed_everything(seed)
         return admm.prune(model, projector, self.splits.train, settings, method=method, device=device, seed=seed,
                           reporter=reporter, val_set=self.splits.val, on_hard_prune=on_hard_prune)
+
+    def trial_amount(self, settings: AdmmSettings) -> float:
+        per_epoch = self._per_epoch(settings)
+        return Schedule.from_settings(settings, per_epoch).total
+
+    def _per_epoch(self, settings: AdmmSettings) -> int:
+        return len(make_loader(self.splits.train, batch_size=settings.batch_size, shuffle=False,
+                               drop_last=len(self.splits.train) > settings.batch_size))
+
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings,  # noqa: ANN401
+                    seed: int) -> float:
+        # at most 5% of an epoch (two batches at least): on a small training set 16 batches would be most of it
+        batches = min(fidelity.screen_batches, max(2, math.ceil(0.05 * self._per_epoch(settings))))
+        images = recalibrate_batchnorm(model, self.splits.train_eval, device=device, batches=batches,
+                                       batch_size=settings.batch_size, seed=seed)
+        return images / max(len(self.splits.train), 1)
+
+    def screen_score(self, model: nn.Module, device: torch.device, fidelity: Any) -> float:  # noqa: ANN401
+        return evaluate(model, self.screen_subset(fidelity.screen_val), device=device)
+
+    def screen_subset(self, size: int) -> torch.utils.data.Dataset:
+        """``size`` validation images drawn once with a fixed seed (all of them for 0 or more)."""
+        val = self.splits.val
+        if size <= 0 or size >= len(val):
+            return val
+        rows = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:size].sort().values
+        return torch.utils.data.Subset(val, rows.tolist())
+
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings, *,
+                seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
+        if amount <= 0:
+            return 0.0, float("nan")
+        model.to(device)
+        trainer = ClassifierTrainer(self.splits.train, settings, device=device, seed=seed, reporter=reporter,
+                                    description="masked retraining")
+        loss = admm.masked_retrain(model, masks, trainer, amount)
+        per_epoch = self._per_epoch(settings)
+        return steps_for(amount, per_epoch) / per_epoch, loss
 
 
 class FunctionTask(Task):
@@ -184,3 +245,33 @@ class FunctionTask(Task):
         return admm.prune_with(model, projector, schedule, train=self.train,
                                evaluate=lambda m: self.score(m, device), method=method, reporter=reporter,
                                on_hard_prune=on_hard_prune)
+
+    def trial_amount(self, settings: AdmmSettings | None) -> float:
+        return (self.schedule if settings is None else Schedule.from_settings(settings)).total
+
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings | None,  # noqa: ANN401
+                    seed: int) -> float:
+        """The user's ``train`` for ``screen_amount`` of a trial's training with every optimizer
+        step undone (:func:`autoprune.steering.frozen_weights`): only the BatchNorm statistics,
+        reset first and averaged over the batches seen, change."""
+        amount = fidelity.screen_amount * self.trial_amount(settings)
+        if amount <= 0:
+            return 0.0
+        model.to(device)
+        with fresh_batchnorm(model) as norms:
+            if norms == 0:
+                return 0.0
+            seed_everything(seed)
+            model.train()  # a loop that leaves the mode as it finds it still updates the statistics
+            with frozen_weights(dict(model.named_parameters())):
+                self.train(model, amount)
+        model.eval()
+        return amount
+
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings | None,
+                *, seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
+        if amount <= 0:
+            return 0.0, float("nan")
+        seed_everything(seed)
+        model.to(device)
+        return amount, admm.masked_retrain(model, masks, self.train, amount)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,7 +89,7 @@ def run_epochs(
         loader = make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed,
                              drop_last=len(dataset) > batch_size)
         per_epoch = len(loader)
-        total = steps if steps is not None else max(1, int(math.ceil(epochs * per_epoch - 1e-9)))
+        total = steps if steps is not None else steps_for(epochs, per_epoch)
         opt = make_sgd(model, lr=lr, momentum=momentum, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         model.train()
@@ -162,6 +163,54 @@ class ClassifierTrainer:
         return run_epochs(model, self.dataset, device=self.device, epochs=epochs, lr=s.lr, momentum=s.momentum,
                           weight_decay=s.weight_decay, batch_size=s.batch_size, seed=seed, reporter=self.reporter,
                           description=f"{self.description} ({epochs:.3g} epochs)", on_loss=self.on_loss)
+
+
+def steps_for(epochs: float, per_epoch: int) -> int:
+    """The optimizer steps :func:`run_epochs` takes for ``epochs`` of ``per_epoch`` batches."""
+    return max(1, int(math.ceil(epochs * per_epoch - 1e-9)))
+
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+@contextlib.contextmanager
+def fresh_batchnorm(model: nn.Module) -> Iterator[int]:
+    """Reset every BatchNorm's running statistics and make it average the batches it sees from
+    now on with equal weight (``momentum=None``); each BatchNorm's momentum comes back at the end.
+    Yields the number of BatchNorm layers (0: nothing to recompute)."""
+    norms = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        yield len(norms)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: torch.utils.data.Dataset, *, device: torch.device,
+                          batches: int, batch_size: int = 64, seed: int = 0) -> int:
+    """Recompute the BatchNorm statistics of ``model`` from ``batches`` batches of ``dataset``
+    (forward passes in training mode, no weight changes; EagleEye's adaptive BatchNorm,
+    arXiv 2007.02491). Returns the images passed (0 when the model has no BatchNorm)."""
+    with fresh_batchnorm(model) as n:
+        if n == 0:
+            return 0
+        was_training = model.training
+        model.train()
+        seen = 0
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for i, (x, _) in enumerate(make_loader(dataset, batch_size=batch_size, shuffle=True, seed=seed)):
+                if i >= batches:
+                    break
+                model(x.to(device))
+                seen += int(x.shape[0])
+        model.train(was_training)
+    return seen
 
 
 @torch.no_grad()

@@ -1,31 +1,38 @@
-"""Is the search worth running? ``autoprune search`` against uniform pruning, side by side.
+"""Is the search worth running? ``autoprune search`` against uniform pruning, side by side, at
+no more training than one uniform sweep.
 
 For each model, seed and budget, on one machine and in one process:
 
-1. the dense baseline, trained with the seed;
+1. the dense baseline (trained once per model and kept in the work folder);
 2. the **uniform sweep**: filter pruning of every prunable layer (the first conv included,
    the output layer kept) at 10%, 20%, ... 90%, by autoprune's magnitude projection +
-   masked retraining and by Torch-Pruning's group-L2 pruner + fine-tuning, each with the
-   epochs one search trial gets;
-3. ``autoprune search`` at the budget, with the same per-trial epochs;
+   masked retraining and by Torch-Pruning's group-L2 pruner + fine-tuning, ``E`` epochs each
+   (``--epochs``): ``9 E`` epochs per sweep;
+3. ``autoprune search`` at the budget, trials of the same ``E`` epochs, with its rungs
+   (screen, short, full) and an epoch budget of ``9 E``: **no more training than one sweep**,
+   every rung counted;
 4. every configuration timed beside dense by autoprune's side-by-side timer, and at the end
    the winners (best uniform of each kind, the search's best) timed again together.
 
 Reported: the best speedup within the budget for each side (validation accuracy decides
 feasibility, as in the search; the test accuracy of each winner is shown beside it), the
-ratio search / best uniform, the hypervolume of each side's accuracy-latency points
-(reference: the dense latency and the budget's accuracy floor), the training epochs each
-side spent, and wall times. Results: ``benchmarks/results/search_vs_uniform.{md,json}``.
+ratio search / best uniform, the training epochs each side spent, the Spearman rank
+correlation of the search's cheap scores (screen, short rung) with the fully trained score,
+and wall times. Results: ``benchmarks/results/<name>.{md,json}``.
 
-    .venv/bin/python benchmarks/search_vs_uniform.py --small          # minutes on 2 cores
-    .venv/bin/python benchmarks/search_vs_uniform.py --device cuda     # full mode, on a GPU
-    .venv/bin/python benchmarks/search_vs_uniform.py --small --models lenet5 --dataset npz:my.npz
+    .venv/bin/python benchmarks/search_vs_uniform.py --small --models resnet56      # Fashion-MNIST, 2 cores
+    .venv/bin/python benchmarks/search_vs_uniform.py --device cuda                    # full mode, on a GPU
+    .venv/bin/python benchmarks/search_vs_uniform.py --tiny --out /tmp/svu            # the suite's smoke run
+
+``--small`` trains on a stratified subset of the training images (``--train-subset``, the same
+for every side) for ``--epochs`` epochs per point; the full mode uses the whole training set.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -38,25 +45,96 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from autoprune.admm import prune as autoprune_prune  # noqa: E402
+from autoprune.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
 from autoprune.config import AdmmSettings, LayerTarget  # noqa: E402
+from autoprune.data import DatasetSplits  # noqa: E402
+from autoprune.dense import build_model, example_input, load_dataset  # noqa: E402
 from autoprune.device import resolve_channel_multiple, resolve_device  # noqa: E402
 from autoprune.groups import ChannelGraph  # noqa: E402
 from autoprune.latency import device_description  # noqa: E402
-from autoprune.pipeline import example_input, load_dataset, train_baseline  # noqa: E402
-from autoprune.search import SEARCH_ADMM, SearchSettings, run_search  # noqa: E402
-from autoprune.search.probe import ConfigProbe  # noqa: E402
+from autoprune.search import SearchSettings, run_search  # noqa: E402
 from autoprune.search.baseline import choose_latency_batch, latency_settings  # noqa: E402
-from autoprune.train import evaluate, run_epochs, seed_everything  # noqa: E402
+from autoprune.search.probe import ConfigProbe  # noqa: E402
+from autoprune.search.rungs import rank_correlation  # noqa: E402
+from autoprune.search.settings import AUTO_BUDGET_TRIALS  # noqa: E402
+from autoprune.task import ClassifierTask  # noqa: E402
+from autoprune.train import TrainSettings, evaluate, run_epochs, seed_everything, train_model  # noqa: E402
 
 RESULTS = ROOT / "results"
 RATES = tuple(round(0.1 * i, 1) for i in range(1, 10))
 FINAL_ROUNDS = 30
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What one run measures."""
+
+    name: str
+    models: str
+    dataset: str
+    train_subset: int | None  # training images (stratified), None: all
+    epochs: float  # per uniform point and per search trial
+    dense_epochs: int
+    trials: int
+    rates: tuple[float, ...] = RATES
+    short_rung: float = 0.2
+
+
+MODES = {
+    "small": Mode("small", "resnet56,vgg16-bn-half", "fashion-mnist", 5000, 1.0, 10, 40),
+    "full": Mode("full", "resnet56,vgg16-bn-half", "fashion-mnist", None, 5.0, 30, 60),
+    # the suite's smoke run: one small model on the embedded digits, two rates, rungs without the short one
+    "tiny": Mode("tiny", "digits-cnn", "digits", None, 1.0, 3, 4, rates=(0.3, 0.6), short_rung=0.0),
+}
+
+
+# -- data ----------------------------------------------------------------------------
+def subset_splits(splits: DatasetSplits, n: int | None, seed: int = 0) -> DatasetSplits:
+    """``splits`` with ``n`` training images drawn per class in proportion (the same for every
+    side of the comparison); validation and test stay whole."""
+    if n is None or n >= len(splits.train):
+        return splits
+    labels = splits.train.source.labels[splits.train.indices].numpy()
+    rng = np.random.RandomState(seed)
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keep.extend(rng.choice(rows, max(1, round(n * len(rows) / len(labels))), replace=False).tolist())
+    keep = sorted(keep)
+
+    def part(ds):  # noqa: ANN001, ANN202
+        out = copy.copy(ds)
+        out.indices = ds.indices[torch.as_tensor(keep)]
+        return out
+
+    return dataclasses.replace(splits, train=part(splits.train), train_eval=part(splits.train_eval))
+
+
+def dense_baseline(model: str, splits: DatasetSplits, mode: Mode, device: torch.device, work: Path,
+                   log) -> tuple[Checkpoint, Path, float]:  # noqa: ANN001
+    """The dense model, trained once per model (seed 0) on the mode's training set and kept in ``work``."""
+    path = work / f"dense-{model}-{splits.name}-{mode.train_subset or 'all'}-{mode.dense_epochs}.pt".replace(":", "-")
+    if path.is_file():
+        return load_checkpoint(path), path, 0.0
+    t0 = time.perf_counter()
+    seed_everything(0)
+    net = build_model(model, splits)
+    settings = TrainSettings(epochs=mode.dense_epochs)
+    result = train_model(net, splits.train, splits.val, device=device, settings=settings, seed=0)
+    ckpt = Checkpoint(model=model, dataset=splits.name, in_channels=splits.in_channels, num_classes=splits.num_classes,
+                      image_size=tuple(splits.image_size), state_dict=net.state_dict(),
+                      metrics={"val_acc": result["val_acc"]}, seed=0, epochs=mode.dense_epochs)
+    ckpt.save(path)
+    seconds = time.perf_counter() - t0
+    log(f"{model}: dense trained {mode.dense_epochs} epochs on {len(splits.train)} images in {seconds:.0f} s, "
+        f"{100 * result['val_acc']:.2f}% val")
+    return ckpt, path, seconds
 
 
 # -- the uniform sweep ------------------------------------------------------------
@@ -67,11 +145,6 @@ def uniform_targets(graph: ChannelGraph, rate: float) -> dict[str, LayerTarget]:
             if not info.is_output and graph.out_group(n) is not None and graph.out_group(n).prunable}
 
 
-def trial_epochs(admm: AdmmSettings) -> float:
-    """The epochs one search trial trains: ADMM iterations x epochs + retraining."""
-    return admm.iters * admm.epochs + admm.retrain_epochs
-
-
 @dataclass
 class Point:
     """One pruned configuration: what it scored and how fast it ran."""
@@ -79,7 +152,6 @@ class Point:
     side: str  # "magnitude", "torch-pruning", "search"
     label: str
     val: float
-    test: float
     ratio: float  # latency / dense latency (side by side)
     epochs: float
     extra: dict[str, Any] = field(default_factory=dict)
@@ -89,63 +161,67 @@ class Point:
         return 1.0 / self.ratio
 
 
-def magnitude_sweep(ckpt, splits, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int) -> list[Point]:  # noqa: ANN001
+def magnitude_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int,  # noqa: ANN001
+                    rates: tuple[float, ...]) -> tuple[list[Point], list[torch.nn.Module]]:
     """autoprune's magnitude projection + masked retraining of every uniform rate."""
-    out, configs = [], []
-    for rate in RATES:
+    out, configs, models = [], [], []
+    for rate in rates:
         targets = uniform_targets(graph, rate)
-        model = ckpt.build()
-        seed_everything(seed)
-        autoprune_prune(model, probe.projector(targets, model), splits.train, admm, method="magnitude",
-                        device=probe.device, seed=seed)
-        out.append(Point("magnitude", f"filter {round(100 * rate)}%", evaluate(model, splits.val, device=probe.device),
-                         evaluate(model, splits.test, device=probe.device), 1.0, trial_epochs(admm),
+        model = task.dense()
+        task.prune(model, probe.projector(targets, model), admm, method="magnitude", seed=seed, device=probe.device)
+        model.cpu().eval()
+        out.append(Point("magnitude", f"filter {round(100 * rate)}%", task.score(model, probe.device), 1.0,
+                         admm.iters * admm.epochs + admm.retrain_epochs,
                          {"rate": rate, "signature": probe.signature(targets)}))
         configs.append(targets)
+        models.append(model)
     stats = probe.compare([{}] + configs)
     for p, st in zip(out, stats[1:]):
         p.ratio = st.median
-    return out
+    return out, models
 
 
-def torch_pruning_model(ckpt, splits, graph, rate: float) -> torch.nn.Module:  # noqa: ANN001
+def torch_pruning_model(task: ClassifierTask, graph, rate: float) -> torch.nn.Module:  # noqa: ANN001
     """Torch-Pruning's group-L2 magnitude pruner, one shot at ``rate`` on every prunable layer
     (``ignored_layers``: the output layer), as its README shows it."""
     import torch_pruning as tp
 
-    model = ckpt.build()
+    model = task.dense()
     pruner = tp.pruner.MagnitudePruner(
-        model, example_input(splits), importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=rate,
+        model, task.example(), importance=tp.importance.GroupMagnitudeImportance(p=2), pruning_ratio=rate,
         ignored_layers=[model.get_submodule(graph.output_layer)])
     pruner.step()
     return model
 
 
-def torch_pruning_sweep(ckpt, splits, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int) -> list[Point]:  # noqa: ANN001
+def torch_pruning_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int,  # noqa: ANN001
+                        rates: tuple[float, ...]) -> tuple[list[Point], list[torch.nn.Module]]:
     """Torch-Pruning at every uniform rate, fine-tuned for the epochs of one trial."""
     out, models = [], []
-    for rate in RATES:
-        model = torch_pruning_model(ckpt, splits, graph, rate)
+    epochs = admm.iters * admm.epochs + admm.retrain_epochs
+    for rate in rates:
+        model = torch_pruning_model(task, graph, rate)
         seed_everything(seed)
-        run_epochs(model, splits.train, device=probe.device, epochs=trial_epochs(admm), lr=admm.lr,
-                   momentum=admm.momentum, weight_decay=admm.weight_decay, batch_size=admm.batch_size, seed=seed)
+        run_epochs(model, task.splits.train, device=probe.device, epochs=epochs, lr=admm.lr, momentum=admm.momentum,
+                   weight_decay=admm.weight_decay, batch_size=admm.batch_size, seed=seed)
         model.cpu().eval()
-        out.append(Point("torch-pruning", f"filter {round(100 * rate)}%", evaluate(model, splits.val, device=probe.device),
-                         evaluate(model, splits.test, device=probe.device), 1.0, trial_epochs(admm), {"rate": rate}))
+        out.append(Point("torch-pruning", f"filter {round(100 * rate)}%", task.score(model, probe.device), 1.0,
+                         epochs, {"rate": rate}))
         models.append(model)
-    stats = probe.compare_models([ckpt.build()] + models)
+    stats = probe.compare_models([task.dense()] + models)
     for p, st in zip(out, stats[1:]):
         p.ratio = st.median
     return out, models
 
 
 # -- the search ---------------------------------------------------------------------
-def search(ckpt_path: Path, model: str, dataset: str, budget: float, seed: int, trials: int, batch: int,
-           work: Path, device: str, method: str, data_dir: str | None) -> dict[str, Any]:
+def search(task: ClassifierTask, model: str, dataset: str, budget: float, seed: int, mode: Mode, batch: int,
+           work: Path, device: str, method: str, admm: AdmmSettings, epoch_budget: float | None) -> dict[str, Any]:
     settings = SearchSettings(
-        model=model, dataset=dataset, checkpoint=str(ckpt_path), data_dir=data_dir, budget=budget, trials=trials,
-        device=device, latency_batch=batch, seed=seed, study_name=f"{model}-{budget}-{seed}".replace(":", "-"),
-        storage=f"sqlite:///{work / 'optuna.db'}", runs_dir=str(work), trial_method=method,
+        model=model, dataset=dataset, budget=budget, trials=mode.trials, device=device, latency_batch=batch,
+        seed=seed, study_name=f"{model}-{budget}-{seed}".replace(":", "-"), storage=f"sqlite:///{work / 'optuna.db'}",
+        runs_dir=str(work), trial_method=method, admm=admm, task=task, short_rung=mode.short_rung,
+        epoch_budget=epoch_budget,
     )
     t0 = time.perf_counter()
     result = run_search(settings)
@@ -153,129 +229,147 @@ def search(ckpt_path: Path, model: str, dataset: str, budget: float, seed: int, 
 
 
 # -- figures ------------------------------------------------------------------------
-def hypervolume(points: list[tuple[float, float]], floor: float) -> float:
-    """Area dominated by ``(accuracy, latency ratio)`` points above the accuracy ``floor`` and
-    below the dense latency (ratio 1), in accuracy points x fraction of dense time: at each
-    latency x, the best accuracy of the points at most that slow."""
-    pts = sorted((r, a) for a, r in points if a > floor and r < 1.0)
-    area, best = 0.0, floor
-    for i, (r, a) in enumerate(pts):
-        best = max(best, a)
-        right = pts[i + 1][0] if i + 1 < len(pts) else 1.0
-        area += (right - r) * (best - floor)
-    return 100 * area
-
-
 def best_within(points: list[Point], dense_val: float, budget: float) -> Point | None:
     ok = [p for p in points if dense_val - p.val <= budget + 1e-12]
     return min(ok, key=lambda p: (p.ratio, -p.val)) if ok else None
 
 
-def run_model(model: str, dataset: str, seed: int, budgets: list[float], trials: int, device: torch.device,
-              method: str, work: Path, data_dir: str | None, log) -> list[dict[str, Any]]:  # noqa: ANN001
+def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], device: torch.device, method: str,
+              work: Path, data_dir: str | None, log, ceiling: bool,  # noqa: ANN001
+              checkpoint: str | None = None) -> list[dict[str, Any]]:
     t_model = time.perf_counter()
-    ckpt, ckpt_path = train_baseline(model, dataset, device=device, seed=seed, data_dir=data_dir,
-                                     out=work / f"{model}-{seed}.pt".replace(":", "-"))
-    splits = load_dataset(dataset, data_dir=data_dir)
+    splits = subset_splits(load_dataset(mode.dataset, data_dir=data_dir), mode.train_subset)
+    if checkpoint is not None:
+        ckpt, dense_seconds = load_checkpoint(checkpoint), 0.0
+    else:
+        ckpt, _, dense_seconds = dense_baseline(model, splits, mode, device, work, log)
+    task = ClassifierTask(splits, ckpt)
     dense_model = ckpt.build()
     graph = ChannelGraph(dense_model, example_input(splits))
     shape = (splits.in_channels, *splits.image_size)
-    base = SearchSettings(model=model, dataset=dataset)
+    base = SearchSettings(model=model, dataset=mode.dataset)
     batch = choose_latency_batch(ckpt.build(), shape, device, base)
     cm = resolve_channel_multiple("auto", device, "fp32")
     probe = ConfigProbe(ckpt.build, graph, channel_multiple=cm, device=device,
                         latency=latency_settings(batch, base), input_shape=shape)
-    dense_val = evaluate(dense_model, splits.val, device=device)
-    dense_test = evaluate(dense_model, splits.test, device=device)
-    admm = SEARCH_ADMM
-    log(f"{model} seed {seed}: dense {100 * dense_val:.1f}% val, {100 * dense_test:.1f}% test, batch {batch}")
-
-    t0 = time.perf_counter()
-    mag = magnitude_sweep(ckpt, splits, graph, probe, admm, seed)
-    mag_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tp_points, tp_models = torch_pruning_sweep(ckpt, splits, graph, probe, admm, seed)
-    tp_s = time.perf_counter() - t0
-    for p in mag + tp_points:
-        log(f"  uniform {p.side} {p.label}: {100 * p.val:.1f}% val, {p.speedup:.2f}x")
+    dense_val = task.score(dense_model, device)
+    dense_test = task.test_score(dense_model, device)
+    admm = AdmmSettings.for_budget(mode.epochs)
+    sweep_epochs = len(mode.rates) * mode.epochs
+    log(f"{model}: dense {100 * dense_val:.2f}% val, {100 * dense_test:.2f}% test, {len(splits.train)} training and "
+        f"{len(splits.val)} validation images, latency batch {batch}, channel multiple {cm}")
 
     rows = []
-    for budget in budgets:
-        found = search(ckpt_path, model, dataset, budget, seed, trials, batch, work, str(device), method, data_dir)
-        rec = found["record"]
-        best = rec.best_feasible()
-        trained = [t for t in rec.trials if t.state == "COMPLETE" and t.repeat_of is None and not t.is_dense]
-        search_points = [(t.accuracy, t.latency_ms / rec.meta.dense_latency_ms) for t in rec.completed
-                         if t.repeat_of is None]
-        floor = dense_val - budget
-        m_best, t_best = best_within(mag, dense_val, budget), best_within(tp_points, dense_val, budget)
-        # the winners, timed again side by side with dense
-        final_models, names = [ckpt.build()], ["dense"]
-        if m_best is not None:
-            final_models.append(probe.compacted(uniform_targets(graph, m_best.extra["rate"])))
-            names.append("magnitude")
-        if t_best is not None:
-            final_models.append(copy.deepcopy(tp_models[RATES.index(t_best.extra["rate"])]))
-            names.append("torch-pruning")
-        search_test = None
-        if best is not None and not best.is_dense:
-            targets = {k: LayerTarget(v["type"], v.get("rate")) for k, v in best.targets.items()}
-            final_models.append(probe.compacted(targets))
-            names.append("search")
-            search_test = retrain_test(ckpt, splits, probe, targets, admm, method, seed)
-        stats = dict(zip(names, probe.compare_models(final_models, rounds=FINAL_ROUNDS)))
+    for seed in seeds:
+        t_seed = time.perf_counter()
+        t0 = time.perf_counter()
+        mag, mag_models = magnitude_sweep(task, graph, probe, admm, seed, mode.rates)
+        mag_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        tp_points, tp_models = torch_pruning_sweep(task, graph, probe, admm, seed, mode.rates)
+        tp_s = time.perf_counter() - t0
+        for p in mag + tp_points:
+            log(f"  seed {seed} uniform {p.side} {p.label}: {100 * p.val:.2f}% val, {p.speedup:.2f}x")
+        for budget in budgets:
+            wdir = work / f"{model}-{seed}-{budget}".replace(":", "-")
+            wdir.mkdir(parents=True, exist_ok=True)
+            found = search(task, model, mode.dataset, budget, seed, mode, batch, wdir, str(device), method, admm,
+                           sweep_epochs)
+            rec = found["record"]
+            best = rec.best_feasible()
+            m_best, t_best = best_within(mag, dense_val, budget), best_within(tp_points, dense_val, budget)
+            # the winners, timed again side by side with dense; their test accuracy beside validation
+            final_models, names, tests = [ckpt.build()], ["dense"], {}
+            if m_best is not None:
+                i = mode.rates.index(m_best.extra["rate"])
+                final_models.append(probe.compacted(uniform_targets(graph, m_best.extra["rate"])))
+                names.append("magnitude")
+                tests["magnitude"] = evaluate(mag_models[i], splits.test, device=device)
+            if t_best is not None:
+                i = mode.rates.index(t_best.extra["rate"])
+                final_models.append(copy.deepcopy(tp_models[i]))
+                names.append("torch-pruning")
+                tests["torch-pruning"] = evaluate(tp_models[i], splits.test, device=device)
+            if best is not None and not best.is_dense:
+                targets = {k: LayerTarget(v["type"], v.get("rate")) for k, v in best.targets.items()}
+                final_models.append(probe.compacted(targets))
+                names.append("search")
+                tests["search"] = retrain_test(task, probe, targets, admm, method, seed, mode)
+            stats = dict(zip(names, probe.compare_models(final_models, rounds=FINAL_ROUNDS)))
 
-        def final(name: str) -> dict[str, float] | None:
-            st = stats.get(name)
-            return None if st is None else {"speedup": 1 / st.median, "p10": 1 / st.p90, "p90": 1 / st.p10}
+            def final(name: str) -> dict[str, float] | None:
+                st = stats.get(name)
+                return None if st is None else {"speedup": 1 / st.median, "p10": 1 / st.p90, "p90": 1 / st.p10}
 
-        row = {
-            "model": model, "dataset": splits.name, "seed": seed, "budget": budget, "batch": batch,
-            "dense": {"val": dense_val, "test": dense_test},
-            "magnitude": _side(m_best, final("magnitude")), "torch_pruning": _side(t_best, final("torch-pruning")),
-            "search": None if best is None or best.is_dense else {
-                "trial": best.number, "summary": best.sparsity_summary(), "targets": best.targets,
-                "val": best.accuracy, "test": search_test, "in_search_speedup": best.speedup,
-                "remeasured": best.remeasured, "final": final("search"), "proposal": best.proposal},
-            "search_best_uniform": _uniform(rec),
-            "hypervolume": {"search": hypervolume(search_points, floor),
-                            "magnitude": hypervolume([(p.val, p.ratio) for p in mag], floor),
-                            "torch_pruning": hypervolume([(p.val, p.ratio) for p in tp_points], floor)},
-            "epochs": {"search": trial_epochs(admm) * len(trained), "magnitude": trial_epochs(admm) * len(mag),
-                       "torch_pruning": trial_epochs(admm) * len(tp_points)},
-            "trials": {"total": len([t for t in rec.trials if t.state != "WAITING"]), "trained": len(trained),
-                       "stopped": len([t for t in rec.trials if t.state == "PRUNED"]),
-                       "repeats": len([t for t in rec.trials if t.repeat_of is not None]),
-                       "by_proposal": _by_proposal(rec)},
-            "seconds": {"search": found["seconds"], "magnitude_sweep": mag_s, "torch_pruning_sweep": tp_s},
-            "sweep": {"magnitude": [asdict(p) for p in mag], "torch_pruning": [asdict(p) for p in tp_points]},
-        }
-        for side in ("magnitude", "torch_pruning"):
-            s, u = row["search"], row[side]
-            row[f"ratio_vs_{side}"] = (s["final"]["speedup"] / u["final"]["speedup"]
-                                       if s and u and s["final"] and u["final"] else None)
-        log(f"  budget {100 * budget:g}%: search {_fmt_side(row['search'])}, magnitude {_fmt_side(row['magnitude'])}, "
-            f"torch-pruning {_fmt_side(row['torch_pruning'])}; ratios {row['ratio_vs_magnitude']}, "
-            f"{row['ratio_vs_torch_pruning']} ({found['seconds']:.0f} s search)")
-        rows.append(row)
-    log(f"{model} seed {seed} done in {time.perf_counter() - t_model:.0f} s")
+            row = {
+                "model": model, "dataset": splits.name, "seed": seed, "budget": budget, "batch": batch,
+                "dense": {"val": dense_val, "test": dense_test},
+                "magnitude": _side(m_best, final("magnitude"), tests.get("magnitude")),
+                "torch_pruning": _side(t_best, final("torch-pruning"), tests.get("torch-pruning")),
+                "search": None if best is None or best.is_dense else {
+                    "trial": best.number, "summary": best.sparsity_summary(), "targets": best.targets,
+                    "val": best.accuracy, "test": tests.get("search"), "in_search_speedup": best.speedup,
+                    "remeasured": best.remeasured, "final": final("search"), "proposal": best.proposal},
+                "search_best_uniform": _uniform(rec),
+                "epochs": {"search": rec.epochs_spent(), "magnitude": sum(p.epochs for p in mag),
+                           "torch_pruning": sum(p.epochs for p in tp_points), "budget": sweep_epochs},
+                "trials": _trial_counts(rec),
+                "rung_correlation": rec.rung_correlations(),
+                "rung_pairs": _rung_pairs(rec),
+                "seconds": {"search": found["seconds"], "magnitude_sweep": mag_s, "torch_pruning_sweep": tp_s,
+                            "dense_training": dense_seconds},
+                "sweep": {"magnitude": [asdict(p) for p in mag], "torch_pruning": [asdict(p) for p in tp_points]},
+            }
+            for side in ("magnitude", "torch_pruning"):
+                s_, u = row["search"], row[side]
+                row[f"ratio_vs_{side}"] = (s_["final"]["speedup"] / u["final"]["speedup"]
+                                           if s_ and u and s_["final"] and u["final"] else None)
+            if ceiling:
+                row["ceiling"] = ceiling_search(task, model, budget, seed, mode, batch, work, str(device), method,
+                                                admm, probe, graph, log)
+            log(f"  seed {seed} budget {100 * budget:g}%: search {_fmt_side(row['search'])}, magnitude "
+                f"{_fmt_side(row['magnitude'])}, torch-pruning {_fmt_side(row['torch_pruning'])}; ratios "
+                f"{_fmt_ratio(row['ratio_vs_magnitude'])}, {_fmt_ratio(row['ratio_vs_torch_pruning'])}; epochs "
+                f"search {row['epochs']['search']:.3g} / sweep {sweep_epochs:g} ({found['seconds']:.0f} s search)")
+            rows.append(row)
+        log(f"{model} seed {seed} done in {time.perf_counter() - t_seed:.0f} s")
+    log(f"{model} done in {time.perf_counter() - t_model:.0f} s")
     return rows
 
 
-def retrain_test(ckpt, splits, probe: ConfigProbe, targets, admm: AdmmSettings, method: str, seed: int) -> float:  # noqa: ANN001
-    """The search's best configuration pruned again as its trial did, scored on the test split
-    (the search records validation accuracy only)."""
-    model = ckpt.build()
-    seed_everything(seed)
-    autoprune_prune(model, probe.projector(targets, model), splits.train, admm, method=method, device=probe.device,
-                    seed=seed)
-    return evaluate(model, splits.test, device=probe.device)
+def ceiling_search(task, model, budget, seed, mode, batch, work, device, method, admm, probe, graph,  # noqa: ANN001, ANN201
+                   log):  # noqa: ANN001
+    """The fastest configuration within the budget the search finds at any cost: no epoch budget,
+    every configuration trained fully (no rungs), twice the trials."""
+    wdir = work / f"ceiling-{model}-{seed}-{budget}".replace(":", "-")
+    wdir.mkdir(parents=True, exist_ok=True)
+    settings = SearchSettings(
+        model=model, dataset=mode.dataset, budget=budget, trials=2 * mode.trials, device=device, latency_batch=batch,
+        seed=seed, study_name="ceiling", storage=f"sqlite:///{wdir / 'optuna.db'}", runs_dir=str(wdir),
+        trial_method=method, admm=admm, task=task, rungs=False, epoch_budget=None)
+    rec = run_search(settings).record
+    best = rec.best_feasible()
+    out = {"epochs": rec.epochs_spent(), "trials": len([t for t in rec.trials if t.state != "WAITING"])}
+    if best is not None and not best.is_dense:
+        out.update({"trial": best.number, "summary": best.sparsity_summary(), "val": best.accuracy,
+                    "speedup": best.final_speedup})
+    log(f"  ceiling: {out}")
+    return out
 
 
-def _side(p: Point | None, fin: dict[str, float] | None) -> dict[str, Any] | None:
+def retrain_test(task: ClassifierTask, probe: ConfigProbe, targets, admm: AdmmSettings, method: str, seed: int,  # noqa: ANN001
+                 mode: Mode) -> float:
+    """The search's best configuration pruned again as a full trial does (the hard prune, then the
+    trial's whole schedule), scored on the test split (the search records validation accuracy only)."""
+    model = task.dense()
+    task.prune(model, probe.projector(targets, model), admm, method=method, seed=seed, device=probe.device)
+    return evaluate(model, task.splits.test, device=probe.device)
+
+
+def _side(p: Point | None, fin: dict[str, float] | None, test: float | None) -> dict[str, Any] | None:
     if p is None:
         return None
-    return {"label": p.label, "val": p.val, "test": p.test, "sweep_speedup": p.speedup, "final": fin}
+    return {"label": p.label, "val": p.val, "test": test, "sweep_speedup": p.speedup, "final": fin}
 
 
 def _uniform(rec) -> dict[str, Any] | None:  # noqa: ANN001
@@ -284,63 +378,113 @@ def _uniform(rec) -> dict[str, Any] | None:  # noqa: ANN001
                                    "speedup": u.final_speedup}
 
 
-def _by_proposal(rec) -> dict[str, int]:  # noqa: ANN001
-    out: dict[str, int] = {}
-    for t in rec.trials:
-        if t.state != "WAITING":
-            key = t.proposal or ("dense" if t.is_dense else "enqueued")
-            out[key] = out.get(key, 0) + 1
+def _trial_counts(rec) -> dict[str, Any]:  # noqa: ANN001
+    trials = [t for t in rec.trials if t.state != "WAITING"]
+    by_proposal: dict[str, int] = {}
+    for t in trials:
+        key = t.proposal or ("dense" if t.is_dense else "enqueued")
+        by_proposal[key] = by_proposal.get(key, 0) + 1
+    return {"total": len(trials),
+            "trained_fully": len([t for t in trials if t.state == "COMPLETE" and t.repeat_of is None and not t.is_dense]),
+            "stopped_at_screen": len([t for t in trials if t.stopped_at == "screen"]),
+            "stopped_at_short": len([t for t in trials if t.stopped_at == "short"]),
+            "stopped_other": len([t for t in trials if t.state == "PRUNED" and t.stopped_at is None]),
+            "repeats": len([t for t in trials if t.repeat_of is not None]),
+            "by_proposal": by_proposal}
+
+
+def _rung_pairs(rec) -> list[dict[str, float]]:  # noqa: ANN001
+    """(screen, short, full) scores of every fully trained configuration, for pooled correlations."""
+    out = []
+    for t in rec.completed:
+        if t.rungs and t.repeat_of is None and not t.is_dense:
+            out.append({r["rung"]: r["score"] for r in t.rungs})
     return out
 
 
 def _fmt_side(s: dict[str, Any] | None) -> str:
     if not s or not s.get("final"):
         return "none within budget"
-    return f"{s['final']['speedup']:.2f}x at {100 * s['val']:.1f}%"
+    return f"{s['final']['speedup']:.2f}x at {100 * s['val']:.2f}%"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 # -- report -------------------------------------------------------------------------
+def pooled_correlations(rows: list[dict[str, Any]], model: str) -> dict[str, Any]:
+    pairs = [p for r in rows if r["model"] == model for p in r["rung_pairs"]]
+    out: dict[str, Any] = {"pairs": len(pairs)}
+    for rung in ("screen", "short"):
+        have = [p for p in pairs if rung in p and "full" in p]
+        out[rung] = rank_correlation([p[rung] for p in have], [p["full"] for p in have])
+    return out
+
+
 def markdown(out: dict[str, Any]) -> str:
     rows = out["rows"]
+    mode = out["mode"]
+    train_images = "all training images" if mode["train_subset"] is None else f"{mode['train_subset']} training images"
     lines = [
-        "# Search against uniform pruning, side by side",
+        "# Search against uniform pruning, side by side, at no more training than one uniform sweep",
         "",
-        f"{out['machine']['device']}; torch {out['versions']['torch']}, optuna {out['versions']['optuna']}, "
-        f"torch-pruning {out['versions']['torch_pruning']}; autoprune commit {out['versions']['commit']}. "
-        f"Mode `{out['mode']}`: {out['trials']} search trials, trial method `{out['method']}`, "
-        f"{out['trial_epochs']:g} training epochs per trial and per uniform point; wall time "
-        f"{out['seconds'] / 60:.1f} min. Command: `{out['command']}`.",
+        f"{out['machine']['device']}, {out['machine']['threads']} threads; torch {out['versions']['torch']}, optuna "
+        f"{out['versions']['optuna']}, torch-pruning {out['versions']['torch_pruning']}; autoprune commit "
+        f"{out['versions']['commit']}. Mode `{mode['name']}`: {mode['dataset']}, "
+        f"{train_images} (the same for every side), dense trained {mode['dense_epochs']} epochs once per model, "
+        f"{mode['epochs']:g} epochs per uniform point and per search trial, {mode['trials']} search trials with "
+        f"rungs (short rung {mode['short_rung']:g} of a trial) and an epoch budget of one sweep; trial method "
+        f"`{out['method']}`; wall time {out['seconds'] / 60:.1f} min. Command: `{out['command']}`.",
         "",
-        "Uniform: filter pruning at one rate (10–90%) on every prunable layer, the first conv included, the output "
-        "layer kept; *magnitude* is autoprune's magnitude projection + masked retraining (kept channels rounded to "
-        "the device's channel block, as the search does), *TP* is Torch-Pruning's group-L2 pruner + fine-tuning. "
+        "Uniform: filter pruning at one rate on every prunable layer, the first conv included, the output layer "
+        "kept; *magnitude* is autoprune's magnitude projection + masked retraining (kept channels rounded to the "
+        "device's channel block, as the search does), *TP* is Torch-Pruning's group-L2 pruner + fine-tuning. "
         "Feasible: validation accuracy within the budget of the dense model's. Speedups are from one final "
         f"side-by-side timing of dense and the winners ({FINAL_ROUNDS} rounds; p10–p90 of the per-round ratios in "
-        "brackets). Test accuracy of each winner beside its validation accuracy. HV: hypervolume of each side's "
-        "(accuracy, latency) points above the budget's accuracy floor and below the dense latency (accuracy points "
-        "× fraction of dense time).",
+        "brackets). Each winner's validation / test accuracy beside it. Epochs: what each side trained, every rung "
+        "of every search trial counted (the screen's BatchNorm passes included).",
         "",
         "| model | budget | seed | dense val/test % | magnitude best | TP best | search best | search / magnitude | "
-        "search / TP | HV search / mag / TP | epochs search / mag / TP |",
+        "search / TP | epochs search / mag / TP | trials: full / short / screen |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        t = r["trials"]
         lines.append(
-            f"| {r['model']} | {100 * r['budget']:g}% | {r['seed']} | {100 * r['dense']['val']:.1f} / "
-            f"{100 * r['dense']['test']:.1f} | {_cell(r['magnitude'])} | {_cell(r['torch_pruning'])} | "
+            f"| {r['model']} | {100 * r['budget']:g}% | {r['seed']} | {100 * r['dense']['val']:.2f} / "
+            f"{100 * r['dense']['test']:.2f} | {_cell(r['magnitude'])} | {_cell(r['torch_pruning'])} | "
             f"{_cell_search(r['search'])} | {_ratio(r['ratio_vs_magnitude'])} | {_ratio(r['ratio_vs_torch_pruning'])} | "
-            f"{r['hypervolume']['search']:.2f} / {r['hypervolume']['magnitude']:.2f} / "
-            f"{r['hypervolume']['torch_pruning']:.2f} | {r['epochs']['search']:g} / {r['epochs']['magnitude']:g} / "
-            f"{r['epochs']['torch_pruning']:g} |")
+            f"{r['epochs']['search']:.3g} / {r['epochs']['magnitude']:g} / {r['epochs']['torch_pruning']:g} | "
+            f"{t['trained_fully']} / {t['stopped_at_short']} / {t['stopped_at_screen']} |")
     lines += ["", "## Per model and budget, over seeds", "",
-              "| model | budget | search / magnitude (min, mean) | search / TP (min, mean) | seeds at ≥ 1.2× both |",
+              "| model | budget | search / magnitude (min, mean) | search / TP (min, mean) | seeds at ≥ 1.3× both |",
               "|---|---|---|---|---|"]
     for key in sorted({(r["model"], r["budget"]) for r in rows}):
         sel = [r for r in rows if (r["model"], r["budget"]) == key]
         rm = [r["ratio_vs_magnitude"] for r in sel if r["ratio_vs_magnitude"] is not None]
         rt = [r["ratio_vs_torch_pruning"] for r in sel if r["ratio_vs_torch_pruning"] is not None]
-        wins = sum(1 for r in sel if (r["ratio_vs_magnitude"] or 0) >= 1.2 and (r["ratio_vs_torch_pruning"] or 0) >= 1.2)
+        wins = sum(1 for r in sel if (r["ratio_vs_magnitude"] or 0) >= 1.3 and (r["ratio_vs_torch_pruning"] or 0) >= 1.3)
         lines.append(f"| {key[0]} | {100 * key[1]:g}% | {_mm(rm)} | {_mm(rt)} | {wins} of {len(sel)} |")
+    lines += ["", "## The cheap scores against the trained score", "",
+              "Spearman rank correlation of the screen score (hard prune + BatchNorm recalibration, validation subset, "
+              "no training) and of the short rung's score with the fully trained validation score, over every "
+              "configuration the searches of a model trained fully.", "",
+              "| model | configurations | screen | short rung |", "|---|---|---|---|"]
+    for model in sorted({r["model"] for r in rows}):
+        c = pooled_correlations(rows, model)
+        lines.append(f"| {model} | {c['pairs']} | {_corr(c['screen'])} | {_corr(c['short'])} |")
+    ceilings = [r for r in rows if r.get("ceiling")]
+    if ceilings:
+        lines += ["", "## The space's ceiling", "",
+                  "The fastest configuration within the budget a search found at any cost (every configuration "
+                  "trained fully, no epoch budget, twice the trials).", "",
+                  "| model | budget | seed | ceiling | epochs |", "|---|---|---|---|---|"]
+        for r in ceilings:
+            c = r["ceiling"]
+            cell = "none" if "speedup" not in c else f"trial {c['trial']} ({c['summary']}): {c['speedup']:.2f}×, " \
+                                                     f"{100 * c['val']:.2f}%"
+            lines.append(f"| {r['model']} | {100 * r['budget']:g}% | {r['seed']} | {cell} | {c['epochs']:.3g} |")
     lines += ["", "## Search trials by proposal (summed over rows)", ""]
     counts: dict[str, int] = {}
     for r in rows:
@@ -352,7 +496,8 @@ def markdown(out: dict[str, Any]) -> str:
         if r["search"]:
             winners[r["search"]["proposal"] or "?"] = winners.get(r["search"]["proposal"] or "?", 0) + 1
     lines.append("")
-    lines.append("The search's best came from: " + ", ".join(f"{k} {v}" for k, v in sorted(winners.items())) + ".")
+    lines.append("The search's best came from: " + (", ".join(f"{k} {v}" for k, v in sorted(winners.items())) or "–")
+                 + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -360,21 +505,26 @@ def _cell(s: dict[str, Any] | None) -> str:
     if not s or not s.get("final"):
         return "none"
     f = s["final"]
+    test = "–" if s.get("test") is None else f"{100 * s['test']:.2f}"
     return (f"{s['label']}: **{f['speedup']:.2f}×** ({f['p10']:.2f}–{f['p90']:.2f}), "
-            f"{100 * s['val']:.1f}/{100 * s['test']:.1f}%")
+            f"{100 * s['val']:.2f}/{test}%")
 
 
 def _cell_search(s: dict[str, Any] | None) -> str:
     if not s or not s.get("final"):
         return "none"
     f = s["final"]
-    test = "–" if s["test"] is None else f"{100 * s['test']:.1f}"
+    test = "–" if s["test"] is None else f"{100 * s['test']:.2f}"
     return (f"trial {s['trial']} ({s['summary']}): **{f['speedup']:.2f}×** ({f['p10']:.2f}–{f['p90']:.2f}), "
-            f"{100 * s['val']:.1f}/{test}%")
+            f"{100 * s['val']:.2f}/{test}%")
 
 
 def _ratio(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}×"
+
+
+def _corr(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def _mm(xs: list[float]) -> str:
@@ -391,25 +541,37 @@ def _commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="the CPU mode: 3 models on digits, 30 trials")
-    ap.add_argument("--models", default="digits-cnn,lenet5,resnet20")
-    ap.add_argument("--dataset", default="digits", help="any registered dataset, npz:PATH or imagefolder:PATH")
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--small", action="store_true", help="the CPU mode: a training subset, 1 epoch per point")
+    g.add_argument("--tiny", action="store_true", help="a smoke run of a few minutes (the test suite runs it)")
+    ap.add_argument("--models", default=None, help="comma-separated (default: the mode's)")
+    ap.add_argument("--dataset", default=None, help="any registered dataset (default: the mode's)")
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--budgets", default="1%,2%")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--trials", type=int, default=None, help="search trials (default: 30 small, 60 full)")
+    ap.add_argument("--train-subset", type=int, default=None, help="training images (default: the mode's)")
+    ap.add_argument("--epochs", type=float, default=None, help="epochs per uniform point and search trial")
+    ap.add_argument("--dense-epochs", type=int, default=None)
+    ap.add_argument("--checkpoint", default=None, help="a trained dense checkpoint to start from (one model only)")
+    ap.add_argument("--budgets", default=None, help="default: 0.5%%,1%% (tiny: 10%%)")
+    ap.add_argument("--seeds", default=None, help="default: 0,1,2 (tiny: 0)")
+    ap.add_argument("--trials", type=int, default=None, help="search trials (default: the mode's)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also run each search without rungs or epoch budget, twice the trials (the space's ceiling)")
     ap.add_argument("--trial-method", default="magnitude", choices=["admm", "magnitude"])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=str(RESULTS), help="folder for search_vs_uniform.{md,json}")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for <name>.{md,json}")
     ap.add_argument("--name", default="search_vs_uniform", help="file name stem of the results")
-    ap.add_argument("--keep", default=None, help="keep the work folders (baselines, studies) here instead of a "
-                                                  "temporary folder")
+    ap.add_argument("--keep", default=None, help="keep the work folders (dense models, studies) here")
     args = ap.parse_args(argv)
     from autoprune.search.settings import parse_budget
 
-    budgets = [parse_budget(b) for b in args.budgets.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    trials = args.trials or (30 if args.small else 60)
+    mode = MODES["tiny" if args.tiny else "small" if args.small else "full"]
+    mode = dataclasses.replace(mode, **{k: v for k, v in {
+        "models": args.models, "dataset": args.dataset, "train_subset": args.train_subset, "epochs": args.epochs,
+        "dense_epochs": args.dense_epochs, "trials": args.trials}.items() if v is not None})
+    if args.checkpoint is not None and "," in mode.models:
+        ap.error("--checkpoint takes one model (--models NAME)")
+    budgets = [parse_budget(b) for b in (args.budgets or ("10%" if args.tiny else "0.5%,1%")).split(",")]
+    seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",")]
     device = resolve_device(args.device)
     import optuna
     import torch_pruning as tp
@@ -422,21 +584,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="autoprune-svu-") as scratch:
-        tmp = args.keep or scratch
-        for model in args.models.split(","):
-            for seed in seeds:
-                work = Path(tmp) / f"{model}-{seed}".replace(":", "-")
-                work.mkdir(parents=True)
-                rows += run_model(model, args.dataset, seed, budgets, trials, device, args.trial_method, work,
-                                  args.data_dir, log)
+        work = Path(args.keep or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        for model in mode.models.split(","):
+            rows += run_model(model, mode, seeds, budgets, device, args.trial_method, work / model.replace(":", "-"),
+                              args.data_dir, log, args.ceiling, args.checkpoint)
     out = {
         "command": "python benchmarks/search_vs_uniform.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "mode": "small" if args.small else "full", "trials": trials, "method": args.trial_method,
-        "trial_epochs": trial_epochs(SEARCH_ADMM), "seconds": time.perf_counter() - t0,
+        "mode": asdict(mode), "method": args.trial_method, "seconds": time.perf_counter() - t0,
+        "sweep_epochs": len(mode.rates) * mode.epochs, "budget_trials": AUTO_BUDGET_TRIALS,
         "machine": {"device": device_description(device), "platform": platform.platform(), "cpus": os.cpu_count(),
                     "threads": torch.get_num_threads()},
         "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "torch_pruning": tp.__version__,
                      "commit": _commit()},
+        "correlations": {m: pooled_correlations(rows, m) for m in sorted({r["model"] for r in rows})},
         "rows": rows,
     }
     dest = Path(args.out)

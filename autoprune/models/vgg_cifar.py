@@ -1,4 +1,4 @@
-"""``vgg16-bn``: the CIFAR VGG-16 with batch norm.
+"""``vgg16-bn``: the CIFAR VGG-16 with batch norm; ``vgg16-bn-half``: the same at half width.
 
 13 3×3 conv + BN + ReLU layers (64, 64, M, 128, 128, M, 256×3, M, 512×3, M, 512×3, M),
 global average pooling and ``classifier`` = Linear(512, num_classes), the variant common in
@@ -53,3 +53,14 @@ class CifarVGG(nn.Module):
 )
 def vgg16_bn(*, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     return CifarVGG(VGG16_CFG, in_channels, num_classes, image_size)
+
+
+VGG16_HALF_CFG: list[int | str] = [c // 2 if isinstance(c, int) else c for c in VGG16_CFG]
+
+
+@register_model(
+    "vgg16-bn-half",
+    description="VGG-16 with BN at half width (32–256 channels, about a quarter of vgg16-bn's MACs); pools adapt.",
+)
+def vgg16_bn_half(*, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
+    return CifarVGG(VGG16_HALF_CFG, in_channels, num_classes, image_size)

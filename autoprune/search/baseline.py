@@ -9,6 +9,7 @@ batch from 32 up at which the dense model takes at least 10 ms.
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -62,7 +63,11 @@ def dense_checkpoint(model: str, dataset: str, *, checkpoint: str | None, data_d
                      reporter: Reporter) -> tuple[Checkpoint, Path]:
     """Load (or train once and cache under ``runs_dir``) the dense baseline."""
     cfg = PruneConfig(model=model, dataset=dataset, layers={}, checkpoint=checkpoint, data_dir=data_dir, seed=seed)
-    ckpt, path, _ = checkpoint_for(cfg, splits.name, device=device, reporter=reporter, runs_dir=runs_dir)
+    t0 = time.perf_counter()
+    ckpt, path, trained = checkpoint_for(cfg, splits.name, device=device, reporter=reporter, runs_dir=runs_dir)
+    if trained:
+        reporter.log(f"dense {model} trained {ckpt.epochs} epochs on {len(splits.train):,} images in "
+                     f"{time.perf_counter() - t0:.0f} s; cached in {path} (the next search of it starts from there)")
     return ckpt, path
 
 
@@ -79,7 +84,7 @@ def measure_dense(task: Task, device: torch.device, how: MeasuredLike, latency_b
     batch = latency_batch or choose_latency_batch(task.dense(), shape, device, how)
     lat = measure_latency(task.dense(), shape, device=device, settings=latency_settings(batch, how))
     counts = model_counts(model, layer_stats(model, graph))
-    fmt = (lambda v: f"{100 * v:.1f}%") if task.metric == "accuracy" else (lambda v: f"{v:.4g}")
+    fmt = (lambda v: f"{100 * v:.2f}%") if task.metric == "accuracy" else (lambda v: f"{v:.4g}")
     test = "" if test_acc is None else f", test {fmt(test_acc)}"
     reporter.log(f"dense {label}: validation {task.metric} {fmt(acc)}{test}, "
                  f"{lat.median_ms:.3g} ms per batch of {batch} on {lat.device}")

@@ -39,8 +39,9 @@ from autoprune.progress import Reporter
 from autoprune.search.baseline import dense_checkpoint, latency_settings, measure_dense
 from autoprune.search.objective import SearchContext
 from autoprune.search.records import STUDY_ATTR, StudyMeta
+from autoprune.search.rungs import Fidelity
 from autoprune.search.sampler import PruningSampler
-from autoprune.search.settings import DEFAULT_TRIALS, SearchSettings
+from autoprune.search.settings import AUTO_BUDGET_TRIALS, DEFAULT_TRIALS, SearchSettings, parse_epoch_budget
 from autoprune.search.slots import READY_ATTR, TARGET_ATTR, prepare_slots
 from autoprune.search.space import SearchSpace, load_space
 from autoprune.search.storage import default_storage, open_storage, redact
@@ -119,9 +120,22 @@ def open_study(s: SearchSettings, reporter: Reporter) -> OpenStudy:
         notes = parts.notes if parts is not None else ()
         study = study or load_existing(storage, name)
         parts = dataclasses.replace(_join(study, s), notes=notes)
+    if not creator and "epoch_budget" in s.given:  # raising a study's epoch budget lets it go on
+        parts = _with_epoch_budget(parts, s, study)
     for note in parts.notes:
         reporter.log(f"note: {note}")
     return _attach(s, parts, storage, url, creator, reporter)
+
+
+def _with_epoch_budget(parts: _Parts, s: SearchSettings, study: optuna.Study) -> _Parts:
+    """An existing study with the epoch budget asked for (stored, so every worker sees it)."""
+    fid = Fidelity.from_dict(parts.meta.fidelity)
+    budget = parse_epoch_budget(s.epoch_budget)
+    if budget == "auto":
+        budget = AUTO_BUDGET_TRIALS * parts.task.trial_amount(AdmmSettings(**parts.meta.admm))
+    meta = dataclasses.replace(parts.meta, fidelity=dataclasses.replace(fid, epoch_budget=budget).to_dict())
+    study.set_user_attr(STUDY_ATTR, meta.to_dict())
+    return dataclasses.replace(parts, meta=meta)
 
 
 def _attach(s: SearchSettings, parts: _Parts, storage: Any, url: str, creator: bool,  # noqa: ANN401
@@ -136,11 +150,13 @@ def _attach(s: SearchSettings, parts: _Parts, storage: Any, url: str, creator: b
         cache=LatencyCache(Path(s.runs_dir) / "latency_cache.json"),
         admm=s.admm if creator else AdmmSettings(**meta.admm), min_speedup=s.min_speedup,
         abandon_drop=s.abandon_drop, reporter=reporter, method=meta.trial_method,
+        fidelity=Fidelity.from_dict(meta.fidelity),
     )
     # the study creator uses the seed as given; joining workers shift it, so that their
     # random start-up trials differ (their runs are not reproducible one by one anyway)
     seed = meta.seed if creator else meta.seed + 1 + os.getpid() % 100_000
-    sampler = PruningSampler(parts.space, ctx.probe, base=make_sampler(meta.sampler, seed), seed=seed)
+    sampler = PruningSampler(parts.space, ctx.probe, base=make_sampler(meta.sampler, seed), seed=seed,
+                             guided=ctx.fidelity.rungs, direction=meta.direction)
     study = optuna.load_study(study_name=meta.name, storage=storage, sampler=sampler)
     target = s.trials if s.trials is not None else int(study.user_attrs.get(TARGET_ATTR, DEFAULT_TRIALS))
     # a new study, or one whose creator died before it was ready: seeds first, then slots
@@ -169,13 +185,15 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
         dataset, ckpt_id = splits.name, str(Path(ckpt_path).resolve())
     dense = measure_dense(task, device, s, s.latency_batch, graph, reporter,  # same model, data: same graph
                           label=f"{s.model} on {dataset}")
+    fidelity = study_fidelity(s, task)
+    val_size = len(task.splits.val) if isinstance(task, ClassifierTask) else None
     meta = StudyMeta(
         name=name, model=s.model, dataset=dataset, checkpoint=ckpt_id, metric=task.metric, direction=task.direction,
         objectives=(task.metric, "latency_ms"),
         device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
         space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
         admm=dict(s.admm.__dict__), versions=versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
-        trial_method=s.trial_method, steady_memory=s.steady_memory,
+        trial_method=s.trial_method, steady_memory=s.steady_memory, fidelity=fidelity.to_dict(), val_size=val_size,
         channel_multiple=resolve_channel_multiple(s.channel_multiple, device, s.dtype), threads=s.threads,
         **dense,
     )
@@ -227,6 +245,16 @@ def _registry_task(s: SearchSettings, meta: StudyMeta, name: str) -> ClassifierT
 
 
 # -- pieces -------------------------------------------------------------------
+def study_fidelity(s: SearchSettings, task: Task) -> Fidelity:
+    """How a new study's trials climb the rungs: the settings asked, the epoch budget resolved
+    (``auto``: :data:`~autoprune.search.settings.AUTO_BUDGET_TRIALS` full trial schedules)."""
+    budget = parse_epoch_budget(s.epoch_budget)
+    if budget == "auto":
+        budget = AUTO_BUDGET_TRIALS * task.trial_amount(s.admm)
+    return Fidelity(rungs=s.rungs, short=s.short_rung, epoch_budget=budget)
+
+
+
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     """The base sampler behind :class:`~autoprune.search.sampler.PruningSampler`."""
     if name == "tpe":
@@ -302,6 +330,8 @@ def check_compatible(study: optuna.Study, s: SearchSettings) -> StudyMeta:
         "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
         "steady_memory": (s.steady_memory, meta.steady_memory),
         "trial_method": (s.trial_method, meta.trial_method),
+        "rungs": (s.rungs, Fidelity.from_dict(meta.fidelity).rungs),
+        "short_rung": (s.short_rung, Fidelity.from_dict(meta.fidelity).short),
     }
     clashes = [f"{key} {stored!r} (asked: {want!r})" for key, (want, stored) in asked.items()
                if key in s.given and want is not None and want != stored]

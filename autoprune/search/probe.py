@@ -104,7 +104,8 @@ class ConfigProbe:
 
     def __init__(self, build: Callable[[], torch.nn.Module], graph: ChannelGraph, *, channel_multiple: int,
                  device: torch.device, latency: LatencySettings, input_shape: tuple[int, ...],
-                 cache: LatencyCache | None = None) -> None:
+                 cache: LatencyCache | None = None,
+                 screener: Callable[[torch.nn.Module], tuple[float, float]] | None = None) -> None:
         self.build = build
         self.graph = graph
         self.channel_multiple = int(channel_multiple)
@@ -112,12 +113,34 @@ class ConfigProbe:
         self.settings = latency
         self.input_shape = tuple(input_shape)
         self.cache = cache if cache is not None else LatencyCache(None)
+        self.screener = screener
         self._macs: dict[str, float] = {}
+        self._screens: dict[str, float] = {}
 
     @classmethod
     def for_search(cls, ctx: SearchContext) -> ConfigProbe:
+        def screener(model: torch.nn.Module) -> tuple[float, float]:
+            spent = ctx.task.recalibrate(model, ctx.device, ctx.fidelity, ctx.admm, ctx.meta.seed)
+            return ctx.task.screen_score(model, ctx.device, ctx.fidelity), spent
+
         return cls(ctx.task.dense, ctx.graph, channel_multiple=ctx.meta.channel_multiple, device=ctx.device,
-                   latency=ctx.latency, input_shape=ctx.input_shape, cache=ctx.cache)
+                   latency=ctx.latency, input_shape=ctx.input_shape, cache=ctx.cache, screener=screener)
+
+    def screen(self, targets: dict[str, LayerTarget]) -> tuple[float, float]:
+        """The screen rung's score of a configuration (the hard prune of the dense weights, BatchNorm
+        recomputed, the validation subset; :mod:`autoprune.search.rungs`) and what it cost in
+        training epochs (0 when it was already known in this process)."""
+        if self.screener is None:
+            raise RuntimeError("this probe has no screen (it was made without a task)")
+        sig = self.signature(targets)
+        if sig in self._screens:
+            return self._screens[sig], 0.0
+        model = self.build().to(self.device)
+        if targets:
+            apply_masks(model, self.projector(targets, model).hard_masks())
+        score, spent = self.screener(model)
+        self._screens[sig] = score
+        return score, spent
 
     @functools.cached_property
     def _shape_model(self) -> torch.nn.Module:

@@ -16,6 +16,14 @@ trials only (so any number of workers can share one study):
    that save less than 1% of the latency (or a fifth of the best one) stay dense; pruning
    them would cost accuracy and buy no time (on an AVX-512 CPU a conv with 16 channels or
    fewer fills one channel block whatever is removed).
+   Then, where trials climb rungs (:mod:`autoprune.search.rungs`), the *guided* ladder: from
+   the fastest configuration within the budget the ladders found, each variable's pruning to
+   the top rate is measured once without training (its latency beside the base, and its
+   screen score: the hard prune with BatchNorm recomputed), the variables are ordered by
+   latency saved per point of screen score lost, and the ladder's rung ``k`` prunes the
+   first ``k`` to the top rate; bisection again finds the longest prefix within the budget.
+   A sensitivity analysis weighed by measured time: one move that changes many layers at
+   once, where the ascent below changes one per trial.
 2. **Latency ascent.** From the fastest configuration within the budget so far (the
    *incumbent*), one variable at a time moves one step harder: the next rate of its type
    that changes the architecture, or another type at its rate. Candidates are ordered by the
@@ -51,12 +59,14 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import NONE_TYPE, LayerTarget
-from autoprune.search.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.search.records import PROPOSAL_ATTR, SAMPLER_EPOCHS_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
 from autoprune.search.slots import SlotStorage
 from autoprune.search.space import SearchSpace, Variable, has_rate
 
-UNIFORM, EFFECTIVE, ASCENT, LOCAL, EXPLORE, MUTATE = "uniform", "effective", "ascent", "local", "explore", "mutate"
+UNIFORM, EFFECTIVE, GUIDED, ASCENT, LOCAL, EXPLORE, MUTATE = (
+    "uniform", "effective", "guided", "ascent", "local", "explore", "mutate")
 GAINS_ATTR = "autoprune.latency_gains"  # study user attr: per variable, the latency its pruning alone saves
+GUIDE_ATTR = "autoprune.guide"  # study user attr: the guided ladder's base and each variable's gain and damage
 EFFECTIVE_GAIN = 0.01  # a variable whose pruning saves less than 1% of the dense latency is left dense
 LOCAL_DRAWS = 12  # random neighbours of the incumbent drawn per local step
 MIN_GAIN = 0.02  # a move must cut the incumbent's latency by at least 2% to be worth a trial
@@ -85,6 +95,12 @@ class Probe:
         timed side by side on the device in ``rounds`` interleaved rounds."""
         raise NotImplementedError
 
+    screener: Any = None  # set where the probe can score a configuration at the screen rung
+
+    def screen(self, targets: dict[str, LayerTarget]) -> tuple[float, float]:  # pragma: no cover - interface
+        """The screen rung's score of a configuration (no training) and its cost in epochs."""
+        raise NotImplementedError
+
 
 @dataclass
 class _Seen:
@@ -98,6 +114,9 @@ class _Seen:
     latency_ms: float | None
     proposal: str | None
     move: dict[str, Any] | None = None  # an ascent step: {"var", "type", "rate", "jump", "down"}
+    # stopped by the rungs' promotion rule (its predicted score was beyond the budget, or it
+    # could not reach the front): the sampler takes it as over budget
+    rung_stop: bool = False
 
 
 class PruningSampler(BaseSampler):
@@ -120,7 +139,8 @@ class PruningSampler(BaseSampler):
     """
 
     def __init__(self, space: SearchSpace, probe: Probe, *, base: BaseSampler, seed: int | None = None,
-                 min_gain: float = MIN_GAIN, screen: int = SCREEN, ladder: bool = True, ascent: bool = True) -> None:
+                 min_gain: float = MIN_GAIN, screen: int = SCREEN, ladder: bool = True, ascent: bool = True,
+                 guided: bool | None = None, direction: str = "maximize") -> None:
         self.space = space
         self.probe = probe
         self.base = base
@@ -128,6 +148,9 @@ class PruningSampler(BaseSampler):
         self.screen = screen
         self.use_ladder = ladder
         self.use_ascent = ascent
+        # the guided ladder needs the screen rung's score of a configuration from the probe
+        self.use_guided = (getattr(probe, "screener", None) is not None) if guided is None else guided
+        self.sign = 1.0 if direction == "maximize" else -1.0
         self._rng = np.random.RandomState(seed)
         self._dists = space.distributions()
         self._sigs: dict[tuple, str] = {}
@@ -153,6 +176,10 @@ class PruningSampler(BaseSampler):
                 params = self._ladder_step(seen, self.ladder(effective))
                 if params is not None:
                     return self._claim(study, trial, params, EFFECTIVE)
+            if self.use_guided:
+                params = self._ladder_step(seen, self.guided(study, seen))
+                if params is not None:
+                    return self._claim(study, trial, params, GUIDED)
         step = self._ascent_step(seen)
         if step is not None:
             return self._claim(study, trial, step[0], ASCENT, step[1])
@@ -211,7 +238,8 @@ class PruningSampler(BaseSampler):
             if t.state == TrialState.COMPLETE and measured.get("repeat_of") is None:
                 feasible = bool(measured.get("feasible"))
             out.append(_Seen(t.number, t.state, dict(t.params), sig, feasible, measured.get("latency_ms"),
-                             t.user_attrs.get(PROPOSAL_ATTR), t.user_attrs.get(MOVE_ATTR)))
+                             t.user_attrs.get(PROPOSAL_ATTR), t.user_attrs.get(MOVE_ATTR),
+                             rung_stop=t.state == TrialState.PRUNED and measured.get("stopped_at") is not None))
         return out
 
     # -- phase 1: the uniform ladders ------------------------------------------------------
@@ -275,6 +303,8 @@ class PruningSampler(BaseSampler):
                 status.append(None)
             elif s.state == TrialState.RUNNING:
                 status.append("running")
+            elif s.rung_stop:
+                status.append("infeasible")  # predicted over budget at a rung
             elif s.state == TrialState.PRUNED:
                 status.append("stopped")
             else:
@@ -290,6 +320,79 @@ class PruningSampler(BaseSampler):
         mid = (lo + hi + 1) // 2
         pick = min(open_, key=lambda i: (abs(i - mid), -i))
         return rungs[pick][1]
+
+    # -- phase 1b: the guided ladder ------------------------------------------------------------
+    def guided(self, study: optuna.Study, seen: list[_Seen]) -> list[tuple[float, dict[str, Any], str]]:
+        """Configurations that push the variables pruning buys most time for least damage to the
+        top rate, one more at a time, from the fastest configuration within the budget the
+        ladders found (the *base*).
+
+        Each variable's pruning to the top rate is measured once from the base, without
+        training: its latency beside the base (side by side, on the device) and its screen
+        score (hard prune, BatchNorm recomputed; :mod:`autoprune.search.rungs`). Variables
+        are ordered by latency saved per point of screen score lost (sensitivity analysis,
+        weighed by measured time); rung ``k`` of this ladder has the first ``k`` at the top
+        rate. Stored on the study (``autoprune.guide``) for every worker; what the screens
+        cost is added to the study's epochs (``autoprune.sampler_epochs``)."""
+        if self.primary is None:
+            return []
+        stored = study.user_attrs.get(GUIDE_ATTR)
+        if stored is None:
+            stored = self._measure_guide(study, seen)
+            if stored is None:
+                return []
+        base = dict(stored["params"])
+        choices = dict(self.space.choices_of(base))
+        by_name = {v.name: v for v in self.space.variables}
+        useful = [(n, d) for n, d in stored["variables"].items() if d["gain"] > 0 and n in by_name]
+        order = sorted(useful, key=lambda nd: (-nd[1]["gain"] / max(nd[1]["drop"], 1e-3), nd[0]))
+        out, taken = [], {self.signature(base)}
+        for k, (name, _) in enumerate(order, start=1):
+            choices[name] = (self.primary, self.space.rates(by_name[name])[-1])
+            params = self.space.params_of(choices)
+            sig = self.signature(params)
+            if sig not in taken:
+                taken.add(sig)
+                out.append((float(k), params, sig))
+        return out
+
+    def _measure_guide(self, study: optuna.Study, seen: list[_Seen]) -> dict[str, Any] | None:
+        """Each variable's top-rate pruning from the base: latency gain and screen damage."""
+        if any(s.state == TrialState.RUNNING and s.proposal in (UNIFORM, EFFECTIVE) for s in seen):
+            return None  # the ladders' last results decide the base
+        inc = self.incumbent(seen)
+        if inc is None:
+            return None
+        base = {k: inc.params[k] for k in self._dists}
+        base_sig = self.signature(base)
+        if base_sig == "dense":
+            return None
+        choices = self.space.choices_of(base)
+        cands = []
+        for var in self.space.variables:
+            if self.primary not in var.types:
+                continue
+            top = self.space.rates(var)[-1]
+            params = self.space.params_of({**choices, var.name: (self.primary, top)})
+            if self.signature(params) != base_sig:
+                cands.append((var.name, params))
+        if not cands:
+            return None
+        stats = self.probe.compare([self._targets(base)] + [self._targets(p) for _, p in cands], rounds=SCREEN_ROUNDS)
+        base_score, spent = self.probe.screen(self._targets(base))
+        variables = {}
+        for (name, params), st in zip(cands, stats[1:]):
+            score, cost = self.probe.screen(self._targets(params))
+            spent += cost
+            variables[name] = {"gain": 1.0 - float(st.median), "drop": max(self.sign * (base_score - score), 0.0),
+                               "screen": score}
+        stored = {"base": inc.number, "params": base, "screen": base_score, "variables": variables}
+        with contextlib.suppress(Exception):  # another worker stored its own first: either is fine
+            if study.user_attrs.get(GUIDE_ATTR) is None:
+                study.set_user_attr(GUIDE_ATTR, stored)
+                study.set_user_attr(SAMPLER_EPOCHS_ATTR,
+                                    float(study.user_attrs.get(SAMPLER_EPOCHS_ATTR) or 0.0) + spent)
+        return study.user_attrs.get(GUIDE_ATTR) or stored
 
     # -- phase 2: the latency ascent ----------------------------------------------------------
     def incumbent(self, seen: list[_Seen]) -> _Seen | None:
@@ -319,10 +422,10 @@ class PruningSampler(BaseSampler):
         jump: dict[str, int] = {}
         for s in sorted(seen, key=lambda s: s.number):
             m = s.move
-            if not m or s.state != TrialState.COMPLETE or m.get("down"):
+            if not m or not (s.state == TrialState.COMPLETE or s.rung_stop) or m.get("down"):
                 continue
             key = (m["var"], m["type"])
-            if s.feasible:
+            if s.feasible and not s.rung_stop:
                 jump[m["var"]] = int(m.get("jump", 1))
             elif m.get("rate") is not None:
                 failed[key] = min(failed.get(key, 2.0), float(m["rate"]))

@@ -38,7 +38,12 @@ SEARCH_PARAMS = {
     "abandon_drop": Param("--abandon-drop", Interval(float, 0, 1, closed="right"), optional=True),
     "stale_after": Param("--stale-after", Interval(float, 0, None, closed="neither")),
     "study_name": Param("--study-name", NonEmpty(), optional=True),
+    "short_rung": Param("--short-rung", Interval(float, 0, 1, closed="left")),
 }
+
+#: The study's epoch budget when none is given: what a uniform sweep of nine rates (10%–90%)
+#: trains, one full trial schedule each — the search is meant to cost no more than that.
+AUTO_BUDGET_TRIALS = 9
 
 # A trial's training: 5 epochs in all at the dense training's lr 0.05. With --trial-method
 # admm, 6 ADMM W-steps of 0.25 epoch at rho 3 and 3.5 epochs of masked retraining (ADMM's
@@ -67,6 +72,26 @@ def parse_budget(text: str | float) -> float:
     if not 0.0 < value < 1.0:
         raise UserError(f"--budget {raw} lies outside (0, 100%); give an accuracy drop such as 2% or 0.02.")
     return value
+
+
+def parse_epoch_budget(value: float | str | None) -> float | str | None:
+    """``auto``, ``none`` (no cap) or a positive number of epochs.
+
+    Raises:
+        UserError: for anything else.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number > 0 or number == float("inf"):
+        raise UserError(f"--epoch-budget must be a positive number of epochs, 'auto' (nine full trials: what a "
+                        f"uniform sweep of nine rates trains) or 'none'. Got {value!r} instead.")
+    return number
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,14 @@ class SearchSettings:
     admm: AdmmSettings = field(default_factory=lambda: SEARCH_ADMM)
     # how each trial prunes: "magnitude" (one-shot, then every epoch masked retraining) or "admm"
     trial_method: str = "magnitude"
+    # multi-fidelity trials (autoprune.search.rungs): each configuration scored at a screen (BatchNorm
+    # recalibration, no training), then a short retraining, before the full schedule; False: every
+    # configuration faster than dense is trained fully, as before
+    rungs: bool = True
+    short_rung: float = 0.2  # the short rung's training, a fraction of the trial's schedule (0: none)
+    # training the whole study may spend, every rung counted: epochs (the built-in loop) or the
+    # user's train unit; "auto": AUTO_BUDGET_TRIALS full trial schedules; None: no cap
+    epoch_budget: float | str | None = "auto"
     min_speedup: float = 1.0  # a config must be at least this much faster than dense, or it stops early
     # stop a trial whose accuracy right after the hard prune is this far below dense. Off by
     # default: on digits, trials at 21%, 41% and 49% accuracy after the hard prune recovered
@@ -127,6 +160,7 @@ class SearchSettings:
         """
         validate_params(self, SEARCH_PARAMS)
         parse_channel_multiple(self.channel_multiple)
+        parse_epoch_budget(self.epoch_budget)
 
     def default_study_name(self, device_type: str) -> str:
         return f"{self.model}-{self.dataset}-{device_type}".replace(":", "-").replace("/", "-")

@@ -79,6 +79,12 @@ class SlotStorage:
         trial.storage.set_trial_system_attr(trial._trial_id, "constraints", [float(value)])  # noqa: SLF001
 
     @staticmethod
+    def stored_attrs(trial: optuna.Trial) -> dict[str, Any]:
+        """A running trial's user attributes as stored now (``trial.user_attrs`` is a copy taken
+        when the trial started, before the sampler marked it)."""
+        return trial.storage.get_trial(trial._trial_id).user_attrs  # noqa: SLF001
+
+    @staticmethod
     def mark(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
         """Write user attributes on a trial known as a ``FrozenTrial`` (a sampler's view of the
         trial it samples for, which has no ``set_user_attr``)."""

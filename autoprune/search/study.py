@@ -74,7 +74,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         cb.on_study_start(run.meta, run.url)
     ran, interrupted, notes = _optimize(run, s.stale_after, reporter, hooks)
     record = study_record(run.study, run.url)
-    if not interrupted and finished_count(record) >= run.target:
+    if not interrupted and (finished_count(record) >= run.target or _budget_spent(run) is not None):
         remeasure(run.study, record, run.ctx.probe, reporter)
         record = study_record(run.study, run.url)
     best = record.best_feasible()
@@ -101,6 +101,10 @@ def _optimize(run: OpenStudy, stale_after: float, reporter: Reporter,
     with reporter.task(f"search {run.name}", total=run.target) as task:
         progress.start(task)
         while True:
+            spent = _budget_spent(run)
+            if spent is not None:
+                reporter.log(f"note: {spent}")
+                return ran, False, [spent]
             try:
                 outcome = _run_trial(run, stale_after, reporter, callbacks)
                 if outcome is None:
@@ -207,6 +211,20 @@ class _Progress:
         self.task.set(best=best_text(record))
 
 
+def _budget_spent(run: OpenStudy) -> str | None:
+    """Why no further trial can be trained (the study's epoch budget cannot pay for even the
+    short rung), or None."""
+    fid, ctx = run.ctx.fidelity, run.ctx
+    if fid.epoch_budget is None:
+        return None
+    spent = objective.epochs_spent(run.study)
+    cheapest = (fid.short if fid.rungs and fid.short > 0 else 1.0) * ctx.trial_amount
+    if spent + cheapest <= fid.epoch_budget + 1e-9:
+        return None
+    return (f"the study's epoch budget is spent ({spent:.3g} of {fid.epoch_budget:g} epochs, every rung counted): "
+            f"the search ends here; raise --epoch-budget to go on")
+
+
 def finished_count(record: StudyRecord) -> int:
     """Trials that count toward the target: complete or stopped early."""
     return sum(1 for t in record.trials if t.state in ("COMPLETE", "PRUNED"))
@@ -223,9 +241,18 @@ def trial_line(t: TrialRecord, meta: StudyMeta) -> str:
     head = f"trial {t.number}: {t.sparsity_summary()}" + (f" [{t.proposal}]" if t.proposal else "")
     if t.repeat_of is not None:
         head += f" (same configuration as trial {t.repeat_of}: its result reused, nothing trained)"
+    climbed = rung_path(t, meta)
     if t.state == "COMPLETE":
         ok = "within budget" if t.feasible else "over budget"
         return (f"{head} → {meta.metric} {meta.fmt(t.accuracy)} (drop {meta.fmt_drop(t.accuracy_drop)}), "
                 f"{t.latency_ms:.3g} ms "
-                f"({t.speedup:.2f}x), {ok}")
-    return f"{head} → {t.state.lower()}: {t.stop_reason}"
+                f"({t.speedup:.2f}x), {ok}" + (f"; {climbed}" if climbed and t.repeat_of is None else ""))
+    return f"{head} → {t.state.lower()}: {t.stop_reason}" + (f" [{climbed}]" if climbed else "")
+
+
+def rung_path(t: TrialRecord, meta: StudyMeta) -> str:
+    """``screen 71.2% → short 86.4% → full 88.9%, 1.03 epochs``: the rungs a trial climbed."""
+    if not t.rungs:
+        return ""
+    steps = " → ".join(f"{r['rung']} {meta.fmt(r['score'])}" for r in t.rungs)
+    return f"{steps}, {t.epochs or 0:.3g} epochs" if t.epochs is not None else steps

@@ -59,6 +59,9 @@ class SearchResult:
             "best_feasible": None if best is None else best.to_dict() | {"summary": best.sparsity_summary()},
             "best_uniform": None if uniform is None else uniform.to_dict() | {"summary": uniform.sparsity_summary()},
             "most_accurate": None if most is None else most.number,
+            "epochs": {"spent": rec.epochs_spent(), "budget": _fidelity(rec).epoch_budget,
+                       "per_full_trial": _full_trial_epochs(rec)},
+            "rung_correlation": rec.rung_correlations(),
             "best_config": None if self.best_config is None else str(self.best_config),
             "interrupted": self.interrupted,
             "seconds": self.seconds,
@@ -73,6 +76,45 @@ def speedup_text(t: TrialRecord) -> str:
         return (f"{r['speedup']:.2f}x (re-measured side by side: {r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}x over "
                 f"{int(r['rounds'])} rounds; {t.speedup:.2f}x in the search)")
     return f"{t.speedup:.2f}x"
+
+
+def _fidelity(rec: StudyRecord) -> Any:  # noqa: ANN401 - rungs.Fidelity
+    from autoprune.search.rungs import Fidelity
+
+    return Fidelity.from_dict(rec.meta.fidelity)
+
+
+def _full_trial_epochs(rec: StudyRecord) -> float | None:
+    """What one fully trained trial spends: the most any trial of the study spent (its schedule)."""
+    spent = [t.epochs for t in rec.completed if t.epochs and t.repeat_of is None]
+    return max(spent) if spent else None
+
+
+def effort_lines(rec: StudyRecord) -> list[str]:
+    """What the search trained, beside what the uniform sweep it is compared with trains, and how
+    well the rungs' cheap scores ranked the configurations."""
+    from autoprune.search.settings import AUTO_BUDGET_TRIALS
+
+    if not any(t.epochs is not None for t in rec.trials):
+        return []  # a study made before epochs were counted
+    spent, full = rec.epochs_spent(), _full_trial_epochs(rec)
+    trained = sum(1 for t in rec.completed if t.repeat_of is None and not t.is_dense)
+    screened = sum(1 for t in rec.trials if t.rungs and t.repeat_of is None)
+    line = f"epochs: the search trained {spent:.3g} in all, every rung counted ({trained} configurations fully"
+    line += f", {screened} scored at the screen)" if screened else ")"
+    if full:
+        line += (f"; a uniform sweep of {AUTO_BUDGET_TRIALS} rates at {full:.3g} epochs each trains "
+                 f"{AUTO_BUDGET_TRIALS * full:.3g}")
+    budget = _fidelity(rec).epoch_budget
+    if budget is not None:
+        line += f"; the study's epoch budget is {budget:.3g}"
+    out = [line]
+    corr = rec.rung_correlations()
+    if corr.get("screen") is not None or corr.get("short") is not None:
+        parts = [f"{k} {corr[k]:.2f}" for k in ("screen", "short") if corr.get(k) is not None]
+        out.append(f"rank correlation (Spearman) of each rung's score with the trained score, over {corr['pairs']} "
+                   f"fully trained configurations: {', '.join(parts)}")
+    return out
 
 
 def print_summary(result: SearchResult) -> None:
@@ -90,7 +132,8 @@ def print_summary(result: SearchResult) -> None:
     limit = meta.dense_accuracy - meta.allowed_drop() if meta.direction == "maximize" else \
         meta.dense_accuracy + meta.allowed_drop()
     console.print(f"  dense: {meta.metric} {meta.fmt(meta.dense_accuracy)} (validation), {meta.dense_latency_ms:.3g} ms; "
-                  f"budget: {meta.metric} {'>=' if meta.direction == 'maximize' else '<='} {meta.fmt(limit)}")
+                  f"budget: {meta.metric} {'>=' if meta.direction == 'maximize' else '<='} {meta.fmt(limit)}"
+                  + (f"; {meta.validation_note()}" if meta.validation_note() else ""))
     table = Table(title=f"Pareto front (validation {meta.metric} vs measured latency)")
     for col in ("trial", meta.metric, "drop", "latency ms", "speedup", "MACs", "params", "sparsity", "in budget"):
         table.add_column(col, justify="left" if col == "sparsity" else "right", overflow="fold")
@@ -114,6 +157,8 @@ def print_summary(result: SearchResult) -> None:
         ratio = best.final_speedup / uniform.final_speedup
         console.print(f"  best uniform: trial {uniform.number} ({uniform.sparsity_summary()}), {speedup_text(uniform)}, "
                       f"{meta.fmt(uniform.accuracy)}; the search's best is {ratio:.2f}x the best uniform")
+    for line in effort_lines(rec):
+        console.print(f"  {line}")
     if result.best_config is not None:
         console.print(f"  best config: {result.best_config}  (autoprune prune --config {result.best_config})")
     console.print(f"  summary: {result.study_dir / 'summary.json'}")

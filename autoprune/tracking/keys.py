@@ -14,6 +14,7 @@ from typing import Any
 
 from autoprune.config import LayerTarget
 from autoprune.search.records import StudyMeta, TrialRecord
+from autoprune.search.rungs import RUNGS
 
 __all__ = [
     "CHOSEN_TAG",
@@ -154,8 +155,15 @@ def trial_metrics(trial: TrialRecord, metric: str = "accuracy") -> list[tuple[st
         "params_count": trial.params_count,
         "sparsity": trial.sparsity,
         "seconds": trial.seconds,
+        "epochs": trial.epochs,
     }
     out = [(mlflow_key(k), float(v), 0) for k, v in scalars.items() if v is not None]
+    # the rungs climbed, the rung as the step (0 screen, 1 short, 2 full): MLflow's chart of
+    # ``rung_<metric>`` shows how each configuration fared as it was trained more
+    out += [(mlflow_key(f"rung_{metric}"), float(r["score"]), RUNGS.index(r["rung"])) for r in trial.rungs
+            if r.get("score") is not None and r.get("rung") in RUNGS]
+    out += [(mlflow_key("rung_epochs"), float(r["epochs"]), RUNGS.index(r["rung"])) for r in trial.rungs
+            if r.get("epochs") is not None and r.get("rung") in RUNGS]
     out += [("admm_residual", float(v), i) for i, v in enumerate(trial.residuals) if v is not None]
     out += [("train_loss", float(v), i) for i, v in enumerate(trial.train_losses) if v is not None]
     return out
@@ -184,6 +192,8 @@ def trial_tags(trial: TrialRecord, meta: StudyMeta | None = None) -> dict[str, s
         out["worker"] = trial.worker
     if meta is not None:
         out["device"] = meta.device_description or meta.device
+    if trial.stopped_at:
+        out["stopped_at_rung"] = trial.stopped_at
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}
 

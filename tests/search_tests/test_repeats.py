@@ -53,7 +53,8 @@ def test_a_repeated_configuration_is_not_trained_again(tmp_path: Path, digits_ba
     monkeypatch.setattr(autoprune.admm, "prune", counting)
     settings = SearchSettings(checkpoint=str(digits_baseline[0]), runs_dir=str(tmp_path / "runs"), trials=3,
                               latency_batch=32, admm=FAST, study_name="rep", space=str(space), budget=0.99,
-                              channel_multiple=16, min_speedup=0.01, storage=f"sqlite:///{tmp_path / 'o.db'}")
+                              channel_multiple=16, min_speedup=0.01, storage=f"sqlite:///{tmp_path / 'o.db'}",
+                              rungs=False)  # one admm.prune call per trained trial (the rungs' case: test_rungs)
     rec = run_search(settings).record
     done = [t for t in rec.trials if t.state == "COMPLETE"]
     assert len(done) == 3

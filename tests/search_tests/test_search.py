@@ -318,8 +318,9 @@ def test_a_trial_whose_loss_turns_nan_fails_at_that_step_and_the_study_goes_on(t
     monkeypatch.setattr(objective, "run_trial", counted)
     monkeypatch.setattr(train, "F", NanInTrialOne)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, min_speedup=0.01, abandon_drop=1.0),
-                        tracker=Tracker(uri))
+    # rungs off: one training run per trial, so that "step 3" is the third step of that run
+    result = run_search(_settings(tmp_path, digits_baseline[0], trials=3, min_speedup=0.01, abandon_drop=1.0,
+                                  rungs=False), tracker=Tracker(uri))
     trials = {t.number: t for t in result.record.trials if t.state != "WAITING"}
     assert trials[1].state == "FAIL"
     assert re.fullmatch(r"NonFiniteLossError: loss became nan at step 3 \(epoch 1\) of .+", trials[1].stop_reason)
