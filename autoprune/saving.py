@@ -225,8 +225,8 @@ def _check_outputs(model: nn.Module, example: Any, folder: Path, arch: dict[str,
     scale = max([1.0, *(float(e.abs().max()) for e in expected if e.numel())])
     if len(got) != len(expected) or any(g.shape != e.shape for g, e in zip(got, expected)) or worst > 1e-4 * scale:
         shown = "other output shapes" if worst == 0.0 else f"outputs that differ by up to {worst:.3g}"
-        raise UserError(f"the model passed to load_pruned, rebuilt from '{folder}', gives {shown} on the saved example; "
-                        f"pass a new instance of the class that was saved ({arch['base']['class']}) with the same "
+        raise UserError(f"the model passed to load_pruned, rebuilt from '{folder}', gives {shown} on the saved "
+                        f"example; pass a new instance of the class that was saved ({arch['base']['class']}) with the same "
                         f"constructor arguments.")
 
 

@@ -442,9 +442,10 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
                             f"'autoprune prune --config FILE --out DIR'.")
     arch = read_architecture(arch_path)
     if "class" in arch["base"]:
-        raise UserError(f"'{folder}' holds a model of your own class ({arch['base']['class']}), not a registry model; "
-                        f"load it with autoprune.load_pruned(folder, model={arch['base']['class'].rsplit('.', 1)[-1]}(...)) "
-                        f"or, for inference, autoprune.load_pruned(folder).")
+        cls = arch["base"]["class"]
+        raise UserError(f"'{folder}' holds a model of your own class ({cls}), not a registry model; load it with "
+                        f"autoprune.load_pruned(folder, model={cls.rsplit('.', 1)[-1]}(...)) or, for inference, "
+                        f"autoprune.load_pruned(folder).")
     base, specs = check_base(arch["base"]), list(arch.get("modules", []))
     model = _dense_base_model(base)
     for spec in specs:

@@ -26,8 +26,8 @@ from autoprune.errors import UserError, first_line, first_sentence
 from autoprune.fold import fold_batchnorm
 from autoprune.safeload import UnsafeFileError, no_code_loading
 
-__all__ = ["ONNX_FILE", "ONNX_OPSET", "PT2_FILE", "UNEXPORTABLE_KERNELS", "ExportedModule", "check_programs", "export_programs",
-           "load_program"]
+__all__ = ["ONNX_FILE", "ONNX_OPSET", "PT2_FILE", "UNEXPORTABLE_KERNELS", "ExportedModule", "check_programs",
+           "export_programs", "load_program"]
 
 PT2_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
@@ -204,8 +204,7 @@ def _check_graph(program: torch.export.ExportedProgram, path: Path) -> None:
     if program.call_spec.in_spec != pytree.tree_structure(((torch.empty(0),), {})):
         raise UnsafeFileError(f"'{path}' is a program that does not take one tensor, unlike the programs autoprune "
                               f"writes; load it yourself only if you trust where it came from.")
-    modules = [program.graph_module, *(m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule))]
-    for gm in modules:
+    for gm in (m for m in program.graph_module.modules() if isinstance(m, torch.fx.GraphModule)):
         for node in gm.graph.nodes:
             if node.op in ("placeholder", "output", "get_attr"):
                 continue

@@ -319,7 +319,8 @@ def _crafted_module_pt(folder, marker):  # noqa: ANN001, ANN202
 
     class Payload:
         def __reduce__(self):  # noqa: ANN204
-            return eval, (f"__import__('pathlib').Path({str(marker)!r}).touch() or __import__('torch').nn.Linear(2, 2)",)
+            code = f"__import__('pathlib').Path({str(marker)!r}).touch() or __import__('torch').nn.Linear(2, 2)"
+            return eval, (code,)
 
     folder.mkdir()
     torch.save(Payload(), folder / "module.pt")

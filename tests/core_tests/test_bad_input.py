@@ -38,7 +38,8 @@ def inputs(tmp_path_factory) -> Path:  # noqa: ANN001
     (d / "unknown_model.yaml").write_text("model: nosuch-net\ndataset: digits\n" + layers)
     (d / "bad_rate.yaml").write_text("model: digits-cnn\ndataset: digits\nlayers:\n  'features.*': {type: filter, "
                                      "rate: 1.5}\n")  # no checkpoint: a baseline would be trained first
-    (d / "pickled_ckpt.yaml").write_text(f"model: digits-cnn\ndataset: digits\ncheckpoint: {d / 'pickled.pt'}\n{layers}")
+    (d / "pickled_ckpt.yaml").write_text(f"model: digits-cnn\ndataset: digits\ncheckpoint: {d / 'pickled.pt'}\n"
+                                         f"{layers}")
     (d / "good.yaml").write_text(f"model: digits-cnn\ndataset: digits\ncheckpoint: {d / 'junk.pt'}\n{layers}")
     shutil.copy(STUDY_FIXTURE, d / "study.db")
     return d
