@@ -7,7 +7,7 @@ The Python API (``help(autoprune.search)`` to start; the module :mod:`autoprune.
     pruned = autoprune.prune(model, result.best_config, train=my_train, example_inputs=example_inputs)
     deployable = autoprune.make_deployable(pruned)
     autoprune.save_pruned(deployable, "out/")
-    model = autoprune.load_pruned("out/")
+    model = autoprune.load_pruned("out/", model=MyNet())  # or without model=: the exported program
 
 ``train(model, amount)`` is your own training loop (it creates its optimizer; autoprune
 acts through optimizer hooks it removes afterwards), ``evaluate(model) -> float`` your

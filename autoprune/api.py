@@ -13,7 +13,7 @@ The shortest complete use::
     pruned = autoprune.prune(model, result.best_config, train=..., example_inputs=x)
     deployable = autoprune.make_deployable(pruned)
     autoprune.save_pruned(deployable, "out/")
-    model = autoprune.load_pruned("out/")
+    model = autoprune.load_pruned("out/", model=MyNet())  # or without model=: the exported program
 
 ``train(model, amount)`` trains the model it is given in place for ``amount`` of its own
 unit (epochs or steps: the :class:`~autoprune.admm.Schedule` is in that unit), creating

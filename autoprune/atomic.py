@@ -23,7 +23,38 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "replace_folder", "save_torch_atomic", "staged_folder", "write_text_atomic"]
+__all__ = ["atomic_path", "check_writable", "replace_folder", "save_torch_atomic", "staged_folder",
+           "write_text_atomic"]
+
+
+def check_writable(path: str | os.PathLike, *, what: str, folder: bool = False) -> Path:
+    """Refuse, before any work is done, a place that cannot be written: a file path that is a
+    folder, or a path under a file or under a folder this process may not write in. Nothing is
+    created.
+
+    Args:
+        path: The file (or, with ``folder``, the folder) to be written.
+        what: What it is, for the message (``"--out"``).
+        folder: ``path`` is a folder to write into (an existing folder is fine).
+
+    Raises:
+        UserError: naming the path and why.
+    """
+    from autoprune.errors import UserError
+
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise UserError(f"{what} '{path}' is a folder; give a file name.")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what} '{path}' is a file; give a folder.")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{what} '{path}' cannot be written: '{parent}' is a file, not a folder.")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} '{path}' cannot be written: no permission to write in '{parent}'.")
+    return path
 
 
 @contextlib.contextmanager

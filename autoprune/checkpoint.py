@@ -14,6 +14,7 @@ import autoprune
 from autoprune.atomic import save_torch_atomic
 from autoprune.errors import UserError, first_line
 from autoprune.models import create_model
+from autoprune.safeload import load_tensors
 
 FORMAT_KEY = "autoprune_checkpoint"
 FORMAT_VERSION = 1
@@ -70,11 +71,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; train one with 'autoprune train --model M --dataset D'.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated files, foreign formats
-        raise UserError(f"checkpoint '{path}' cannot be read as an autoprune checkpoint "
-                        f"({first_line(exc, limit=160)}).") from None
+    raw = load_tensors(path, what="checkpoint", not_one="is not an autoprune checkpoint",
+                       fix="make one with 'autoprune train --model M --dataset D'")
     if not isinstance(raw, dict) or FORMAT_KEY not in raw:
         raise UserError(
             f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry); "

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from autoprune import __version__
 from autoprune.api import mirror_callbacks
-from autoprune.atomic import write_text_atomic
+from autoprune.atomic import check_writable, write_text_atomic
 from autoprune.bench import run_bench
 from autoprune.config import PruneConfig
 from autoprune.data import describe_datasets
@@ -286,6 +286,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
+    check_writable(out, what="--out", folder=True)
     overrides = {"iters": args.admm_iters, "epochs": args.admm_epochs, "steps": args.admm_steps,
                  "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
     reporter = _reporter(args)
@@ -516,6 +517,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    check_writable(args.out, what="--out")
     r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
                            pick=args.pick, out=args.out)
     if args.json:

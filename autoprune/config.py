@@ -245,8 +245,18 @@ def read_yaml(path: str | os.PathLike, what: str, missing_hint: str = "") -> Any
     try:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        first = first_line(exc) if str(exc).strip() else "syntax error"
-        raise ConfigError(f"{what} '{p}' is not valid YAML: {first}") from None
+        raise ConfigError(f"{what} '{p}' is not valid YAML: {_yaml_problem(exc)}; fix the file.") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's cause and where it is (``expected ',' or ']', but got '<stream end>' (line 2,
+    column 1)``), not its whole report."""
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = " ".join(str(problem).split()) if problem else (first_line(exc) if str(exc).strip() else "syntax error")
+    if mark is not None:
+        text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    return text
 
 
 def reject_unknown_keys(raw: dict, allowed: set[str], where: str) -> None:

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.atomic import check_writable
 from autoprune.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint
 from autoprune.config import PruneConfig
 from autoprune.data import DatasetSplits, get_dataset
-from autoprune.errors import UserError
+from autoprune.errors import UserError, first_line
 from autoprune.models import check_model_input, create_model, native_input
 from autoprune.progress import Reporter
 from autoprune.train import TrainSettings, evaluate, seed_everything, train_model
@@ -117,16 +118,27 @@ def train_baseline(
     lr: float | None = None,
     reporter: Reporter | None = None,
 ) -> tuple[Checkpoint, Path]:
-    """Train the dense baseline and write its checkpoint; returns it and where it went."""
-    splits = load_dataset(dataset_name, data_dir=data_dir, download=download)
-    seed_everything(seed)
-    model = build_model(model_name, splits)
+    """Train the dense baseline and write its checkpoint; returns it and where it went.
+
+    Everything that can be refused (the names, the settings, where the checkpoint goes) is
+    checked before the data is downloaded or the training starts."""
     settings = TrainSettings()
     changes = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr}.items() if v is not None}
     if changes:
         settings = dataclasses.replace(settings, **changes)
     if settings.epochs < 1:
         raise UserError(f"--epochs must be at least 1. Got {settings.epochs} instead.")
+    if settings.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1. Got {settings.batch_size} instead.")
+    if not settings.lr > 0:
+        raise UserError(f"--lr must be > 0. Got {settings.lr} instead.")
+    if out is not None:
+        check_writable(out, what="--out")
+    splits = load_dataset(dataset_name, data_dir=data_dir, download=download)
+    seed_everything(seed)
+    model = build_model(model_name, splits)
+    path = Path(out) if out is not None else default_checkpoint_path(model_name, splits.name)
+    check_writable(path, what="the checkpoint")
     result = train_model(model, splits.train, splits.val, device=device, settings=settings, seed=seed,
                          reporter=reporter)
     test_acc = evaluate(model, splits.test, device=device)
@@ -141,8 +153,34 @@ def train_baseline(
         seed=seed,
         epochs=settings.epochs,
     )
-    path = Path(out) if out is not None else default_checkpoint_path(model_name, splits.name)
-    ckpt.save(path)
+    try:
+        ckpt.save(path)
+    except OSError as exc:  # the disk filled up, the folder went away while training
+        raise UserError(f"cannot write the checkpoint '{path}': {exc.strerror or first_line(exc)}.") from None
+    return ckpt, path
+
+
+def existing_checkpoint(config: PruneConfig, dataset_name: str, *,
+                        runs_dir: str | os.PathLike = "runs") -> tuple[Checkpoint, Path] | None:
+    """The config's dense baseline where one exists, read and checked, writing nothing: its
+    ``checkpoint``, or the one cached under ``<runs_dir>/baselines/``; None when it must be
+    trained first (see :func:`checkpoint_for`).
+
+    Raises:
+        UserError: a given checkpoint that is missing, unreadable, or of another model or dataset.
+    """
+    if config.checkpoint is not None:
+        path = Path(config.checkpoint)
+    else:
+        path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
+        if not path.is_file():
+            return None
+    ckpt = load_checkpoint(path)
+    if ckpt.model != config.model or ckpt.dataset != dataset_name:
+        raise UserError(
+            f"checkpoint '{path}' holds model '{ckpt.model}' on dataset '{ckpt.dataset}', but the config asks for "
+            f"'{config.model}' on '{config.dataset}'; point 'checkpoint' at a matching file."
+        )
     return ckpt, path
 
 
@@ -156,22 +194,11 @@ def checkpoint_for(
     Returns:
         (checkpoint, path, trained_now)
     """
-    if config.checkpoint is not None:
-        path = Path(config.checkpoint)
-        ckpt = load_checkpoint(path)
-        trained = False
-    else:
-        path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
-        if path.is_file():
-            ckpt, trained = load_checkpoint(path), False
-        else:
-            (reporter or Reporter()).log(f"no checkpoint given: training the dense baseline into {path}")
-            ckpt, path = train_baseline(config.model, config.dataset, device=device, seed=config.seed,
-                                        data_dir=config.data_dir, reporter=reporter, out=path)
-            trained = True
-    if ckpt.model != config.model or ckpt.dataset != dataset_name:
-        raise UserError(
-            f"checkpoint '{path}' holds model '{ckpt.model}' on dataset '{ckpt.dataset}', but the config asks for "
-            f"'{config.model}' on '{config.dataset}'; point 'checkpoint' at a matching file."
-        )
-    return ckpt, path, trained
+    found = existing_checkpoint(config, dataset_name, runs_dir=runs_dir)
+    if found is not None:
+        return (*found, False)
+    path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
+    (reporter or Reporter()).log(f"no checkpoint given: training the dense baseline into {path}")
+    ckpt, path = train_baseline(config.model, config.dataset, device=device, seed=config.seed,
+                                data_dir=config.data_dir, reporter=reporter, out=path)
+    return ckpt, path, True

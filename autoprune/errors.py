@@ -7,6 +7,8 @@ Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 
 class AutopruneError(Exception):
     """Base class of every error autoprune raises on purpose."""
@@ -66,4 +68,20 @@ def first_line(exc: BaseException, *, limit: int = 300, with_type: bool = False)
         text = type(exc).__name__
     elif with_type:
         text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def first_sentence(exc: BaseException, *, limit: int = 200) -> str:
+    """The first sentence of an exception's message, without its full stop: a library's long
+    explanation cut to the part that names the cause, for quoting inside autoprune's own message.
+
+    Example:
+        >>> first_sentence(RuntimeError("PytorchStreamReader failed reading zip archive. This is an internal "
+        ...                             "miniz error. If you are seeing this error..."))
+        'PytorchStreamReader failed reading zip archive'
+    """
+    text = first_line(exc, limit=10_000)
+    end = re.search(r"[.!?](\s|$)", text)
+    if end is not None and end.start() > 0:
+        text = text[: end.start()]
     return text if len(text) <= limit else text[: limit - 1] + "…"

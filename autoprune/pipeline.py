@@ -26,6 +26,7 @@ from autoprune.data import DatasetSplits
 from autoprune.dense import (
     build_model,
     checkpoint_for,
+    existing_checkpoint,
     example_input,
     load_dataset,
     model_input,
@@ -194,13 +195,20 @@ def run_prune(
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(admm.METHODS)}.")
     settings: AdmmSettings = config.admm.replace(**(overrides or {}))
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
-    ckpt, ckpt_path, _ = checkpoint_for(config, splits.name, device=device, reporter=reporter)
-    model = ckpt.build()
+    # everything the config can get wrong is checked before a missing baseline is trained:
+    # the targets are checked on the architecture, which needs no weights
+    found = existing_checkpoint(config, splits.name)
+    model = found[0].build() if found is not None else build_model(config.model, splits)
     graph = ChannelGraph(model, example_input(splits))
     targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
     if not targets:
         raise UserError("the config prunes no layer (every match is 'none').")
     projector = Projector(model, graph, targets, channel_multiple=config.channel_multiple)
+    if found is None:
+        ckpt, ckpt_path, _ = checkpoint_for(config, splits.name, device=device, reporter=reporter)
+        model.load_state_dict(ckpt.state_dict)  # in place: the graph and the projector hold this model
+    else:
+        ckpt, ckpt_path = found
     for note in projector.notes:
         reporter.log(f"note: {note}")
     model.to(device)

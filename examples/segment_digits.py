@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
     deployable = autoprune.make_deployable(pruned, d["val_x"][:64])
     folder = autoprune.save_pruned(deployable, args.out)
     report = json.loads((Path(folder) / "report.json").read_text())
-    reloaded = autoprune.load_pruned(folder)
-    out.update(pruned_iou=pruned.score, reloaded_iou=iou(reloaded), speedup=deployable.speedup,
+    # no pickle in the folder: rebuilt from our own class, or the torch.export program without it
+    reloaded = autoprune.load_pruned(folder, model=SegNet(width=16 if args.small else 32))
+    program = autoprune.load_pruned(folder)
+    out.update(pruned_iou=pruned.score, reloaded_iou=iou(reloaded), program_iou=iou(program),
+               speedup=deployable.speedup,
                latency_ms=deployable.latency_ms, kernels=deployable.kernels,
                onnx_max_abs_diff=report["checks"].get("onnx_max_abs_diff"), folder=str(folder))
     print(json.dumps(out))

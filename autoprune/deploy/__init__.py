@@ -11,7 +11,8 @@ A folder written by :func:`build_deployable` holds::
 
 * :mod:`~autoprune.deploy.archive` — ``model.pt`` + ``architecture.json``:
   :func:`save_pruned`, :func:`load_pruned` (needs only the models and kernels), the format;
-* :mod:`~autoprune.deploy.programs` — :func:`export_programs` (``model.pt2``, ``model.onnx``);
+* :mod:`~autoprune.deploy.programs` — :func:`export_programs` (``model.pt2``, ``model.onnx``),
+  :func:`load_program` (a ``model.pt2`` read back without running code from the file);
 * :mod:`~autoprune.deploy.build` — :func:`build_deployable`, the steps from a prune to a folder;
 * :mod:`~autoprune.deploy.card` — :class:`DeployReport`, ``report.json`` and ``report.md``.
 
@@ -22,13 +23,18 @@ from autoprune.deploy.archive import (
     ARCHITECTURE_FILE,
     FORMAT,
     FORMAT_VERSION,
+    USER_FORMAT_VERSION,
     WEIGHTS_FILE,
     build_module,
     check_base,
     describe_architecture,
     describe_module,
+    describe_user_model,
     load_pruned,
+    read_architecture,
+    rebuild_user_model,
     save_pruned,
+    storable_form,
     with_dense_kernels,
 )
 from autoprune.deploy.build import build_deployable, count_stored
@@ -44,7 +50,15 @@ from autoprune.deploy.card import (
     card_markdown,
     write_card,
 )
-from autoprune.deploy.programs import ONNX_FILE, ONNX_OPSET, PT2_FILE, check_programs, export_programs
+from autoprune.deploy.programs import (
+    ONNX_FILE,
+    ONNX_OPSET,
+    PT2_FILE,
+    ExportedModule,
+    check_programs,
+    export_programs,
+    load_program,
+)
 
 __all__ = [
     "ARCHITECTURE_FILE",
@@ -55,10 +69,12 @@ __all__ = [
     "PT2_FILE",
     "REPORT_FILE",
     "REPORT_MD_FILE",
+    "USER_FORMAT_VERSION",
     "WEIGHTS_FILE",
     "Checks",
     "DenseFigures",
     "DeployReport",
+    "ExportedModule",
     "LayerRow",
     "ProgramEntry",
     "PrunedFigures",
@@ -70,9 +86,14 @@ __all__ = [
     "count_stored",
     "describe_architecture",
     "describe_module",
+    "describe_user_model",
     "export_programs",
+    "load_program",
     "load_pruned",
+    "read_architecture",
+    "rebuild_user_model",
     "save_pruned",
+    "storable_form",
     "with_dense_kernels",
     "write_card",
 ]

@@ -17,6 +17,12 @@ edits modules in place (``out_channels``, ``in_features``, ``num_features``, the
     logits = model(images)
     fast = load_pruned("runs/deploy/digits", as_timed=True)  # BatchNorm folded, channels-last
 
+A user's own model (``autoprune.save_pruned``, format version 2) is described by its class
+(``base: {"class": "pkg.module.Net"}``), a spec for *every* module autoprune can describe,
+and the shape attributes (``out_channels``, ``num_features``, ...) of the others:
+:func:`describe_user_model`; :func:`rebuild_user_model` reshapes an instance of that class
+to it, so that the weights load into it without unpickling anything.
+
 Semi-structured (2:4, CUDA fp16/bf16) layers are stored as their dense masked
 equivalent (``Linear`` / 1x1 ``Conv2d``, their ``to_dense()``): re-apply
 :meth:`~autoprune.compact.kernels.SemiStructuredLinear.from_linear` on the GPU to get
@@ -43,23 +49,31 @@ from autoprune.deploy.card import REPORT_FILE
 from autoprune.errors import UserError, first_line
 from autoprune.latency import LatencySettings, prepare_for_timing
 from autoprune.models import create_model
+from autoprune.safeload import load_tensors
 
 __all__ = [
     "ARCHITECTURE_FILE",
     "FORMAT",
     "FORMAT_VERSION",
     "WEIGHTS_FILE",
+    "USER_FORMAT_VERSION",
     "build_module",
     "check_base",
     "describe_architecture",
     "describe_module",
+    "describe_user_model",
     "load_pruned",
+    "read_architecture",
+    "rebuild_user_model",
     "save_pruned",
+    "storable_form",
     "with_dense_kernels",
 ]
 
 FORMAT = "autoprune-pruned-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this autoprune reads: 1 a registry model's folder, 2 adds a user model's
+REGISTRY_FORMAT_VERSION = 1  # what a registry model's folder is written as (readable by every version)
+USER_FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.pt"
 ARCHITECTURE_FILE = "architecture.json"
 
@@ -182,6 +196,12 @@ def with_dense_kernels(model: nn.Module, kinds: tuple[type, ...]) -> tuple[nn.Mo
     return out, names
 
 
+def storable_form(model: nn.Module) -> nn.Module:
+    """A copy of the compacted model as it is stored: semi-structured (2:4) layers as their
+    dense masked equivalent (sparse tensor cores are CUDA-only; re-apply them after loading)."""
+    return with_dense_kernels(model, _SEMI_STRUCTURED)[0]
+
+
 def _dense_base_model(base: dict[str, Any]) -> nn.Module:
     return create_model(base["model"], in_channels=base["in_channels"], num_classes=base["num_classes"],
                         image_size=tuple(base["image_size"]))
@@ -234,11 +254,113 @@ def describe_architecture(model: nn.Module, *, base: dict[str, Any]) -> dict[str
                                 f"is missing from it.") from None
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": REGISTRY_FORMAT_VERSION,
         "base": base,
         "modules": specs,
         "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
     }
+
+
+# Attributes Torch-Pruning edits in place, kept for modules autoprune has no spec for
+# (a subclass of nn.Conv2d, a module of the user's own).
+_SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+                     "num_channels", "num_groups", "num_parameters", "embed_dim", "num_heads")
+
+
+def class_name(model: nn.Module) -> str:
+    """``module.QualifiedName`` of the model's class."""
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def describe_user_model(model: nn.Module) -> dict[str, Any]:
+    """What ``architecture.json`` holds for a user's own model: its class, a spec for every
+    module autoprune can describe (every conv, linear, norm, PReLU and kernel, changed or not:
+    there is no dense registry model to compare with), and the shape attributes of the others.
+
+    Args:
+        model: The compacted model (semi-structured layers already replaced by dense ones).
+    """
+    specs: list[dict[str, Any]] = []
+    attributes: dict[str, dict[str, int]] = {}
+    replaced: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(r + ".") for r in replaced):
+            continue  # inside a described module (its from_spec builds its children)
+        described = describe_module(module) if name else None
+        if described is not None:
+            kind, args = described
+            specs.append({"name": name, "kind": kind, "args": args})
+            replaced.append(name)
+            continue
+        attrs = {a: v for a in _SHAPE_ATTRIBUTES
+                 if isinstance(v := getattr(module, a, None), int) and not isinstance(v, bool)}
+        if attrs:
+            attributes[name] = attrs
+    return {
+        "format": FORMAT,
+        "format_version": USER_FORMAT_VERSION,
+        "base": {"class": class_name(model)},
+        "modules": specs,
+        "attributes": attributes,
+        "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
+    }
+
+
+def rebuild_user_model(model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor],
+                       where: Path) -> nn.Module:
+    """Reshape ``model`` (a fresh instance of the saved class) in place to what ``arch``
+    (:func:`describe_user_model`) describes and load ``state`` into it strictly.
+
+    Modules with a spec are replaced where they differ; the others get the saved shape
+    attributes, and any of their tensors whose saved shape differs is resized before loading.
+
+    Raises:
+        UserError: the model lacks a module the saved one has, or the weights do not fit it.
+    """
+    saved_class = arch["base"]["class"]
+
+    def module_at(name: str) -> nn.Module:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"the model passed to load_pruned ({class_name(model)}) has no module '{name}', which "
+                            f"the model saved in '{where}' has; pass a new instance of {saved_class}.") from None
+
+    for spec in arch.get("modules", []):
+        current = module_at(spec["name"])
+        if describe_module(current) == (spec["kind"], spec["args"]):
+            continue
+        model.set_submodule(spec["name"], build_module(spec["kind"], spec["args"]))
+    for name, attrs in arch.get("attributes", {}).items():
+        module = module_at(name)
+        for attr, value in attrs.items():
+            if hasattr(module, attr):
+                setattr(module, attr, value)
+    own = model.state_dict()
+    for key, saved in state.items():
+        if key in own and tuple(own[key].shape) != tuple(saved.shape):
+            _resize(model, key, tuple(saved.shape))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"the weights in '{where}' do not fit the model passed to load_pruned ({class_name(model)}; "
+                        f"saved: {saved_class}): {detail}") from None
+    return model
+
+
+def _resize(model: nn.Module, key: str, shape: tuple[int, ...]) -> None:
+    """Give the parameter or buffer ``key`` of ``model`` the shape ``shape`` (uninitialised)."""
+    owner_name, _, attr = key.rpartition(".")
+    owner = model.get_submodule(owner_name)
+    param = owner._parameters.get(attr)  # noqa: SLF001 - replacing the tensor itself
+    if param is not None:
+        owner._parameters[attr] = nn.Parameter(torch.empty(shape, dtype=param.dtype),  # noqa: SLF001
+                                               requires_grad=param.requires_grad)
+        return
+    buffer = owner._buffers.get(attr)  # noqa: SLF001
+    if buffer is not None:
+        owner._buffers[attr] = torch.empty(shape, dtype=buffer.dtype)  # noqa: SLF001
 
 
 def check_base(base: dict[str, Any]) -> dict[str, Any]:
@@ -270,6 +392,7 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
 
     Example:
         >>> from autoprune.models import create_model
+from autoprune.safeload import load_tensors
         >>> m = create_model("digits-cnn", in_channels=1, num_classes=10, image_size=(8, 8))
         >>> base = {"model": "digits-cnn", "in_channels": 1, "num_classes": 10, "image_size": [8, 8]}
         >>> import tempfile; d = save_pruned(m, tempfile.mkdtemp(), base=base)
@@ -277,7 +400,7 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
         32
     """
     out = Path(out_dir)
-    portable, _ = with_dense_kernels(model, _SEMI_STRUCTURED)
+    portable = storable_form(model)
     arch = describe_architecture(portable, base=base)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in portable.state_dict().items()}
@@ -317,7 +440,13 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
         if not p.is_file():
             raise UserError(f"'{folder}' holds no pruned model ({p.name} is missing); build one with "
                             f"'autoprune prune --config FILE --out DIR'.")
-    base, specs = _read_architecture(arch_path)
+    arch = read_architecture(arch_path)
+    if "class" in arch["base"]:
+        cls = arch["base"]["class"]
+        raise UserError(f"'{folder}' holds a model of your own class ({cls}), not a registry model; load it with "
+                        f"autoprune.load_pruned(folder, model={cls.rsplit('.', 1)[-1]}(...)) or, for inference, "
+                        f"autoprune.load_pruned(folder).")
+    base, specs = check_base(arch["base"]), list(arch.get("modules", []))
     model = _dense_base_model(base)
     for spec in specs:
         try:
@@ -326,10 +455,7 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
             raise UserError(f"'{arch_path}' replaces module '{spec['name']}', which '{base['model']}' does not "
                             f"have.") from None
         model.set_submodule(spec["name"], build_module(spec["kind"], spec["args"]))
-    try:
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated file, foreign pickle
-        raise UserError(f"'{weights_path}' cannot be read as a state dict ({first_line(exc, limit=200)}).") from None
+    state = load_tensors(weights_path, what="weights file", fix="save the model again")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -341,18 +467,19 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
     return model
 
 
-def _read_architecture(arch_path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``(base, module specs)`` of an ``architecture.json``, checked for format and version."""
+def read_architecture(arch_path: Path) -> dict[str, Any]:
+    """An ``architecture.json``, checked for format and version (its ``base`` is a registry
+    model's, or ``{"class": ...}`` for a user's model)."""
     try:
         arch = json.loads(arch_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"'{arch_path}' cannot be read as JSON ({exc}).") from None
-    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise UserError(f"'{arch_path}' cannot be read as JSON ({first_line(exc)}).") from None
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT or not isinstance(arch.get("base"), dict):
         raise UserError(f"'{arch_path}' was not written by autoprune (no format '{FORMAT}').")
     if int(arch.get("format_version", 0)) > FORMAT_VERSION:
         raise UserError(f"'{arch_path}' has format version {arch['format_version']}, newer than this autoprune "
                         f"reads ({FORMAT_VERSION}); upgrade autoprune.")
-    return check_base(arch["base"]), list(arch.get("modules", []))
+    return arch
 
 
 def _timed_form(model: nn.Module, folder: Path, base: dict[str, Any]) -> nn.Module:

@@ -28,9 +28,9 @@ import optuna
 import torch
 
 from autoprune import __version__
-from autoprune.checkpoint import load_checkpoint
-from autoprune.config import AdmmSettings
-from autoprune.dense import build_model, example_input, load_dataset
+from autoprune.checkpoint import Checkpoint, load_checkpoint
+from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.dense import build_model, example_input, existing_checkpoint, load_dataset
 from autoprune.device import resolve_channel_multiple, resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
@@ -44,7 +44,7 @@ from autoprune.search.sampler import PruningSampler
 from autoprune.search.settings import AUTO_BUDGET_TRIALS, DEFAULT_TRIALS, SearchSettings, parse_epoch_budget
 from autoprune.search.slots import READY_ATTR, TARGET_ATTR, prepare_slots
 from autoprune.search.space import SearchSpace, load_space
-from autoprune.search.storage import default_storage, open_storage, redact
+from autoprune.search.storage import default_storage, open_storage, redact, storage_exists
 from autoprune.task import ClassifierTask, Task, model_fingerprint
 
 
@@ -109,12 +109,18 @@ def open_study(s: SearchSettings, reporter: Reporter) -> OpenStudy:
     device = resolve_device(s.device or "cpu")
     check_dtype(s.dtype, device)
     url = s.storage or default_storage(s.runs_dir)
-    storage = open_storage(url)
     name = s.study_name or s.default_study_name(device.type)
-    study = load_existing(storage, name)
+    # a storage file that is not there yet holds no study: it is created with the study, once
+    # everything a new study reads (its data, model, space and checkpoint) has been checked
+    storage = open_storage(url) if storage_exists(url) else None
+    study = load_existing(storage, name) if storage is not None else None
     if study is None and s.resume:
         raise UserError(f"no study named '{name}' in {redact(url)}; run without --resume to start it.")
-    parts = _create(s, storage, name, device, reporter) if study is None else None
+    parts = None
+    if study is None:
+        inputs = _new_study_inputs(s, device)
+        storage = storage if storage is not None else open_storage(url)
+        parts = _create(s, storage, name, device, reporter, inputs)
     creator = parts is not None and parts.study is not None
     if not creator:
         notes = parts.notes if parts is not None else ()
@@ -165,22 +171,49 @@ def _attach(s: SearchSettings, parts: _Parts, storage: Any, url: str, creator: b
     return OpenStudy(study, url, ctx, target, study_dir, creator, parts.notes)
 
 
-def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  # noqa: ANN401
-            reporter: Reporter) -> _Parts:
-    """A new study: the space checked, the dense baseline measured, the settings stored.
-    Its ``study`` is None when another worker created the study meanwhile."""
+@dataclass(frozen=True)
+class _Inputs:
+    """What a new study reads, checked before anything is written (the storage included)."""
+
+    graph: ChannelGraph
+    space: SearchSpace
+    task: Task | None = None  # the caller's own task, or None for the built-in classifier
+    splits: Any = None  # the dataset's splits (built-in classifier)
+    checkpoint: tuple[Checkpoint, Path] | None = None  # a given or cached baseline; None: train one
+
+
+def _new_study_inputs(s: SearchSettings, device: torch.device) -> _Inputs:
+    """The data, the model's graph, the space and a given (or cached) checkpoint of a new
+    study, each read and checked; nothing is written. (The space is checked on the untrained
+    model: a bad file must not cost a baseline training.)"""
     if s.task is not None:  # the caller's own model, loop and metric (autoprune.search)
-        task: Task = s.task
-        graph = ChannelGraph(task.dense(), task.example())
-        space = load_space(s.space, s.model, graph, device=device.type)
+        graph = ChannelGraph(s.task.dense(), s.task.example())
+        return _Inputs(graph, load_space(s.space, s.model, graph, device=device.type), task=s.task)
+    splits = load_dataset(s.dataset, data_dir=s.data_dir)
+    graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
+    space = load_space(s.space, s.model, graph, device=device.type)
+    config = PruneConfig(model=s.model, dataset=s.dataset, layers={}, checkpoint=s.checkpoint, data_dir=s.data_dir,
+                         seed=s.seed)
+    return _Inputs(graph, space, splits=splits, checkpoint=existing_checkpoint(config, splits.name,
+                                                                                runs_dir=s.runs_dir))
+
+
+def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  # noqa: ANN401
+            reporter: Reporter, inputs: _Inputs) -> _Parts:
+    """A new study: the dense baseline trained where needed and measured, the settings stored.
+    Its ``study`` is None when another worker created the study meanwhile."""
+    graph, space = inputs.graph, inputs.space
+    if inputs.task is not None:
+        task: Task = inputs.task
         dataset, ckpt_id = s.dataset, model_fingerprint(task.dense())
-    else:  # check the space on the untrained model first: a bad file must not cost a baseline training
-        splits = load_dataset(s.dataset, data_dir=s.data_dir)
-        graph = ChannelGraph(build_model(s.model, splits), example_input(splits))
-        space = load_space(s.space, s.model, graph, device=device.type)
-        ckpt, ckpt_path = dense_checkpoint(s.model, s.dataset, checkpoint=s.checkpoint, data_dir=s.data_dir,
-                                           seed=s.seed, runs_dir=s.runs_dir, splits=splits, device=device,
-                                           reporter=reporter)
+    else:
+        splits = inputs.splits
+        if inputs.checkpoint is not None:
+            ckpt, ckpt_path = inputs.checkpoint
+        else:
+            ckpt, ckpt_path = dense_checkpoint(s.model, s.dataset, checkpoint=s.checkpoint, data_dir=s.data_dir,
+                                               seed=s.seed, runs_dir=s.runs_dir, splits=splits, device=device,
+                                               reporter=reporter)
         task = ClassifierTask(splits, ckpt)
         dataset, ckpt_id = splits.name, str(Path(ckpt_path).resolve())
     dense = measure_dense(task, device, s, s.latency_batch, graph, reporter,  # same model, data: same graph

@@ -55,6 +55,18 @@ def _journal_path(url: str) -> Path | None:
     return None
 
 
+def storage_exists(url: str) -> bool:
+    """Whether the storage ``url`` may already hold studies: False only for a SQLite database
+    or journal file that is not there (opening it would create it). Server URLs: True."""
+    journal = _journal_path(url)
+    if journal is not None:
+        return journal.exists()
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):].partition("?")[0]
+        return not path or path == ":memory:" or Path(path).expanduser().exists()
+    return True
+
+
 def open_storage(url: str) -> Any:  # noqa: ANN401 - optuna.storages.BaseStorage
     """An Optuna storage for ``url``.
 

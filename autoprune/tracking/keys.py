@@ -25,6 +25,8 @@ __all__ = [
     "MAX_RUN_NAME",
     "MAX_TAG_VALUE",
     "ML_VIEW_QUERY",
+    "MODEL_FORMAT_NOTE_TAG",
+    "MODEL_FORMAT_TAG",
     "NOTE_TAG",
     "OUTCOME_TAG",
     "PARENT_TAG",
@@ -43,6 +45,10 @@ __all__ = [
 ]
 
 ROLE_TAG = "autoprune.role"
+# a deployable's run: how its model was logged ("pt2": a torch.export program, no code; "pickle":
+# the module pickled whole, where torch.export could not export it) and why, or what was exported densely
+MODEL_FORMAT_TAG = "autoprune.model_format"
+MODEL_FORMAT_NOTE_TAG = "autoprune.model_format_note"
 OUTCOME_TAG = "outcome"
 CHOSEN_TAG = "chosen"
 # a search's runs are model training, not GenAI traces: MLflow 3 releases before 3.17 choose an

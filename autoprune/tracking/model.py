@@ -16,7 +16,7 @@ from torch import nn
 import autoprune
 from autoprune.errors import first_line
 from autoprune.tracking.connection import Connection, describe_failure
-from autoprune.tracking.keys import ROLE_TAG
+from autoprune.tracking.keys import MAX_TAG_VALUE, MODEL_FORMAT_NOTE_TAG, MODEL_FORMAT_TAG, ROLE_TAG
 
 __all__ = ["log_model_to_mlflow", "report_metrics"]
 
@@ -36,12 +36,15 @@ def log_model_to_mlflow(
     """Log the compacted model to MLflow (``mlflow.pytorch.log_model`` with a signature
     inferred from ``example_input``) plus the report's headline metrics and ``report.json``.
 
-    The model is pickled (``serialization_format="pickle"``: MLflow 3's default ``pt2``
-    goes through torch.export, which cannot trace the CSR kernels) with autoprune's
-    source beside it (``code_paths``), so it loads where autoprune is not installed;
-    ``mlflow.pytorch.load_model("runs:/<id>/model")`` gives the module back. Never raises
-    for MLflow's sake: an unreachable or failing tracking URI is reported once through
-    ``warn`` and gives None.
+    The model is logged as a ``torch.export`` program (``serialization_format="pt2"``), which
+    carries no Python code: sparse CSR / semi-structured layers, which torch.export cannot
+    trace, are exported as their dense masked equivalent (same outputs), and the run's
+    ``autoprune.model_format_note`` tag names them. Where torch.export cannot export the
+    model at all, it is pickled instead (with autoprune's source beside it, ``code_paths``),
+    and the run's tags say so: ``autoprune.model_format`` is ``pt2`` or ``pickle``, the note
+    says why. ``mlflow.pytorch.load_model("runs:/<id>/model")`` gives a module back either
+    way. Never raises for MLflow's sake: an unreachable or failing tracking URI is reported
+    once through ``warn`` and gives None.
 
     Args:
         model: The deployable model (any device; logged as a CPU float32 copy).
@@ -77,6 +80,7 @@ def log_model_to_mlflow(
         with torch.no_grad():
             y = cpu_model(x)
         signature = infer_signature(x.numpy(), y.numpy())
+        exportable, note, why_not = _exportable_form(cpu_model, x)
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(conn.uri)
         try:
@@ -84,19 +88,48 @@ def log_model_to_mlflow(
                 mlflow.set_tag(ROLE_TAG, "deployable")
                 mlflow.log_metrics(report_metrics(report))
                 mlflow.log_dict(report, "report.json")
-                mlflow.pytorch.log_model(
-                    cpu_model, name="model", signature=signature,
-                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                    code_paths=[str(Path(autoprune.__file__).parent)],
-                    # MLflow 3's default 'pt2' goes through torch.export, which cannot trace CSR kernels
-                    serialization_format="pickle",
-                )
+                requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+                if exportable is not None:
+                    try:
+                        mlflow.pytorch.log_model(exportable, name="model", signature=signature,
+                                                 input_example=x.numpy(), pip_requirements=requirements,
+                                                 serialization_format="pt2")
+                    except Exception as exc:  # noqa: BLE001 - MLflow's own export failed: pickle it below
+                        exportable, why_not = None, f"MLflow's torch.export failed: {first_line(exc, with_type=True)}"
+                if exportable is None:
+                    mlflow.pytorch.log_model(cpu_model, name="model", signature=signature,
+                                             pip_requirements=requirements,
+                                             code_paths=[str(Path(autoprune.__file__).parent)],
+                                             serialization_format="pickle")
+                    note = f"pickled: {why_not}"
+                mlflow.set_tag(MODEL_FORMAT_TAG, "pt2" if exportable is not None else "pickle")
+                if note:
+                    mlflow.set_tag(MODEL_FORMAT_NOTE_TAG, note[:MAX_TAG_VALUE])
                 return run.info.run_id
         finally:
             mlflow.set_tracking_uri(previous)
     except Exception as exc:  # noqa: BLE001 - tracking must never break the build
         warn(f"MLflow logging to {conn.uri} failed ({first_line(exc, with_type=True)}); the model was not logged")
         return None
+
+
+def _exportable_form(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | None, str | None, str | None]:
+    """``(module to log as pt2, note, None)``: the model with its sparse kernels as dense masked
+    layers, where torch.export can export it (tried here, dynamic batch as MLflow exports it);
+    else ``(None, None, why)``."""
+    from autoprune.deploy.programs import UNEXPORTABLE_KERNELS
+    from autoprune.deploy.archive import with_dense_kernels
+
+    exportable, densified = with_dense_kernels(model, UNEXPORTABLE_KERNELS)
+    try:
+        torch.export.export(exportable, (x,), dynamic_shapes=({0: torch.export.Dim.AUTO},))
+    except Exception as exc:  # noqa: BLE001 - any reason torch.export gives
+        return None, None, f"torch.export cannot export this model ({first_line(exc, with_type=True)})"
+    note = None
+    if densified:
+        note = (f"layer{'s' if len(densified) > 1 else ''} {', '.join(densified)} logged as dense masked weights "
+                f"(same outputs, no sparse speed-up): torch.export cannot trace sparse kernels")
+    return exportable, note, None
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -207,22 +208,167 @@ def test_bad_input_raises_one_user_error_that_says_what_to_fix(data, trained, tm
     assert not (tmp_path / "runs" / "optuna.db").exists() or "must return a number" in message
 
 
-def test_prune_compact_save_and_load_a_user_model(data, trained, tmp_path):
-    """A config from a search's YAML (or a mapping), the deployable, its folder, its ONNX program."""
+@pytest.fixture(scope="module")
+def deployable(data, trained):  # noqa: ANN001, ANN201
     pruned = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "filter:0.5"}, train=make_train(data),
                              example_inputs=data["x"][:1], evaluate=make_accuracy(data), method="magnitude",
                              schedule=Schedule(iters=0, retrain_amount=1.0))
-    deployable = autoprune.make_deployable(pruned, data["vx"][:32], batch=64)
+    return autoprune.make_deployable(pruned, data["vx"][:32], batch=64)
+
+
+def test_prune_compact_save_and_load_a_user_model(data, deployable, tmp_path):
+    """A config from a search's YAML (or a mapping), the deployable, its folder, its ONNX program."""
     assert deployable.model.conv1.out_channels == 16 and deployable.model.conv2.out_channels == 16
     assert deployable.max_abs_diff < 1e-3
     folder = autoprune.save_pruned(deployable, tmp_path / "out")
+    assert {p.name for p in folder.iterdir()} == {"model.pt", "architecture.json", "example.pt", "model.pt2",
+                                                  "model.onnx", "report.json"}  # no module.pt: nothing pickled
     report = json.loads((folder / "report.json").read_text())
     assert report["checks"]["onnx_max_abs_diff"] < 1e-4 and report["exports"]["onnx"] == "model.onnx"
-    again = autoprune.load_pruned(folder)
+    again = autoprune.load_pruned(folder, model=Net())
+    assert type(again) is Net and again.conv1.out_channels == 16 and again.bn2.num_features == 16
     with torch.no_grad():
-        assert torch.allclose(again(data["vx"]), deployable.model.cpu()(data["vx"]), atol=1e-5)
+        assert torch.equal(again(data["vx"]), deployable.model.cpu()(data["vx"]))
     with pytest.raises(autoprune.UserError, match="exists and is not empty"):
         autoprune.save_pruned(deployable, folder)
+
+
+# -- loading runs no code from the folder (issue 27) -------------------------------------------
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch):  # noqa: ANN001, ANN201
+    """Every way to unpickle an object fails the call and is recorded: pickle's Unpickler (what
+    torch.load(weights_only=False) subclasses), pickle.load / loads, and torch.load unless it
+    is asked for weights_only=True (its own restricted unpickler, tensors only)."""
+    calls: list[str] = []
+
+    class RefusingUnpickler:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            calls.append("pickle.Unpickler")
+            raise AssertionError("a pickle was read")
+
+    def refusing(name: str):  # noqa: ANN202
+        def call(*args: object, **kwargs: object) -> None:
+            calls.append(name)
+            raise AssertionError("a pickle was read")
+        return call
+
+    real_load = torch.load
+
+    def load(*args: object, weights_only: object = None, **kwargs: object):  # noqa: ANN202
+        calls.append(f"torch.load(weights_only={weights_only})")
+        if weights_only is not True:
+            raise AssertionError("torch.load without weights_only=True")
+        return real_load(*args, weights_only=True, **kwargs)
+
+    monkeypatch.setattr(pickle, "Unpickler", RefusingUnpickler)
+    monkeypatch.setattr(pickle, "load", refusing("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", refusing("pickle.loads"))
+    monkeypatch.setattr(torch, "load", load)
+    return calls
+
+
+def _with_kernel_forms(model: nn.Module) -> nn.Module:
+    """The compacted model with conv2 in the shape-wise gather kernel and fc in CSR: layers
+    whose form, not only their size, must come back."""
+    from autoprune.compact.kernels import CSRLinear, ShapeSparseConv2d
+    from autoprune.sparsity import get_sparsity
+
+    out = copy.deepcopy(model).cpu().eval()
+    torch.manual_seed(0)
+    conv_mask = get_sparsity("shape").mask(out.conv2.weight, 0.6)
+    out.conv2 = ShapeSparseConv2d.from_conv(out.conv2, conv_mask.reshape(out.conv2.out_channels, -1).any(0))
+    out.fc = CSRLinear.from_linear(out.fc, get_sparsity("irregular").mask(out.fc.weight, 0.7))
+    return out
+
+
+def test_a_saved_model_loads_with_the_users_class_and_without_it_and_no_pickle_is_read(
+        data, deployable, tmp_path, no_unpickling):
+    from autoprune.compact.kernels import CSRLinear, ShapeSparseConv2d
+    from autoprune.deploy import ExportedModule
+
+    model = _with_kernel_forms(deployable.model)
+    folder = autoprune.save_pruned(model, tmp_path / "out", example_inputs=data["vx"][:8])
+    arch = json.loads((folder / "architecture.json").read_text())
+    assert arch["base"]["class"].endswith(".Net")
+    kinds = {m["name"]: m["kind"] for m in arch["modules"]}
+    assert kinds == {"conv1": "Conv2d", "bn1": "BatchNorm2d", "conv2": "ShapeSparseConv2d", "bn2": "BatchNorm2d",
+                     "fc": "CSRLinear"}
+    no_unpickling.clear()  # saving ran the export checks; what counts is loading
+
+    with torch.no_grad():
+        expected = model(data["vx"])
+        rebuilt = autoprune.load_pruned(folder, model=Net())
+        assert isinstance(rebuilt.conv2, ShapeSparseConv2d) and isinstance(rebuilt.fc, CSRLinear)
+        assert rebuilt.conv1.out_channels == 16 and not rebuilt.training
+        assert torch.equal(rebuilt(data["vx"]), expected)
+
+        program = autoprune.load_pruned(folder)  # no class needed: the torch.export program
+        assert isinstance(program, ExportedModule)
+        program.eval()  # what an evaluation loop calls first
+        torch.testing.assert_close(program(data["vx"]), expected, rtol=1e-4, atol=1e-5)
+    assert no_unpickling and all(c == "torch.load(weights_only=True)" for c in no_unpickling), no_unpickling
+    with pytest.raises(autoprune.UserError, match="inference only"):
+        program.train()
+
+
+def _crafted_module_pt(folder, marker):  # noqa: ANN001, ANN202
+    """A ``module.pt`` as a stranger could write it: unpickling it creates ``marker`` (builtins
+    only: it needs no class of theirs installed) and gives back a module."""
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            code = f"__import__('pathlib').Path({str(marker)!r}).touch() or __import__('torch').nn.Linear(2, 2)"
+            return eval, (code,)
+
+    folder.mkdir()
+    torch.save(Payload(), folder / "module.pt")
+    return folder
+
+
+def test_a_pickled_module_pt_is_refused_and_runs_nothing_until_trusted(tmp_path, no_unpickling):
+    marker = tmp_path / "the-payload-ran"
+    folder = _crafted_module_pt(tmp_path / "old", marker)
+    with pytest.raises(autoprune.UserError) as refused:
+        autoprune.load_pruned(folder)
+    message = str(refused.value)
+    assert "\n" not in message and "trust_pickle=True" in message and "module.pt" in message
+    assert not marker.exists() and not no_unpickling  # refused before anything was read
+
+    with pytest.raises(AssertionError, match="torch.load without weights_only"), pytest.warns(UserWarning):
+        autoprune.load_pruned(folder, trust_pickle=True)  # the spy is real: trusting means unpickling
+    assert not marker.exists()
+
+
+def test_a_folder_of_an_earlier_autoprune_loads_when_trusted_with_a_warning(tmp_path):
+    marker = tmp_path / "the-payload-ran"
+    folder = _crafted_module_pt(tmp_path / "old", marker)
+    with pytest.warns(UserWarning, match="earlier autoprune") as warned:
+        model = autoprune.load_pruned(folder, trust_pickle=True)
+    assert len(warned) == 1 and "\n" not in str(warned[0].message)
+    assert isinstance(model, nn.Linear) and not model.training
+    assert marker.exists()  # trusted: the file's code ran, as it would have before
+
+
+def test_a_model_that_does_not_fit_the_folder_is_refused(data, deployable, tmp_path):
+    folder = autoprune.save_pruned(deployable, tmp_path / "out")
+
+    class Wider(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.extra = nn.Linear(3, 3)
+
+    class Scaled(Net):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    with pytest.raises(autoprune.UserError, match="do not fit the model passed"):
+        autoprune.load_pruned(folder, model=Wider())
+    with pytest.raises(autoprune.UserError, match=r"outputs that differ.*on the saved example"):
+        autoprune.load_pruned(folder, model=Scaled())
+    with pytest.raises(autoprune.UserError, match="has no module 'conv1'.*pass a new instance of .*Net"):
+        autoprune.load_pruned(folder, model=nn.Sequential())
 
 
 def _trials(url: str, name: str) -> list[tuple]:

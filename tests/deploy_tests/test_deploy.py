@@ -353,8 +353,21 @@ def test_mlflow_unreachable_warns_and_returns_none(deployed, val_batch) -> None:
     assert len(warnings) == 1 and "unreachable" in warnings[0]
 
 
-def test_mlflow_logs_a_loadable_model(deployed, val_batch, tmp_path) -> None:
+def _mlflow_model(uri: str, run_id: str) -> nn.Module:
     import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        return mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_mlflow_logs_a_loadable_model_as_a_program_without_code(deployed, val_batch, tmp_path) -> None:
+    import mlflow
+
+    from autoprune.tracking import MODEL_FORMAT_NOTE_TAG, MODEL_FORMAT_TAG
 
     out, report = deployed
     model = load_pruned(out)
@@ -363,12 +376,37 @@ def test_mlflow_logs_a_loadable_model(deployed, val_batch, tmp_path) -> None:
     run_id = log_model_to_mlflow(model, val_batch[:2], uri, "deploy", "digits", report, warn=warnings.append)
     assert run_id is not None, warnings
     client = mlflow.MlflowClient(tracking_uri=uri)
-    assert client.get_run(run_id).data.metrics["speedup"] == pytest.approx(report["speedup"])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
-        again = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    run = client.get_run(run_id)
+    assert run.data.metrics["speedup"] == pytest.approx(report["speedup"])
+    assert run.data.tags[MODEL_FORMAT_TAG] == "pt2"  # a torch.export program: no pickle, no code
+    csr = [row["name"] for row in report["layers"] if row["kernel"] == "csr"]
+    assert (MODEL_FORMAT_NOTE_TAG in run.data.tags) == bool(csr)  # sparse layers logged densely are named
+    again = _mlflow_model(uri, run_id)
     with torch.no_grad():
-        assert torch.equal(again(val_batch), model(val_batch))
+        _close(again(val_batch), model(val_batch))
+
+
+def test_mlflow_pickles_a_model_torch_export_cannot_export_and_says_why(tmp_path) -> None:
+    import mlflow
+
+    from autoprune.tracking import MODEL_FORMAT_NOTE_TAG, MODEL_FORMAT_TAG
+
+    class DataDependent(nn.Module):  # control flow on values: torch.export refuses it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x) if x.sum() > 0 else -self.fc(x)
+
+    model = DataDependent().eval()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    warnings: list[str] = []
+    run_id = log_model_to_mlflow(model, torch.ones(2, 4), uri, "deploy", "fallback", {}, warn=warnings.append)
+    assert run_id is not None, warnings
+    tags = mlflow.MlflowClient(tracking_uri=uri).get_run(run_id).data.tags
+    assert tags[MODEL_FORMAT_TAG] == "pickle"
+    assert tags[MODEL_FORMAT_NOTE_TAG].startswith("pickled: torch.export cannot export this model")
+    with torch.no_grad():
+        x = torch.ones(3, 4)
+        assert torch.equal(_mlflow_model(uri, run_id)(x), model(x))

@@ -28,9 +28,11 @@ def test_the_segmentation_example_finds_a_faster_model_within_its_iou_budget_and
     assert out["dense_iou"] - out["best_iou"] <= 0.02 + 1e-9  # within the budget (2% IoU, absolute)
     assert out["speedup"] > 1.0, out  # measured beside dense, after compaction
     assert out["pruned_iou"] == out["reloaded_iou"]  # the saved folder reloads to the same model
+    assert out["program_iou"] == pytest.approx(out["reloaded_iou"], abs=1e-3)  # the torch.export program, no class
     assert out["onnx_max_abs_diff"] < 1e-4  # the ONNX program (onnxruntime) matches torch
     folder = tmp_path / out["folder"]
-    assert {"module.pt", "model.onnx", "model.pt2", "report.json"} <= {p.name for p in folder.iterdir()}
+    assert {"model.pt", "architecture.json", "example.pt", "model.onnx", "model.pt2", "report.json"} == {
+        p.name for p in folder.iterdir()}  # no module.pt: nothing in the folder is a pickle
     assert (tmp_path / "runs" / "mlflow.db").is_file()  # tracked like a CLI search
 
 
