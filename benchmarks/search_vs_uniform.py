@@ -25,7 +25,8 @@ and wall times. Results: ``benchmarks/results/<name>.{md,json}``.
     .venv/bin/python benchmarks/search_vs_uniform.py --tiny --out /tmp/svu            # the suite's smoke run
 
 ``--small`` trains on a stratified subset of the training images (``--train-subset``, the same
-for every side) for ``--epochs`` epochs per point; the full mode uses the whole training set.
+for every side) for ``--epochs`` epochs per point and judges on a stratified subset of the
+validation images (``--val-subset``); the full mode uses the whole sets.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Mode:
     models: str
     dataset: str
     train_subset: int | None  # training images (stratified), None: all
+    val_subset: int | None  # validation images (stratified), None: all
     epochs: float  # per uniform point and per search trial
     dense_epochs: int
     trials: int
@@ -87,39 +89,50 @@ class Mode:
 
 
 MODES = {
-    "small": Mode("small", "resnet56,vgg16-bn-half", "fashion-mnist", 5000, 1.0, 10, 40),
-    "full": Mode("full", "resnet56,vgg16-bn-half", "fashion-mnist", None, 5.0, 30, 60),
+    "small": Mode("small", "resnet56,vgg16-bn-half", "fashion-mnist", 4000, 3000, 1.0, 15, 40),
+    "full": Mode("full", "resnet56,vgg16-bn-half", "fashion-mnist", None, None, 5.0, 30, 60),
     # the suite's smoke run: one small model on the embedded digits, two rates, rungs without the short one
-    "tiny": Mode("tiny", "digits-cnn", "digits", None, 1.0, 3, 4, rates=(0.3, 0.6), short_rung=0.0),
+    "tiny": Mode("tiny", "digits-cnn", "digits", None, None, 1.0, 3, 4, rates=(0.3, 0.6), short_rung=0.0),
 }
 
 
 # -- data ----------------------------------------------------------------------------
-def subset_splits(splits: DatasetSplits, n: int | None, seed: int = 0) -> DatasetSplits:
-    """``splits`` with ``n`` training images drawn per class in proportion (the same for every
-    side of the comparison); validation and test stay whole."""
-    if n is None or n >= len(splits.train):
-        return splits
-    labels = splits.train.source.labels[splits.train.indices].numpy()
+def _stratified(ds, n: int | None, seed: int):  # noqa: ANN001, ANN202
+    """The rows of a split view ``ds`` with ``n`` of them drawn per class in proportion."""
+    if n is None or n >= len(ds):
+        return None
+    labels = ds.source.labels[ds.indices].numpy()
     rng = np.random.RandomState(seed)
     keep = []
     for c in np.unique(labels):
         rows = np.flatnonzero(labels == c)
         keep.extend(rng.choice(rows, max(1, round(n * len(rows) / len(labels))), replace=False).tolist())
-    keep = sorted(keep)
+    return torch.as_tensor(sorted(keep))
 
-    def part(ds):  # noqa: ANN001, ANN202
-        out = copy.copy(ds)
-        out.indices = ds.indices[torch.as_tensor(keep)]
-        return out
 
-    return dataclasses.replace(splits, train=part(splits.train), train_eval=part(splits.train_eval))
+def _view(ds, rows):  # noqa: ANN001, ANN202
+    out = copy.copy(ds)
+    out.indices = ds.indices[rows]
+    return out
+
+
+def subset_splits(splits: DatasetSplits, n_train: int | None, n_val: int | None, seed: int = 0) -> DatasetSplits:
+    """``splits`` with ``n_train`` training and ``n_val`` validation images drawn per class in
+    proportion (the same for every side of the comparison); the test split stays whole."""
+    changes = {}
+    rows = _stratified(splits.train, n_train, seed)
+    if rows is not None:
+        changes.update(train=_view(splits.train, rows), train_eval=_view(splits.train_eval, rows))
+    rows = _stratified(splits.val, n_val, seed + 1)
+    if rows is not None:
+        changes["val"] = _view(splits.val, rows)
+    return dataclasses.replace(splits, **changes) if changes else splits
 
 
 def dense_baseline(model: str, splits: DatasetSplits, mode: Mode, device: torch.device, work: Path,
                    log) -> tuple[Checkpoint, Path, float]:  # noqa: ANN001
     """The dense model, trained once per model (seed 0) on the mode's training set and kept in ``work``."""
-    path = work / f"dense-{model}-{splits.name}-{mode.train_subset or 'all'}-{mode.dense_epochs}.pt".replace(":", "-")
+    path = work / f"dense-{model}-{splits.name}-{len(splits.train)}-{mode.dense_epochs}.pt".replace(":", "-")
     if path.is_file():
         return load_checkpoint(path), path, 0.0
     t0 = time.perf_counter()
@@ -238,7 +251,7 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
               work: Path, data_dir: str | None, log, ceiling: bool,  # noqa: ANN001
               checkpoint: str | None = None) -> list[dict[str, Any]]:
     t_model = time.perf_counter()
-    splits = subset_splits(load_dataset(mode.dataset, data_dir=data_dir), mode.train_subset)
+    splits = subset_splits(load_dataset(mode.dataset, data_dir=data_dir), mode.train_subset, mode.val_subset)
     if checkpoint is not None:
         ckpt, dense_seconds = load_checkpoint(checkpoint), 0.0
     else:
@@ -425,7 +438,9 @@ def pooled_correlations(rows: list[dict[str, Any]], model: str) -> dict[str, Any
 def markdown(out: dict[str, Any]) -> str:
     rows = out["rows"]
     mode = out["mode"]
-    train_images = "all training images" if mode["train_subset"] is None else f"{mode['train_subset']} training images"
+    train_images = ("all training images" if mode["train_subset"] is None else
+                    f"{mode['train_subset']} training images") + \
+                   ("" if mode["val_subset"] is None else f" and {mode['val_subset']} validation images")
     lines = [
         "# Search against uniform pruning, side by side, at no more training than one uniform sweep",
         "",
@@ -548,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dataset", default=None, help="any registered dataset (default: the mode's)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--train-subset", type=int, default=None, help="training images (default: the mode's)")
+    ap.add_argument("--val-subset", type=int, default=None, help="validation images (default: the mode's)")
     ap.add_argument("--epochs", type=float, default=None, help="epochs per uniform point and search trial")
     ap.add_argument("--dense-epochs", type=int, default=None)
     ap.add_argument("--checkpoint", default=None, help="a trained dense checkpoint to start from (one model only)")
@@ -566,7 +582,8 @@ def main(argv: list[str] | None = None) -> int:
 
     mode = MODES["tiny" if args.tiny else "small" if args.small else "full"]
     mode = dataclasses.replace(mode, **{k: v for k, v in {
-        "models": args.models, "dataset": args.dataset, "train_subset": args.train_subset, "epochs": args.epochs,
+        "models": args.models, "dataset": args.dataset, "train_subset": args.train_subset,
+        "val_subset": args.val_subset, "epochs": args.epochs,
         "dense_epochs": args.dense_epochs, "trials": args.trials}.items() if v is not None})
     if args.checkpoint is not None and "," in mode.models:
         ap.error("--checkpoint takes one model (--models NAME)")

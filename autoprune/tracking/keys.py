@@ -224,12 +224,13 @@ def _short_layer(name: str) -> str:
 
 
 def trial_run_name(trial: TrialRecord, *, chosen: bool = False, meta: StudyMeta | None = None) -> str:
-    """A trial run's name that says what it is: ``t07 filter70 conv1,conv2 | 96.5% 3.80x``.
+    """A trial run's name, its result first: ``t07 3.80x 96.5% | filter70 conv1,conv2``.
 
-    The targets grouped by type and rate, each with its layers (``×N`` where the names
-    would not fit), then the outcome: validation accuracy and speedup for a finished
-    trial (``= t03`` after a repeat of trial 3), ``stopped``/``failed``/``repeat`` otherwise.
-    ``*`` marks the chosen trial (the fastest within the budget)."""
+    MLflow's runs table cuts names at about 30 characters, so the outcome comes first:
+    speedup and validation score for a finished trial (``= t03`` after a repeat of trial 3),
+    ``stopped``/``failed``/``repeat`` otherwise; then the targets grouped by type and rate,
+    each with its layers (``×N`` where the names would not fit). ``*`` marks the chosen trial
+    (the fastest within the budget)."""
     if trial.is_dense or not trial.targets:
         what = "dense"
     else:
@@ -246,12 +247,12 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False, meta: StudyMeta 
     if trial.state == "COMPLETE" and trial.accuracy is not None:
         speed = trial.final_speedup
         shown = meta.fmt(trial.accuracy) if meta is not None else f"{100 * trial.accuracy:.1f}%"
-        result = shown + (f" {speed:.2f}x" if speed is not None else "")
+        result = (f"{speed:.2f}x " if speed is not None else "") + shown
         if trial.feasible is False:
             result += " over budget"
         if trial.repeat_of is not None:
             result += f" = t{trial.repeat_of:02d}"
     else:
         result = trial_outcome(trial) if trial.repeat_of is None else f"stopped = t{trial.repeat_of:02d}"
-    name = f"{'* ' if chosen else ''}t{trial.number:02d} {what} | {result}"
+    name = f"{'* ' if chosen else ''}t{trial.number:02d} {result} | {what}"
     return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"

@@ -88,7 +88,11 @@ def test_autoprune_search_mirrors_to_a_real_mlflow_server(mlflow_server, digits_
         assert name.startswith(f"{'* ' if chosen else ''}t{t.number:02d} "), name
         assert tg["chosen"] == ("true" if chosen else "false") and tg["outcome"] in outcomes[t.state]
         if t.state == "COMPLETE":
-            assert f"| {100 * t.accuracy:.1f}%" in name and run["info"]["status"] == "FINISHED"
+            # the result first, where MLflow's runs table does not cut it off
+            assert name.split(" | ")[0].endswith(f"{t.final_speedup:.2f}x {100 * t.accuracy:.1f}%" +
+                                                 (" over budget" if t.feasible is False else "") +
+                                                 (f" = t{t.repeat_of:02d}" if t.repeat_of is not None else ""))
+            assert run["info"]["status"] == "FINISHED"
         elif t.state == "PRUNED":
             assert name.endswith("| stopped") and run["info"]["status"] == "KILLED"
         if t.seconds:  # the run lasts as long as the trial did, give or take the logging

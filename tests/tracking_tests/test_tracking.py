@@ -63,12 +63,12 @@ def test_study_is_mirrored_as_parent_and_nested_runs(sqlite_uri, record, optuna_
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
     # names that say what each trial is and how it ended; '*' marks the chosen one
     assert {n: r.info.run_name for n, r in trials.items()} == {
-        0: "t00 dense | 97.0% 1.00x",
-        1: "* t01 filter50 features.0 shape70 features.3 2:4 features.6 | 96.5% 2.00x",
-        2: "t02 filter80 features.0,features.3,features.6 | 90.0% 3.33x over budget",
-        3: "t03 filter30 features.0 channel40 features.3 | 96.2% 1.67x",
-        4: "t04 irregular90 features.0 | stopped",
-        5: "t05 filter50 features.0 shape70 features.3 2:4 features.6 | failed",
+        0: "t00 1.00x 97.0% | dense",
+        1: "* t01 2.00x 96.5% | filter50 features.0 shape70 features.3 2:4 features.6",
+        2: "t02 3.33x 90.0% over budget | filter80 features.0,features.3,features.6",
+        3: "t03 1.67x 96.2% | filter30 features.0 channel40 features.3",
+        4: "t04 stopped | irregular90 features.0",
+        5: "t05 failed | filter50 features.0 shape70 features.3 2:4 features.6",
     }
     assert {n: r.data.tags["outcome"] for n, r in trials.items()} == {
         0: "within-budget", 1: "within-budget", 2: "over-budget", 3: "within-budget", 4: "stopped", 5: "failed"}
@@ -475,8 +475,10 @@ def test_a_repeated_configuration_is_named_and_tagged_as_a_repeat(record):
     first, stopped = record.trials[1], record.trials[4]
     again = dataclasses.replace(first, number=6, repeat_of=1, pareto=False)
     stopped_again = dataclasses.replace(stopped, number=7, repeat_of=4)
-    assert trial_run_name(again) == trial_run_name(first).replace("t01", "t06") + " = t01"
-    assert trial_run_name(stopped_again).endswith("| stopped = t04")
+    name = trial_run_name(first)
+    head, what = name.split(" | ")
+    assert trial_run_name(again) == head.replace("t01", "t06") + " = t01 | " + what
+    assert trial_run_name(stopped_again).startswith("t07 stopped = t04 | ")
     tags = trial_tags(again)
     assert tags["outcome"] == "repeat" and tags["repeat_of"] == "1"  # out of `tags.outcome = 'within-budget'`
     assert trial_tags(stopped_again)["outcome"] == "repeat" and trial_tags(first)["outcome"] == "within-budget"

@@ -113,7 +113,7 @@ def test_mlflow_ui_shows_the_trial_runs_on_the_printed_link(chromium, small_sear
     for t in record.trials:  # every trial on the first page, flat (not folded under the study's run)
         name = trial_run_name(t, chosen=best is not None and t.number == best.number)
         assert name in text, (name, [s for s in text if " | " in s])
-        assert f"{100 * t.accuracy:.1f}% {t.final_speedup:.2f}x" in name  # the measured accuracy and speedup
+        assert f"{t.final_speedup:.2f}x {100 * t.accuracy:.1f}%" in name  # the measured speedup and accuracy
     runs_shown = [s for s in text if re.match(r"^\*? ?t\d\d ", s)]
     assert len(runs_shown) == len(record.trials)  # the study's own run is filtered out
 
