@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 from autoprune.atomic import atomic_path
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
+from autoprune.search.phases import Proposal
 from autoprune.search.records import StudyRecord, TrialRecord
 
 __all__ = [
@@ -125,7 +126,7 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
             hoverinfo="skip",
         )
     )
-    uniform = sorted((t for t in done if t.proposal == "uniform"), key=lambda t: t.latency_ms)
+    uniform = sorted((t for t in done if t.proposal == Proposal.UNIFORM), key=lambda t: t.latency_ms)
     if uniform:
         fig.add_trace(
             go.Scatter(

@@ -36,6 +36,7 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.progress import Reporter
+from autoprune.search.phases import Proposal
 from autoprune.search.probe import ConfigProbe
 from autoprune.search.records import (
     CONSTRAINT,
@@ -280,7 +281,7 @@ def _climb(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: S
     short = fid.short * full
     # the uniform ladder is what the user compares the search with, and the rule's first
     # references: its trials always climb (within the epoch budget)
-    exempt = SlotStorage.stored_attrs(trial).get(PROPOSAL_ATTR) == "uniform"
+    exempt = SlotStorage.stored_attrs(trial).get(PROPOSAL_ATTR) == Proposal.UNIFORM
     model: nn.Module = task.dense().to(device)
     projector = ctx.probe.projector(targets, model)
     masks = projector.hard_masks()

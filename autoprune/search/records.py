@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoprune.errors import UserError
+from autoprune.search.phases import Proposal
 
 STUDY_ATTR = "autoprune.study"  # study user attr: StudyMeta as a dict
 TRIAL_ATTR = "autoprune.trial"  # trial user attr: the measured metrics
@@ -234,7 +235,7 @@ class StudyRecord:
     def best_uniform(self) -> TrialRecord | None:
         """The fastest trial within the budget among the uniform ones (one type and rate on every
         searched variable: the search's first phase), by the same rule as :meth:`best_feasible`."""
-        uniform = [t for t in self.feasible if t.repeat_of is None and t.proposal == "uniform"]
+        uniform = [t for t in self.feasible if t.repeat_of is None and t.proposal == Proposal.UNIFORM]
         if not uniform:
             return None
         again = [t for t in uniform if t.remeasured]

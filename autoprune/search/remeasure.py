@@ -13,6 +13,7 @@ import optuna
 
 from autoprune.config import LayerTarget
 from autoprune.progress import Reporter
+from autoprune.search.phases import Proposal
 from autoprune.search.probe import ConfigProbe
 from autoprune.search.records import REMEASURED_ATTR, StudyRecord
 
@@ -31,7 +32,7 @@ def remeasure(study: optuna.Study, record: StudyRecord, probe: ConfigProbe, repo
     feasible = sorted((t for t in record.feasible if t.repeat_of is None and not t.is_dense and t.targets),
                       key=lambda t: t.latency_ms)
     picks = feasible[:REMEASURE_TOP]
-    uniform = [t for t in feasible if t.proposal == "uniform"]
+    uniform = [t for t in feasible if t.proposal == Proposal.UNIFORM]
     if uniform and uniform[0] not in picks:
         picks.append(uniform[0])
     if not picks:
