@@ -19,12 +19,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from autoprune._version import __version__
 
 _LAZY = {
     "search": "autoprune.api", "prune": "autoprune.api", "make_deployable": "autoprune.api",
     "save_pruned": "autoprune.saving", "load_pruned": "autoprune.saving", "PruneResult": "autoprune.api",
-    "Deployable": "autoprune.saving", "Schedule": "autoprune.admm", "SearchResult": "autoprune.search",
+    "Deployable": "autoprune.saving", "Schedule": "autoprune.admm", "SearchResult": "autoprune.study",
     "UserError": "autoprune.errors", "AutopruneError": "autoprune.errors",
     "ClassifierTrainer": "autoprune.train", "LogReporter": "autoprune.progress",
     "RichReporter": "autoprune.progress",
@@ -38,8 +38,6 @@ def __getattr__(name: str) -> Any:  # noqa: ANN401 - PEP 562: the API's names lo
     if module is None:
         raise AttributeError(f"module 'autoprune' has no attribute '{name}'")
     value = getattr(importlib.import_module(module), name)
-    if name == "search":  # the search package, callable as autoprune.api.search (see autoprune.search)
-        value = importlib.import_module("autoprune.search")
     globals()[name] = value
     return value
 

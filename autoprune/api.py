@@ -1,5 +1,5 @@
 """The Python API: search, prune, compact and save the user's own model with the user's own
-training loop and metric. The CLI runs the same library (:func:`autoprune.search.run_search`,
+training loop and metric. The CLI runs the same library (:func:`autoprune.study.run_search`,
 :func:`autoprune.admm.prune_with`, :func:`autoprune.compact.compact_model`).
 
 The shortest complete use::
@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import functools
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +48,9 @@ from autoprune.latency import LatencySettings, compare_latency
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.saving import Deployable, load_pruned, save_pruned
-from autoprune.search import SearchResult, SearchSettings, run_search
-from autoprune.search.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
-from autoprune.search.settings import SEARCH_ADMM, parse_budget
+from autoprune.study import SearchResult, SearchSettings, run_search
+from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
+from autoprune.study.settings import SEARCH_ADMM, parse_budget
 from autoprune.stats import layer_stats, model_counts
 from autoprune.task import FunctionTask
 from autoprune.train import seed_everything
@@ -120,7 +119,7 @@ def search(
         rungs: Score each configuration cheaply first (the hard prune with BatchNorm
             statistics recomputed by ``train`` with its optimizer steps undone, then a short
             masked retraining) and train the full schedule only for those predicted to reach
-            the front within the budget (:mod:`autoprune.search.rungs`). False trains every
+            the front within the budget (:mod:`autoprune.study.rungs`). False trains every
             configuration faster than dense fully.
         short_rung: The short rung's training, a fraction of the schedule (0: none).
         epoch_budget: The training the whole study may spend, in ``train``'s unit, every rung
@@ -142,7 +141,7 @@ def search(
         callbacks: More per-trial side effects.
 
     Returns:
-        The :class:`~autoprune.search.SearchResult`: ``.front`` (the Pareto trials),
+        The :class:`~autoprune.study.SearchResult`: ``.front`` (the Pareto trials),
         ``.best`` (the fastest within the budget), ``.best_config`` (its config YAML file,
         which :func:`prune` and ``autoprune prune --config`` read).
 
@@ -290,7 +289,7 @@ def prune(
     Args:
         model: The trained dense model (not changed: a copy is pruned).
         config: What to prune: a ``best_config.yaml`` path (from :func:`search` or the CLI),
-            a :class:`~autoprune.config.PruneConfig`, a :class:`~autoprune.search.SearchResult`
+            a :class:`~autoprune.config.PruneConfig`, a :class:`~autoprune.study.SearchResult`
             (its best), or a mapping of layer names or globs to targets
             (``{"features.*": "filter:0.5", "classifier.0": {"type": "shape", "rate": 0.7}}``).
         train: ``train(model, amount)``: your loop (see the module docstring).
@@ -378,11 +377,3 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
     return Deployable(model=model, kernels={k: c.form for k, c in result.choices.items()}, max_abs_diff=diff,
                       speedup=dense_ms / pruned_ms, latency_ms={"dense": dense_ms, "pruned": pruned_ms}, batch=batch,
                       device=str(dev), example_inputs=x)
-
-
-# ``autoprune.search`` is the search package made callable (autoprune.search.__init__): its
-# help() starts with this function's, so that help(autoprune.search) is enough to start
-_package = sys.modules["autoprune.search"]
-if not (_package.__doc__ or "").startswith("autoprune.search("):
-    _package.__doc__ = ("autoprune.search(model, example_inputs, *, train, evaluate, ...) -> SearchResult\n\n"
-                        + (search.__doc__ or "") + "\n\nThe package behind it:\n\n" + (_package.__doc__ or ""))

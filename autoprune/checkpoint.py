@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import autoprune
+from autoprune._version import __version__
 from autoprune.atomic import save_torch_atomic
 from autoprune.errors import UserError, first_line
 from autoprune.models import create_model
@@ -57,7 +57,7 @@ class Checkpoint:
             "metrics": dict(self.metrics),
             "seed": self.seed,
             "epochs": self.epochs,
-            "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
+            "versions": {"autoprune": __version__, "torch": str(torch.__version__)},
         }
         return save_torch_atomic(payload, path)
 

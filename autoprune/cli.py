@@ -22,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autoprune import __version__
+from autoprune._version import __version__
 from autoprune.api import mirror_callbacks
 from autoprune.atomic import check_writable, write_text_atomic
 from autoprune.bench import run_bench
@@ -37,16 +37,16 @@ from autoprune.models import describe_models, list_torchvision_models
 from autoprune.pick import write_trial_config
 from autoprune.pipeline import PruneSummary, example_input, list_layers, run_prune, train_baseline, write_prune_outputs
 from autoprune.progress import Reporter, RichReporter
-from autoprune.search import (
+from autoprune.study import (
     SEARCH_ADMM,
     SearchSettings,
     parse_budget,
     print_summary,
     run_search,
 )
-from autoprune.search.configs import best_config_yaml, trial_config_yaml
-from autoprune.search.records import study_record
-from autoprune.search.storage import default_storage, load_autoprune_study
+from autoprune.study.configs import best_config_yaml, trial_config_yaml
+from autoprune.study.records import study_record
+from autoprune.study.storage import default_storage, load_autoprune_study
 from autoprune.sparsity import describe_sparsity_types
 
 EXIT_USAGE = 2

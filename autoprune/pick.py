@@ -39,9 +39,9 @@ import optuna
 
 from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
-from autoprune.search.records import StudyRecord, TrialRecord, study_record
-from autoprune.search.storage import load_autoprune_study, redact
-from autoprune.search.study import best_config_yaml
+from autoprune.study.records import StudyRecord, TrialRecord, study_record
+from autoprune.study.storage import load_autoprune_study, redact
+from autoprune.study.loop import best_config_yaml
 
 __all__ = ["PICKS", "feasible_front", "pick_trial", "write_trial_config"]
 
@@ -116,12 +116,12 @@ def pick_trial(record: StudyRecord, *, trial: int | None = None, pick: str = "fa
     """The trial of a study to export.
 
     Args:
-        record: A :class:`~autoprune.search.records.StudyRecord`.
+        record: A :class:`~autoprune.study.records.StudyRecord`.
         trial: A trial number; overrides ``pick``.
         pick: ``fastest``, ``most-accurate`` or ``knee`` (see the module docstring).
 
     Returns:
-        The :class:`~autoprune.search.records.TrialRecord`.
+        The :class:`~autoprune.study.records.TrialRecord`.
 
     Raises:
         UserError: unknown pick or trial number; a trial that did not complete; the dense

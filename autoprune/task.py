@@ -79,7 +79,7 @@ class Task:
         """Prune ``model`` in place (ADMM or magnitude, hard prune, masked retraining)."""
         raise NotImplementedError
 
-    # -- the search's rungs (autoprune.search.rungs) --------------------------------------
+    # -- the search's rungs (autoprune.study.rungs) --------------------------------------
     def trial_amount(self, settings: AdmmSettings) -> float:
         """A trial's whole training, in the training loop's unit."""
         raise NotImplementedError

@@ -1,5 +1,5 @@
 """How well do the search's cheap scores predict the trained accuracy? (the experiment behind
-``autoprune.search.rungs``)
+``autoprune.study.rungs``)
 
 Run once on 2026-12-07 on the 2-core CPU (torch 1 thread, the machine shared with other jobs, so
 the times below are not timings), as
@@ -23,8 +23,8 @@ from torch.utils.data import Subset
 from autoprune.data import get_dataset
 from autoprune.dense import build_model, example_input
 from autoprune.groups import ChannelGraph
-from autoprune.search.space import load_space
-from autoprune.search.probe import ConfigProbe
+from autoprune.study.space import load_space
+from autoprune.study.probe import ConfigProbe
 from autoprune.latency import LatencySettings
 from autoprune.admm import apply_masks, masked_retrain
 from autoprune.train import run_epochs, evaluate, TrainSettings, train_model, ClassifierTrainer

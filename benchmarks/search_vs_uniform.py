@@ -59,11 +59,11 @@ from autoprune.dense import build_model, example_input, load_dataset  # noqa: E4
 from autoprune.device import resolve_channel_multiple, resolve_device  # noqa: E402
 from autoprune.groups import ChannelGraph  # noqa: E402
 from autoprune.latency import device_description  # noqa: E402
-from autoprune.search import SearchSettings, run_search  # noqa: E402
-from autoprune.search.baseline import choose_latency_batch, latency_settings  # noqa: E402
-from autoprune.search.probe import ConfigProbe  # noqa: E402
-from autoprune.search.rungs import rank_correlation  # noqa: E402
-from autoprune.search.settings import AUTO_BUDGET_TRIALS  # noqa: E402
+from autoprune.study import SearchSettings, run_search  # noqa: E402
+from autoprune.study.baseline import choose_latency_batch, latency_settings  # noqa: E402
+from autoprune.study.probe import ConfigProbe  # noqa: E402
+from autoprune.study.rungs import rank_correlation  # noqa: E402
+from autoprune.study.settings import AUTO_BUDGET_TRIALS  # noqa: E402
 from autoprune.task import ClassifierTask  # noqa: E402
 from autoprune.train import TrainSettings, evaluate, run_epochs, seed_everything, train_model  # noqa: E402
 
@@ -86,10 +86,15 @@ class Mode:
     trials: int
     rates: tuple[float, ...] = RATES
     short_rung: float = 0.2
+    lr: float = 0.05  # of every fine-tuning (uniform points and search trials alike)
+    dense_on_subset: bool = True  # False: the dense model trains on every training image (pruning uses the subset)
 
 
 MODES = {
-    "small": Mode("small", "resnet56,vgg16-bn-half", "fashion-mnist", 4000, 3000, 1.0, 15, 40),
+    # the dense model trained on all 54,000 images; pruning fine-tunes on a 3,000-image subset (1 epoch = 46 steps,
+    # at lr 0.01: at the dense training's 0.05 one epoch did more harm than good, benchmarks/results/search_vs_uniform.md)
+    "small": Mode("small", "resnet56,vgg16-bn-half", "fashion-mnist", 3000, 2000, 1.0, 5, 30, lr=0.01,
+                  dense_on_subset=False),
     "full": Mode("full", "resnet56,vgg16-bn-half", "fashion-mnist", None, None, 5.0, 30, 60),
     # the suite's smoke run: one small model on the embedded digits, two rates, rungs without the short one
     "tiny": Mode("tiny", "digits-cnn", "digits", None, None, 1.0, 3, 4, rates=(0.3, 0.6), short_rung=0.0),
@@ -251,11 +256,13 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
               work: Path, data_dir: str | None, log, ceiling: bool,  # noqa: ANN001
               checkpoint: str | None = None) -> list[dict[str, Any]]:
     t_model = time.perf_counter()
-    splits = subset_splits(load_dataset(mode.dataset, data_dir=data_dir), mode.train_subset, mode.val_subset)
+    whole = load_dataset(mode.dataset, data_dir=data_dir)
+    splits = subset_splits(whole, mode.train_subset, mode.val_subset)
     if checkpoint is not None:
         ckpt, dense_seconds = load_checkpoint(checkpoint), 0.0
     else:
-        ckpt, _, dense_seconds = dense_baseline(model, splits, mode, device, work, log)
+        dense_splits = splits if mode.dense_on_subset else subset_splits(whole, None, mode.val_subset)
+        ckpt, _, dense_seconds = dense_baseline(model, dense_splits, mode, device, work, log)
     task = ClassifierTask(splits, ckpt)
     dense_model = ckpt.build()
     graph = ChannelGraph(dense_model, example_input(splits))
@@ -267,7 +274,7 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
                         latency=latency_settings(batch, base), input_shape=shape)
     dense_val = task.score(dense_model, device)
     dense_test = task.test_score(dense_model, device)
-    admm = AdmmSettings.for_budget(mode.epochs)
+    admm = AdmmSettings.for_budget(mode.epochs, lr=mode.lr)
     sweep_epochs = len(mode.rates) * mode.epochs
     log(f"{model}: dense {100 * dense_val:.2f}% val, {100 * dense_test:.2f}% test, {len(splits.train)} training and "
         f"{len(splits.val)} validation images, latency batch {batch}, channel multiple {cm}")
@@ -447,8 +454,10 @@ def markdown(out: dict[str, Any]) -> str:
         f"{out['machine']['device']}, {out['machine']['threads']} threads; torch {out['versions']['torch']}, optuna "
         f"{out['versions']['optuna']}, torch-pruning {out['versions']['torch_pruning']}; autoprune commit "
         f"{out['versions']['commit']}. Mode `{mode['name']}`: {mode['dataset']}, "
-        f"{train_images} (the same for every side), dense trained {mode['dense_epochs']} epochs once per model, "
-        f"{mode['epochs']:g} epochs per uniform point and per search trial, {mode['trials']} search trials with "
+        f"{train_images} (the same for every side), dense trained {mode['dense_epochs']} epochs once per model "
+        f"({'on the same subset' if mode.get('dense_on_subset', True) else 'on every training image'}), "
+        f"{mode['epochs']:g} epochs of fine-tuning at lr {mode.get('lr', 0.05):g} per uniform point and per search "
+        f"trial, {mode['trials']} search trials with "
         f"rungs (short rung {mode['short_rung']:g} of a trial) and an epoch budget of one sweep; trial method "
         f"`{out['method']}`; wall time {out['seconds'] / 60:.1f} min. Command: `{out['command']}`.",
         "",
@@ -578,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="search_vs_uniform", help="file name stem of the results")
     ap.add_argument("--keep", default=None, help="keep the work folders (dense models, studies) here")
     args = ap.parse_args(argv)
-    from autoprune.search.settings import parse_budget
+    from autoprune.study.settings import parse_budget
 
     mode = MODES["tiny" if args.tiny else "small" if args.small else "full"]
     mode = dataclasses.replace(mode, **{k: v for k, v in {

@@ -58,7 +58,7 @@ MARGIN = 10.0  # kept free at the end for writing the summary
 # what the check imports besides torch (autoprune.cli imports the rest lazily)
 NEEDED_MODULES = ("optuna", "sqlalchemy", "alembic", "torch_pruning", "plotly", "pytest", "yaml", "rich",
                   "sklearn", "numpy", "autoprune", "torchvision", "autoprune.cli", "autoprune.bench",
-                  "autoprune.search", "autoprune.tracking", "autoprune.report", "autoprune.compact",
+                  "autoprune.study", "autoprune.tracking", "autoprune.report", "autoprune.compact",
                   "autoprune.models")
 # requirements of autoprune that the check does not need (tracking, dashboards, PostgreSQL workers)
 NOT_NEEDED = {"mlflow", "optuna-integration", "optuna-dashboard", "psycopg2-binary"}

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import autoprune
+from autoprune._version import __version__
 from autoprune.atomic import save_torch_atomic, write_text_atomic
 from autoprune.compact import kernels
 from autoprune.compact.kernels import SemiStructuredConv2d, SemiStructuredLinear
@@ -257,7 +257,7 @@ def describe_architecture(model: nn.Module, *, base: dict[str, Any]) -> dict[str
         "format_version": REGISTRY_FORMAT_VERSION,
         "base": base,
         "modules": specs,
-        "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
+        "versions": {"autoprune": __version__, "torch": str(torch.__version__)},
     }
 
 
@@ -302,7 +302,7 @@ def describe_user_model(model: nn.Module) -> dict[str, Any]:
         "base": {"class": class_name(model)},
         "modules": specs,
         "attributes": attributes,
-        "versions": {"autoprune": autoprune.__version__, "torch": str(torch.__version__)},
+        "versions": {"autoprune": __version__, "torch": str(torch.__version__)},
     }
 
 

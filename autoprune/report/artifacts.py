@@ -19,7 +19,7 @@ from autoprune.report.figures import (
     write_figure_html,
 )
 from autoprune.report.study_html import write_report
-from autoprune.search.records import StudyRecord
+from autoprune.study.records import StudyRecord
 
 __all__ = ["write_study_artifacts"]
 

@@ -1,7 +1,7 @@
 """Plotly figures of a study: the accuracy–latency front, the per-layer targets, the
 parameter importances.
 
-Everything here reads the plain records of :mod:`autoprune.search.records`; only
+Everything here reads the plain records of :mod:`autoprune.study.records`; only
 :func:`param_importances` and :func:`importance_figure` touch an Optuna study.
 
 - :func:`pareto_figure`: validation accuracy (%) against measured latency (ms per batch)
@@ -27,8 +27,8 @@ from plotly.subplots import make_subplots
 from autoprune.atomic import atomic_path
 from autoprune.config import NONE_TYPE, LayerTarget
 from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
-from autoprune.search.phases import Proposal
-from autoprune.search.records import StudyRecord, TrialRecord
+from autoprune.study.phases import Proposal
+from autoprune.study.records import StudyRecord, TrialRecord
 
 __all__ = [
     "importance_figure",

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from autoprune.config import NONE_TYPE, LayerTarget
-from autoprune.search.records import TrialRecord
+from autoprune.study.records import TrialRecord
 
 __all__ = [
     "TYPE_ABBREVIATIONS",

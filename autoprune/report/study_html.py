@@ -19,7 +19,7 @@ from plotly.offline import get_plotlyjs
 from autoprune.atomic import write_text_atomic
 from autoprune.report.figures import importance_figure, layer_heatmap, pareto_figure
 from autoprune.report.labels import final_speedup_label, layers_text, number, speedup_label
-from autoprune.search.records import StudyRecord, TrialRecord, si_count
+from autoprune.study.records import StudyRecord, TrialRecord, si_count
 from autoprune.text import percent
 
 __all__ = ["write_report"]

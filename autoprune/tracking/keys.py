@@ -13,8 +13,8 @@ import urllib.parse
 from typing import Any
 
 from autoprune.config import LayerTarget
-from autoprune.search.records import StudyMeta, TrialRecord
-from autoprune.search.rungs import RUNGS
+from autoprune.study.records import StudyMeta, TrialRecord
+from autoprune.study.rungs import RUNGS
 
 __all__ = [
     "CHOSEN_TAG",

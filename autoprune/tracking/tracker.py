@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.report.artifacts import write_study_artifacts
-from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord
-from autoprune.search.storage import absolute_storage, redact
+from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord
+from autoprune.study.storage import absolute_storage, redact
 from autoprune.text import percent
 from autoprune.tracking.connection import DEFAULT_TRACKING_URI, Connection, describe_failure
 from autoprune.tracking.keys import (

@@ -424,3 +424,18 @@ def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
         assert t.feasible == (t.accuracy - meta.dense_accuracy <= 0.05 + 1e-12)
     page = (tmp_path / "runs" / "loss" / "report.html")
     assert page.is_file() and "val_loss" in page.read_text()
+
+
+def test_autoprune_search_is_a_plain_function_with_its_real_signature() -> None:
+    import inspect
+
+    import autoprune
+    import autoprune.study  # the search's internals: importing them must not replace the function
+
+    params = inspect.signature(autoprune.search).parameters
+    assert inspect.isfunction(autoprune.search)
+    assert {"model", "example_inputs", "train", "evaluate", "budget", "rungs", "epoch_budget"} <= set(params)
+    assert autoprune.search.__doc__.startswith("Search per-layer sparsity types and rates")
+    from autoprune._version import __version__
+
+    assert autoprune.__version__ == __version__

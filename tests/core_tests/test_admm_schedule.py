@@ -16,7 +16,7 @@ from autoprune.pipeline import build_model, example_input, load_dataset, run_pru
 from autoprune.projection import Projector
 
 # the fields stored with every search study and compared as a dict on resume
-# (autoprune/search/opening.py): for_budget must not add one
+# (autoprune/study/opening.py): for_budget must not add one
 STORED_FIELDS = ["iters", "epochs", "steps", "rho", "rho_growth", "rho_max", "retrain_epochs", "lr", "momentum",
                  "weight_decay", "batch_size"]
 

@@ -9,7 +9,7 @@ import pytest
 from autoprune.config import AdmmSettings
 from autoprune.errors import ConfigError, UserError
 from autoprune.params import Interval, NonEmpty, Options, Param, check_param, validate_params
-from autoprune.search import SearchSettings
+from autoprune.study import SearchSettings
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ def test_search_export_prune_and_reload(tmp_path, digits_baseline) -> None:
         "from autoprune.train import evaluate;"
         "m = autoprune.load_pruned('deploy'); s = load_dataset('digits');"
         "print(json.dumps({'acc': evaluate(m, s.test, device=torch.device('cpu')),"
-        " 'search': [k for k in sys.modules if k.startswith(('autoprune.search', 'optuna'))]}))"
+        " 'search': [k for k in sys.modules if k.startswith(('autoprune.study', 'optuna'))]}))"
     )
     r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

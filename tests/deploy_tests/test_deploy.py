@@ -187,7 +187,7 @@ def test_load_pruned_imports_no_search_code(deployed) -> None:
     out, _ = deployed
     code = (
         "import sys; import autoprune.deploy as d; m = d.load_pruned(sys.argv[1], as_timed=True); "
-        "bad = [k for k in sys.modules if k.startswith(('autoprune.search', 'optuna', 'mlflow'))]; "
+        "bad = [k for k in sys.modules if k.startswith(('autoprune.study', 'optuna', 'mlflow'))]; "
         "assert not bad, bad; print(type(m).__name__)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, cwd=ROOT,

@@ -12,7 +12,7 @@ import yaml
 from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.errors import UserError
 from autoprune.pick import feasible_front, pick_trial, write_trial_config
-from autoprune.search.records import (
+from autoprune.study.records import (
     REASON_ATTR,
     STUDY_ATTR,
     TARGETS_ATTR,
@@ -219,7 +219,7 @@ def test_export_from_a_missing_storage_file_creates_nothing(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_export_from_a_real_search(digits_baseline, tmp_path) -> None:
-    from autoprune.search import SearchSettings, run_search
+    from autoprune.study import SearchSettings, run_search
 
     url = f"sqlite:///{tmp_path / 'o.db'}"
     # the outcome is arranged: no dense choice in the space, no early stop, a budget no trial

@@ -17,9 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autoprune.config import LayerTarget
-from autoprune.search.records import CONSTRAINT, PROPOSAL_ATTR, SAMPLER_EPOCHS_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.search.sampler import GUIDE_ATTR, GUIDED, UNIFORM, PruningSampler
-from autoprune.search.space import RateRange, SearchSpace, Variable
+from autoprune.study.records import CONSTRAINT, PROPOSAL_ATTR, SAMPLER_EPOCHS_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.study.sampler import GUIDE_ATTR, GUIDED, UNIFORM, PruningSampler
+from autoprune.study.space import RateRange, SearchSpace, Variable
 
 LAYERS = ["conv0", "conv1", "conv2", "conv3", "fc"]
 COST = {"conv0": 3.0, "conv1": 4.0, "conv2": 5.0, "conv3": 6.0, "fc": 3.0}

@@ -18,8 +18,8 @@ import pytest
 
 from autoprune.cli import main
 from autoprune.config import PruneConfig
-from autoprune.search import SearchResult, SearchSettings, best_config_yaml, run_search, study_record
-from autoprune.search.storage import load_autoprune_study
+from autoprune.study import SearchResult, SearchSettings, best_config_yaml, run_search, study_record
+from autoprune.study.storage import load_autoprune_study
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pre_reno_study"
 STORED_URL = "sqlite:///pre_reno_study.db"  # the storage URL the study was made with (its configs name it)

@@ -15,8 +15,8 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset
 from autoprune.projection import Projector
-from autoprune.search import SearchSettings, run_search
-from autoprune.search.records import REASON_ATTR, SIGNATURE_ATTR
+from autoprune.study import SearchSettings, run_search
+from autoprune.study.records import REASON_ATTR, SIGNATURE_ATTR
 
 FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 

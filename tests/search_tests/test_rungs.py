@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.search.rungs import FULL, SCREEN, SHORT, Fidelity, Reference, decide, predict, rank_correlation
+from autoprune.study.rungs import FULL, SCREEN, SHORT, Fidelity, Reference, decide, predict, rank_correlation
 
 
 def _ref(number: int, screen: float, short: float, final: float, latency: float = 10.0) -> Reference:
@@ -188,7 +188,7 @@ def test_a_model_without_batchnorm_costs_nothing_at_the_screen() -> None:
 # -- a study's epochs add up to what the trainer ran ----------------------------------------
 def _settings(tmp_path, baseline, **kw):  # noqa: ANN001, ANN003, ANN202
     from autoprune.config import AdmmSettings
-    from autoprune.search import SearchSettings
+    from autoprune.study import SearchSettings
 
     base = dict(checkpoint=str(baseline), runs_dir=str(tmp_path / "runs"), trials=8, latency_batch=32,
                 admm=AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.75), study_name="r",
@@ -204,7 +204,7 @@ def counted_search(tmp_path_factory, digits_baseline):  # noqa: ANN001, ANN201
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     import autoprune.task
-    from autoprune.search import run_search
+    from autoprune.study import run_search
 
     tmp = tmp_path_factory.mktemp("rungs")
     steps, recal = [], []
@@ -258,7 +258,7 @@ def test_a_repeat_climbs_no_rung_and_spends_nothing(tmp_path, digits_baseline, m
     import yaml
 
     import autoprune.task
-    from autoprune.search import run_search
+    from autoprune.study import run_search
 
     space = tmp_path / "space.yaml"  # two rates that build the same model: the second trial repeats the first
     space.write_text(yaml.safe_dump({"include": ["features.3"], "types": ["filter"],

@@ -17,9 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from autoprune.config import LayerTarget
-from autoprune.search.records import CONSTRAINT, PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.search.sampler import ASCENT, EFFECTIVE, LOCAL, UNIFORM, PruningSampler
-from autoprune.search.space import RateRange, SearchSpace, Variable
+from autoprune.study.records import CONSTRAINT, PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.study.sampler import ASCENT, EFFECTIVE, LOCAL, UNIFORM, PruningSampler
+from autoprune.study.space import RateRange, SearchSpace, Variable
 
 LAYERS = ["conv0", "conv1", "conv2", "conv3", "fc"]
 COST = {"conv0": 1.0, "conv1": 4.0, "conv2": 4.0, "conv3": 6.0, "fc": 1.0}  # time share of each layer

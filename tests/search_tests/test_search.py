@@ -19,9 +19,9 @@ import yaml
 
 from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.errors import UserError
-from autoprune.search import SearchSettings, run_search, study_record
-from autoprune.search.records import TARGETS_ATTR, TRIAL_ATTR
-from autoprune.search.storage import open_storage
+from autoprune.study import SearchSettings, run_search, study_record
+from autoprune.study.records import TARGETS_ATTR, TRIAL_ATTR
+from autoprune.study.storage import open_storage
 
 FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 FAST_ARGS = ["--admm-iters", "1", "--admm-epochs", "0.25", "--retrain-epochs", "0.25", "--latency-batch", "32",
@@ -188,9 +188,9 @@ def test_hopeless_accuracy_after_the_hard_prune_stops_before_retraining(tmp_path
 _WORKER = """
 import sys, time
 import optuna
-import autoprune.search.objective as objective
+import autoprune.study.objective as objective
 from autoprune.cli import main
-from autoprune.search.storage import open_storage
+from autoprune.study.storage import open_storage
 
 storage, real, first = sys.argv[1], objective.run_trial, [True]
 
@@ -264,7 +264,7 @@ def test_two_workers_share_a_sqlite_study(tmp_path, digits_baseline) -> None:
 
 def test_a_failed_trial_is_replaced_and_repeated_failures_stop_the_worker(tmp_path, digits_baseline,
                                                                           monkeypatch) -> None:
-    import autoprune.search.objective as objective
+    import autoprune.study.objective as objective
 
     real = objective.run_trial
     calls = {"n": 0}
@@ -296,7 +296,7 @@ def test_a_trial_whose_loss_turns_nan_fails_at_that_step_and_the_study_goes_on(t
     recorded FAIL with the step in its reason (Optuna and MLflow), and is replaced."""
     import torch.nn.functional as F  # noqa: N812
 
-    import autoprune.search.objective as objective
+    import autoprune.study.objective as objective
     import autoprune.train as train
     from autoprune.tracking import Tracker
 
@@ -550,7 +550,7 @@ def test_cuda_without_cuda_gets_exit_2(tmp_path) -> None:
 def test_a_trial_whose_worker_died_is_failed_and_replaced(tmp_path, digits_baseline) -> None:
     import time as _time
 
-    from autoprune.search.slots import HEARTBEAT_ATTR, claim_slot, enqueue_slots
+    from autoprune.study.slots import HEARTBEAT_ATTR, claim_slot, enqueue_slots
 
     run_search(_settings(tmp_path, digits_baseline[0], trials=2, study_name="dead", min_speedup=0.01))
     study = optuna.load_study(study_name="dead", storage=open_storage(f"sqlite:///{tmp_path / 'optuna.db'}"))

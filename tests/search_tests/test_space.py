@@ -12,7 +12,7 @@ from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
 from autoprune.projection import Projector
-from autoprune.search.space import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
+from autoprune.study.space import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
 from autoprune.sparsity import get_sparsity
 
 
@@ -177,7 +177,7 @@ def test_nm_and_case_are_read_as_users_write_them(digits_graph) -> None:
 
 
 def test_a_stored_space_round_trips(digits_graph) -> None:
-    from autoprune.search.space import SearchSpace
+    from autoprune.study.space import SearchSpace
 
     space = load_space(None, "digits-cnn", digits_graph)
     again = SearchSpace.from_dict(space.to_dict())

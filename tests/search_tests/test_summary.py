@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord, mark_pareto
-from autoprune.search.rungs import Fidelity
-from autoprune.search.summary import SearchResult, print_summary
+from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord, mark_pareto
+from autoprune.study.rungs import Fidelity
+from autoprune.study.summary import SearchResult, print_summary
 
 
 def _meta() -> StudyMeta:

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord, mark_pareto
+from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord, mark_pareto
 
 LAYERS = ("features.0", "features.3", "features.6", "classifier.1")
 SERVER_START_TIMEOUT_S = 60.0

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from autoprune.cli import main
 from autoprune.config import AdmmSettings
-from autoprune.search import SearchCallback, SearchSettings, TrackerCallback, run_search
+from autoprune.study import SearchCallback, SearchSettings, TrackerCallback, run_search
 from autoprune.tracking import Tracker
 
 TRIALS = 4

@@ -16,7 +16,7 @@ from autoprune.report import (
     write_figure_html,
     write_report,
 )
-from autoprune.search.records import StudyRecord
+from autoprune.study.records import StudyRecord
 
 _SCRIPT_SRC = re.compile(r"<script[^>]*\bsrc\s*=", re.IGNORECASE)
 _PLOTLY_BANNER = "* plotly.js v"
@@ -69,7 +69,7 @@ def test_layer_heatmap_rows_are_pareto_trials_fastest_first(record):
 def test_uniform_reference_chosen_trial_filled_cells_and_repeats_counted_once(record_factory):
     import dataclasses
 
-    from autoprune.search.records import mark_pareto
+    from autoprune.study.records import mark_pareto
 
     rec = record_factory(mark=False)
     trials = rec.trials

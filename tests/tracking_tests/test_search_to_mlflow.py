@@ -59,8 +59,8 @@ def test_autoprune_search_mirrors_to_a_real_mlflow_server(mlflow_server, digits_
                 "sparsity"):
         assert key in metrics, key
     # the mirror holds what the Optuna storage (the source of truth) holds
-    from autoprune.search import study_record
-    from autoprune.search.storage import load_autoprune_study
+    from autoprune.study import study_record
+    from autoprune.study.storage import load_autoprune_study
 
     url = f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}"
     stored = study_record(load_autoprune_study("mirrored", url), url).trials[1]

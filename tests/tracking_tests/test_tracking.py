@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from autoprune.search.records import TrialRecord, mark_pareto
+from autoprune.study.records import TrialRecord, mark_pareto
 from autoprune.tracking import DEFAULT_TRACKING_URI, Connection, Tracker, trial_tags
 from autoprune.tracking.keys import trial_run_name
 
@@ -410,7 +410,7 @@ def test_a_study_logged_to_a_real_mlflow_server(mlflow_server, record, optuna_st
 def test_a_tracked_search_ends_with_the_experiments_link_in_the_model_training_view(
         record, tmp_path, monkeypatch, capsys) -> None:
     import autoprune.cli as cli
-    from autoprune.search import SearchResult
+    from autoprune.study import SearchResult
 
     def search(settings, *, reporter, callbacks):  # noqa: ANN001, ANN202 - the mirror as a real search drives it
         for c in callbacks:

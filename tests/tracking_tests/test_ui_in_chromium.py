@@ -23,8 +23,8 @@ import pytest
 import yaml
 
 from autoprune.config import AdmmSettings
-from autoprune.search import SearchSettings, run_search
-from autoprune.search.records import SIGNATURE_ATTR, StudyRecord
+from autoprune.study import SearchSettings, run_search
+from autoprune.study.records import SIGNATURE_ATTR, StudyRecord
 from autoprune.tracking import Tracker
 from autoprune.tracking.keys import trial_run_name
 

@@ -1,6 +1,6 @@
 """The sampler's phases: each proposes a whole configuration from the study's trials, or passes.
 
-:class:`~autoprune.search.sampler.PruningSampler` asks its phases in order, and the first
+:class:`~autoprune.study.sampler.PruningSampler` asks its phases in order, and the first
 that proposes something gives the trial its configuration; the phase's name is stored as the
 trial's proposal (``autoprune.proposal``). One phase per file, one small interface
 (:class:`Phase`), one enum of the names (:class:`Proposal`) that the records, the
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 __all__ = ["Phase", "Proposal", "Proposed", "default_phases"]
 
@@ -70,11 +70,11 @@ class Phase:
 
 def default_phases(*, ladder: bool = True, guided: bool = True, ascent: bool = True) -> list[Phase]:
     """The phases in the order the sampler asks them."""
-    from autoprune.search.phases.ascent import Ascent
-    from autoprune.search.phases.explore import Explore
-    from autoprune.search.phases.guided import GuidedLadder
-    from autoprune.search.phases.ladders import EffectiveLadder, UniformLadder
-    from autoprune.search.phases.local import LocalStep
+    from autoprune.study.phases.ascent import Ascent
+    from autoprune.study.phases.explore import Explore
+    from autoprune.study.phases.guided import GuidedLadder
+    from autoprune.study.phases.ladders import EffectiveLadder, UniformLadder
+    from autoprune.study.phases.local import LocalStep
 
     phases: list[Phase] = []
     if ladder:

@@ -3,9 +3,9 @@
 :class:`SearchSettings` is what the caller asks (frozen; the CLI fills it, tests and
 scripts build it directly). The search never changes it: where a study already exists its
 stored settings win, and what a worker finally runs with is resolved once, when the study
-is opened (:func:`autoprune.search.opening.open_study`), into the study's
-:class:`~autoprune.search.records.StudyMeta` and the worker's
-:class:`~autoprune.search.objective.SearchContext`.
+is opened (:func:`autoprune.study.opening.open_study`), into the study's
+:class:`~autoprune.study.records.StudyMeta` and the worker's
+:class:`~autoprune.study.objective.SearchContext`.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ class SearchSettings:
     admm: AdmmSettings = field(default_factory=lambda: SEARCH_ADMM)
     # how each trial prunes: "magnitude" (one-shot, then every epoch masked retraining) or "admm"
     trial_method: str = "magnitude"
-    # multi-fidelity trials (autoprune.search.rungs): each configuration scored at a screen (BatchNorm
+    # multi-fidelity trials (autoprune.study.rungs): each configuration scored at a screen (BatchNorm
     # recalibration, no training), then a short retraining, before the full schedule; False: every
     # configuration faster than dense is trained fully, as before
     rungs: bool = True

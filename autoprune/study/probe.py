@@ -39,7 +39,7 @@ from autoprune.projection import Projector
 from autoprune.stats import layer_stats, model_counts
 
 if TYPE_CHECKING:
-    from autoprune.search.objective import SearchContext
+    from autoprune.study.objective import SearchContext
 
 
 @dataclass
@@ -128,7 +128,7 @@ class ConfigProbe:
 
     def screen(self, targets: dict[str, LayerTarget]) -> tuple[float, float]:
         """The screen rung's score of a configuration (the hard prune of the dense weights, BatchNorm
-        recomputed, the validation subset; :mod:`autoprune.search.rungs`) and what it cost in
+        recomputed, the validation subset; :mod:`autoprune.study.rungs`) and what it cost in
         training epochs (0 when it was already known in this process)."""
         if self.screener is None:
             raise RuntimeError("this probe has no screen (it was made without a task)")

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.search.phases import Phase, Proposal, Proposed
-from autoprune.search.space import Variable
+from autoprune.study.phases import Phase, Proposal, Proposed
+from autoprune.study.space import Variable
 
 if TYPE_CHECKING:
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 GAINS_ATTR = "autoprune.latency_gains"  # study user attr: per variable, the latency its pruning alone saves
 EFFECTIVE_GAIN = 0.01  # a variable whose pruning saves less than 1% of the dense latency is left dense

@@ -1,16 +1,16 @@
 """Opening a search: create the study, or join (or resume) an existing one, and resolve once
 what this worker runs with.
 
-:func:`open_study` takes what was asked (:class:`~autoprune.search.SearchSettings`) and
+:func:`open_study` takes what was asked (:class:`~autoprune.study.SearchSettings`) and
 returns an :class:`OpenStudy`, frozen: the study loaded with this worker's sampler, its
-stored settings (:class:`~autoprune.search.records.StudyMeta`), and the
-:class:`~autoprune.search.objective.SearchContext` every trial shares. A new study's
+stored settings (:class:`~autoprune.study.records.StudyMeta`), and the
+:class:`~autoprune.study.objective.SearchContext` every trial shares. A new study's
 settings are the ones asked; an existing study's stored settings win, and asking for
 different ones explicitly (``given``) is refused unless ``--resume``.
 
 Creating a study: its space is checked on the untrained model first (a bad file must not
 cost a baseline training), then the dense baseline is loaded or trained and measured
-(:mod:`~autoprune.search.baseline`), then the study is created with its settings stored.
+(:mod:`~autoprune.study.baseline`), then the study is created with its settings stored.
 Two workers that create one study at the same moment: the second joins the first's.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import optuna
 import torch
 
-from autoprune import __version__
+from autoprune._version import __version__
 from autoprune.checkpoint import Checkpoint, load_checkpoint
 from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.dense import build_model, example_input, existing_checkpoint, load_dataset
@@ -36,15 +36,15 @@ from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, check_dtype
 from autoprune.progress import Reporter
-from autoprune.search.baseline import dense_checkpoint, latency_settings, measure_dense
-from autoprune.search.objective import SearchContext
-from autoprune.search.records import STUDY_ATTR, StudyMeta
-from autoprune.search.rungs import Fidelity
-from autoprune.search.sampler import PruningSampler
-from autoprune.search.settings import AUTO_BUDGET_TRIALS, DEFAULT_TRIALS, SearchSettings, parse_epoch_budget
-from autoprune.search.slots import READY_ATTR, TARGET_ATTR, prepare_slots
-from autoprune.search.space import SearchSpace, load_space
-from autoprune.search.storage import default_storage, open_storage, redact, storage_exists
+from autoprune.study.baseline import dense_checkpoint, latency_settings, measure_dense
+from autoprune.study.objective import SearchContext
+from autoprune.study.records import STUDY_ATTR, StudyMeta
+from autoprune.study.rungs import Fidelity
+from autoprune.study.sampler import PruningSampler
+from autoprune.study.settings import AUTO_BUDGET_TRIALS, DEFAULT_TRIALS, SearchSettings, parse_epoch_budget
+from autoprune.study.slots import READY_ATTR, TARGET_ATTR, prepare_slots
+from autoprune.study.space import SearchSpace, load_space
+from autoprune.study.storage import default_storage, open_storage, redact, storage_exists
 from autoprune.task import ClassifierTask, Task, model_fingerprint
 
 
@@ -280,7 +280,7 @@ def _registry_task(s: SearchSettings, meta: StudyMeta, name: str) -> ClassifierT
 # -- pieces -------------------------------------------------------------------
 def study_fidelity(s: SearchSettings, task: Task) -> Fidelity:
     """How a new study's trials climb the rungs: the settings asked, the epoch budget resolved
-    (``auto``: :data:`~autoprune.search.settings.AUTO_BUDGET_TRIALS` full trial schedules)."""
+    (``auto``: :data:`~autoprune.study.settings.AUTO_BUDGET_TRIALS` full trial schedules)."""
     budget = parse_epoch_budget(s.epoch_budget)
     if budget == "auto":
         budget = AUTO_BUDGET_TRIALS * task.trial_amount(s.admm)
@@ -289,7 +289,7 @@ def study_fidelity(s: SearchSettings, task: Task) -> Fidelity:
 
 
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
-    """The base sampler behind :class:`~autoprune.search.sampler.PruningSampler`."""
+    """The base sampler behind :class:`~autoprune.study.sampler.PruningSampler`."""
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=8,
                                           constant_liar=True)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from autoprune.search.phases import Phase, Proposal, Proposed
-from autoprune.search.space import has_rate
+from autoprune.study.phases import Phase, Proposal, Proposed
+from autoprune.study.space import has_rate
 
 if TYPE_CHECKING:
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 RESAMPLE = 12  # draws from the base sampler before a repeated configuration is mutated instead
 

@@ -1,13 +1,13 @@
 """The search loop: an Optuna study over per-layer sparsity, shared by any number of workers.
 
 :func:`run_search` reads like Optuna's ``study/_optimize.py``: open the study
-(:mod:`~autoprune.search.opening`: create or join it, measure the dense baseline once per
+(:mod:`~autoprune.study.opening`: create or join it, measure the dense baseline once per
 study, resolve this worker's settings), then one trial at a time (``_run_trial``) until no slot below the
-target is left, then the end-of-search re-measurement (:mod:`~autoprune.search.remeasure`)
+target is left, then the end-of-search re-measurement (:mod:`~autoprune.study.remeasure`)
 and the study's files. One trial: fail stale trials, claim a slot
-(:mod:`~autoprune.search.slots`), run the objective with a heartbeat, turn how it ended into
+(:mod:`~autoprune.study.slots`), run the objective with a heartbeat, turn how it ended into
 a trial state, tell the storage. Side effects per trial and per study (the MLflow mirror,
-figures, the report) are :class:`~autoprune.search.callbacks.SearchCallback` objects the
+figures, the report) are :class:`~autoprune.study.callbacks.SearchCallback` objects the
 caller passes.
 """
 
@@ -25,16 +25,16 @@ from optuna.trial import TrialState
 from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
 from autoprune.progress import Reporter
-from autoprune.search import objective
-from autoprune.search.callbacks import SearchCallback, SearchEnd, StudyMirror, TrackerCallback
-from autoprune.search.configs import best_config_yaml
-from autoprune.search.opening import OpenStudy, open_study
-from autoprune.search.records import REASON_ATTR, StudyMeta, StudyRecord, TrialRecord, study_record
-from autoprune.search.remeasure import remeasure
-from autoprune.search.settings import SearchSettings
-from autoprune.search.slots import Heartbeat, claim_lock, claim_slot, enqueue_slots, fail_stale_trials, fail_trial
-from autoprune.search.storage import redact
-from autoprune.search.summary import SearchResult
+from autoprune.study import objective
+from autoprune.study.callbacks import SearchCallback, SearchEnd, StudyMirror, TrackerCallback
+from autoprune.study.configs import best_config_yaml
+from autoprune.study.opening import OpenStudy, open_study
+from autoprune.study.records import REASON_ATTR, StudyMeta, StudyRecord, TrialRecord, study_record
+from autoprune.study.remeasure import remeasure
+from autoprune.study.settings import SearchSettings
+from autoprune.study.slots import Heartbeat, claim_lock, claim_slot, enqueue_slots, fail_stale_trials, fail_trial
+from autoprune.study.storage import redact
+from autoprune.study.summary import SearchResult
 
 __all__ = ["INTERRUPTED", "MAX_FAILS_IN_A_ROW", "SearchResult", "TrialOutcome", "best_config_yaml", "run_search"]
 
@@ -61,7 +61,7 @@ def run_search(s: SearchSettings, *, reporter: Reporter | None = None, tracker: 
         reporter: Where progress goes (default: plain log lines).
         tracker: A study mirror such as :class:`autoprune.tracking.Tracker`; short for
             ``callbacks=[TrackerCallback(tracker)]``.
-        callbacks: Side effects per trial and per study (see :mod:`~autoprune.search.callbacks`).
+        callbacks: Side effects per trial and per study (see :mod:`~autoprune.study.callbacks`).
 
     Raises:
         UserError: for bad settings, an unreachable storage, a study that clashes.

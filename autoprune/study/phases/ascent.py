@@ -21,11 +21,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import NONE_TYPE
-from autoprune.search.phases import Phase, Proposal, Proposed
-from autoprune.search.space import has_rate
+from autoprune.study.phases import Phase, Proposal, Proposed
+from autoprune.study.space import has_rate
 
 if TYPE_CHECKING:
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 MOVE_ATTR = "autoprune.move"  # trial user attr of an ascent step: which variable moved where
 

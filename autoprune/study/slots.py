@@ -33,7 +33,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.errors import UserError
-from autoprune.search.records import OWNER_ATTR, REASON_ATTR
+from autoprune.study.records import OWNER_ATTR, REASON_ATTR
 
 HEARTBEAT_ATTR = "autoprune.heartbeat"  # trial user attr: the time of the worker's last beat
 HEARTBEAT_EVERY = 30.0  # seconds between a running trial's heartbeats

@@ -13,11 +13,11 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from autoprune.config import NONE_TYPE
-from autoprune.search.phases import Phase, Proposal, Proposed
-from autoprune.search.space import has_rate
+from autoprune.study.phases import Phase, Proposal, Proposed
+from autoprune.study.space import has_rate
 
 if TYPE_CHECKING:
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 LOCAL_DRAWS = 12  # random neighbours of the incumbent drawn per local step
 

@@ -6,7 +6,7 @@ deployment batch, and cached by configuration): a configuration that is not fast
 than dense stops there. A configuration an earlier trial already ran is not trained
 again: the trial takes its result and stops as a repeat (so that Optuna's fronts and
 optuna-dashboard hold each configuration once). The trial then climbs the rungs of
-:mod:`~autoprune.search.rungs`: the hard prune scored after BatchNorm recalibration (no
+:mod:`~autoprune.study.rungs`: the hard prune scored after BatchNorm recalibration (no
 training), a short masked retraining, the full schedule; between rungs the promotion
 rule stops a configuration that cannot reach the front within the budget, and the study's
 epoch budget stops one it cannot pay for. (A study made with ``rungs`` off, or before they
@@ -36,9 +36,9 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.progress import Reporter
-from autoprune.search.phases import Proposal
-from autoprune.search.probe import ConfigProbe
-from autoprune.search.records import (
+from autoprune.study.phases import Proposal
+from autoprune.study.probe import ConfigProbe
+from autoprune.study.records import (
     CONSTRAINT,
     PROPOSAL_ATTR,
     REASON_ATTR,
@@ -49,9 +49,9 @@ from autoprune.search.records import (
     StudyMeta,
     TrialRecord,
 )
-from autoprune.search.rungs import FULL, RUNGS, SCREEN, SHORT, Fidelity, Reference, decide
-from autoprune.search.slots import SlotStorage
-from autoprune.search.space import SearchSpace
+from autoprune.study.rungs import FULL, RUNGS, SCREEN, SHORT, Fidelity, Reference, decide
+from autoprune.study.slots import SlotStorage
+from autoprune.study.space import SearchSpace
 from autoprune.stats import layer_stats, model_counts
 from autoprune.task import Task
 
@@ -140,7 +140,7 @@ def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  #
     A repeat always ends as stopped (PRUNED, :class:`TrialStopped`) in the Optuna storage, so
     that Optuna's ``best_trials`` and optuna-dashboard's fronts hold each configuration once;
     it keeps the result (and, after a complete trial, the constraint) of the trial it repeats,
-    and :func:`~autoprune.search.records.study_record` reads a repeat of a complete trial
+    and :func:`~autoprune.study.records.study_record` reads a repeat of a complete trial
     back as complete, so autoprune's own tables count it as before."""
     known = set(TrialRecord.__dataclass_fields__)
     for key, value in prior.user_attrs[TRIAL_ATTR].items():
@@ -267,7 +267,7 @@ def _sizes(rec: TrialRecord, model: nn.Module, targets: dict[str, LayerTarget], 
     rec.sparsity = zeros / max(weights, 1)
 
 
-# -- the rungs (autoprune.search.rungs) ----------------------------------------------------
+# -- the rungs (autoprune.study.rungs) ----------------------------------------------------
 RESERVED_ATTR = "autoprune.reserved_epochs"  # trial user attr: the training a running trial has committed to
 
 

@@ -4,23 +4,23 @@ A per-layer space is large (every variable a type and a rate) and a trial is exp
 trains, however briefly). Sampled blindly, most of a small trial budget lands on
 configurations that are slow, over budget or already run; on held-out data a 20-trial TPE
 search found 1.11× where pruning every layer at one rate found 1.48×. :class:`PruningSampler`
-asks its phases (:mod:`autoprune.search.phases`, one file each) in order for each trial's
+asks its phases (:mod:`autoprune.study.phases`, one file each) in order for each trial's
 whole configuration, each deciding from the study's finished and running trials only (so any
 number of workers can share one study):
 
-1. the **uniform** and **effective** ladders (:mod:`~autoprune.search.phases.ladders`): one
+1. the **uniform** and **effective** ladders (:mod:`~autoprune.study.phases.ladders`): one
    rate on every (time-saving) variable, by bisection, to the budget's edge — what a user
    would hand-tune, so the search starts from it;
-2. the **guided** ladder (:mod:`~autoprune.search.phases.guided`, where trials climb rungs):
+2. the **guided** ladder (:mod:`~autoprune.study.phases.guided`, where trials climb rungs):
    each variable's pruning to the top rate measured once without training, variables
    ordered by time saved per point of screen score lost, bisection over how many go;
-3. the latency **ascent** (:mod:`~autoprune.search.phases.ascent`): one variable at a time one
+3. the latency **ascent** (:mod:`~autoprune.study.phases.ascent`): one variable at a time one
    step harder, candidates timed beside the incumbent before any training;
-4. **local** steps (:mod:`~autoprune.search.phases.local`) alternating with **exploration**
-   (:mod:`~autoprune.search.phases.explore`: Optuna's sampler, TPE by default).
+4. **local** steps (:mod:`~autoprune.study.phases.local`) alternating with **exploration**
+   (:mod:`~autoprune.study.phases.explore`: Optuna's sampler, TPE by default).
 
 The phase that proposed a trial is stored in its ``autoprune.proposal`` user attribute
-(:class:`~autoprune.search.phases.Proposal`). The sampler itself keeps what the phases share:
+(:class:`~autoprune.study.phases.Proposal`). The sampler itself keeps what the phases share:
 signatures, the incumbent (the fastest trial within the budget, re-timed side by side among
 the few fastest), and candidates' latency relative to it.
 """
@@ -38,13 +38,13 @@ from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.config import NONE_TYPE, LayerTarget
-from autoprune.search.phases import Phase, Proposal, default_phases
-from autoprune.search.phases.ascent import MOVE_ATTR
-from autoprune.search.phases.guided import GUIDE_ATTR
-from autoprune.search.phases.ladders import EFFECTIVE_GAIN, GAINS_ATTR
-from autoprune.search.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.search.slots import SlotStorage
-from autoprune.search.space import SearchSpace, has_rate
+from autoprune.study.phases import Phase, Proposal, default_phases
+from autoprune.study.phases.ascent import MOVE_ATTR
+from autoprune.study.phases.guided import GUIDE_ATTR
+from autoprune.study.phases.ladders import EFFECTIVE_GAIN, GAINS_ATTR
+from autoprune.study.records import PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
+from autoprune.study.slots import SlotStorage
+from autoprune.study.space import SearchSpace, has_rate
 
 __all__ = ["ASCENT", "EFFECTIVE", "EFFECTIVE_GAIN", "EXPLORE", "GAINS_ATTR", "GUIDED", "GUIDE_ATTR", "LOCAL",
            "MIN_GAIN", "MOVE_ATTR", "MUTATE", "UNIFORM", "Probe", "PruningSampler", "Seen"]
@@ -62,7 +62,7 @@ INCUMBENT_CHECK = 3  # the fastest feasible trials timed again side by side to p
 class Probe:
     """What the sampler needs to know of a configuration without training it.
 
-    The search's :class:`~autoprune.search.probe.ConfigProbe` implements it on the device;
+    The search's :class:`~autoprune.study.probe.ConfigProbe` implements it on the device;
     tests pass small fakes.
     """
 
@@ -115,7 +115,7 @@ class PruningSampler(BaseSampler):
         ascent: Run the latency ascent.
         guided: Run the guided ladder (default: where the probe can screen).
         direction: The metric's direction (a screen score's damage is measured along it).
-        phases: The phases to ask, in order (default: :func:`~autoprune.search.phases.default_phases`).
+        phases: The phases to ask, in order (default: :func:`~autoprune.study.phases.default_phases`).
 
     Example:
         >>> sampler = PruningSampler(space, ConfigProbe(...), base=optuna.samplers.TPESampler(seed=0))  # doctest: +SKIP

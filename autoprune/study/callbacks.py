@@ -2,7 +2,7 @@
 
 The search itself writes only the study's storage, ``summary.json`` and ``best_config.yaml``.
 Anything else (the MLflow mirror, the study's figures and report) is a
-:class:`SearchCallback` the caller passes to :func:`~autoprune.search.run_search`, as
+:class:`SearchCallback` the caller passes to :func:`~autoprune.study.run_search`, as
 Optuna's ``study.optimize(callbacks=[...])`` takes per-trial callbacks: the search never
 imports the tracking or report layers. The CLI wires them:
 
@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 import optuna
 
-from autoprune.search.configs import trial_config_yaml
-from autoprune.search.records import StudyMeta, StudyRecord, TrialRecord
+from autoprune.study.configs import trial_config_yaml
+from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The study's dense baseline: its checkpoint, accuracy, MACs and latency, measured once per study.
 
 Every trial is scored against it (the accuracy budget, the speedup), and it is stored in
-the study's :class:`~autoprune.search.records.StudyMeta` when the study is created. The
+the study's :class:`~autoprune.study.records.StudyMeta` when the study is created. The
 latency is measured at the study's deployment batch: ``--latency-batch``, or the smallest
 batch from 32 up at which the dense model takes at least 10 ms.
 """
@@ -30,8 +30,8 @@ AUTO_MIN_MS = 10.0
 
 
 class MeasuredLike(Protocol):
-    """How latency is measured: what :class:`~autoprune.search.SearchSettings` asks and a
-    study's :class:`~autoprune.search.records.StudyMeta` stores."""
+    """How latency is measured: what :class:`~autoprune.study.SearchSettings` asks and a
+    study's :class:`~autoprune.study.records.StudyMeta` stores."""
 
     dtype: str
     channels_last: bool
@@ -74,7 +74,7 @@ def dense_checkpoint(model: str, dataset: str, *, checkpoint: str | None, data_d
 def measure_dense(task: Task, device: torch.device, how: MeasuredLike, latency_batch: int | None,
                   graph: ChannelGraph, reporter: Reporter, *, label: str) -> dict[str, Any]:
     """The dense model's validation and test score, counts and latency: the ``dense_*``
-    fields of :class:`~autoprune.search.records.StudyMeta` (and its batch and device).
+    fields of :class:`~autoprune.study.records.StudyMeta` (and its batch and device).
     ``label`` names the model and data in the line logged (``digits-cnn on digits``)."""
     check_dtype(how.dtype, device)
     model = task.dense().to(device)

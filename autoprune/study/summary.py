@@ -10,8 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autoprune.search.records import StudyRecord, TrialRecord, si_count
-from autoprune.search.storage import redact
+from autoprune.study.records import StudyRecord, TrialRecord, si_count
+from autoprune.study.storage import redact
 
 
 @dataclass
@@ -79,7 +79,7 @@ def speedup_text(t: TrialRecord) -> str:
 
 
 def _fidelity(rec: StudyRecord) -> Any:  # noqa: ANN401 - rungs.Fidelity
-    from autoprune.search.rungs import Fidelity
+    from autoprune.study.rungs import Fidelity
 
     return Fidelity.from_dict(rec.meta.fidelity)
 
@@ -93,7 +93,7 @@ def _full_trial_epochs(rec: StudyRecord) -> float | None:
 def effort_lines(rec: StudyRecord) -> list[str]:
     """What the search trained, beside what the uniform sweep it is compared with trains, and how
     well the rungs' cheap scores ranked the configurations."""
-    from autoprune.search.settings import AUTO_BUDGET_TRIALS
+    from autoprune.study.settings import AUTO_BUDGET_TRIALS
 
     if not any(t.epochs is not None for t in rec.trials):
         return []  # a study made before epochs were counted

@@ -4,9 +4,9 @@ weighed by measured time gives.
 From the fastest configuration within the budget the ladders found (the *base*), each
 variable's pruning to the top rate is measured once without training: its latency beside
 the base (side by side, on the device) and its screen score (the hard prune with BatchNorm
-recomputed; :mod:`autoprune.search.rungs`). Variables are ordered by latency saved per point
+recomputed; :mod:`autoprune.study.rungs`). Variables are ordered by latency saved per point
 of screen score lost; rung ``k`` of this ladder has the first ``k`` at the top rate, and
-:func:`~autoprune.search.phases.ladders.bisect` finds the longest prefix within the budget.
+:func:`~autoprune.study.phases.ladders.bisect` finds the longest prefix within the budget.
 Where the ascent changes one variable per trial, one trial here changes many. It needs the
 probe's screen (a search whose trials climb rungs).
 """
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from autoprune.search.phases import Phase, Proposal, Proposed
-from autoprune.search.phases.ladders import bisect
-from autoprune.search.records import SAMPLER_EPOCHS_ATTR
+from autoprune.study.phases import Phase, Proposal, Proposed
+from autoprune.study.phases.ladders import bisect
+from autoprune.study.records import SAMPLER_EPOCHS_ATTR
 
 if TYPE_CHECKING:
-    from autoprune.search.sampler import PruningSampler, Seen
+    from autoprune.study.sampler import PruningSampler, Seen
 
 GUIDE_ATTR = "autoprune.guide"  # study user attr: the guided ladder's base and each variable's gain and damage
 GUIDE_ROUNDS = 20  # interleaved rounds (of three calls) when the variables' top-rate pruning is timed
@@ -48,7 +48,7 @@ def guided_rungs(s: PruningSampler, study: optuna.Study, seen: list[Seen]) -> li
 
     Each variable's pruning to the top rate is measured once from the base, without
     training: its latency beside the base (side by side, on the device) and its screen
-    score (hard prune, BatchNorm recomputed; :mod:`autoprune.search.rungs`). Variables
+    score (hard prune, BatchNorm recomputed; :mod:`autoprune.study.rungs`). Variables
     are ordered by latency saved per point of screen score lost (sensitivity analysis,
     weighed by measured time); rung ``k`` of this ladder has the first ``k`` at the top
     rate. Stored on the study (``autoprune.guide``) for every worker; what the screens

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from autoprune.errors import UserError
-from autoprune.search.phases import Proposal
+from autoprune.study.phases import Proposal
 
 STUDY_ATTR = "autoprune.study"  # study user attr: StudyMeta as a dict
 TRIAL_ATTR = "autoprune.trial"  # trial user attr: the measured metrics
@@ -68,7 +68,7 @@ class StudyMeta:
     channel_multiple: int = 1
     threads: int | None = None
     trial_method: str = "admm"  # how trials prune: magnitude or admm (studies made before the option used admm)
-    # how trials climb the rungs (autoprune.search.rungs.Fidelity as a dict; None: studies made
+    # how trials climb the rungs (autoprune.study.rungs.Fidelity as a dict; None: studies made
     # before rungs existed, which trained every trial fully)
     fidelity: dict[str, Any] | None = None
     val_size: int | None = None  # validation images of the built-in loop (None: the user's metric, or older studies)
@@ -168,7 +168,7 @@ class TrialRecord:
     # re-measured at the end of the search beside dense and the other candidates, more rounds:
     # {"speedup", "speedup_p10", "speedup_p90", "rounds"} (None: not among the re-measured)
     remeasured: dict[str, float] | None = None
-    # the rungs it climbed (autoprune.search.rungs): [{"rung", "score", "epochs", "seconds", "decision"}]
+    # the rungs it climbed (autoprune.study.rungs): [{"rung", "score", "epochs", "seconds", "decision"}]
     rungs: list[dict[str, Any]] = field(default_factory=list)
     epochs: float | None = None  # training it spent, every rung counted (0: nothing trained; None: older studies)
     stopped_at: str | None = None  # the rung where the promotion rule stopped it ("screen", "short")
@@ -252,7 +252,7 @@ class StudyRecord:
         """Spearman's rank correlation of each lower rung's score with the fully trained score,
         over the trials that climbed every rung: ``{"screen": r, "short": r, "pairs": n}``
         (None where fewer than three pairs)."""
-        from autoprune.search.rungs import rank_correlation
+        from autoprune.study.rungs import rank_correlation
 
         trained = [t for t in self.completed if t.rungs and t.repeat_of is None and not t.is_dense]
         out: dict[str, Any] = {"pairs": 0}

@@ -8,8 +8,8 @@ and what it measured.
 from __future__ import annotations
 
 from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
-from autoprune.search.records import StudyRecord, TrialRecord
-from autoprune.search.storage import redact
+from autoprune.study.records import StudyRecord, TrialRecord
+from autoprune.study.storage import redact
 
 
 def trial_config(record: StudyRecord, trial: TrialRecord, *, data_dir: str | None = None) -> PruneConfig:

@@ -4,7 +4,7 @@ The best of many noisy timings is biased upward (the winner's curse): two unifor
 apart measured 1.48x and 1.31x in one run. So when a study has all its trials, the fastest
 feasible configurations and the fastest uniform one are timed again beside dense, in more
 rounds, and the study's result is the best trial by this second, joint timing
-(:meth:`~autoprune.search.records.StudyRecord.best_feasible`).
+(:meth:`~autoprune.study.records.StudyRecord.best_feasible`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import optuna
 
 from autoprune.config import LayerTarget
 from autoprune.progress import Reporter
-from autoprune.search.phases import Proposal
-from autoprune.search.probe import ConfigProbe
-from autoprune.search.records import REMEASURED_ATTR, StudyRecord
+from autoprune.study.phases import Proposal
+from autoprune.study.probe import ConfigProbe
+from autoprune.study.records import REMEASURED_ATTR, StudyRecord
 
 REMEASURE_TOP = 5  # the fastest configurations within the budget timed again at the end
 REMEASURE_ROUNDS = 30
