@@ -22,18 +22,9 @@ import copy
 import torch
 from torch import nn
 
-from autoprune.groups import is_grouped_conv, trace_dependencies
+from autoprune.groups import out_channels_fn, is_grouped_conv, trace_dependencies
+from autoprune.norms import unmask_statistics
 from autoprune.projection import Projector
-
-
-def _out_fn(module: nn.Module):  # noqa: ANN202
-    import torch_pruning as tp
-
-    if isinstance(module, nn.Linear):
-        return tp.prune_linear_out_channels
-    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels:
-        return tp.prune_depthwise_conv_out_channels
-    return tp.prune_conv_out_channels
 
 
 def _balanced_keep(n: int, groups: int, pruned: list[int], what: str) -> list[torch.Tensor]:
@@ -64,8 +55,10 @@ def remove_channels(model: nn.Module, projector: Projector, example_input: torch
     it chose (``projector.kept_channels_``) are the ones removed.
     """
     compact = copy.deepcopy(model).eval()
+    unmask_statistics(compact)  # its norms over channels become plain norms over the kept channels below
     if not projector.kept_channels_:
         return compact
+    per_channel = [m for m in compact.modules() if isinstance(m, nn.GroupNorm) and m.num_groups == m.num_channels]
     names = dict(compact.named_modules())
     module_names = {m: n for n, m in names.items()}
     dg = trace_dependencies(compact, example_input)
@@ -74,7 +67,7 @@ def remove_channels(model: nn.Module, projector: Projector, example_input: torch
         pruned = torch.nonzero(~keep.cpu()).flatten().tolist()
         if not pruned:
             continue
-        group = dg.get_pruning_group(root, _out_fn(root), idxs=pruned)
+        group = dg.get_pruning_group(root, out_channels_fn(root), idxs=pruned)
         outs: dict[nn.Conv2d, list[int]] = {}
         ins: dict[nn.Conv2d, list[int]] = {}
         for dep, idxs in group:
@@ -97,4 +90,6 @@ def remove_channels(model: nn.Module, projector: Projector, example_input: torch
                                    f"{tuple(weight.shape)} after pruning, Torch-Pruning left "
                                    f"{tuple(conv.weight.shape)}")
             conv.weight = nn.Parameter(weight.clone(), requires_grad=conv.weight.requires_grad)
+    for norm in per_channel:  # one channel per group stays so (Torch-Pruning keeps num_groups)
+        norm.num_groups = norm.num_channels
     return compact
