@@ -92,7 +92,7 @@ def why_not_exact(module: nn.Module) -> str | None:
         return None
     kind = KNOWN_NORMS.get(_qualname(module))
     if kind is None:
-        return f"a {type(module).__name__}, a normalisation over channels whose computation autoprune does not know"
+        return f"a normalisation over channels ({type(module).__name__}) whose computation autoprune does not know"
     if isinstance(module, nn.LayerNorm):
         if len(module.normalized_shape) != 1:
             return f"a LayerNorm over {tuple(module.normalized_shape)}, not over channels alone"
