@@ -74,7 +74,11 @@ def test_timm_family_compacts_exactly(family, type_name, randomize_bn):  # noqa:
     if form != "dense":
         assert form in {c.form for c in result.choices.values()}  # the kernel really ran
     if get_sparsity(type_name).structured is not None:  # filter, channel, filter+shape: channels are gone
-        assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in masked.parameters())
+        kept = sum(p.numel() for p in result.model.parameters()) / sum(p.numel() for p in masked.parameters())
+        # filter 50% leaves about a quarter of the weights: 0.25 (resnet50d) to 0.27 (efficientnet_b0); 0.45 in
+        # cspresnet50, whose split stages stay whole. A group wrongly left unpruned shows here (ghostnet_100 with
+        # its ghost modules' groups refused: 0.50)
+        assert kept < (1.0 if type_name != "filter" else 0.5 if family == "cspresnet50" else 0.3), kept
 
 
 @pytest.mark.slow
