@@ -12,6 +12,7 @@ from autoprune.admm import apply_masks
 from autoprune.checkpoint import load_checkpoint
 from autoprune.compact import compact_model
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.deploy.build import verify_compaction
 from autoprune.dense import model_input
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
@@ -111,7 +112,8 @@ def run_bench(
     cache_path: str | os.PathLike | None = "runs/latency_cache.json",
     channel_multiple: int | str | None = None,
 ) -> dict[str, Any]:
-    """Prune by magnitude projection to the targets, compact, and measure dense vs compacted.
+    """Prune by magnitude projection to the targets, compact, check that the compacted model's
+    outputs equal the masked model's (``max_abs_diff``), and measure dense vs compacted.
 
     The input is the checkpoint's, else ``input_shape``, else the dataset's, else the model's
     native input (a torchvision model's 3×224×224; see :func:`autoprune.dense.model_input`).
@@ -151,6 +153,8 @@ def run_bench(
     dense_counts = model_counts(model, layer_stats(model, graph))
 
     result = compact_model(masked, projector, example, device=device, latency=latency)
+    # the compacted model must compute what the masked (pruned and scored) model computes
+    max_abs_diff = verify_compaction(masked, result.model, torch.randn(2, *shape), device)
     # dense and compacted are timed in interleaved rounds in this process (a fair comparison);
     # the cache keeps each result for the search, which reuses them by architecture
     timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
@@ -190,6 +194,7 @@ def run_bench(
         "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
         "speedup": 1.0 if unchanged else measured_speedup,
         "measured_speedup": measured_speedup,
+        "max_abs_diff": max_abs_diff,
         "unchanged": unchanged,
         "mac_ratio": dense_counts["macs_dense"] / max(counts["macs"], 1),
         "param_ratio": dense_counts["params"] / max(compact_params, 1),
