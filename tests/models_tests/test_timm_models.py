@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import textwrap
@@ -90,3 +91,28 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+@needs_timm
+def test_a_plain_state_dict_is_read_as_the_weights_of_the_model(tmp_path, capsys) -> None:  # noqa: ANN001
+    """What a training script of one's own saves (``torch.save({"state_dict": model.state_dict()})``) is
+    the checkpoint of ``--model timm:NAME`` for the input asked; it must fit that model."""
+    from autoprune.checkpoint import ForeignCheckpointError, WeightsFor, load_checkpoint
+
+    name = "timm:mobilenetv3_small_050"
+    torch.manual_seed(1)
+    mine = create_model(name, in_channels=1, num_classes=10, image_size=(32, 32))
+    path = tmp_path / "mine.pth"
+    torch.save({"state_dict": mine.state_dict(), "epoch": 7}, path)
+    ckpt = load_checkpoint(path, weights_for=WeightsFor(name, "npz:mine.npz", 1, 10, (32, 32)))
+    rebuilt = ckpt.build()
+    assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in mine.state_dict().items())
+    with pytest.raises(ForeignCheckpointError, match="not written by 'autoprune train'"):
+        load_checkpoint(path)  # without a model to read it for
+    with pytest.raises(UserError, match=r"do not fit 'timm:mobilenetv3_small_050' built for 1×32×32 inputs and 5"):
+        load_checkpoint(path, weights_for=WeightsFor(name, "npz:mine.npz", 1, 5, (32, 32)))
+    assert main(["bench", "--model", name, "--checkpoint", str(path), "--input-shape", "1,32,32", "--num-classes",
+                 "10", "--uniform", "filter:0.5", "--batch-size", "2", "--repeats", "1", "--threads", "1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_shape"] == [1, 32, 32] and out["max_abs_diff"] < 1e-4
