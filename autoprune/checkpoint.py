@@ -94,6 +94,26 @@ def _plain_state_dict(raw: Any) -> dict[str, torch.Tensor] | None:  # noqa: ANN4
     return None
 
 
+def _misfits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own`` ("" when nothing)."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of other shapes ({k}: {tuple(state[k].shape)} for {tuple(own[k].shape)}"
+                     f"{', ...' if len(shapes) > 1 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
+    return "; ".join(parts)
+
+
 def load_checkpoint(path: str | os.PathLike, *, weights_for: WeightsFor | None = None) -> Checkpoint:
     """Read a checkpoint written by ``autoprune train``, or, given ``weights_for``, a plain state
     dict of that model (e.g. a timm model fine-tuned by your own script: ``torch.save(
@@ -110,17 +130,17 @@ def load_checkpoint(path: str | os.PathLike, *, weights_for: WeightsFor | None =
                        fix="make one with 'autoprune train --model M --dataset D'")
     if (not isinstance(raw, dict) or FORMAT_KEY not in raw) and weights_for is not None:
         state = _plain_state_dict(raw)
-        if state is not None:
-            w = weights_for
-            ckpt = Checkpoint(model=w.model, dataset=w.dataset, in_channels=w.in_channels, num_classes=w.num_classes,
-                              image_size=tuple(w.image_size), state_dict=state)  # type: ignore[arg-type]
-            try:
-                ckpt.build()
-            except UserError as exc:
+        w = weights_for
+        own = create_model(w.model, in_channels=w.in_channels, num_classes=w.num_classes,
+                           image_size=tuple(w.image_size)).state_dict()  # type: ignore[arg-type]
+        if state is not None and set(state) & set(own):  # a state dict of this model (else: foreign, below)
+            misfits = _misfits(state, own)
+            if misfits:
                 raise UserError(f"checkpoint '{path}' holds weights that do not fit '{w.model}' built for "
                                 f"{w.in_channels}×{w.image_size[0]}×{w.image_size[1]} inputs and {w.num_classes} "
-                                f"classes: {str(exc).split(': ', 1)[-1]}") from None
-            return ckpt
+                                f"classes: {misfits}.")
+            return Checkpoint(model=w.model, dataset=w.dataset, in_channels=w.in_channels, num_classes=w.num_classes,
+                              image_size=tuple(w.image_size), state_dict=state)  # type: ignore[arg-type]
     if not isinstance(raw, dict) or FORMAT_KEY not in raw:
         raise ForeignCheckpointError(
             f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry) and is not a state "

@@ -164,7 +164,8 @@ class ChannelGraph:
             root_mod = grp[0].dep.target.module
             rerooted = _generator_root(members, model, _channels(root_mod))
             if rerooted is not None:  # see _generator_root: map the channels onto their generator instead
-                regrouped = dg.get_pruning_group(rerooted, out_channels_fn(rerooted), idxs=list(range(_channels(rerooted))))
+                every = list(range(_channels(rerooted)))
+                regrouped = dg.get_pruning_group(rerooted, out_channels_fn(rerooted), idxs=every)
                 again, rearranging_again = _group_members(regrouped, names, dg)
                 if _coverage(again) == _coverage(members):
                     members, rearranging, root_mod = again, rearranging_again, rerooted

@@ -45,10 +45,23 @@ def _close(out: torch.Tensor, ref: torch.Tensor) -> None:
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4 * max(1.0, float(ref.abs().max())))
 
 
+def _randomize_per_channel(model: torch.nn.Module) -> None:
+    """Every per-channel parameter (norm scales and shifts, biases, ConvNeXt's layer scale, 1e-6 when
+    untrained) seeded random and far from zero, so that a block that barely contributes at
+    initialisation, or a channel's parameters that land on another channel, show in the outputs."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2 if name.endswith("bias")
+                        else torch.rand(p.shape, generator=g) + 0.5)
+
+
 def _masked(family: str, size: int, target: LayerTarget, randomize_bn, multiple: int = 1):  # noqa: ANN001, ANN202
     torch.manual_seed(0)
     dense = create_model(f"timm:{family}", in_channels=3, num_classes=10, image_size=(size, size)).eval()
     randomize_bn(dense)
+    _randomize_per_channel(dense)
     example = torch.randn(1, 3, size, size)
     graph = ChannelGraph(dense, example)
     stype = get_sparsity(target.type)
@@ -117,5 +130,16 @@ def test_a_search_space_is_made_for_a_timm_model(randomize_bn):  # noqa: ANN001
     apply_masks(masked, proj.hard_masks())
     x = torch.randn(2, 1, 32, 32)
     compacted = compact_model(copy.deepcopy(masked), proj, x[:1], device=CPU, force_form="dense").model.eval()
+    with torch.no_grad():
+        _close(compacted(x), masked(x))
+
+
+def test_convnext_pruned_hard_keeps_its_layernorm_channels_in_order(randomize_bn):  # noqa: ANN001
+    """Filter 80% (the search's ladder goes there): 8 of the stem's 40 channels are kept, where
+    Torch-Pruning's LayerNorm pruner puts them out of order (autoprune.compact.channels)."""
+    _, masked, proj, example = _masked("convnext_atto", 32, LayerTarget("filter", 0.8), randomize_bn)
+    compacted = compact_model(copy.deepcopy(masked), proj, example, device=CPU, force_form="dense").model.eval()
+    assert compacted.stem[1].normalized_shape == (8,)
+    x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         _close(compacted(x), masked(x))

@@ -28,7 +28,8 @@ def _one_error_line(capsys, code: int) -> str:  # noqa: ANN001
 
 @needs_timm
 def test_native_input_is_the_pretrained_config() -> None:
-    assert (str(native_input("timm:convnext_atto")), native_input("timm:convnext_atto").num_classes) == ("3×224×224", 1000)
+    native = native_input("timm:convnext_atto")
+    assert (str(native), native.num_classes) == ("3×224×224", 1000)
     assert str(native_input("timm:efficientnet_b3")) == "3×288×288"  # its config's input_size, not ImageNet's 224
     assert str(native_input("timm:resnet50.a1_in1k")) == "3×224×224"  # a pretrained tag
 
@@ -109,7 +110,8 @@ def test_a_plain_state_dict_is_read_as_the_weights_of_the_model(tmp_path, capsys
     assert all(torch.equal(rebuilt.state_dict()[k], v) for k, v in mine.state_dict().items())
     with pytest.raises(ForeignCheckpointError, match="not written by 'autoprune train'"):
         load_checkpoint(path)  # without a model to read it for
-    with pytest.raises(UserError, match=r"do not fit 'timm:mobilenetv3_small_050' built for 1×32×32 inputs and 5"):
+    with pytest.raises(UserError, match=r"do not fit 'timm:mobilenetv3_small_050' built for 1×32×32 inputs and 5 "
+                                        r"classes: 2 of other shapes \(classifier.weight: \(10, 1024\) for \(5, 1024\)"):
         load_checkpoint(path, weights_for=WeightsFor(name, "npz:mine.npz", 1, 5, (32, 32)))
     assert main(["bench", "--model", name, "--checkpoint", str(path), "--input-shape", "1,32,32", "--num-classes",
                  "10", "--uniform", "filter:0.5", "--batch-size", "2", "--repeats", "1", "--threads", "1",
