@@ -44,6 +44,7 @@ from torch import nn
 from autoprune.config import AdmmSettings
 from autoprune.data import make_loader
 from autoprune.errors import UserError
+from autoprune.norms import mask_statistics
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.steering import admm_penalty, hold_masks, no_step_error
@@ -195,10 +196,13 @@ def admm_phase(
 
 @torch.no_grad()
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-    """Zero every masked-out entry of the named parameters."""
+    """Zero every masked-out entry of the named parameters; norms over channels (LayerNorm,
+    GroupNorm) with pruned channels then normalise over their kept channels only, as they
+    will once compacted (:func:`autoprune.norms.mask_statistics`)."""
     named = dict(model.named_parameters())
     for pname, mask in masks.items():
         named[pname].mul_(mask.to(named[pname].device, named[pname].dtype))
+    mask_statistics(model, masks)
 
 
 def masked_retrain(model: nn.Module, masks: dict[str, torch.Tensor], train: TrainFn, amount: float) -> float:

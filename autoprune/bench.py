@@ -9,9 +9,10 @@ from typing import Any
 import torch
 
 from autoprune.admm import apply_masks
-from autoprune.checkpoint import load_checkpoint
+from autoprune.checkpoint import ForeignCheckpointError, WeightsFor, load_checkpoint
 from autoprune.compact import compact_model
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.deploy.build import verify_compaction
 from autoprune.dense import model_input
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
@@ -82,19 +83,30 @@ def _bench_model(model_name: str, dataset: str | None, checkpoint: str | os.Path
     """The dense model to measure, its input shape, and where that input came from: the
     checkpoint's, ``--input-shape``, the dataset's, or the model's native input."""
     if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
+        try:
+            ckpt = load_checkpoint(checkpoint)
+        except ForeignCheckpointError:  # a plain state dict of the model, for the input below
+            shape, source, num_classes = _bench_input(model_name, dataset, input_shape, num_classes, data_dir)
+            ckpt = load_checkpoint(checkpoint, weights_for=WeightsFor(model_name, dataset or source, shape[0],
+                                                                      num_classes or 10, (shape[1], shape[2])))
+            return ckpt.build(), shape, source
         if ckpt.model != model_name:
             raise UserError(f"checkpoint '{checkpoint}' holds model '{ckpt.model}', not '{model_name}'.")
         return ckpt.build(), (ckpt.in_channels, *ckpt.image_size), "the checkpoint's input"
-    if input_shape is None:
-        inp = model_input(model_name, dataset, data_dir=data_dir)
-        shape, source, num_classes = inp.shape, inp.source, num_classes or inp.num_classes
-    else:
-        shape, source = tuple(input_shape), "--input-shape"
+    shape, source, num_classes = _bench_input(model_name, dataset, input_shape, num_classes, data_dir)
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=shape[0], num_classes=num_classes or 10,
                          image_size=(shape[1], shape[2]))
     return model, shape, source
+
+
+def _bench_input(model_name: str, dataset: str | None, input_shape: tuple[int, int, int] | None,
+                 num_classes: int | None, data_dir: str | None) -> tuple[tuple[int, ...], str, int | None]:
+    """``--input-shape``, else the dataset's input, else the model's native input; and the classes."""
+    if input_shape is None:
+        inp = model_input(model_name, dataset, data_dir=data_dir)
+        return inp.shape, inp.source, num_classes or inp.num_classes
+    return tuple(input_shape), "--input-shape", num_classes
 
 
 def run_bench(
@@ -111,7 +123,8 @@ def run_bench(
     cache_path: str | os.PathLike | None = "runs/latency_cache.json",
     channel_multiple: int | str | None = None,
 ) -> dict[str, Any]:
-    """Prune by magnitude projection to the targets, compact, and measure dense vs compacted.
+    """Prune by magnitude projection to the targets, compact, check that the compacted model's
+    outputs equal the masked model's (``max_abs_diff``), and measure dense vs compacted.
 
     The input is the checkpoint's, else ``input_shape``, else the dataset's, else the model's
     native input (a torchvision model's 3×224×224; see :func:`autoprune.dense.model_input`).
@@ -151,6 +164,8 @@ def run_bench(
     dense_counts = model_counts(model, layer_stats(model, graph))
 
     result = compact_model(masked, projector, example, device=device, latency=latency)
+    # the compacted model must compute what the masked (pruned and scored) model computes
+    max_abs_diff = verify_compaction(masked, result.model, torch.randn(2, *shape), device)
     # dense and compacted are timed in interleaved rounds in this process (a fair comparison);
     # the cache keeps each result for the search, which reuses them by architecture
     timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
@@ -190,6 +205,7 @@ def run_bench(
         "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
         "speedup": 1.0 if unchanged else measured_speedup,
         "measured_speedup": measured_speedup,
+        "max_abs_diff": max_abs_diff,
         "unchanged": unchanged,
         "mac_ratio": dense_counts["macs_dense"] / max(counts["macs"], 1),
         "param_ratio": dense_counts["params"] / max(compact_params, 1),

@@ -17,6 +17,11 @@ from autoprune.models import create_model
 from autoprune.safeload import load_tensors
 
 FORMAT_KEY = "autoprune_checkpoint"
+
+
+class ForeignCheckpointError(UserError):
+    """A checkpoint file that autoprune did not write (and that was not read as a state dict)."""
+
 FORMAT_VERSION = 1
 
 
@@ -62,21 +67,84 @@ class Checkpoint:
         return save_torch_atomic(payload, path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by ``autoprune train``.
+@dataclass(frozen=True)
+class WeightsFor:
+    """What a plain state dict is the weights of: the model by name, built for this input.
+
+    A checkpoint file that is not autoprune's (``torch.save(model.state_dict(), path)``, or
+    a dict holding it under ``state_dict`` or ``model``, as training scripts write) is read
+    as the weights of this model (see :func:`load_checkpoint`).
+    """
+
+    model: str
+    dataset: str
+    in_channels: int
+    num_classes: int
+    image_size: tuple[int, int]
+
+
+def _plain_state_dict(raw: Any) -> dict[str, torch.Tensor] | None:  # noqa: ANN401 - what torch.load gave
+    """The state dict in a plain weights file, or None when it holds none."""
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+            break
+    if isinstance(raw, dict) and raw and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
+        return raw
+    return None
+
+
+def _misfits(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``own`` ("" when nothing)."""
+    def names(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of other shapes ({k}: {tuple(state[k].shape)} for {tuple(own[k].shape)}"
+                     f"{', ...' if len(shapes) > 1 else ''})")
+    if missing:
+        parts.append(f"{len(missing)} missing ({names(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({names(unexpected)})")
+    return "; ".join(parts)
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_for: WeightsFor | None = None) -> Checkpoint:
+    """Read a checkpoint written by ``autoprune train``, or, given ``weights_for``, a plain state
+    dict of that model (e.g. a timm model fine-tuned by your own script: ``torch.save(
+    model.state_dict(), path)``), checked to fit it. Both are read with ``weights_only=True``.
 
     Raises:
-        UserError: when the file is missing, unreadable, or not an autoprune checkpoint.
+        UserError: when the file is missing, unreadable, not an autoprune checkpoint (nor, with
+            ``weights_for``, a state dict), or its weights do not fit the model.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint '{path}' does not exist; train one with 'autoprune train --model M --dataset D'.")
     raw = load_tensors(path, what="checkpoint", not_one="is not an autoprune checkpoint",
                        fix="make one with 'autoprune train --model M --dataset D'")
+    if (not isinstance(raw, dict) or FORMAT_KEY not in raw) and weights_for is not None:
+        state = _plain_state_dict(raw)
+        w = weights_for
+        own = create_model(w.model, in_channels=w.in_channels, num_classes=w.num_classes,
+                           image_size=tuple(w.image_size)).state_dict()  # type: ignore[arg-type]
+        if state is not None and set(state) & set(own):  # a state dict of this model (else: foreign, below)
+            misfits = _misfits(state, own)
+            if misfits:
+                raise UserError(f"checkpoint '{path}' holds weights that do not fit '{w.model}' built for "
+                                f"{w.in_channels}×{w.image_size[0]}×{w.image_size[1]} inputs and {w.num_classes} "
+                                f"classes: {misfits}.")
+            return Checkpoint(model=w.model, dataset=w.dataset, in_channels=w.in_channels, num_classes=w.num_classes,
+                              image_size=tuple(w.image_size), state_dict=state)  # type: ignore[arg-type]
     if not isinstance(raw, dict) or FORMAT_KEY not in raw:
-        raise UserError(
-            f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry); "
-            "train a baseline with 'autoprune train' or pass the right file."
+        raise ForeignCheckpointError(
+            f"checkpoint '{path}' was not written by 'autoprune train' (no '{FORMAT_KEY}' entry) and is not a state "
+            "dict of the model; train a baseline with 'autoprune train' or pass the right file."
         )
     if raw[FORMAT_KEY] > FORMAT_VERSION:
         raise UserError(f"checkpoint '{path}' has format {raw[FORMAT_KEY]}, newer than this autoprune reads; upgrade.")

@@ -355,6 +355,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name, desc in describe_models().items():
             print(f"{name:14s} {desc}")
         print("tv:NAME        any torchvision classification model ('autoprune list tv-models')")
+        print("timm:NAME      any timm model, untrained (pip install -e '.[timm]'; names: timm.list_models('convnext*'))")
         print("pkg.mod:fn     your own model: a callable returning an nn.Module")
     elif args.what == "tv-models":
         print("\n".join(list_torchvision_models()))
@@ -408,7 +409,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                      ("compacted", c["latency"], c["macs"], c["params_compact"])):
         console.print(f"  {label}  {lat['median_ms']:.3f} ms (p90 {lat['p90_ms']:.3f}, spread {lat['spread']:.0%})   "
                       f"MACs {macs:,}   params {params:,}")
-    console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x")
+    console.print(f"  speedup {r['speedup']:.2f}x   MAC ratio {r['mac_ratio']:.2f}x   param ratio {r['param_ratio']:.2f}x   "
+                  f"outputs equal the pruned model's (max difference {r['max_abs_diff']:.2g})")
     if r["unchanged"]:
         console.print(f"  no layer changed form (no channel removed, every kernel measured fastest as dense): the "
                       f"deployed model is the dense one; the {r['measured_speedup']:.2f}x measured is noise")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from autoprune.atomic import check_writable
-from autoprune.checkpoint import Checkpoint, default_checkpoint_path, load_checkpoint
+from autoprune.checkpoint import Checkpoint, WeightsFor, default_checkpoint_path, load_checkpoint
 from autoprune.config import PruneConfig
 from autoprune.data import DatasetSplits, get_dataset
 from autoprune.errors import UserError, first_line
@@ -160,8 +160,13 @@ def train_baseline(
     return ckpt, path
 
 
-def existing_checkpoint(config: PruneConfig, dataset_name: str, *,
-                        runs_dir: str | os.PathLike = "runs") -> tuple[Checkpoint, Path] | None:
+def weights_for(model_name: str, splits: DatasetSplits) -> WeightsFor:
+    """What a plain state dict given as the checkpoint is read as: ``model_name`` built for the data."""
+    return WeightsFor(model_name, splits.name, splits.in_channels, splits.num_classes, tuple(splits.image_size))
+
+
+def existing_checkpoint(config: PruneConfig, dataset_name: str, *, runs_dir: str | os.PathLike = "runs",
+                        splits: DatasetSplits | None = None) -> tuple[Checkpoint, Path] | None:
     """The config's dense baseline where one exists, read and checked, writing nothing: its
     ``checkpoint``, or the one cached under ``<runs_dir>/baselines/``; None when it must be
     trained first (see :func:`checkpoint_for`).
@@ -175,7 +180,7 @@ def existing_checkpoint(config: PruneConfig, dataset_name: str, *,
         path = default_checkpoint_path(config.model, config.dataset, root=runs_dir)
         if not path.is_file():
             return None
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, weights_for=None if splits is None else weights_for(config.model, splits))
     if ckpt.model != config.model or ckpt.dataset != dataset_name:
         raise UserError(
             f"checkpoint '{path}' holds model '{ckpt.model}' on dataset '{ckpt.dataset}', but the config asks for "

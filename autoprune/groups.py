@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune.errors import UserError
+from autoprune.norms import channel_norm, groupnorm_cells, plain_statistics, why_not_exact
 
 PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
 
@@ -159,35 +160,34 @@ class ChannelGraph:
 
         self.groups: list[ChannelGroup] = []
         for grp in dg.get_all_groups(root_module_types=list(PRUNABLE_TYPES)):
-            members = []
-            rearranging = []  # ops in the group that move channels around
-            for i, (dep, idxs) in enumerate(grp):
-                mod = dep.target.module
-                op = _rearranging_op(dep.target)
-                if op and op not in rearranging:
-                    rearranging.append(op)
-                if not isinstance(mod, nn.Module) or mod not in names:
-                    continue  # functional ops (add, cat, flatten) carry no parameters
-                role = _role_of(mod, dep.handler, dg)
-                if role is None:
-                    continue
-                members.append(
-                    GroupMember(
-                        module=names[mod],
-                        role=role,
-                        idxs=torch.as_tensor([int(j) for j in idxs], dtype=torch.long),
-                        root_idxs=torch.as_tensor([int(j) for j in grp[i].root_idxs], dtype=torch.long),
-                    )
-                )
+            members, rearranging = _group_members(grp, names, dg)
             root_mod = grp[0].dep.target.module
+            rerooted = _generator_root(members, model, _channels(root_mod))
+            if rerooted is not None:  # see _generator_root: map the channels onto their generator instead
+                every = list(range(_channels(rerooted)))
+                regrouped = dg.get_pruning_group(rerooted, out_channels_fn(rerooted), idxs=every)
+                again, rearranging_again = _group_members(regrouped, names, dg)
+                if _coverage(again) == _coverage(members):
+                    members, rearranging, root_mod = again, rearranging_again, rerooted
             root = names.get(root_mod, "?")
             size = _channels(root_mod)
             g = ChannelGroup(index=len(self.groups), root=root, size=size, members=members)
             if any(m.role == OUT and m.module == self.output_layer for m in members):
                 g.prunable, g.reason = False, f"it holds the outputs of '{self.output_layer}', the model's output layer"
+            elif _may_tie(members) and (tied := _tied_channels(dg, root_mod)):
+                g.prunable, g.reason = False, (
+                    f"its channels {tied} are tied to one another (a channel computed from another channel of the "
+                    "same group), which autoprune cannot map one to one")
             else:
                 unknown = [m.module for m in members if m.role == NORM and not _is_simple_norm(model.get_submodule(m.module))]
-                if unknown:
+                inexact = [(m.module, why) for m in members if m.role == NORM
+                           and (why := why_not_exact(model.get_submodule(m.module)))]
+                inexact += [(m.module, "a convolution that standardises its weights over its input channels, so "
+                             "zeroed inputs would change the weights of the kept ones") for m in members
+                            if m.role == IN and _standardises_weights(model.get_submodule(m.module))]
+                if inexact:
+                    g.prunable, g.reason = False, f"it passes through '{inexact[0][0]}', {inexact[0][1]}"
+                elif unknown:
                     g.prunable, g.reason = False, f"it passes through '{unknown[0]}', a module autoprune cannot mask"
                 elif rearranging:
                     g.prunable, g.reason = False, (
@@ -227,6 +227,87 @@ class ChannelGraph:
     def dependency_graph(self):  # noqa: ANN201 - torch_pruning type
         """The underlying Torch-Pruning ``DependencyGraph`` (for compaction)."""
         return self._dg
+
+
+def _group_members(grp, names: dict[nn.Module, str], dg) -> tuple[list[GroupMember], list[str]]:  # noqa: ANN001
+    """The members of a Torch-Pruning group with parameters, and the channel-moving ops it passes through."""
+    members = []
+    rearranging: list[str] = []  # ops in the group that move channels around
+    for i, (dep, idxs) in enumerate(grp):
+        mod = dep.target.module
+        op = _rearranging_op(dep.target)
+        if op and op not in rearranging:
+            rearranging.append(op)
+        if not isinstance(mod, nn.Module) or mod not in names:
+            continue  # functional ops (add, cat, flatten) carry no parameters
+        role = _role_of(mod, dep.handler, dg)
+        if role is None:
+            continue
+        members.append(
+            GroupMember(
+                module=names[mod],
+                role=role,
+                idxs=torch.as_tensor([int(j) for j in idxs], dtype=torch.long),
+                root_idxs=torch.as_tensor([int(j) for j in grp[i].root_idxs], dtype=torch.long),
+            )
+        )
+    return members, rearranging
+
+
+def _coverage(members: list[GroupMember]) -> set[tuple[str, str, int]]:
+    return {(m.module, m.role, int(j)) for m in members for j in m.idxs}
+
+
+def _generator_root(members: list[GroupMember], model: nn.Module, size: int) -> nn.Module | None:
+    """The plain (not depthwise) conv or linear of the group with the fewest output channels,
+    where it has fewer than the group's root: the group's channels are then computed from
+    its channels, and must be mapped onto them.
+
+    GhostNet's module concatenates a conv's output ``x1`` with a depthwise conv of it:
+    ``cat([x1, dw(x1)])``. Rooted at a later depthwise conv over the 2n concatenated
+    channels, Torch-Pruning maps channel ``i`` and ``n + i`` to different root channels,
+    though removing one removes the other (they are computed from the same channel of
+    ``x1``), so a projection that kept one and not the other would mask what compaction
+    cannot remove. Rooted at the conv that makes ``x1``, each root channel carries both.
+    """
+    best: tuple[int, nn.Module] | None = None
+    for m in members:
+        mod = model.get_submodule(m.module)
+        if m.role != OUT or not isinstance(mod, PRUNABLE_TYPES):
+            continue
+        n = _channels(mod)
+        if n < size and (best is None or n < best[0]):
+            best = (n, mod)
+    return None if best is None else best[1]
+
+
+def _may_tie(members: list[GroupMember]) -> bool:
+    """Whether a group's channels can be computed from one another: only through a layer
+    that maps a channel to a channel (a depthwise conv) or where one of a module's channels
+    stands for several of the group's (a concatenation of a tensor with itself)."""
+    return any(m.role == DEPTHWISE or m.root_idxs.unique().numel() < m.root_idxs.numel() for m in members)
+
+
+def _tied_channels(dg, root: nn.Module) -> list[int] | None:  # noqa: ANN001
+    """Root channels that Torch-Pruning removes together with root channel 0 (None: only it).
+
+    Probes one channel: a group whose channels are computed from one another (and not
+    re-rooted by :func:`_generator_root`) shows it there.
+    """
+    group = dg.get_pruning_group(root, out_channels_fn(root), idxs=[0])
+    closure = sorted({int(j) for j in group[0][1]})
+    return closure if len(closure) > 1 else None
+
+
+def out_channels_fn(module: nn.Module):  # noqa: ANN202
+    """Torch-Pruning's function that removes ``module``'s output channels."""
+    import torch_pruning as tp
+
+    if isinstance(module, nn.Linear):
+        return tp.prune_linear_out_channels
+    if isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels == module.out_channels:
+        return tp.prune_depthwise_conv_out_channels
+    return tp.prune_conv_out_channels
 
 
 def _shufflenet_block_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -286,7 +367,7 @@ def trace_dependencies(model: nn.Module, example_input: torch.Tensor):  # noqa: 
     """Torch-Pruning's ``DependencyGraph`` of ``model``, traced with the adapters of :func:`traceable`."""
     import torch_pruning as tp
 
-    with traceable(model):
+    with traceable(model), plain_statistics(model):
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
 
 
@@ -339,28 +420,31 @@ def _set_cells(g: ChannelGroup, model: nn.Module) -> str | None:
     described: list[str] = []
     for m in g.members:
         mod = model.get_submodule(m.module)
-        if m.role not in (OUT, IN) or not is_grouped_conv(mod):
+        if m.role in (OUT, IN) and is_grouped_conv(mod):
+            n, parts = (mod.out_channels if m.role == OUT else mod.in_channels), mod.groups
+            what = f"{'output' if m.role == OUT else 'input'} channels of the grouped convolution '{m.module}'"
+        elif m.role == NORM and groupnorm_cells(mod) > 1:
+            n, parts = mod.num_channels, mod.num_groups
+            what = f"channels of the GroupNorm '{m.module}'"
+        else:
             continue
-        n = mod.out_channels if m.role == OUT else mod.in_channels
-        side = "output" if m.role == OUT else "input"
         if sorted(m.idxs.tolist()) != list(range(n)) or int(m.root_idxs.max()) >= g.size:
-            return (f"only part of the {side} channels of the grouped convolution '{m.module}' are in it "
+            return (f"only part of the {what} are in it "
                     "(the rest belong to other channel groups, so its groups cannot be kept balanced)")
-        part = m.idxs // (n // mod.groups)
+        part = m.idxs // (n // parts)
         label = torch.full((g.size,), -1, dtype=torch.long)
         label[m.root_idxs] = part
         if (label < 0).any() or m.root_idxs.unique().numel() != n:
-            return (f"its channels do not map one to one onto the {side} channels of the grouped convolution "
-                    f"'{m.module}', so its groups cannot be kept balanced")
+            return (f"its channels do not map one to one onto the {what}, so its groups cannot be kept balanced")
         labels.append(label)
         grouped.append(m.module)
-        described.append(f"'{m.module}' ({mod.groups} groups)")
+        described.append(f"'{m.module}' ({parts} groups)")
     if not labels:
         return None
     _, cell_of = torch.unique(torch.stack(labels, 1), dim=0, return_inverse=True)
     sizes = torch.bincount(cell_of)
     if bool((sizes != sizes[0]).any()):
-        return (f"the grouped convolutions {', '.join(described)} divide its {g.size} channels into parts of "
+        return (f"the grouped convolutions and GroupNorms {', '.join(described)} divide its {g.size} channels into parts of "
                 "unequal size, so no kept count balances them all")
     g.cells, g.cell_of, g.grouped = int(sizes.numel()), cell_of, sorted(set(grouped))
     return None
@@ -379,7 +463,14 @@ def is_grouped_conv(mod: nn.Module) -> bool:
     return isinstance(mod, nn.Conv2d) and mod.groups > 1 and not (mod.groups == mod.in_channels == mod.out_channels)
 
 
+def _standardises_weights(mod: nn.Module) -> bool:
+    """A weight-standardised conv (timm's ``StdConv2d``, ``ScaledStdConv2d``: BiT, NFNets)."""
+    return isinstance(mod, nn.Conv2d) and type(mod).__module__ == "timm.layers.std_conv"
+
+
 def _is_simple_norm(mod: nn.Module) -> bool:
+    """A per-channel module autoprune masks (BatchNorm, InstanceNorm, PReLU), or a norm over
+    channels it masks exactly (:mod:`autoprune.norms`)."""
     return isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.PReLU, nn.InstanceNorm2d))
 
 
@@ -390,6 +481,7 @@ def _role_of(mod: nn.Module, handler, dg) -> str | None:  # noqa: ANN001
         return OUT if dg.is_out_channel_pruning_fn(handler) else IN
     if isinstance(mod, nn.Linear):
         return OUT if dg.is_out_channel_pruning_fn(handler) else IN
-    if any(True for _ in mod.parameters(recurse=False)) or isinstance(mod, nn.modules.batchnorm._BatchNorm):
+    if (any(True for _ in mod.parameters(recurse=False)) or isinstance(mod, nn.modules.batchnorm._BatchNorm)
+            or channel_norm(mod)):  # a norm over channels without parameters still mixes them
         return NORM
     return None

@@ -197,7 +197,7 @@ def run_prune(
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     # everything the config can get wrong is checked before a missing baseline is trained:
     # the targets are checked on the architecture, which needs no weights
-    found = existing_checkpoint(config, splits.name)
+    found = existing_checkpoint(config, splits.name, splits=splits)
     model = found[0].build() if found is not None else build_model(config.model, splits)
     graph = ChannelGraph(model, example_input(splits))
     targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")

@@ -18,9 +18,14 @@ quiet() {
   return "$rc"
 }
 quiet .venv/bin/python -m pip install --quiet -c constraints-cpu.txt "torch==2.13.0" -e ".[test]"
+# the optional extra "timm" (--model timm:NAME; its tests), as pip install -e ".[timm]" would, but timm itself
+# without its dependencies: they are torch and torchvision, which must stay the CPU build installed above
+echo "[setup] installing timm (optional extra, for --model timm:NAME)"
+quiet .venv/bin/python -m pip install --quiet -c constraints-cpu.txt --no-deps timm
+quiet .venv/bin/python -m pip install --quiet -c constraints-cpu.txt huggingface_hub safetensors
 if .venv/bin/python -m pip list 2>/dev/null | grep -qiE '^nvidia-|^cuda-'; then
   echo "[setup] error: a CUDA package was pulled in; check constraints-cpu.txt" >&2
   exit 1
 fi
-.venv/bin/python -c "import autoprune, torch; from autoprune._torchvision import import_torchvision; tv = import_torchvision(); print(f'[setup] ok: autoprune {autoprune.__version__}, torch {torch.__version__}, torchvision {tv.__version__}')"
+.venv/bin/python -c "import autoprune, torch; from autoprune._torchvision import import_torchvision; from autoprune.models._timm_models import import_timm; tv = import_torchvision(); timm = import_timm(); print(f'[setup] ok: autoprune {autoprune.__version__}, torch {torch.__version__}, torchvision {tv.__version__}, timm {timm.__version__}')"
 echo "[setup] done. Activate with: source .venv/bin/activate"

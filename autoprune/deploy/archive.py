@@ -35,6 +35,7 @@ import copy
 import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,7 @@ def describe_architecture(model: nn.Module, *, base: dict[str, Any]) -> dict[str
     base = check_base(base)
     dense_modules = dict(_dense_base_model(base).named_modules())
     specs: list[dict[str, Any]] = []
+    attributes: dict[str, dict[str, Any]] = {}
     replaced: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(r + ".") for r in replaced):
@@ -233,6 +235,11 @@ def describe_architecture(model: nn.Module, *, base: dict[str, Any]) -> dict[str
                 continue
             if mine is None and _own_shapes(module) == _own_shapes(ref) and module.extra_repr() == ref.extra_repr():
                 continue  # a module kind we do not describe, left as the dense model has it
+            if mine is None and _reshaped_alike(module, ref):
+                # a subclass we have no spec for (timm's LayerNorm2d, BatchNormAct2d), pruned in place:
+                # its shape attributes say it all (checked by _reshaped_alike)
+                attributes[name] = _shape_attributes(module)
+                continue
         described = describe_module(module)
         if described is None:
             where = "differs from" if ref is not None else "is not in"
@@ -252,19 +259,48 @@ def describe_architecture(model: nn.Module, *, base: dict[str, Any]) -> dict[str
             except AttributeError:
                 raise UserError(f"cannot save the pruned model: module '{name}' of the dense '{base['model']}' "
                                 f"is missing from it.") from None
-    return {
+    arch = {
         "format": FORMAT,
         "format_version": REGISTRY_FORMAT_VERSION,
         "base": base,
         "modules": specs,
         "versions": {"autoprune": __version__, "torch": str(torch.__version__)},
     }
+    if attributes:  # read since format 2: older readers must refuse the folder, not load it wrongly
+        arch.update(format_version=USER_FORMAT_VERSION, attributes=attributes)
+    return arch
 
 
 # Attributes Torch-Pruning edits in place, kept for modules autoprune has no spec for
-# (a subclass of nn.Conv2d, a module of the user's own).
+# (a subclass of nn.Conv2d or nn.LayerNorm, a module of the user's own).
 _SHAPE_ATTRIBUTES = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                      "num_channels", "num_groups", "num_parameters", "embed_dim", "num_heads")
+_SHAPE_TUPLES = ("normalized_shape",)  # tuples of ints (a LayerNorm's)
+
+
+def _shape_attributes(module: nn.Module) -> dict[str, Any]:
+    """The module's shape attributes: ints, and tuples of ints stored as lists."""
+    attrs: dict[str, Any] = {a: v for a in _SHAPE_ATTRIBUTES
+                             if isinstance(v := getattr(module, a, None), int) and not isinstance(v, bool)}
+    for a in _SHAPE_TUPLES:
+        v = getattr(module, a, None)
+        if isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
+            attrs[a] = list(v)
+    return attrs
+
+
+def _set_shape_attributes(module: nn.Module, attrs: dict[str, Any]) -> None:
+    for attr, value in attrs.items():
+        if hasattr(module, attr):
+            setattr(module, attr, tuple(value) if attr in _SHAPE_TUPLES else value)
+
+
+def _reshaped_alike(module: nn.Module, ref: nn.Module) -> bool:
+    """Whether ``ref`` (the dense model's module, same class) becomes ``module`` once given
+    ``module``'s shape attributes and tensor shapes: then those describe it."""
+    probe = copy.deepcopy(ref)
+    _set_shape_attributes(probe, _shape_attributes(module))
+    return probe.extra_repr() == module.extra_repr()
 
 
 def class_name(model: nn.Module) -> str:
@@ -292,8 +328,7 @@ def describe_user_model(model: nn.Module) -> dict[str, Any]:
             specs.append({"name": name, "kind": kind, "args": args})
             replaced.append(name)
             continue
-        attrs = {a: v for a in _SHAPE_ATTRIBUTES
-                 if isinstance(v := getattr(module, a, None), int) and not isinstance(v, bool)}
+        attrs = _shape_attributes(module)
         if attrs:
             attributes[name] = attrs
     return {
@@ -331,15 +366,7 @@ def rebuild_user_model(model: nn.Module, arch: dict[str, Any], state: dict[str, 
         if describe_module(current) == (spec["kind"], spec["args"]):
             continue
         model.set_submodule(spec["name"], build_module(spec["kind"], spec["args"]))
-    for name, attrs in arch.get("attributes", {}).items():
-        module = module_at(name)
-        for attr, value in attrs.items():
-            if hasattr(module, attr):
-                setattr(module, attr, value)
-    own = model.state_dict()
-    for key, saved in state.items():
-        if key in own and tuple(own[key].shape) != tuple(saved.shape):
-            _resize(model, key, tuple(saved.shape))
+    _reshape(model, arch, state, module_at)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -347,6 +374,18 @@ def rebuild_user_model(model: nn.Module, arch: dict[str, Any], state: dict[str, 
         raise UserError(f"the weights in '{where}' do not fit the model passed to load_pruned ({class_name(model)}; "
                         f"saved: {saved_class}): {detail}") from None
     return model
+
+
+def _reshape(model: nn.Module, arch: dict[str, Any], state: dict[str, torch.Tensor],
+             module_at: Callable[[str], nn.Module]) -> None:
+    """Give the modules ``arch`` lists under ``attributes`` their saved shape attributes, and
+    every tensor of ``model`` whose saved shape in ``state`` differs that shape (uninitialised)."""
+    for name, attrs in arch.get("attributes", {}).items():
+        _set_shape_attributes(module_at(name), attrs)
+    own = model.state_dict()
+    for key, saved in state.items():
+        if key in own and tuple(own[key].shape) != tuple(saved.shape):
+            _resize(model, key, tuple(saved.shape))
 
 
 def _resize(model: nn.Module, key: str, shape: tuple[int, ...]) -> None:
@@ -456,6 +495,15 @@ def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module
                             f"have.") from None
         model.set_submodule(spec["name"], build_module(spec["kind"], spec["args"]))
     state = load_tensors(weights_path, what="weights file", fix="save the model again")
+
+    def module_at(name: str) -> nn.Module:
+        try:
+            return model.get_submodule(name)
+        except AttributeError:
+            raise UserError(f"'{arch_path}' reshapes module '{name}', which '{base['model']}' does not have.") from None
+
+    if arch.get("attributes"):  # modules pruned in place that have no spec (format 2)
+        _reshape(model, arch, state, module_at)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

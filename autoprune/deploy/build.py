@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from autoprune.atomic import staged_folder
-from autoprune.checkpoint import Checkpoint, load_checkpoint
+from autoprune.checkpoint import Checkpoint, WeightsFor, load_checkpoint
 from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, candidate_forms
 from autoprune.data import make_loader
@@ -99,7 +99,8 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
     xb = _first_batch(splits.val)
     diff = verify_compaction(masked, model, xb, device)
     reporter.log("timing dense against compacted (interleaved)")
-    ckpt = load_checkpoint(summary.checkpoint)
+    ckpt = load_checkpoint(summary.checkpoint, weights_for=WeightsFor(summary.model, splits.name, splits.in_channels,
+                                                                     splits.num_classes, tuple(splits.image_size)))
     timed = compare_latency({"dense": ckpt.build().eval(), "pruned": copy.deepcopy(model)}, shape, device=device,
                             settings=latency)
     reporter.log("evaluating")

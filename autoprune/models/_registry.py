@@ -1,9 +1,10 @@
-"""The model registry: own small networks, ``tv:NAME`` and ``package.module:callable``.
+"""The model registry: own small networks, ``tv:NAME``, ``timm:NAME`` and ``package.module:callable``.
 
-Three kinds of name reach :func:`create_model`:
+Four kinds of name reach :func:`create_model`:
 
 - a registered name (``digits-cnn``, ``resnet20``, ...), filled by :func:`register_model`;
 - ``tv:NAME``, any torchvision classification model, built untrained;
+- ``timm:NAME``, any timm model, built untrained (timm is an optional extra);
 - ``package.module:callable``, the user's own builder.
 
 Every builder is called with the same keyword-only arguments
@@ -21,12 +22,14 @@ import torch
 from torch import nn
 
 from autoprune.errors import UserError, unknown_name
+from autoprune.models._timm_models import create_timm_model, timm_input
 from autoprune.models._torchvision_models import create_torchvision_model, list_torchvision_models, torchvision_input
 from autoprune.models._user import create_user_model
 
 ModelBuilder = Callable[..., nn.Module]
 
 TORCHVISION_PREFIX = "tv:"
+TIMM_PREFIX = "timm:"
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ def register_model(name: str, *, description: str) -> Callable[[ModelBuilder], M
     """Register a model builder under ``name`` (decorator).
 
     Args:
-        name: The registry name. It may not contain ``':'`` (reserved for ``tv:NAME`` and
-            ``package.module:callable``) and may not be registered twice.
+        name: The registry name. It may not contain ``':'`` (reserved for ``tv:NAME``,
+            ``timm:NAME`` and ``package.module:callable``) and may not be registered twice.
         description: One line saying what the model is and what inputs it suits.
 
     Returns:
@@ -77,7 +80,7 @@ def register_model(name: str, *, description: str) -> Callable[[ModelBuilder], M
         ...                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
     """
     if ":" in name:
-        raise ValueError(f"model name {name!r} may not contain ':' (reserved for tv:NAME and module:callable)")
+        raise ValueError(f"model name {name!r} may not contain ':' (reserved for tv:NAME, timm:NAME and module:callable)")
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _REGISTRY:
@@ -110,16 +113,24 @@ def describe_models() -> dict[str, str]:
 
 def native_input(name: str) -> NativeInput | None:
     """The input ``name`` was designed for, where it has one: a torchvision model's ImageNet
-    input (3×224×224, 1000 classes); None for autoprune's own models and user models, which
-    adapt to whatever dataset they are built for.
+    input (3×224×224, 1000 classes), a timm model's pretrained config (``input_size``,
+    ``num_classes``); None for autoprune's own models and user models, which adapt to
+    whatever dataset they are built for.
+
+    Raises:
+        UserError: a ``timm:NAME`` without timm installed, or not a timm model.
 
     Example:
         >>> str(native_input("tv:alexnet")), native_input("digits-cnn")
         ('3×224×224', None)
     """
-    if not isinstance(name, str) or not name.startswith(TORCHVISION_PREFIX):
+    if not isinstance(name, str):
         return None
-    return NativeInput(*torchvision_input(name))
+    if name.startswith(TORCHVISION_PREFIX):
+        return NativeInput(*torchvision_input(name))
+    if name.startswith(TIMM_PREFIX):
+        return NativeInput(*timm_input(name))
+    return None
 
 
 def _check_positive_int(value: object, parameter: str) -> None:
@@ -148,7 +159,8 @@ def create_model(name: str, *, in_channels: int, num_classes: int, image_size: t
 
     Args:
         name: A registered name (see :func:`list_models`), ``tv:NAME`` (see
-            :func:`list_torchvision_models`) or ``package.module:callable``.
+            :func:`list_torchvision_models`), ``timm:NAME`` (see ``timm.list_models()``)
+            or ``package.module:callable``.
         in_channels: Channels of the input images (1 for grey, 3 for RGB).
         num_classes: Outputs of the classifier.
         image_size: ``(height, width)`` of the input images.
@@ -172,6 +184,8 @@ def create_model(name: str, *, in_channels: int, num_classes: int, image_size: t
 
     if name.startswith(TORCHVISION_PREFIX):
         return create_torchvision_model(name, in_channels=in_channels, num_classes=num_classes, image_size=size)
+    if name.startswith(TIMM_PREFIX):
+        return create_timm_model(name, in_channels=in_channels, num_classes=num_classes, image_size=size)
     if ":" in name:
         return create_user_model(name, in_channels=in_channels, num_classes=num_classes, image_size=size)
     info = _REGISTRY.get(name)
@@ -185,7 +199,7 @@ def create_model(name: str, *, in_channels: int, num_classes: int, image_size: t
 
 def _unknown_model(name: str) -> UserError:
     known = list_models()
-    hint = "Use tv:NAME for a torchvision model or package.module:callable for your own."
+    hint = "Use tv:NAME for a torchvision model, timm:NAME for a timm model or package.module:callable for your own."
     close = difflib.get_close_matches(name, known, n=3)
     try:
         if TORCHVISION_PREFIX + name in list_torchvision_models():

@@ -8,12 +8,18 @@ from typing import Any
 
 from torch import nn
 
+from autoprune._torchvision import import_torchvision
 from autoprune.errors import UserError, first_line
+
 
 def _load_callable(name: str) -> Any:
     module_path, _, attr_path = name.partition(":")
     if not module_path or not attr_path:
         raise UserError(f"model '{name}' must have the form package.module:callable.")
+    try:  # a module that imports torchvision (or timm) must find it importable on a CPU-only torch
+        import_torchvision()
+    except (ImportError, RuntimeError):
+        pass  # no usable torchvision: a module that needs it says so when imported below
     try:
         module = importlib.import_module(module_path)
     except Exception as exc:  # ImportError, or any error raised while running the module

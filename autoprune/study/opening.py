@@ -30,7 +30,7 @@ import torch
 from autoprune._version import __version__
 from autoprune.checkpoint import Checkpoint, load_checkpoint
 from autoprune.config import AdmmSettings, PruneConfig
-from autoprune.dense import build_model, example_input, existing_checkpoint, load_dataset
+from autoprune.dense import build_model, example_input, existing_checkpoint, load_dataset, weights_for
 from autoprune.device import resolve_channel_multiple, resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
@@ -194,7 +194,7 @@ def _new_study_inputs(s: SearchSettings, device: torch.device) -> _Inputs:
     space = load_space(s.space, s.model, graph, device=device.type)
     config = PruneConfig(model=s.model, dataset=s.dataset, layers={}, checkpoint=s.checkpoint, data_dir=s.data_dir,
                          seed=s.seed)
-    return _Inputs(graph, space, splits=splits, checkpoint=existing_checkpoint(config, splits.name,
+    return _Inputs(graph, space, splits=splits, checkpoint=existing_checkpoint(config, splits.name, splits=splits,
                                                                                 runs_dir=s.runs_dir))
 
 
@@ -270,7 +270,7 @@ def _registry_task(s: SearchSettings, meta: StudyMeta, name: str) -> ClassifierT
     if not Path(ckpt_file).is_file():
         raise UserError(f"study '{name}' was made from the checkpoint '{ckpt_file}', which is not here; "
                         f"pass --checkpoint with a copy of it.")
-    ckpt = load_checkpoint(ckpt_file)
+    ckpt = load_checkpoint(ckpt_file, weights_for=weights_for(meta.model, splits))
     if ckpt.model != meta.model:
         raise UserError(f"checkpoint '{ckpt_file}' holds model '{ckpt.model}', but study '{name}' searches "
                         f"'{meta.model}'.")

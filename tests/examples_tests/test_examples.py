@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,3 +43,13 @@ def test_the_torchvision_example_prunes_with_the_users_own_loop(tmp_path):
     assert out["best_trial"] is not None and out["best_trial"] > 0, out
     assert out["dense_accuracy"] - out["pruned_accuracy"] <= 0.05, out  # re-pruned from the config: near the trial
     assert out["speedup"] > 1.0, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed (pip install -e '.[timm]')")
+def test_the_timm_example_searches_convnext_through_the_cli_and_deploys_it(tmp_path):
+    out = _run("timm_cli.py", tmp_path)
+    assert out["trials"] >= 2 and out["best_trial"] is not None and out["best_trial"] > 0, out  # pruned, not dense
+    assert out["speedup"] > 1.0, out  # the deployable model, timed beside dense
+    assert out["masked_max_abs_diff"] < 1e-4, out  # ConvNeXt's LayerNorms: compacted = masked
+    assert (tmp_path / out["folder"] / "model.onnx").is_file() and (tmp_path / out["folder"] / "model.pt2").is_file()
