@@ -139,7 +139,9 @@ def test_a_writer_killed_at_a_random_moment_leaves_the_old_or_the_new_file(tmp_p
                 helper.stdin.write(f"{kind} {path}\n")
                 helper.stdin.flush()
                 pid = int(helper.stdout.readline())
-                time.sleep(rng.uniform(0.02, 0.2))
+                # a writer slower than the longest delay (a loaded machine) would never land a version:
+                # past the first six rounds the delays double every six
+                time.sleep(rng.uniform(0.02, 0.2) * 2 ** min((rounds - 1) // 6, 3))
                 os.kill(pid, signal.SIGKILL)
                 assert helper.stdout.readline().strip() == "reaped"
                 seen.setdefault(kind, set()).add(_version_of(kind, path))
