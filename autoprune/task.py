@@ -73,6 +73,10 @@ class Task:
         """The metric on held-out test data, where the task has some (else None)."""
         return None
 
+    def dense_score(self, device: torch.device) -> float:
+        """The metric of the dense model on validation data."""
+        return self.score(self.dense().to(device), device)
+
     def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings, *, method: str, seed: int,
               device: torch.device, reporter: Reporter | None = None,
               on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
@@ -211,6 +215,7 @@ class FunctionTask(Task):
         self.train, self.evaluate, self.test = train, evaluate, test
         self.metric, self.direction = metric.strip(), direction
         self.schedule = schedule or Schedule()
+        self._dense_scores: dict[str, float] = {}
 
     def dense(self) -> nn.Module:
         return copy.deepcopy(self._model)
@@ -235,6 +240,14 @@ class FunctionTask(Task):
 
     def test_score(self, model: nn.Module, device: torch.device) -> float | None:
         return None if self.test is None else self._call_metric(self.test, model, device)
+
+    def dense_score(self, device: torch.device) -> float:
+        """The user's metric of the dense model, called once per device and kept: a search calls
+        it before it writes anything (so that a metric that returns no number is refused with
+        nothing half-written), and the study's dense baseline reuses it."""
+        if str(device) not in self._dense_scores:
+            self._dense_scores[str(device)] = self.score(self.dense(), device)
+        return self._dense_scores[str(device)]
 
     def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings | None = None, *, method: str,
               seed: int, device: torch.device, reporter: Reporter | None = None,

@@ -78,7 +78,7 @@ def measure_dense(task: Task, device: torch.device, how: MeasuredLike, latency_b
     ``label`` names the model and data in the line logged (``digits-cnn on digits``)."""
     check_dtype(how.dtype, device)
     model = task.dense().to(device)
-    acc = task.score(model, device)
+    acc = task.dense_score(device)
     test_acc = task.test_score(model, device)
     shape = task.input_shape
     batch = latency_batch or choose_latency_batch(task.dense(), shape, device, how)

@@ -108,6 +108,8 @@ def open_study(s: SearchSettings, reporter: Reporter) -> OpenStudy:
                         f"--space auto).")
     device = resolve_device(s.device or "cpu")
     check_dtype(s.dtype, device)
+    if s.task is not None:  # the user's metric, once, before anything is written (the baseline reuses it)
+        s.task.dense_score(device)
     url = s.storage or default_storage(s.runs_dir)
     name = s.study_name or s.default_study_name(device.type)
     # a storage file that is not there yet holds no study: it is created with the study, once

@@ -101,6 +101,11 @@ def _module_state(model: nn.Module) -> dict[str, tuple]:
     return out
 
 
+def _optimizer_hooks() -> tuple[int, int]:
+    """How many global optimizer step hooks (pre, post) are registered in this process."""
+    return len(optim_module._global_optimizer_pre_hooks), len(optim_module._global_optimizer_post_hooks)
+
+
 def test_prune_through_the_users_loop_leaves_a_plain_model_and_no_step_moves_a_masked_weight(data, trained):
     original = copy.deepcopy(trained.state_dict())
     reference = _module_state(copy.deepcopy(trained))
@@ -144,7 +149,11 @@ def test_prune_through_the_users_loop_leaves_a_plain_model_and_no_step_moves_a_m
     # and the sparsity asked for is there: half the filters of conv1, 70% of fc's weights
     assert int(masks["conv1.weight"].flatten(1).amax(1).sum()) == 16
     assert float(masks["fc.weight"].float().mean()) == pytest.approx(0.3, abs=0.01)
-    assert result.score is not None and result.dense_score is not None and result.macs < result.dense_macs
+    assert result.macs < result.dense_macs
+    # the scores are the user's metric on the pruned model returned and on the dense one
+    accuracy = make_accuracy(data)
+    assert result.score == accuracy(model)
+    assert result.dense_score == accuracy(copy.deepcopy(trained))
 
 
 def _distance_to_sparse_set(model: nn.Module, projector: Projector) -> float:
@@ -202,10 +211,19 @@ def test_a_train_function_that_steps_no_optimizer_is_a_user_error(data, trained)
                                         schedule=Schedule(iters=-1)), "'iters'"),
 ])
 def test_bad_input_raises_one_user_error_that_says_what_to_fix(data, trained, tmp_path, monkeypatch, call, message):
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where runs/ would go
+    assert list(tmp_path.iterdir()) == []
+    weights = copy.deepcopy(trained.state_dict())
+    state, modes = _module_state(trained), {n: m.training for n, m in trained.named_modules()}
+    hooks = _optimizer_hooks()
     with pytest.raises(autoprune.UserError, match=message):
         call(trained, make_train(data), make_accuracy(data), data["x"][:1])
-    assert not (tmp_path / "runs" / "optuna.db").exists() or "must return a number" in message
+    # nothing written: no file or folder at all (no study, no storage, no cache), and the user's
+    # model and the process left as they were (weights, train/eval mode, hooks)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == []
+    assert all(torch.equal(weights[k], v) for k, v in trained.state_dict().items())
+    assert _module_state(trained) == state and {n: m.training for n, m in trained.named_modules()} == modes
+    assert _optimizer_hooks() == hooks
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +419,10 @@ def test_the_cli_and_the_api_run_the_same_search(tmp_path, digits_baseline, monk
 
 def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
     """direction="minimize": the budget is on the metric's rise; Optuna, the record and MLflow
-    name the metric; a trial worse by more than the budget is infeasible."""
+    name the metric; a trial worse by more than the budget is infeasible, one within it feasible
+    (the ladder's first rung, filter 50%, raises the loss by about 0.24, within the budget of 0.3;
+    the next, filter 80%, by more than 1; both run about 4x faster than dense, far from the
+    early stop of a configuration not faster than dense)."""
     import optuna
 
     @torch.no_grad()
@@ -410,7 +431,7 @@ def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
         return float(F.cross_entropy(model(data["vx"]), data["vy"]))
 
     result = autoprune.search(trained, data["x"][:1], train=make_train(data), evaluate=val_loss, metric="val_loss",
-                              direction="minimize", budget=0.05, trials=3, runs_dir=tmp_path / "runs",
+                              direction="minimize", budget=0.3, trials=3, runs_dir=tmp_path / "runs",
                               schedule=Schedule(iters=0, retrain_amount=0.5), tracking=False, study_name="loss")
     meta = result.record.meta
     assert (meta.metric, meta.direction, meta.objectives) == ("val_loss", "minimize", ("val_loss", "latency_ms"))
@@ -418,10 +439,11 @@ def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
     assert study.metric_names == ["val_loss", "latency_ms"]
     done = [t for t in result.record.completed if not t.is_dense]
-    assert done
     for t in done:
         assert t.accuracy_drop == pytest.approx(t.accuracy - meta.dense_accuracy)
-        assert t.feasible == (t.accuracy - meta.dense_accuracy <= 0.05 + 1e-12)
+        assert t.feasible == (t.accuracy - meta.dense_accuracy <= 0.3 + 1e-12)
+    trials = [(t.number, t.state, t.sparsity_summary(), t.accuracy_drop, t.stop_reason) for t in result.record.trials]
+    assert sorted(t.feasible for t in done) == [False, True], trials
     page = (tmp_path / "runs" / "loss" / "report.html")
     assert page.is_file() and "val_loss" in page.read_text()
 

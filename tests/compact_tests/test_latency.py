@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.bench import run_bench
 from autoprune.cli import main
 from autoprune.errors import UserError
 from autoprune.latency import (
@@ -256,12 +257,32 @@ def test_bench_channel_multiple_rounds_kept_filters(capsys, tmp_path, monkeypatc
 @pytest.mark.slow
 def test_bench_of_a_torchvision_model_uses_its_native_input(capsys, tmp_path, monkeypatch):
     # no --dataset: tv:alexnet gets 3×224×224; digits' 1×8×8 failed ("Output size is too small")
+    import autoprune.cli as cli
+
     monkeypatch.chdir(tmp_path)
+    measured = []  # what the bench measured, beside what the table prints from it
+
+    def bench(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        measured.append(run_bench(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(cli, "run_bench", bench)
     assert main(["bench", "--model", "tv:alexnet", "--uniform", "shape:0.8", "--batch-size", "1", "--repeats", "3",
                  "--device", "cpu"]) == 0
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "input 3x224x224 (tv:alexnet's native input)" in out
-    assert "speedup" in out
+    [r] = measured
+    assert r["input_shape"] == [3, 224, 224]
+    # the speedup is the paired rounds' dense/compacted ratio, or 1.0 where nothing changed form;
+    # the table prints that figure and the MAC ratio (shape 80% on every conv but the first: far fewer MACs)
+    dense_rounds, compact_rounds = r["dense"]["latency"]["rounds_ms"], r["compacted"]["latency"]["rounds_ms"]
+    assert r["measured_speedup"] == pytest.approx(statistics.median(
+        [d / c for d, c in zip(dense_rounds, compact_rounds)]))
+    assert r["speedup"] == (1.0 if r["unchanged"] else r["measured_speedup"])
+    assert r["mac_ratio"] == pytest.approx(r["dense"]["macs_dense"] / r["compacted"]["macs"])
+    assert r["mac_ratio"] > 2
+    assert f"speedup {r['speedup']:.2f}x MAC ratio {r['mac_ratio']:.2f}x" in out
+    assert ("no layer changed form" in out) == r["unchanged"]
 
 
 def test_bench_table_keeps_long_names_and_prints_notes(capsys, tmp_path, monkeypatch):

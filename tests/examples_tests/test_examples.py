@@ -27,7 +27,11 @@ def test_the_segmentation_example_finds_a_faster_model_within_its_iou_budget_and
     out = _run("segment_digits.py", tmp_path)
     assert out["best_trial"] is not None and out["best_trial"] > 0, out  # a pruned trial, not dense
     assert out["dense_iou"] - out["best_iou"] <= 0.02 + 1e-9  # within the budget (2% IoU, absolute)
-    assert out["speedup"] > 1.0, out  # measured beside dense, after compaction
+    # the model pruned again from the best config (what the user deploys) keeps the budget too
+    assert out["dense_iou"] - out["pruned_iou"] <= 0.02 + 1e-9, out
+    # measured beside dense, after compaction: filter 50% on the five convs removes about 3/4 of the
+    # MACs and measured 1.57x in the README's run; a model left uncompacted measures about 1.0x
+    assert out["speedup"] > 1.2, out
     assert out["pruned_iou"] == out["reloaded_iou"]  # the saved folder reloads to the same model
     assert out["program_iou"] == pytest.approx(out["reloaded_iou"], abs=1e-3)  # the torch.export program, no class
     assert out["onnx_max_abs_diff"] < 1e-4  # the ONNX program (onnxruntime) matches torch

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from autoprune.config import LayerTarget
 from autoprune.study.records import CONSTRAINT, PROPOSAL_ATTR, SIGNATURE_ATTR, TRIAL_ATTR
-from autoprune.study.sampler import ASCENT, EFFECTIVE, LOCAL, UNIFORM, PruningSampler
+from autoprune.study.sampler import ASCENT, EFFECTIVE, LOCAL, MIN_GAIN, UNIFORM, PruningSampler
 from autoprune.study.space import RateRange, SearchSpace, Variable
 
 LAYERS = ["conv0", "conv1", "conv2", "conv3", "fc"]
@@ -26,6 +26,7 @@ COST = {"conv0": 1.0, "conv1": 4.0, "conv2": 4.0, "conv3": 6.0, "fc": 1.0}  # ti
 SENSITIVITY = {"conv0": 0.30, "conv1": 0.02, "conv2": 0.02, "conv3": 0.02, "fc": 0.01}
 BUDGET = 0.05
 FIXED = 1.0  # time of everything that pruning does not touch
+TIMED_ATTR = "test.timed_before"  # trial user attr: how many side-by-side timings preceded its proposal
 
 
 def _space() -> SearchSpace:
@@ -53,10 +54,13 @@ class _Ratio:
 
 
 class FakeProbe:
-    """Exact signatures, MACs proportional to the modelled time, and the modelled latency."""
+    """Exact signatures, MACs proportional to the modelled time, and the modelled latency.
+
+    ``timings`` keeps every side-by-side timing the sampler asked for, in order: per call,
+    ``(signature, latency relative to the first configuration)`` of each configuration."""
 
     def __init__(self) -> None:
-        self.timed = 0
+        self.timings: list[list[tuple[str, float]]] = []
 
     def signature(self, targets: dict[str, LayerTarget]) -> str:
         return "|".join(f"{n}:{t.type}:{t.rate}" for n, t in sorted(targets.items())) or "dense"
@@ -65,8 +69,8 @@ class FakeProbe:
         return latency(targets)
 
     def compare(self, configs: list[dict[str, LayerTarget]], *, rounds: int | None = None) -> list[_Ratio]:
-        self.timed += len(configs)
         base = latency(configs[0])
+        self.timings.append([(self.signature(c), latency(c) / base) for c in configs])
         return [_Ratio(latency(c) / base) for c in configs]
 
 
@@ -74,7 +78,8 @@ def objective(space: SearchSpace, probe: FakeProbe):  # noqa: ANN201
     """A trial as the search records it: signature, measured values, feasibility, constraint."""
 
     def run(trial: optuna.Trial) -> tuple[float, float]:
-        targets = space.suggest(trial)
+        targets = space.suggest(trial)  # the sampler proposes the configuration here
+        trial.set_user_attr(TIMED_ATTR, len(probe.timings))  # the timings made up to the proposal
         d, lat = drop(targets), latency(targets)
         trial.set_user_attr(SIGNATURE_ATTR, probe.signature(targets))
         trial.set_user_attr(TRIAL_ATTR, {"feasible": d <= BUDGET, "latency_ms": lat})
@@ -103,12 +108,12 @@ def test_ladder_finds_the_highest_uniform_rate_within_the_budget_by_bisection() 
     ladder = [t for t in study.trials if t.user_attrs.get(PROPOSAL_ATTR) == UNIFORM]
     rates = [space.choices_of(t.params)["layer.conv1"][1] for t in ladder]
     # uniform drop is 0.37 r^2: within 0.05 up to r = 0.36, so 0.3 is the highest rung that holds;
-    # bisection over 0.1 ... 0.9 starts in the middle and needs at most four rungs
-    assert rates[0] == pytest.approx(0.5)
-    assert len(ladder) <= 4
-    assert max(r for t, r in zip(ladder, rates) if t.user_attrs[TRIAL_ATTR]["feasible"]) == pytest.approx(0.3)
-    for t in ladder:  # every rung is one type and one rate on every variable
-        assert len({v for k, v in t.params.items() if k.endswith(".type")}) == 1
+    # bisection over 0.1 ... 0.9: the middle (0.5, over), halfway below (0.3, within), then the
+    # one rung left between them (0.4, over)
+    assert rates == pytest.approx([0.5, 0.3, 0.4])
+    assert [t.user_attrs[TRIAL_ATTR]["feasible"] for t in ladder] == [False, True, False]
+    for t, r in zip(ladder, rates):  # every rung is one type and one rate on every variable
+        assert space.choices_of(t.params) == {f"layer.{n}": ("filter", r) for n in LAYERS}
 
 
 def test_ascent_goes_past_the_best_uniform_configuration() -> None:
@@ -121,8 +126,18 @@ def test_ascent_goes_past_the_best_uniform_configuration() -> None:
     assert _rate(LayerTarget(*choices["layer.conv3"])) > _rate(LayerTarget(*choices["layer.conv0"]))
     assert _rate(LayerTarget(*choices["layer.conv0"])) < _rate(LayerTarget(*space.choices_of(uniform.params)["layer.conv0"]))
     assert uniform.values[1] / best.values[1] >= 1.5
+    # each ascent step was timed beside the configuration it moved from (a feasible trial run
+    # before it) before it was proposed, and measured at least MIN_GAIN faster in that timing
     ascent = [t for t in study.trials if t.user_attrs.get(PROPOSAL_ATTR) == ASCENT]
-    assert ascent and probe.timed > 0  # the ascent measured its candidates before proposing
+    assert ascent
+    for t in ascent:
+        sig = t.user_attrs[SIGNATURE_ATTR]
+        beside = [call for call in probe.timings[:t.user_attrs[TIMED_ATTR]] if sig in dict(call[1:])]
+        assert beside, f"trial {t.number} was proposed without being timed"
+        feasible = {p.user_attrs[SIGNATURE_ATTR] for p in study.trials[:t.number]
+                    if p.user_attrs[TRIAL_ATTR]["feasible"]}
+        assert all(call[0][0] in feasible for call in beside), (t.number, [call[0][0] for call in beside])
+        assert min(dict(call)[sig] for call in beside) <= 1 - MIN_GAIN
 
 
 def test_no_configuration_is_proposed_twice() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -74,10 +73,14 @@ def test_trials_are_measured_scored_and_recorded(first_search) -> None:
     # Optuna's own best trials know the budget; the objectives are named (optuna-dashboard shows them)
     assert all(rec.trials[b.number].feasible for b in study.best_trials)
     assert study.metric_names == ["accuracy", "latency_ms"]
-    # the front: no completed trial dominates a front member
-    done = rec.completed
-    for t in rec.front:
-        assert not any(o.accuracy >= t.accuracy and o.latency_ms < t.latency_ms for o in done)
+    # the front: exactly the completed trials (each configuration once) that no other dominates,
+    # worked out here from the values the storage holds; the dense trial is complete, so it is not empty
+    done = [t for t in rec.completed if t.repeat_of is None]
+    dominated = {t.number for t in done if any(o.accuracy >= t.accuracy and o.latency_ms <= t.latency_ms
+                                               and (o.accuracy, o.latency_ms) != (t.accuracy, t.latency_ms)
+                                               for o in done)}
+    front = [t.number for t in sorted(done, key=lambda t: t.latency_ms) if t.number not in dominated]
+    assert front and [t.number for t in rec.front] == front
     assert json.loads((result.study_dir / "summary.json").read_text())["study"] == "t"
 
 
@@ -108,6 +111,68 @@ def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits
 
     outcome = run_prune(cfg, device=torch.device("cpu"), overrides={"iters": 1, "epochs": 0.1, "retrain_epochs": 0.1})
     assert {s["name"] for s in outcome.to_dict()["layers"] if s["type"] != "dense"} == set(best.targets)
+
+
+class _ReversingProbe:
+    """A probe whose side-by-side timing reverses the search's order: ``ratio`` gives each
+    configuration's latency over dense (the trial number is the rate's tenths)."""
+
+    def __init__(self, ratio: dict[int, float]) -> None:
+        self.ratio, self.calls = ratio, []
+
+    def compare(self, configs, *, rounds=None):  # noqa: ANN001, ANN201
+        from autoprune.study.probe import RatioStats
+
+        self.calls.append(([{k: (t.type, t.rate) for k, t in c.items()} for c in configs], rounds))
+        medians = [1.0 if not c else self.ratio[round(10 * c["conv"].rate)] for c in configs]
+        return [RatioStats(m, 0.9 * m, 1.2 * m, rounds) for m in medians]
+
+
+def test_remeasure_times_the_fastest_feasible_again_and_the_best_is_the_fastest_by_that_timing() -> None:
+    """The end of the search (:func:`remeasure`) times the five fastest feasible configurations
+    (no dense, no repeat, nothing over budget) and the fastest uniform one again beside dense;
+    where that timing reverses the search's order, the best is the fastest by the second timing."""
+    from autoprune.progress import Reporter
+    from autoprune.study.records import PROPOSAL_ATTR, REMEASURED_ATTR, STUDY_ATTR, StudyMeta
+    from autoprune.study.remeasure import REMEASURE_ROUNDS, remeasure
+
+    meta = StudyMeta(name="r", model="m", dataset="d", checkpoint="c", device="cpu", device_description="cpu",
+                     budget=0.02, budget_mode="absolute", latency_batch=8, dtype="fp32", space="auto",
+                     space_spec={}, sampler="tpe", seed=0, admm={}, dense_accuracy=0.9,
+                     dense_test_accuracy=0.9, dense_latency_ms=10.0, dense_latency_p90_ms=10.0,
+                     dense_macs=1.0, dense_params=1.0)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr(STUDY_ATTR, meta.to_dict())
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    # number: (latency in the search, feasible, proposal, repeat of)
+    trials = {0: (10.0, True, None, None), 1: (9.0, True, "uniform", None), 2: (6.0, True, "ascent", None),
+              3: (1.0, False, "ascent", None), 4: (5.0, True, "ascent", None), 5: (4.0, True, "local", None),
+              6: (3.0, True, "local", None), 7: (3.0, True, "explore", 6), 8: (2.0, True, "local", None)}
+    for n, (ms, feasible, proposal, repeat_of) in trials.items():
+        acc = 0.9 if feasible else 0.5
+        attrs = {TRIAL_ATTR: {"feasible": feasible, "is_dense": n == 0, "repeat_of": repeat_of,
+                              "accuracy": acc, "latency_ms": ms},
+                 TARGETS_ATTR: {} if n == 0 else {"conv": {"type": "filter", "rate": (repeat_of or n) / 10}}}
+        if proposal:
+            attrs[PROPOSAL_ATTR] = proposal
+        repeat = repeat_of is not None  # stored stopped, as the search stores a repeat
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": n / 10}, distributions=dist, user_attrs=attrs, values=None if repeat else [acc, ms],
+            state=optuna.trial.TrialState.PRUNED if repeat else optuna.trial.TrialState.COMPLETE))
+    before = study_record(study, "memory")
+    assert before.best_feasible().number == 8  # the fastest by the search's own timing
+    probe = _ReversingProbe({1: 0.2, 2: 0.3, 4: 0.4, 5: 0.5, 6: 0.6, 8: 0.7})  # 8 is the slowest again
+
+    assert remeasure(study, before, probe, Reporter()) == [8, 6, 5, 4, 2, 1]  # five fastest, then uniform
+    timed = [{}] + [{"conv": ("filter", n / 10)} for n in (8, 6, 5, 4, 2, 1)]
+    assert probe.calls == [(timed, REMEASURE_ROUNDS)]  # once, beside dense, in the re-measurement's rounds
+    figures = study.user_attrs[REMEASURED_ATTR]
+    assert figures == {str(n): {"speedup": pytest.approx(1 / r), "speedup_p10": pytest.approx(1 / (1.2 * r)),
+                                "speedup_p90": pytest.approx(1 / (0.9 * r)), "rounds": REMEASURE_ROUNDS}
+                       for n, r in probe.ratio.items()}
+    after = study_record(study, "memory")
+    assert after.best_feasible().number == 1 and after.best_feasible().final_speedup == pytest.approx(5.0)
+    assert after.best_uniform().number == 1
 
 
 def test_resume_adds_trials_up_to_the_new_total(first_search, digits_baseline) -> None:
@@ -418,83 +483,139 @@ def _storage_for(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> s
     return request.getfixturevalue("postgres_url")  # one server per session: study names differ
 
 
-def _running(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
-    return [t for t in optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
-            if t.state == optuna.trial.TrialState.RUNNING]
+# A worker (the real CLI) that kills itself with SIGKILL at a set point of its first pruned
+# trial (number 1), so that the kill lands in the phase asked whatever the machine's speed:
+# ``latency`` as the compacted model's timing beside dense starts, ``training`` right after the
+# hard prune (ADMM done, masked retraining next), ``told`` once the trial is finished in the
+# storage, before its MLflow run is written (the search's per-trial callbacks).
+_KILLED_AT = """
+import os, signal, sys
+import autoprune.study.objective as objective
+import autoprune.study.probe as probe
+from autoprune.cli import main
+from autoprune.study.callbacks import TrackerCallback
+from autoprune.task import ClassifierTask
+
+phase, now = sys.argv[1], {"trial": -1}
+
+def die():  # SIGKILL: no handler, no finally, no atexit runs
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def run_trial(trial, ctx, real=objective.run_trial):
+    now["trial"] = trial.number
+    return real(trial, ctx)
+
+def compare_latency(*args, real=probe.compare_latency, **kw):
+    if phase == "latency" and now["trial"] == 1:
+        die()
+    return real(*args, **kw)
+
+def prune(self, *args, real=ClassifierTask.prune, on_hard_prune=None, **kw):
+    def hard_prune(acc):
+        if phase == "training" and now["trial"] == 1:
+            die()
+        if on_hard_prune is not None:
+            on_hard_prune(acc)
+    return real(self, *args, on_hard_prune=hard_prune, **kw)
+
+def on_trial_end(self, record, trial, real=TrackerCallback.on_trial_end):
+    if phase == "told" and trial.number == 1:
+        die()
+    return real(self, record, trial)
+
+objective.run_trial, probe.compare_latency = run_trial, compare_latency
+ClassifierTask.prune, TrackerCallback.on_trial_end = prune, on_trial_end
+sys.exit(main(sys.argv[2:]))
+"""
 
 
-def _phase_reached(storage: str, study: str, phase: str) -> bool:
-    """Whether the first pruned trial (number 1) reached ``phase``: ``latency`` (running, its
-    configuration suggested: the latency measurement), ``training`` (running, its latency
-    recorded: ADMM and retraining), ``told`` (finished in the storage: the MLflow write and
-    the next claim follow)."""
-    trials = [t for t in optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
-              if t.number == 1]
-    if not trials:
-        return False
-    t = trials[0]
-    running = t.state == optuna.trial.TrialState.RUNNING
-    if phase == "latency":
-        return running and TARGETS_ATTR in t.user_attrs
-    if phase == "training":
-        return running and (t.user_attrs.get(TRIAL_ATTR) or {}).get("latency_ms") is not None
-    return t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+def _cli_here(args: list[str]) -> int:
+    """``autoprune ARGS`` run in this process; the signal handlers a search installs are put back."""
+    from autoprune.cli import main
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        return main(args)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _trial_runs(client, experiment: str) -> dict[int, object]:  # noqa: ANN001 - an MlflowClient
+    """{trial number: run} of a study's MLflow experiment; fails on a trial with two runs."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`autoprune.role` = 'trial'")
+    numbers = [int(r.data.tags["trial_number"]) for r in runs]
+    assert len(numbers) == len(set(numbers)), f"a trial has two runs: {sorted(numbers)}"
+    return {int(r.data.tags["trial_number"]): r for r in runs}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("kind", "phase"), [("sqlite", "latency"), ("journal", "training"), ("postgresql", "told")])
+@pytest.mark.parametrize(("kind", "phase"), [("sqlite", "latency"), ("journal", "training"),
+                                             ("sqlite", "told"), ("postgresql", "told")])
 def test_the_same_command_after_a_sigkill_finishes_exactly_the_trials_asked(tmp_path, digits_baseline, kind, phase,
                                                                             request) -> None:
     """A worker killed (SIGKILL: no handler runs) in a given phase of its first pruned trial
-    (measuring latency, training, right after telling the storage: the MLflow write) may
-    leave a trial RUNNING; the same command on the same host knows at once that the owner
+    (measuring latency, training, right after telling the storage: before the MLflow write)
+    may leave a trial RUNNING; the same command on the same host knows at once that the owner
     is gone, fails that trial with the reason, in Optuna and in MLflow, and finishes
-    exactly --trials trials, none RUNNING. Each storage (SQLite, a journal file,
-    PostgreSQL) is killed in another phase, a seeded random moment into it."""
+    exactly --trials trials, none RUNNING. A kill after the storage was told leaves the
+    trial without its MLflow run: ``autoprune sync`` writes it. The storages (SQLite, a
+    journal file, PostgreSQL) share the phases; PostgreSQL is skipped where it cannot start."""
     from mlflow import MlflowClient
 
-    storage, study = _storage_for(kind, tmp_path, request), f"kill-{kind}"
-    cmd = [sys.executable, "-m", "autoprune.cli", "search", "--budget", "2%", "--checkpoint", str(digits_baseline[0]),
-           "--trials", "2", "--study-name", study, "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
-           "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "1", "--latency-batch", "32",
-           "--min-speedup", "0.01", "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    deadline, reached = time.monotonic() + 240, False
-    while not reached and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-        try:
-            reached = _phase_reached(storage, study, phase)
-        except Exception:  # noqa: BLE001 - not created yet
-            continue
-    if not reached or proc.poll() is not None:
-        proc.kill()
-        pytest.fail(f"the first pruned trial never reached {phase}: {proc.communicate(timeout=60)[1][-2000:]}")
-    if phase == "training":
-        time.sleep(random.Random(kind).uniform(0.0, 0.5))  # into ADMM or retraining (about 1.5 s here)
-    proc.kill()  # SIGKILL
-    proc.communicate(timeout=60)
-    victims = [t.number for t in _running(storage, study)]
-    assert victims == ([] if phase == "told" else [1])  # the kill landed in the phase asked
+    storage, study = _storage_for(kind, tmp_path, request), f"kill-{kind}-{phase}"
+    args = ["search", "--budget", "2%", "--checkpoint", str(digits_baseline[0]), "--trials", "2",
+            "--study-name", study, "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
+            "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "1", "--latency-batch", "32",
+            "--min-speedup", "0.01", "--json",
+            "--no-rungs"]  # every trial is trained (a rung's stop would leave no training phase to kill in)
+    killed = subprocess.Popen([sys.executable, "-c", _KILLED_AT, phase, *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    err = killed.communicate(timeout=400)[1]
+    assert killed.returncode == -signal.SIGKILL, err[-2000:]
+    # where the kill landed: trial 1 as the storage holds it
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
+    assert [t.number for t in trials if t.state != optuna.trial.TrialState.WAITING] == [0, 1]
+    one, measured = trials[1], trials[1].user_attrs.get(TRIAL_ATTR) or {}
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    if phase == "latency":  # its configuration suggested, nothing measured yet
+        assert one.state == optuna.trial.TrialState.RUNNING and TARGETS_ATTR in one.user_attrs
+        assert not measured
+    elif phase == "training":  # its latency measured, not yet scored
+        assert one.state == optuna.trial.TrialState.RUNNING and measured["latency_ms"] > 0
+        assert measured.get("hard_prune_accuracy") is None and measured.get("accuracy") is None
+    else:  # finished in the storage; MLflow has the dense trial's run and not this one's
+        assert one.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        assert sorted(_trial_runs(client, study)) == [0]
+    victims = [] if phase == "told" else [1]
 
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=400)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert _cli_here(args) == 0  # the same command, in this process (a process start less)
     trials = optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
     states = [t.state for t in trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 2
     assert optuna.trial.TrialState.RUNNING not in states
     assert [t.number for t in trials if t.state == optuna.trial.TrialState.FAIL] == victims
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(study)
     for victim in victims:
-        assert trials[victim].user_attrs["autoprune.stop_reason"].startswith(f"its worker (pid {proc.pid} on ")
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.trial_number = '{victim}'")
-        assert [(r.info.status, r.data.tags["outcome"]) for r in runs] == [("FAILED", "failed")]
-    if phase == "told":  # a kill during the MLflow write may leave a finished trial without its run: sync mends it
-        sync = [sys.executable, "-m", "autoprune.cli", "sync", "--study", study, "--storage", storage, "--runs-dir",
-                str(tmp_path / "runs"), "--no-figures"]
-        assert subprocess.run(sync, capture_output=True, text=True, cwd=tmp_path, timeout=300).returncode == 0
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.`autoprune.role` = 'trial'")
-        assert sorted(int(r.data.tags["trial_number"]) for r in runs) == [t.number for t in trials]
+        reason = trials[victim].user_attrs["autoprune.stop_reason"]
+        assert reason.startswith(f"its worker (pid {killed.pid} on "), reason
+        runs = _trial_runs(client, study)
+        assert (runs[victim].info.status, runs[victim].data.tags["outcome"]) == ("FAILED", "failed")
+    if phase == "told":  # the finished trial whose MLflow write the kill cut short: sync writes its run
+        assert 1 not in _trial_runs(client, study)
+        assert _cli_here(["sync", "--study", study, "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
+                          "--no-figures"]) == 0
+        runs = _trial_runs(client, study)
+        record = study_record(optuna.load_study(study_name=study, storage=open_storage(storage)), storage)
+        assert sorted(runs) == [t.number for t in record.trials]
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+        for t in record.trials:
+            run = runs[t.number]
+            assert (run.info.status, run.data.tags["state"]) == (status[t.state], t.state), t.number
+            if t.state == "COMPLETE" and t.repeat_of is None:
+                assert run.data.tags["outcome"] == ("within-budget" if t.feasible else "over-budget")
+                assert run.data.metrics["accuracy"] == pytest.approx(t.accuracy)
+                assert run.data.metrics["latency_ms"] == pytest.approx(t.latency_ms)
 
 
 # -- bad input ------------------------------------------------------------------------

@@ -21,6 +21,15 @@ def _trial_runs(client: MlflowClient, name: str) -> list:
     return client.search_runs([exp.experiment_id], "tags.`autoprune.role` = 'trial'", max_results=100)
 
 
+def _expected_outcome(t) -> tuple[str, str]:  # noqa: ANN001 - a TrialRecord
+    """The MLflow run status and ``outcome`` tag of a trial as the Optuna storage holds it."""
+    if t.repeat_of is not None:
+        return ("FINISHED" if t.state == "COMPLETE" else "KILLED"), "repeat"
+    if t.state == "COMPLETE":
+        return "FINISHED", ("within-budget" if t.feasible else "over-budget")
+    return {"PRUNED": ("KILLED", "stopped"), "FAIL": ("FAILED", "failed")}[t.state]
+
+
 @pytest.mark.slow
 def test_an_outage_is_survived_and_backfilled_by_autoprune_sync(tmp_path, digits_baseline, server_control, capsys):
     root = tmp_path / "server"
@@ -64,16 +73,21 @@ def test_an_outage_is_survived_and_backfilled_by_autoprune_sync(tmp_path, digits
         assert numbers == list(range(TRIALS))  # every trial once: none missing, none duplicated
         assert {r.info.run_id for r in before} <= {r.info.run_id for r in runs}  # the earlier runs were kept
     by_number = {int(r.data.tags["trial_number"]): r for r in runs}
+    outcomes = []
     for t in result.record.trials:
         run = by_number[t.number]
-        assert run.data.tags.get("outcome"), t.number
-        assert run.info.status in ("FINISHED", "KILLED", "FAILED")
+        # what became of the trial in the storage, in MLflow's run status and the outcome tag
+        assert (run.info.status, run.data.tags["outcome"]) == _expected_outcome(t), t.number
+        assert run.data.tags["state"] == t.state
+        outcomes.append(run.data.tags["outcome"])
         if t.state == "COMPLETE":
             assert run.data.metrics["accuracy"] == pytest.approx(t.accuracy)
             assert run.data.metrics["latency_ms"] == pytest.approx(t.latency_ms)
         if t.targets:  # a pruned trial's config travels as an artifact
             assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
             assert any(k.startswith("layer.") for k in run.data.params)
+    # both sides are there: dense and filter 50% within the 50-point budget, filter 80% (about 70 points) over
+    assert {"within-budget", "over-budget"} <= set(outcomes), outcomes
     parent = client.search_runs([client.get_experiment_by_name("outage").experiment_id],
                                 "tags.`autoprune.role` = 'study'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"

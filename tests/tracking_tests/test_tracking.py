@@ -247,8 +247,10 @@ def test_sync_study_rebuilds_the_mirror_and_can_repeat(sqlite_uri, record, tmp_p
         "study_meta.json",
     }
     assert files["best_config"].read_text() == "trial: 1\n"  # the fastest feasible trial
-    for run in trials.values():
-        assert len(client.get_metric_history(run.info.run_id, "admm_residual")) in (0, 2, 4)
+    for t in record.trials:  # each trial's residuals, step by step, once (two syncs add nothing)
+        history = client.get_metric_history(trials[t.number].info.run_id, "admm_residual")
+        assert sorted((m.step, m.value) for m in history) == list(enumerate(t.residuals)), t.number
+    assert [len(t.residuals) for t in record.trials] == [0, 4, 2, 2, 2, 0]  # the fixture: some with none
 
 
 def test_unreachable_server_warns_once_and_the_search_goes_on(
