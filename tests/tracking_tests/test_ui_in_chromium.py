@@ -142,7 +142,10 @@ def test_optuna_dashboard_names_the_objectives_and_lists_a_configuration_once(ch
     # the Pareto front's axes carry the objectives' names (were "0" and "1")
     axes = text.index("Objective X:")
     assert text[axes + 1] == "accuracy" and "latency_ms" in text[axes + 2:axes + 5]
-    listed = [int(m.group(1)) for s in text[text.index("Best Trials"):] if (m := re.fullmatch(r"Trial (\d+)", s))]
+    # the front's card: "Best Trials" then "Trial N" per member, or "Best Trial (number=N)" for a front of one
+    one = [int(m.group(1)) for s in text if (m := re.fullmatch(r"Best Trial \(number=(\d+)\)", s))]
+    assert one or "Best Trials" in text, text[axes:]
+    listed = one or [int(m.group(1)) for s in text[text.index("Best Trials"):] if (m := re.fullmatch(r"Trial (\d+)", s))]
     assert listed and not set(listed) & set(repeats)  # a repeat is not a best trial of its own
     signatures = [study.trials[n].user_attrs[SIGNATURE_ATTR] for n in listed]
     assert len(signatures) == len(set(signatures))  # each configuration once
