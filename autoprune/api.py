@@ -44,9 +44,10 @@ from autoprune.deploy.build import verify_compaction
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencySettings, compare_latency
+from autoprune.latency import LatencySettings
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
+from autoprune.runtimes import compare_latency
 from autoprune.saving import Deployable, load_pruned, save_pruned
 from autoprune.study import SearchResult, SearchSettings, run_search
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback

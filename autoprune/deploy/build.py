@@ -48,9 +48,10 @@ from autoprune.deploy.card import (
 )
 from autoprune.deploy.programs import check_programs, export_programs
 from autoprune.errors import UserError
-from autoprune.latency import LatencyResult, LatencySettings, compare_latency, device_description, latency_ratio
+from autoprune.latency import LatencyResult, LatencySettings, device_description, latency_ratio
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
+from autoprune.runtimes import compare_latency
 from autoprune.stats import LayerStats
 from autoprune.train import evaluate
 

@@ -20,8 +20,9 @@ from autoprune.config import PruneConfig
 from autoprune.data import DatasetSplits
 from autoprune.dense import checkpoint_for
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencySettings, check_dtype, measure_latency
+from autoprune.latency import LatencySettings, check_dtype
 from autoprune.progress import Reporter
+from autoprune.runtimes import measure_latency
 from autoprune.stats import layer_stats, model_counts
 from autoprune.task import Task
 
