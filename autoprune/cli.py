@@ -37,7 +37,7 @@ from autoprune.models import describe_models, list_torchvision_models
 from autoprune.pick import write_trial_config
 from autoprune.pipeline import PruneSummary, example_input, list_layers, run_prune, train_baseline, write_prune_outputs
 from autoprune.progress import Reporter, RichReporter
-from autoprune.runtimes import get_runtime, list_runtimes
+from autoprune.runtimes import check_runtime, get_runtime, list_runtimes
 from autoprune.study import (
     SEARCH_ADMM,
     SearchSettings,
@@ -63,9 +63,9 @@ def _device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
 
 
-def _runtime_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runtime", default="torch", metavar="NAME",
-                   help=f"where latency is measured: {', '.join(list_runtimes())} (default: %(default)s, eager)")
+def _runtime_arg(p: argparse.ArgumentParser, default: str | None = "torch", what: str = "torch, eager") -> None:
+    p.add_argument("--runtime", default=default, metavar="NAME",
+                   help=f"where latency is measured: {', '.join(list_runtimes())} (default: {what})")
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the model (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the model to MLflow")
     p.add_argument("--json", action="store_true")
+    _runtime_arg(p, None, "the config's, from the search, else torch")
     _device_arg(p)
 
     p = sub.add_parser("bench", help="measure dense vs compacted latency of a pruning config on a device")
@@ -179,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round each pruned group's kept channels to a multiple of N; auto (default): the device's "
                         "channel block, 16 on AVX-512 CPUs, 8 on CUDA; 1: the exact rates")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
+    _runtime_arg(p, None, "torch, or the study's own runtime")
     p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
-    p.add_argument("--study-name", default=None, help="default: <model>-<dataset>-<device>; an existing name resumes")
+    p.add_argument("--study-name", default=None,
+                   help="default: <model>-<dataset>-<device>[-<runtime>]; an existing name resumes")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL: sqlite:///FILE.db (default: sqlite:///runs/optuna.db), "
                         "postgresql://USER@HOST/DB, journal:///FILE.log")
@@ -290,6 +293,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if batch < 1:
         raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
     check_dtype(dtype, device)
+    runtime = check_runtime(args.runtime or str(origin.get("runtime") or "torch"), device, dtype).name
     out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
@@ -298,7 +302,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                  "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
     reporter = _reporter(args)
     outcome = run_prune(config, method=args.method, device=device, overrides=overrides, reporter=reporter)
-    deploy = build_deployable(outcome, out, device=device, latency=LatencySettings(batch_size=batch, dtype=dtype),
+    deploy = build_deployable(outcome, out, device=device,
+                              latency=LatencySettings(batch_size=batch, dtype=dtype, runtime=runtime),
                               force=args.force, reporter=reporter)
     write_prune_outputs(outcome, config, out)
     s = outcome.summary
@@ -454,6 +459,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         given.add("admm")
     admm = SEARCH_ADMM.replace(iters=args.admm_iters, epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
                                rho=args.rho)
+    if args.runtime is not None:
+        given.add("runtime")
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
@@ -466,7 +473,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
                                                                    "seed", "trial_method", "rungs", "short_rung",
-                                                                   "epoch_budget") if getattr(args, k) is not None})
+                                                                   "epoch_budget", "runtime")
+                                    if getattr(args, k) is not None})
     reporter = _reporter(args)
     callbacks = _search_callbacks(args, reporter)
 
