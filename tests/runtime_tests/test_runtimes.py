@@ -207,3 +207,44 @@ def test_onnxruntime_without_its_cuda_provider_is_refused_for_cuda(monkeypatch) 
     with pytest.raises(UserError, match="no CUDAExecutionProvider; install onnxruntime-gpu"):
         check_runtime("onnxruntime", torch.device("cuda"))
     assert get_runtime("onnxruntime").supports(CPU) and not get_runtime("onnxruntime").supports(CPU, "bf16")
+
+
+# -- a study measures in one runtime ----------------------------------------------------------
+def test_a_study_made_in_one_runtime_refuses_another_unless_resumed(tmp_path) -> None:  # noqa: ANN001
+    import shutil
+    from pathlib import Path
+
+    from autoprune.study import SearchSettings
+    from autoprune.study.opening import check_compatible
+    from autoprune.study.storage import load_autoprune_study
+
+    db = tmp_path / "study.db"  # a study made before runtimes existed: it measured in torch eager
+    shutil.copy(Path(__file__).resolve().parents[1] / "fixtures" / "pre_reno_study" / "study.db", db)
+    study = load_autoprune_study("pre-reno", f"sqlite:///{db}")
+    asked = SearchSettings(study_name="pre-reno", storage=f"sqlite:///{db}", runtime="onnxruntime",
+                           given=frozenset({"runtime"}))
+    with pytest.raises(UserError, match=r"runtime 'torch' \(asked: 'onnxruntime'\); add --resume"):
+        check_compatible(study, asked)
+    assert check_compatible(study, SearchSettings(runtime="torch", given=frozenset({"runtime"}))).runtime == "torch"
+    resumed = check_compatible(study, SearchSettings(runtime="onnxruntime", given=frozenset({"runtime"}), resume=True))
+    assert resumed.runtime == "torch"  # a resumed study keeps its own runtime
+    # a new study for another runtime gets a name of its own by default
+    assert SearchSettings().default_study_name("cpu") == "digits-cnn-digits-cpu"
+    assert SearchSettings(runtime="onnxruntime").default_study_name("cpu") == "digits-cnn-digits-cpu-onnxruntime"
+
+
+def test_search_and_prune_with_a_runtime_that_cannot_run_write_nothing(capsys, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    cwd, inputs = tmp_path / "cwd", tmp_path / "inputs"
+    cwd.mkdir()
+    inputs.mkdir()
+    monkeypatch.chdir(cwd)
+    err = _refused(capsys, ["search", "--runtime", "onnxruntime", "--dtype", "bf16"], cwd)
+    assert "runtime 'onnxruntime' does not run on cpu in bf16" in err
+    err = _refused(capsys, ["search", "--runtime", "openvino"], cwd)
+    assert "unknown runtime 'openvino'" in err
+    # no checkpoint: a baseline would be trained first, were the runtime not checked before
+    config = inputs / "c.yaml"
+    config.write_text("model: digits-cnn\ndataset: digits\nlayers:\n  'features.*': {type: filter, rate: 0.5}\n")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    err = _refused(capsys, ["prune", "--config", str(config), "--runtime", "onnxruntime", "--device", "cpu"], cwd)
+    assert "runtime 'onnxruntime' cannot be used here: onnxruntime is not installed" in err
