@@ -115,6 +115,12 @@ class Runtime(abc.ABC):
         return measure_call(p.run, device=device, settings=settings, cuda_events=p.cuda_events)
 
 
+def cpu_threads(settings: LatencySettings) -> str:
+    """``1 thread``, ``2 threads``: the CPU threads a measurement uses (its own, else torch's)."""
+    n = settings.threads or torch.get_num_threads()
+    return f"{n} thread{'' if n == 1 else 's'}"
+
+
 T = TypeVar("T", bound=type[Runtime])
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from autoprune.latency import LatencySettings
-from autoprune.runtimes._base import Prepared, Runtime, register_runtime
+from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
 
 
 def _ort() -> Any:  # noqa: ANN401 - the module
@@ -92,8 +92,7 @@ class OnnxRuntime(Runtime):
     def describe(self, device: torch.device, settings: LatencySettings) -> str:
         if device.type == "cuda":
             return f"onnxruntime {self.version()}, CUDAExecutionProvider"
-        threads = settings.threads or torch.get_num_threads()
-        return f"onnxruntime {self.version()}, CPUExecutionProvider, {threads} threads"
+        return f"onnxruntime {self.version()}, CPUExecutionProvider, {cpu_threads(settings)}"
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> Prepared:

@@ -16,7 +16,7 @@ from autoprune.latency import (
     measure_latency,
     prepare_for_timing,
 )
-from autoprune.runtimes._base import Prepared, Runtime, register_runtime
+from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
 
 
 @register_runtime
@@ -28,7 +28,7 @@ class TorchRuntime(Runtime):
     description = "PyTorch eager (the default): BatchNorm folded, channels-last, torch's threads"
 
     def describe(self, device: torch.device, settings: LatencySettings) -> str:
-        threads = f", {settings.threads or torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        threads = f", {cpu_threads(settings)}" if device.type == "cpu" else ""
         return f"torch {torch.__version__} eager{threads}"
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,

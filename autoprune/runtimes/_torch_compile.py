@@ -18,7 +18,7 @@ from torch import nn
 
 from autoprune.errors import first_line
 from autoprune.latency import DTYPES, LatencySettings, _input, prepare_for_timing
-from autoprune.runtimes._base import Prepared, Runtime, register_runtime
+from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
 
 
 @functools.cache
@@ -50,7 +50,7 @@ class TorchCompileRuntime(Runtime):
         return None
 
     def describe(self, device: torch.device, settings: LatencySettings) -> str:
-        threads = f", {settings.threads or torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        threads = f", {cpu_threads(settings)}" if device.type == "cpu" else ""
         return f"torch-compile {torch.__version__} inductor, frozen weights{threads}"
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
