@@ -44,9 +44,10 @@ from autoprune.deploy.build import verify_compaction
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencySettings, compare_latency
+from autoprune.latency import LatencySettings
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
+from autoprune.runtimes import check_runtime, compare_latency, get_runtime
 from autoprune.saving import Deployable, load_pruned, save_pruned
 from autoprune.study import SearchResult, SearchSettings, run_search
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
@@ -87,6 +88,7 @@ def search(
     sampler: str = "tpe",
     latency_batch: int | None = None,
     dtype: str = "fp32",
+    runtime: str = "torch",
     dataset: str | None = None,
     checkpoint: str | None = None,
     data_dir: str | None = None,
@@ -111,6 +113,9 @@ def search(
         budget: The drop of the metric allowed: ``0.02`` or ``"2%"``; absolute (in the
             metric's units) or, with ``budget_mode="relative"``, a fraction of dense.
         device: Where latency is measured and the model trained (``cpu``, ``cuda``).
+        runtime: What latency is measured in (:mod:`autoprune.runtimes`): ``torch`` (eager, the
+            default), ``onnxruntime`` or ``torch-compile``; stored with the study, which refuses
+            another one unless ``resume``.
         trials: Trials in all (default 30).
         schedule: Training per ADMM W-step and retraining, in ``train``'s unit
             (default :class:`~autoprune.admm.Schedule`: 6 x 0.25 + 3.5).
@@ -167,14 +172,15 @@ def search(
                             schedule=schedule, test=test)
         admm_settings = task.schedule.to_settings()
         model_name, data_name = type(model).__name__, dataset or "user-data"
-    given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method", "rungs", "short_rung"}
+    given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method", "rungs", "short_rung",
+             "runtime"}
     settings = SearchSettings(model=model_name, dataset=data_name, budget=budget_value, budget_mode=budget_mode,
                               trials=trials, device=device, latency_batch=latency_batch, dtype=dtype, sampler=sampler,
                               seed=seed, study_name=study_name, storage=storage, resume=resume, space=space,
                               admm=admm_settings, trial_method=method, runs_dir=str(runs_dir), rungs=rungs,
                               short_rung=short_rung, epoch_budget=epoch_budget,
                               given=frozenset(given | ({"space"} if space is not None else set())), task=task,
-                              checkpoint=checkpoint, data_dir=data_dir)
+                              checkpoint=checkpoint, data_dir=data_dir, runtime=runtime)
     hooks = [*callbacks, *mirror_callbacks(tracking=tracking, tracking_uri=tracking_uri, runs_dir=str(runs_dir),
                                            reporter=reporter)]
     return run_search(settings, reporter=reporter, callbacks=hooks)
@@ -345,7 +351,7 @@ def prune(
 
 # -- deployable ---------------------------------------------------------------------------
 def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = None, *, device: str = "cpu",
-            batch: int = 32, dtype: str = "fp32") -> Deployable:
+            batch: int = 32, dtype: str = "fp32", runtime: str = "torch") -> Deployable:
     """Remove pruned channels and pick each sparse layer's fastest kernel on ``device`` (the
     same compaction as ``autoprune prune --deploy``), check the outputs against the pruned
     model, and time it beside dense.
@@ -356,6 +362,8 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
         device: Where kernels are chosen and latency measured.
         batch: The batch size of the measurements.
         dtype: ``fp32``, ``fp16`` or ``bf16`` for the kernel choice and timing.
+        runtime: Where the kernels are chosen and both models timed (:mod:`autoprune.runtimes`:
+            ``torch``, ``onnxruntime``, ``torch-compile``).
 
     Raises:
         UserError: ``pruned`` is not a :class:`PruneResult`.
@@ -366,7 +374,8 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
     dev = resolve_device(device)
     x = (pruned.example_inputs if example_inputs is None else example_inputs).detach().cpu().float()
     masked = copy.deepcopy(pruned.model).cpu().float().eval()
-    latency = LatencySettings(batch_size=batch, dtype=dtype)
+    check_runtime(runtime, dev, dtype)
+    latency = LatencySettings(batch_size=batch, dtype=dtype, runtime=get_runtime(runtime).name)
     result = compact_model(copy.deepcopy(masked), pruned.projector, x[:1], device=dev, latency=latency)
     model = result.model.to(dev).eval()
     diff = verify_compaction(masked, model, x, dev)

@@ -22,12 +22,12 @@ from autoprune.latency import (
     LatencySettings,
     architecture_fingerprint,
     check_dtype,
-    compare_latency,
     latency_ratio,
 )
 from autoprune.models import create_model
 from autoprune.params import Interval, Param, validate_params
 from autoprune.projection import Projector
+from autoprune.runtimes import check_runtime, compare_latency
 from autoprune.sparsity import get_sparsity
 from autoprune.stats import layer_stats, model_counts
 
@@ -133,6 +133,7 @@ def run_bench(
     value with ``--config``, else ``auto``."""
     validate_params(latency, BENCH_PARAMS)
     check_dtype(latency.dtype, device)
+    runtime = check_runtime(latency.runtime, device, latency.dtype)
     channel_multiple = parse_channel_multiple(channel_multiple)
     if (config is None) == (uniform is None):
         raise UserError("give exactly one of --config FILE or --uniform TYPE:RATE.")
@@ -198,9 +199,11 @@ def run_bench(
         "input_shape": list(shape),
         "input_from": input_from,
         "device": str(device),
-        "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype, "channels_last": latency.channels_last,
-                     "fold_bn": latency.fold_bn, "steady_memory": dense_lat.steady_memory, "threads": latency.threads,
-                     "channel_multiple": channel_multiple},
+        "settings": {"batch_size": latency.batch_size, "dtype": latency.dtype,
+                     "channels_last": latency.channels_last and runtime.torch_layout, "fold_bn": latency.fold_bn,
+                     "steady_memory": dense_lat.steady_memory and runtime.torch_layout, "threads": latency.threads,
+                     "channel_multiple": channel_multiple, "runtime": runtime.name,
+                     "runtime_detail": runtime.describe(device, latency)},
         "dense": {"latency": dense_lat.to_dict(), **dense_counts},
         "compacted": {"latency": compact_lat.to_dict(), **counts, "params_compact": compact_params},
         "speedup": 1.0 if unchanged else measured_speedup,

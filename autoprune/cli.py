@@ -37,6 +37,7 @@ from autoprune.models import describe_models, list_torchvision_models
 from autoprune.pick import write_trial_config
 from autoprune.pipeline import PruneSummary, example_input, list_layers, run_prune, train_baseline, write_prune_outputs
 from autoprune.progress import Reporter, RichReporter
+from autoprune.runtimes import check_runtime, get_runtime, list_runtimes
 from autoprune.study import (
     SEARCH_ADMM,
     SearchSettings,
@@ -60,6 +61,11 @@ def _add_common_data(p: argparse.ArgumentParser) -> None:
 
 def _device_arg(p: argparse.ArgumentParser, default: str = "auto") -> None:
     p.add_argument("--device", default=default, help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+
+
+def _runtime_arg(p: argparse.ArgumentParser, default: str | None = "torch", what: str = "torch, eager") -> None:
+    p.add_argument("--runtime", default=default, metavar="NAME",
+                   help=f"where latency is measured: {', '.join(list_runtimes())} (default: {what})")
 
 
 def _layout_args(p: argparse.ArgumentParser) -> None:
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for the model (default: sqlite:///runs/mlflow.db)")
     p.add_argument("--no-tracking", action="store_true", help="do not log the model to MLflow")
     p.add_argument("--json", action="store_true")
+    _runtime_arg(p, None, "the config's, from the search, else torch")
     _device_arg(p)
 
     p = sub.add_parser("bench", help="measure dense vs compacted latency of a pruning config on a device")
@@ -144,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "block, 16 on AVX-512 CPUs (default: the config's with --config, else auto; 1: exact rates)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the measurement")
     p.add_argument("--repeats", type=int, default=30)
+    _runtime_arg(p)
     p.add_argument("--json", action="store_true")
     _device_arg(p)
 
@@ -172,9 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="round each pruned group's kept channels to a multiple of N; auto (default): the device's "
                         "channel block, 16 on AVX-512 CPUs, 8 on CUDA; 1: the exact rates")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for latency measurement")
+    _runtime_arg(p, None, "torch, or the study's own runtime")
     p.add_argument("--sampler", default=None, help="tpe (default), nsga2 or random")
     p.add_argument("--seed", type=int, default=None, help="sampler and training seed (default: 0)")
-    p.add_argument("--study-name", default=None, help="default: <model>-<dataset>-<device>; an existing name resumes")
+    p.add_argument("--study-name", default=None,
+                   help="default: <model>-<dataset>-<device>[-<runtime>]; an existing name resumes")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL: sqlite:///FILE.db (default: sqlite:///runs/optuna.db), "
                         "postgresql://USER@HOST/DB, journal:///FILE.log")
@@ -233,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
     p.add_argument("--no-figures", action="store_true", help="skip the study's figures and report")
 
-    p = sub.add_parser("list", help="list registered models, datasets or sparsity types")
-    p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models"])
+    p = sub.add_parser("list", help="list registered models, datasets, sparsity types or runtimes")
+    p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models", "runtimes"])
     return parser
 
 
@@ -283,6 +293,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if batch < 1:
         raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
     check_dtype(dtype, device)
+    runtime = check_runtime(args.runtime or str(origin.get("runtime") or "torch"), device, dtype).name
     out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
         raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
@@ -291,7 +302,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                  "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
     reporter = _reporter(args)
     outcome = run_prune(config, method=args.method, device=device, overrides=overrides, reporter=reporter)
-    deploy = build_deployable(outcome, out, device=device, latency=LatencySettings(batch_size=batch, dtype=dtype),
+    deploy = build_deployable(outcome, out, device=device,
+                              latency=LatencySettings(batch_size=batch, dtype=dtype, runtime=runtime),
                               force=args.force, reporter=reporter)
     write_prune_outputs(outcome, config, out)
     s = outcome.summary
@@ -362,6 +374,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "datasets":
         for name, desc in describe_datasets().items():
             print(f"{name:16s} {desc}")
+    elif args.what == "runtimes":
+        for name in list_runtimes():
+            runtime = get_runtime(name)
+            why = runtime.missing()
+            print(f"{name:14s} {runtime.description}" + (f" [not usable here: {why}]" if why else ""))
     else:
         for name, desc in describe_sparsity_types().items():
             print(f"{name:14s} {desc}")
@@ -388,7 +405,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     latency = LatencySettings(batch_size=args.batch_size, dtype=args.dtype, channels_last=_on(args.channels_last),
                               fold_bn=_on(args.fold_bn), steady_memory=_on(args.steady_memory), threads=args.threads,
-                              repeats=args.repeats)
+                              repeats=args.repeats, runtime=args.runtime)
     r = run_bench(args.model or config.model, dataset=args.dataset, checkpoint=args.checkpoint, config=config,
                   uniform=args.uniform, device=device, latency=latency, input_shape=shape,
                   num_classes=args.num_classes, channel_multiple=args.channel_multiple)
@@ -398,13 +415,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     console = Console()
     d, c = r["dense"], r["compacted"]
-    layout = ("channels-last" if latency.channels_last else "NCHW") + (", BatchNorm folded" if latency.fold_bn else "")
-    layout += ", steady memory" if d["latency"]["steady_memory"] else ""
-    multiple = r["settings"]["channel_multiple"]
-    rounding = f", kept channels in multiples of {multiple}" if multiple > 1 else ", exact rates"
+    how = r["settings"]
+    torch_layout = get_runtime(latency.runtime).torch_layout  # ONNX Runtime picks its own layout
+    layout = "channels-last, " if how["channels_last"] else "NCHW, " if torch_layout else ""
+    layout += "BatchNorm folded, " if how["fold_bn"] else ""
+    layout += "steady memory, " if how["steady_memory"] else ""
+    multiple = how["channel_multiple"]
+    rounding = f"kept channels in multiples of {multiple}" if multiple > 1 else "exact rates"
     console.print(f"[bold]{r['model']}[/bold] input {'x'.join(map(str, r['input_shape']))} ({r['input_from']}), "
                   f"batch {latency.batch_size}, "
-                  f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}")
+                  f"{latency.dtype}, {layout}{rounding}, {d['latency']['device']}, {how['runtime_detail']}")
     for label, lat, macs, params in (("dense    ", d["latency"], d["macs_dense"], d["params"]),
                                      ("compacted", c["latency"], c["macs"], c["params_compact"])):
         console.print(f"  {label}  {lat['median_ms']:.3f} ms (p90 {lat['p90_ms']:.3f}, spread {lat['spread']:.0%})   "
@@ -439,6 +459,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         given.add("admm")
     admm = SEARCH_ADMM.replace(iters=args.admm_iters, epochs=args.admm_epochs, retrain_epochs=args.retrain_epochs,
                                rho=args.rho)
+    if args.runtime is not None:
+        given.add("runtime")
     settings = SearchSettings(
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
@@ -451,7 +473,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     settings = replace(settings, **{k: getattr(args, k) for k in ("model", "dataset", "budget_mode", "dtype", "sampler",
                                                                    "seed", "trial_method", "rungs", "short_rung",
-                                                                   "epoch_budget") if getattr(args, k) is not None})
+                                                                   "epoch_budget", "runtime")
+                                    if getattr(args, k) is not None})
     reporter = _reporter(args)
     callbacks = _search_callbacks(args, reporter)
 

@@ -11,6 +11,12 @@ off in :class:`LatencySettings`. On CPU it times with a process allocator that k
 memory (:func:`steady_allocator`), as deployed runtimes do, so that activations are not
 page-faulted in again on every call. The caller's model is never modified.
 
+This module is the ``torch`` (eager) runtime's timer and the statistics every runtime
+shares: :func:`compare_calls` times any zero-argument calls side by side in interleaved
+rounds (medians, p10/p90, per-round medians for :func:`latency_ratio`); the runtimes of
+:mod:`autoprune.runtimes` (ONNX Runtime, compiled PyTorch) prepare their models their own
+way and time them through it.
+
 ``LatencyCache`` stores results in a JSON file keyed by the model's architecture
 fingerprint (module types, parameter shapes, kernel forms), the device, and the
 measurement settings, so one configuration is measured once.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,6 +37,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -74,6 +82,8 @@ class LatencySettings:
     repeats: int = 30
     # keep repeating until at least this much time was measured (up to 10x repeats): default_min_seconds()
     min_seconds: float = dataclasses.field(default_factory=default_min_seconds)
+    # where the model is timed: a name of autoprune.runtimes' registry (torch = this module, eager)
+    runtime: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,7 @@ class LatencyResult:
     fold_bn: bool = False
     steady_memory: bool = False  # measured with steady_allocator() in force
     rounds_ms: tuple[float, ...] = ()  # per-round medians when timed beside other models (compare_latency)
+    runtime: str = "torch"  # the runtime that ran the model (autoprune.runtimes)
 
     @property
     def spread(self) -> float:
@@ -222,26 +233,29 @@ class _Measuring:
 
 
 @torch.inference_mode()
-def _samples(model: nn.Module, x: torch.Tensor, *, device: torch.device, settings: LatencySettings,
-             warmup: int) -> list[float]:
-    """Milliseconds of each timed call, after ``warmup`` untimed ones (the caller holds :class:`_Measuring`)."""
+def _samples(call: Callable[[], object], *, device: torch.device, settings: LatencySettings, warmup: int,
+             cuda_events: bool = True) -> list[float]:
+    """Milliseconds of each timed ``call()``, after ``warmup`` untimed ones (the caller holds
+    :class:`_Measuring`). On CUDA with ``cuda_events``, CUDA events on torch's current stream
+    time each call; otherwise the wall clock (a runtime whose calls return when done)."""
     times: list[float] = []
     for _ in range(warmup):
-        model(x)
-    if device.type == "cuda":
+        call()
+    events = device.type == "cuda" and cuda_events
+    if events:
         torch.cuda.synchronize(device)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     total, limit = 0.0, settings.repeats * 10
     while len(times) < settings.repeats or (total < settings.min_seconds and len(times) < limit):
-        if device.type == "cuda":
+        if events:
             start.record()
-            model(x)
+            call()
             end.record()
             end.synchronize()
             ms = start.elapsed_time(end)
         else:
             t0 = time.perf_counter()
-            model(x)
+            call()
             ms = (time.perf_counter() - t0) * 1e3
         times.append(ms)
         total += ms / 1e3
@@ -250,6 +264,7 @@ def _samples(model: nn.Module, x: torch.Tensor, *, device: torch.device, setting
 
 def _summary(times: list[float], *, device: torch.device, settings: LatencySettings,
              rounds_ms: tuple[float, ...] = ()) -> LatencyResult:
+    """Median, p10/p90 and minimum of the samples of one model."""
     s = sorted(times)
     return LatencyResult(
         median_ms=statistics.median(s),
@@ -265,13 +280,21 @@ def _summary(times: list[float], *, device: torch.device, settings: LatencySetti
         fold_bn=settings.fold_bn,
         steady_memory=device.type == "cpu" and steady_allocator_active(),
         rounds_ms=rounds_ms,
+        runtime=settings.runtime,
     )
 
 
 def _time_prepared(model: nn.Module, x: torch.Tensor, *, device: torch.device,
                    settings: LatencySettings) -> LatencyResult:
+    return measure_call(functools.partial(model, x), device=device, settings=settings)
+
+
+def measure_call(call: Callable[[], object], *, device: torch.device, settings: LatencySettings,
+                 cuda_events: bool = True) -> LatencyResult:
+    """Time one zero-argument ``call`` (a prepared model bound to its input): ``settings.warmup``
+    untimed calls, then ``settings.repeats`` timed ones (more until ``settings.min_seconds``)."""
     with _Measuring(device, settings):
-        times = _samples(model, x, device=device, settings=settings, warmup=settings.warmup)
+        times = _samples(call, device=device, settings=settings, warmup=settings.warmup, cuda_events=cuda_events)
     return _summary(times, device=device, settings=settings)
 
 
@@ -294,24 +317,32 @@ def compare_latency(
     dense/compacted ratio varied by 15% between processes timed in three rounds of ten
     calls, and by 3–5% between rounds of three calls within one process.
     """
+    prepared = {name: prepare_for_timing(m, input_shape, device=device, settings=settings) for name, m in models.items()}
+    x = _input(input_shape, device, settings)
+    return compare_calls({name: functools.partial(m, x) for name, m in prepared.items()}, device=device,
+                         settings=settings, rounds=rounds)
+
+
+def compare_calls(calls: dict[str, Callable[[], object]], *, device: torch.device, settings: LatencySettings,
+                  rounds: int | None = None, cuda_events: bool = True) -> dict[str, LatencyResult]:
+    """:func:`compare_latency`'s interleaved rounds and statistics for zero-argument calls (each a
+    prepared model bound to its input, in any runtime): the timer every runtime shares."""
     rounds = rounds or max(3, settings.repeats // 3)
     per_round = max(1, -(-settings.repeats // rounds))
     one = dataclasses.replace(settings, repeats=per_round, min_seconds=settings.min_seconds / rounds)
-    prepared = {name: prepare_for_timing(m, input_shape, device=device, settings=settings) for name, m in models.items()}
-    x = _input(input_shape, device, settings)
-    samples: dict[str, list[float]] = {k: [] for k in models}
-    medians: dict[str, list[float]] = {k: [] for k in models}
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    medians: dict[str, list[float]] = {k: [] for k in calls}
     with _Measuring(device, settings):
-        for model in prepared.values():
-            _samples(model, x, device=device, settings=dataclasses.replace(one, repeats=0, min_seconds=0.0),
-                     warmup=settings.warmup)
+        for call in calls.values():
+            _samples(call, device=device, settings=dataclasses.replace(one, repeats=0, min_seconds=0.0),
+                     warmup=settings.warmup, cuda_events=cuda_events)
         for _ in range(rounds):
-            for name, model in prepared.items():
-                times = _samples(model, x, device=device, settings=one, warmup=1)
+            for name, call in calls.items():
+                times = _samples(call, device=device, settings=one, warmup=1, cuda_events=cuda_events)
                 samples[name] += times
                 medians[name].append(statistics.median(times))
     return {name: _summary(samples[name], device=device, settings=settings, rounds_ms=tuple(medians[name]))
-            for name in models}
+            for name in calls}
 
 
 def latency_ratio(a: LatencyResult, b: LatencyResult) -> float:
@@ -347,6 +378,13 @@ def architecture_fingerprint(model: nn.Module) -> str:
         extra = mod.extra_repr() if not list(mod.children()) else ""
         parts.append(f"{name}|{type(mod).__name__}|{extra}|{own}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+
+
+def _runtime_version(name: str) -> str:
+    """``onnxruntime 1.31.1``: a runtime's name and version, for cache keys (a new version measures anew)."""
+    from autoprune.runtimes import get_runtime  # the runtimes build on this module
+
+    return f"{name} {get_runtime(name).version()}"
 
 
 class LatencyCache:
@@ -388,6 +426,7 @@ class LatencyCache:
         return "|".join([fingerprint, device_description(device), torch.__version__, str(tuple(input_shape)),
                          str(settings.batch_size), settings.dtype, str(settings.channels_last), str(settings.threads)]
                         + (["folded"] if settings.fold_bn else [])
+                        + ([f"runtime={_runtime_version(settings.runtime)}"] if settings.runtime != "torch" else [])
                         + (["steady"] if settings.steady_memory and device.type == "cpu" else []))
 
     def get(self, key: str) -> LatencyResult | None:
@@ -423,6 +462,11 @@ class LatencyCache:
         hit = self.get(key)
         if hit is not None:
             return hit, True
-        result = measure_latency(model, input_shape, device=device, settings=settings)
+        if settings.runtime == "torch":
+            result = measure_latency(model, input_shape, device=device, settings=settings)
+        else:
+            from autoprune.runtimes import get_runtime
+
+            result = get_runtime(settings.runtime).measure(model, input_shape, device=device, settings=settings)
         self.put(key, result)
         return result, False

@@ -19,8 +19,9 @@ from torch import nn
 
 from autoprune.compact.channels import remove_channels
 from autoprune.compact.kernels import candidate_forms
-from autoprune.latency import DTYPES, LatencySettings, compare_latency, latency_ratio, measure_latency
+from autoprune.latency import DTYPES, LatencySettings, latency_ratio
 from autoprune.projection import Projector
+from autoprune.runtimes import compare_latency, get_runtime, measure_latency
 
 __all__ = ["CompactResult", "LayerChoice", "compact_model", "remove_channels"]
 
@@ -75,7 +76,8 @@ def compact_model(
         masked_model: The hard-pruned model (``projector.hard_masks()`` applied).
         projector: The projector whose masks were applied.
         example_input: One input batch (any batch size) on the CPU.
-        latency: Measurement settings for the per-layer kernel choice (batch size, dtype).
+        latency: Measurement settings for the per-layer kernel choice (batch size, dtype, and the
+            runtime: only the forms it runs are offered, and they are timed in it).
         choose_kernels: If False, intra-layer sparse layers stay masked dense.
         force_form: Use this kernel form wherever it is a candidate, without timing
             (for tests and for exporting a known choice).
@@ -89,11 +91,14 @@ def compact_model(
     shapes = _input_shapes(compact, example_input.cpu(), sparse_layers)
     dtype = DTYPES[latency.dtype]
     quick = dataclasses.replace(latency, warmup=3, repeats=15, min_seconds=0.1)
+    runnable = get_runtime(latency.runtime).kernel_forms
     plain = copy.deepcopy(compact)  # channel-removed, intra-layer sparsity still masked dense
     for name in sparse_layers:
         module = compact.get_submodule(name)
         mask = module.weight.detach() != 0
         forms = candidate_forms(module, mask, device=device, dtype=dtype) if choose_kernels else {}
+        if runnable is not None:  # only the forms the runtime runs as such
+            forms = {f: m for f, m in forms.items() if f in runnable}
         stype = projector.layer_types[name][0].name
         if force_form is not None:
             form = force_form if force_form in forms else "dense"

@@ -48,9 +48,10 @@ from autoprune.deploy.card import (
 )
 from autoprune.deploy.programs import check_programs, export_programs
 from autoprune.errors import UserError
-from autoprune.latency import LatencyResult, LatencySettings, compare_latency, device_description, latency_ratio
+from autoprune.latency import LatencyResult, LatencySettings, device_description, latency_ratio
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
+from autoprune.runtimes import compare_latency, get_runtime
 from autoprune.stats import LayerStats
 from autoprune.train import evaluate
 
@@ -269,5 +270,5 @@ def _report(summary: PruneSummary, ckpt: Checkpoint, model: nn.Module, result: C
         param_ratio=dense.params / max(stored, 1),
         dense_latency=dense_lat, pruned_latency=pruned_lat, kernels_reverted=result.reverted,
         layers=_layer_rows(summary.layers, model, result.choices), checks=checks, exports=entries, files=files,
-        notes=notes,
+        notes=notes, runtime=latency.runtime, runtime_detail=get_runtime(latency.runtime).describe(device, latency),
     )

@@ -156,6 +156,8 @@ class DeployReport:
     notes: list[str] = field(default_factory=list)
     seconds: float | None = None
     out_dir: str | None = None
+    runtime: str = "torch"  # where both were timed (autoprune.runtimes)
+    runtime_detail: str = ""  # e.g. "onnxruntime 1.31.1, CPUExecutionProvider, 2 threads"
 
     def to_dict(self, *, with_out_dir: bool = False) -> dict[str, Any]:
         """``report.json`` as plain data; ``with_out_dir`` adds ``out_dir`` (what ``--json`` prints)."""
@@ -172,6 +174,8 @@ class DeployReport:
             "channels_last": self.channels_last,
             "fold_bn": self.fold_bn,
             "steady_memory": self.steady_memory,
+            "runtime": self.runtime,
+            "runtime_detail": self.runtime_detail,
             "dense": asdict(self.dense),
             "pruned": asdict(self.pruned),
             "accuracy_drop": {"val": self.dense.val_acc - self.pruned.val_acc,
@@ -209,7 +213,8 @@ def card_markdown(r: DeployReport) -> str:
     lines = [
         f"# {r.model} on {r.dataset}: deployable pruned model",
         "",
-        f"Measured on {r.device_description}, batch {r.batch_size}, {r.dtype} "
+        f"Measured on {r.device_description}{f' in {r.runtime_detail}' if r.runtime_detail else ''}, "
+        f"batch {r.batch_size}, {r.dtype} "
         f"(weights stored in {r.stored_dtype}).",
         "",
         "| | dense | pruned |",

@@ -27,7 +27,7 @@ from autoprune.fold import fold_batchnorm
 from autoprune.safeload import UnsafeFileError, no_code_loading
 
 __all__ = ["ONNX_FILE", "ONNX_OPSET", "PT2_FILE", "UNEXPORTABLE_KERNELS", "ExportedModule", "check_programs",
-           "export_programs", "load_program"]
+           "export_onnx", "export_programs", "load_program"]
 
 PT2_FILE = "model.pt2"
 ONNX_FILE = "model.onnx"
@@ -49,9 +49,11 @@ def _export_pt2(model: nn.Module, x: torch.Tensor, path: Path) -> str:
     return batch
 
 
-def _export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str:
-    """The TorchScript-based ONNX exporter (needs no onnxscript), dynamic batch; the dynamo
-    exporter only where the first fails and onnxscript is installed."""
+def export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> str:
+    """Write ``model`` (as it is: fold and densify first) to ``path`` as ONNX: the TorchScript-based
+    exporter (needs no onnxscript), opset 17, input ``input``, output ``logits``, dynamic batch; the
+    dynamo exporter only where the first fails and onnxscript is installed. Also what the
+    ``onnxruntime`` runtime (:mod:`autoprune.runtimes`) times."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings, the exporter's deprecation notice
         try:
@@ -105,7 +107,7 @@ def export_programs(model: nn.Module, example_input: torch.Tensor, out_dir: str 
         note = (f"layer{'s' if len(densified) > 1 else ''} {', '.join(densified)} exported as dense masked weights "
                 f"(same outputs, no sparse speed-up): sparse CSR / semi-structured kernels cannot be exported")
     result: dict[str, Any] = {"folded_batchnorm": result_folded}
-    for key, fn, path in (("pt2", _export_pt2, out / PT2_FILE), ("onnx", _export_onnx, out / ONNX_FILE)):
+    for key, fn, path in (("pt2", _export_pt2, out / PT2_FILE), ("onnx", export_onnx, out / ONNX_FILE)):
         try:
             result[f"{key}_batch"] = fn(exportable, x, path)
         except Exception as exc:  # noqa: BLE001 - an exporter failing must not lose the build

@@ -57,6 +57,7 @@ def write_study_artifacts(
         "checkpoint": meta.checkpoint,
         "device": meta.device,
         "device_description": meta.device_description,
+        "runtime": meta.runtime,
         "latency_batch": meta.latency_batch,
         "dtype": meta.dtype,
         "metric": meta.metric,

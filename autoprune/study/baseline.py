@@ -20,8 +20,9 @@ from autoprune.config import PruneConfig
 from autoprune.data import DatasetSplits
 from autoprune.dense import checkpoint_for
 from autoprune.groups import ChannelGraph
-from autoprune.latency import LatencySettings, check_dtype, measure_latency
+from autoprune.latency import LatencySettings, check_dtype
 from autoprune.progress import Reporter
+from autoprune.runtimes import measure_latency
 from autoprune.stats import layer_stats, model_counts
 from autoprune.task import Task
 
@@ -38,13 +39,15 @@ class MeasuredLike(Protocol):
     fold_bn: bool
     steady_memory: bool
     threads: int | None
+    runtime: str
 
 
 def latency_settings(batch: int, how: MeasuredLike) -> LatencySettings:
     """The search's latency measurement at ``batch`` (30 repeats, at least half a second or
     ``$AUTOPRUNE_TIMING_SECONDS``: :func:`autoprune.latency.default_min_seconds`)."""
     return LatencySettings(batch_size=batch, dtype=how.dtype, channels_last=how.channels_last, fold_bn=how.fold_bn,
-                           steady_memory=how.steady_memory, threads=how.threads, warmup=5, repeats=30)
+                           steady_memory=how.steady_memory, threads=how.threads, warmup=5, repeats=30,
+                           runtime=how.runtime)
 
 
 def choose_latency_batch(model: torch.nn.Module, shape: tuple[int, ...], device: torch.device,
@@ -87,7 +90,8 @@ def measure_dense(task: Task, device: torch.device, how: MeasuredLike, latency_b
     fmt = (lambda v: f"{100 * v:.2f}%") if task.metric == "accuracy" else (lambda v: f"{v:.4g}")
     test = "" if test_acc is None else f", test {fmt(test_acc)}"
     reporter.log(f"dense {label}: validation {task.metric} {fmt(acc)}{test}, "
-                 f"{lat.median_ms:.3g} ms per batch of {batch} on {lat.device}")
+                 f"{lat.median_ms:.3g} ms per batch of {batch} on {lat.device}"
+                 + ("" if how.runtime == "torch" else f" in {how.runtime}"))
     return {"dense_accuracy": acc, "dense_test_accuracy": test_acc, "dense_latency_ms": lat.median_ms,
             "dense_latency_p90_ms": lat.p90_ms, "dense_macs": float(counts["macs"]),
             "dense_params": float(counts["params"]), "latency_batch": batch, "device_description": lat.device}

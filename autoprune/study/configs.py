@@ -23,6 +23,7 @@ def trial_config(record: StudyRecord, trial: TrialRecord, *, data_dir: str | Non
             "study": meta.name, "storage": redact(record.storage), "trial": trial.number,
             "budget": meta.budget, "budget_mode": meta.budget_mode,
             "device": meta.device_description, "latency_batch": meta.latency_batch, "dtype": meta.dtype,
+            **({"runtime": meta.runtime} if meta.runtime != "torch" else {}),  # torch: configs as before
             "trial_method": meta.trial_method, "metric": meta.metric,
             "metrics": {
                 "val_accuracy": trial.accuracy, "accuracy_drop": trial.accuracy_drop,

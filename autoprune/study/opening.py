@@ -35,6 +35,7 @@ from autoprune.device import resolve_channel_multiple, resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, check_dtype
+from autoprune.runtimes import check_runtime
 from autoprune.progress import Reporter
 from autoprune.study.baseline import dense_checkpoint, latency_settings, measure_dense
 from autoprune.study.objective import SearchContext
@@ -108,6 +109,8 @@ def open_study(s: SearchSettings, reporter: Reporter) -> OpenStudy:
                         f"--space auto).")
     device = resolve_device(s.device or "cpu")
     check_dtype(s.dtype, device)
+    if "runtime" in s.given or not s.resume:  # a resumed study measures in its own runtime, checked below
+        check_runtime(s.runtime, device, s.dtype)
     if s.task is not None:  # the user's metric, once, before anything is written (the baseline reuses it)
         s.task.dense_score(device)
     url = s.storage or default_storage(s.runs_dir)
@@ -128,6 +131,7 @@ def open_study(s: SearchSettings, reporter: Reporter) -> OpenStudy:
         notes = parts.notes if parts is not None else ()
         study = study or load_existing(storage, name)
         parts = dataclasses.replace(_join(study, s), notes=notes)
+        check_runtime(parts.meta.runtime, parts.device, parts.meta.dtype)
     if not creator and "epoch_budget" in s.given:  # raising a study's epoch budget lets it go on
         parts = _with_epoch_budget(parts, s, study)
     for note in parts.notes:
@@ -228,7 +232,8 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
         device=str(device), budget=s.budget, budget_mode=s.budget_mode, dtype=s.dtype,
         space=space.source, space_spec=space.to_dict(), sampler=s.sampler, seed=s.seed,
         admm=dict(s.admm.__dict__), versions=versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
-        trial_method=s.trial_method, steady_memory=s.steady_memory, fidelity=fidelity.to_dict(), val_size=val_size,
+        trial_method=s.trial_method, steady_memory=s.steady_memory, runtime=s.runtime,
+        fidelity=fidelity.to_dict(), val_size=val_size,
         channel_multiple=resolve_channel_multiple(s.channel_multiple, device, s.dtype), threads=s.threads,
         **dense,
     )
@@ -363,7 +368,7 @@ def check_compatible(study: optuna.Study, s: SearchSettings) -> StudyMeta:
         "channel_multiple": (resolve_channel_multiple(s.channel_multiple, torch.device(meta.device), meta.dtype),
                              meta.channel_multiple),
         "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
-        "steady_memory": (s.steady_memory, meta.steady_memory),
+        "steady_memory": (s.steady_memory, meta.steady_memory), "runtime": (s.runtime, meta.runtime),
         "trial_method": (s.trial_method, meta.trial_method),
         "rungs": (s.rungs, Fidelity.from_dict(meta.fidelity).rungs),
         "short_rung": (s.short_rung, Fidelity.from_dict(meta.fidelity).short),

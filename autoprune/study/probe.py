@@ -31,11 +31,11 @@ from autoprune.latency import (
     LatencyResult,
     LatencySettings,
     architecture_fingerprint,
-    compare_latency,
     latency_ratio,
     percentile,
 )
 from autoprune.projection import Projector
+from autoprune.runtimes import compare_latency
 from autoprune.stats import layer_stats, model_counts
 
 if TYPE_CHECKING:

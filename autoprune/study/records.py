@@ -65,6 +65,7 @@ class StudyMeta:
     channels_last: bool = False
     fold_bn: bool = False
     steady_memory: bool = False  # studies made before this setting measured with glibc's default allocator
+    runtime: str = "torch"  # where latency is measured (autoprune.runtimes); studies made before it: torch eager
     channel_multiple: int = 1
     threads: int | None = None
     trial_method: str = "admm"  # how trials prune: magnitude or admm (studies made before the option used admm)

@@ -115,13 +115,14 @@ class SearchSettings:
     channels_last: bool = True  # latency in channels-last memory format (faster on every model measured here)
     fold_bn: bool = True  # latency with BatchNorm folded into the convs, as deployed
     steady_memory: bool = True  # CPU latency with an allocator that keeps freed memory (autoprune.latency)
+    runtime: str = "torch"  # where latency is measured (autoprune.runtimes): torch, onnxruntime, torch-compile
     # kept channels rounded to a multiple of this; "auto": the device's channel block
     # (autoprune.device.channel_block), resolved when the study is made; 1: exact rates
     channel_multiple: int | str = "auto"
     threads: int | None = None
     sampler: str = "tpe"
     seed: int = 0
-    study_name: str | None = None  # default: <model>-<dataset>-<device type>
+    study_name: str | None = None  # default: <model>-<dataset>-<device type>[-<runtime> unless torch]
     storage: str | None = None  # default: sqlite:///runs/optuna.db
     resume: bool = False
     space: str | None = None  # YAML file, "auto", or None: the model's shipped file, else auto
@@ -163,4 +164,5 @@ class SearchSettings:
         parse_epoch_budget(self.epoch_budget)
 
     def default_study_name(self, device_type: str) -> str:
-        return f"{self.model}-{self.dataset}-{device_type}".replace(":", "-").replace("/", "-")
+        runtime = "" if self.runtime == "torch" else f"-{self.runtime}"
+        return f"{self.model}-{self.dataset}-{device_type}{runtime}".replace(":", "-").replace("/", "-")

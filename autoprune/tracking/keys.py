@@ -108,6 +108,7 @@ def settings_params(meta: StudyMeta) -> dict[str, Any]:
         "channels_last": meta.channels_last,
         "fold_bn": meta.fold_bn,
         "steady_memory": meta.steady_memory,
+        "runtime": meta.runtime,
         "channel_multiple": meta.channel_multiple,
         "space": meta.space,
         "sampler": meta.sampler,
@@ -198,6 +199,7 @@ def trial_tags(trial: TrialRecord, meta: StudyMeta | None = None) -> dict[str, s
         out["worker"] = trial.worker
     if meta is not None:
         out["device"] = meta.device_description or meta.device
+        out["runtime"] = meta.runtime
     if trial.stopped_at:
         out["stopped_at_rung"] = trial.stopped_at
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})

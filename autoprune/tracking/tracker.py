@@ -354,6 +354,7 @@ class Tracker:
                 ROLE_TAG: "study",
                 STUDY_NAME_TAG: meta.name,
                 STORAGE_TAG: storage_tag(storage),
+                "runtime": meta.runtime,
             }
             metrics = [(k, float(v), 0) for k, v in dense.items() if v is not None]
             self._log(runs.parent_run_id, params=params, metrics=metrics, tags=tags, existing=existing)

@@ -79,6 +79,10 @@ CASES = [
     (["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--checkpoint", "IN/pickled.pt"],
      "is not an autoprune checkpoint"),
     (["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--input-shape", "3,x"], "is not C,H,W"),
+    (["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--runtime", "tensorrt"],
+     "unknown runtime 'tensorrt'. Known runtimes: torch, onnxruntime"),
+    (["bench", "--model", "digits-cnn", "--uniform", "filter:0.5", "--runtime", "onnxruntime", "--device", "cpu",
+      "--dtype", "bf16"], "runtime 'onnxruntime' does not run on cpu in bf16"),
     # train: checked before the training starts
     (["train", "--model", "digits-cnn", "--lr", "-1"], "--lr must be > 0"),
     (["train", "--model", "digits-cnn", "--out", "IN/"], "is a folder"),

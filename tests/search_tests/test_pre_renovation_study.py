@@ -42,6 +42,7 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
     assert (meta.pop("metric"), meta.pop("direction")) == ("accuracy", "maximize")
     # ... and it climbed no rungs (issue 22): no fidelity recorded, the validation set's size unknown
     assert (meta.pop("fidelity"), meta.pop("val_size")) == (None, None)
+    assert meta.pop("runtime") == "torch"  # ... and measured in torch eager (issue 24)
     assert meta == summary["meta"]
     assert [t.state for t in record.trials] == ["COMPLETE"] * 3 and record.trials[0].is_dense
     best = record.best_feasible()
@@ -51,6 +52,7 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
     now = json.loads(json.dumps(result.to_dict(), default=str))
     assert (now["meta"].pop("metric"), now["meta"].pop("direction")) == ("accuracy", "maximize")
     assert (now["meta"].pop("fidelity"), now["meta"].pop("val_size")) == (None, None)
+    assert now["meta"].pop("runtime") == "torch"
     for trial in [*now["front"], now["best_feasible"], now["best_uniform"]]:
         if trial is not None:
             assert trial.pop("worker") is None  # an old study recorded no worker

@@ -1,0 +1,55 @@
+"""``torch``: PyTorch eager, the default — :mod:`autoprune.latency` as it always timed."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from autoprune.latency import (
+    DTYPES,
+    LatencyResult,
+    LatencySettings,
+    _input,
+    compare_latency,
+    measure_latency,
+    prepare_for_timing,
+)
+from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
+
+
+@register_runtime
+class TorchRuntime(Runtime):
+    """PyTorch eager on the device: BatchNorm folded and channels-last as
+    :class:`~autoprune.latency.LatencySettings` say, CUDA events on CUDA, torch's threads on CPU."""
+
+    name = "torch"
+    description = "PyTorch eager (the default): BatchNorm folded, channels-last, torch's threads"
+
+    def describe(self, device: torch.device, settings: LatencySettings) -> str:
+        threads = f", {cpu_threads(settings)}" if device.type == "cpu" else ""
+        return f"torch {torch.__version__} eager{threads}"
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+                settings: LatencySettings) -> Prepared:
+        prepared = prepare_for_timing(model, input_shape, device=device, settings=settings)
+        x = _input(input_shape, device, settings)
+
+        @torch.inference_mode()
+        def infer(inp: torch.Tensor) -> torch.Tensor:
+            inp = inp.to(device=device, dtype=DTYPES[settings.dtype])
+            if settings.channels_last and inp.ndim == 4:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            return prepared(inp).float().cpu()
+
+        return Prepared(run=functools.partial(prepared, x), infer=infer)
+
+    # today's functions, unchanged: the torch runtime *is* autoprune.latency
+    def compare(self, models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,
+                settings: LatencySettings, rounds: int | None = None) -> dict[str, LatencyResult]:
+        return compare_latency(models, input_shape, device=device, settings=settings, rounds=rounds)
+
+    def measure(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+                settings: LatencySettings) -> LatencyResult:
+        return measure_latency(model, input_shape, device=device, settings=settings)

@@ -1,0 +1,73 @@
+"""``torch-compile``: ``torch.compile`` with the inductor backend on the eval model with its
+weights frozen (inductor's ``freezing``: weights become constants, folded where they can be),
+static shapes — how PyTorch 2 users deploy without leaving Python.
+
+The model is prepared as the ``torch`` runtime prepares it (BatchNorm folded, channels-last,
+device and dtype), then compiled and run once (compiling takes seconds per model; a first
+compile in a process, tens of seconds). On CPU inductor writes and builds C++: without a C++
+compiler the runtime says so and is not used.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+from torch import nn
+
+from autoprune.errors import first_line
+from autoprune.latency import DTYPES, LatencySettings, _input, prepare_for_timing
+from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
+
+
+@functools.cache
+def _cpp_compiler_problem() -> str | None:
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as exc:  # noqa: BLE001 - inductor's own error names the compiler it looked for
+        return (f"inductor needs a C++ compiler on CPU and found none ({first_line(exc, limit=160)}); "
+                f"install g++ or set CXX.")
+    return None
+
+
+@register_runtime
+class TorchCompileRuntime(Runtime):
+    """torch.compile (inductor) on frozen eval weights."""
+
+    name = "torch-compile"
+    description = "torch.compile, inductor backend, frozen eval weights, static shapes"
+    install = "it comes with torch >= 2.0; on CPU it needs a C++ compiler (g++), on CUDA triton"
+    kernel_forms = frozenset({"dense", "shape-gemm"})  # sparse tensors do not compile
+
+    def unsupported(self, device: torch.device, dtype: str) -> str | None:
+        if device.type == "cpu":
+            return _cpp_compiler_problem()
+        if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+            return "inductor needs triton on CUDA, which is not installed (it comes with the CUDA builds of torch)."
+        return None
+
+    def describe(self, device: torch.device, settings: LatencySettings) -> str:
+        threads = f", {cpu_threads(settings)}" if device.type == "cpu" else ""
+        return f"torch-compile {torch.__version__} inductor, frozen weights{threads}"
+
+    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+                settings: LatencySettings) -> Prepared:
+        eager = prepare_for_timing(model, input_shape, device=device, settings=settings)
+        for p in eager.parameters():
+            p.requires_grad_(False)
+        compiled = torch.compile(eager, backend="inductor", dynamic=False, options={"freezing": True})
+        x = _input(input_shape, device, settings)
+        with torch.inference_mode():
+            compiled(x)  # compile now, not in the timed calls
+
+        @torch.inference_mode()
+        def infer(inp: torch.Tensor) -> torch.Tensor:
+            inp = inp.to(device=device, dtype=DTYPES[settings.dtype])
+            if settings.channels_last and inp.ndim == 4:
+                inp = inp.contiguous(memory_format=torch.channels_last)
+            return compiled(inp).float().cpu()
+
+        return Prepared(run=functools.partial(compiled, x), infer=infer)
