@@ -32,8 +32,9 @@ in all, every rung of every trial counted (the screen's BatchNorm passes too). A
 that the rest of the budget cannot pay for is not made; the trial stops with that reason,
 and the search ends once not even a short rung can be paid for.
 
-The rule was chosen on Fashion-MNIST (``benchmarks/results/search_vs_uniform.md`` has the
-Spearman rank correlation of each rung's score with the trained score, per model).
+The rule was chosen on Fashion-MNIST (``benchmarks/results/rung_signal.md``: resnet20;
+``benchmarks/results/search_vs_uniform.md`` has the Spearman rank correlation of each rung's
+score with the trained score inside real searches, per model).
 """
 
 from __future__ import annotations
