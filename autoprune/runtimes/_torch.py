@@ -19,6 +19,20 @@ from autoprune.latency import (
 from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
 
 
+def prepared_call(fn: nn.Module, x: torch.Tensor, *, device: torch.device, settings: LatencySettings) -> Prepared:
+    """``fn`` (a module prepared as :func:`prepare_for_timing` prepares it, or its compiled form)
+    timed on ``x``; ``infer`` moves any input to its device, dtype and memory format."""
+
+    @torch.inference_mode()
+    def infer(inp: torch.Tensor) -> torch.Tensor:
+        inp = inp.to(device=device, dtype=DTYPES[settings.dtype])
+        if settings.channels_last and inp.ndim == 4:
+            inp = inp.contiguous(memory_format=torch.channels_last)
+        return fn(inp).float().cpu()
+
+    return Prepared(run=functools.partial(fn, x), infer=infer)
+
+
 @register_runtime
 class TorchRuntime(Runtime):
     """PyTorch eager on the device: BatchNorm folded and channels-last as
@@ -34,16 +48,7 @@ class TorchRuntime(Runtime):
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> Prepared:
         prepared = prepare_for_timing(model, input_shape, device=device, settings=settings)
-        x = _input(input_shape, device, settings)
-
-        @torch.inference_mode()
-        def infer(inp: torch.Tensor) -> torch.Tensor:
-            inp = inp.to(device=device, dtype=DTYPES[settings.dtype])
-            if settings.channels_last and inp.ndim == 4:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            return prepared(inp).float().cpu()
-
-        return Prepared(run=functools.partial(prepared, x), infer=infer)
+        return prepared_call(prepared, _input(input_shape, device, settings), device=device, settings=settings)
 
     # today's functions, unchanged: the torch runtime *is* autoprune.latency
     def compare(self, models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,

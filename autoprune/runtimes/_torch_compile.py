@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 from autoprune.errors import first_line
-from autoprune.latency import DTYPES, LatencySettings, _input, prepare_for_timing
+from autoprune.latency import LatencySettings, _input, prepare_for_timing
 from autoprune.runtimes._base import Prepared, Runtime, cpu_threads, register_runtime
+from autoprune.runtimes._torch import prepared_call
 
 
 @functools.cache
@@ -62,12 +63,4 @@ class TorchCompileRuntime(Runtime):
         x = _input(input_shape, device, settings)
         with torch.inference_mode():
             compiled(x)  # compile now, not in the timed calls
-
-        @torch.inference_mode()
-        def infer(inp: torch.Tensor) -> torch.Tensor:
-            inp = inp.to(device=device, dtype=DTYPES[settings.dtype])
-            if settings.channels_last and inp.ndim == 4:
-                inp = inp.contiguous(memory_format=torch.channels_last)
-            return compiled(inp).float().cpu()
-
-        return Prepared(run=functools.partial(compiled, x), infer=infer)
+        return prepared_call(compiled, x, device=device, settings=settings)

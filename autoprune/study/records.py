@@ -225,24 +225,12 @@ class StudyRecord:
         the trial it repeats). Where the search re-measured its fastest candidates at the end
         (``remeasured``), the fastest of them by that figure: the best of many noisy timings
         is biased upward, a second timing side by side is not."""
-        feasible = [t for t in self.feasible if t.repeat_of is None]
-        if not feasible:
-            return None
-        again = [t for t in feasible if t.remeasured]
-        if again:
-            return max(again, key=lambda t: (t.remeasured["speedup"], t.merit))
-        return min(feasible, key=lambda t: (t.latency_ms, -t.merit))
+        return _fastest([t for t in self.feasible if t.repeat_of is None])
 
     def best_uniform(self) -> TrialRecord | None:
         """The fastest trial within the budget among the uniform ones (one type and rate on every
         searched variable: the search's first phase), by the same rule as :meth:`best_feasible`."""
-        uniform = [t for t in self.feasible if t.repeat_of is None and t.proposal == Proposal.UNIFORM]
-        if not uniform:
-            return None
-        again = [t for t in uniform if t.remeasured]
-        if again:
-            return max(again, key=lambda t: (t.remeasured["speedup"], t.merit))
-        return min(uniform, key=lambda t: (t.latency_ms, -t.merit))
+        return _fastest([t for t in self.feasible if t.repeat_of is None and t.proposal == Proposal.UNIFORM])
 
     def epochs_spent(self) -> float:
         """The training the study spent: its trials' (every rung counted; repeats spent none) and
@@ -336,3 +324,14 @@ def study_record(study: Any, storage: str) -> StudyRecord:
         trials.append(rec)
     mark_pareto(trials)
     return StudyRecord(meta, storage, trials, float(study.user_attrs.get(SAMPLER_EPOCHS_ATTR) or 0.0))
+
+
+def _fastest(trials: list[TrialRecord]) -> TrialRecord | None:
+    """The fastest of ``trials`` (ties: the more accurate): by the end-of-search re-measurement
+    where some were re-measured, else by the search's own timing."""
+    if not trials:
+        return None
+    again = [t for t in trials if t.remeasured]
+    if again:
+        return max(again, key=lambda t: (t.remeasured["speedup"], t.merit))
+    return min(trials, key=lambda t: (t.latency_ms, -t.merit))
