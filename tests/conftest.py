@@ -13,6 +13,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # the suite's searches time tiny models many times and assert nothing that needs the precision;
 # subprocesses (the CLI, workers, the GPU check's dry run) inherit it
 os.environ.setdefault("AUTOPRUNE_TIMING_SECONDS", "0.02")
+# pytest -n 2 (pytest-xdist, pyproject's addopts): two workers share the machine's cores, so each
+# one's torch (and every process it starts) uses one thread, not all of them twice over
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2  # torch threads of the suite's own training
 
 ROOT = Path(__file__).resolve().parents[1]
 # what running the suite may create or change in the checkout: interpreter and tool caches
@@ -85,6 +90,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
 
 
 _SNAPSHOT = pytest.StashKey[dict]()
+_LONGEST = {"test_examples.py", "test_gpu_check.py", "test_cli_flow.py", "test_outage.py", "test_search_vs_uniform.py"}
 _CHANGES = pytest.StashKey[list]()
 
 
@@ -95,9 +101,18 @@ def _in_tmp_path(tmp_path, monkeypatch):  # noqa: ANN001, ANN202
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
 def pytest_collection_modifyitems(config, items):  # noqa: ANN001
     import torch
 
+    # the slow tests first, the longest (about 20-90 s each) before them, so that two workers
+    # do not end on one long test each
+    def rank(item) -> int:  # noqa: ANN001
+        if "slow" not in item.keywords:
+            return 2
+        return 0 if item.path.name in _LONGEST else 1
+
+    items[:] = sorted(items, key=rank)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -113,7 +128,7 @@ def digits_baseline(tmp_path_factory):  # noqa: ANN001, ANN201
 
     from autoprune.pipeline import train_baseline
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
     path = tmp_path_factory.mktemp("baseline") / "digits-cnn-digits.pt"
     ckpt, path = train_baseline("digits-cnn", "digits", device=torch.device("cpu"), seed=0, out=path)
     return path, ckpt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -41,7 +42,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 def pruned(digits_baseline):  # noqa: ANN001, ANN201
     from autoprune.pipeline import run_prune
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # as tests/conftest.py's THREADS
     config = PruneConfig(
         model="digits-cnn", dataset="digits", checkpoint=str(digits_baseline[0]),
         layers={
