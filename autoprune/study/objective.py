@@ -115,21 +115,28 @@ def find_prior(study: Any, signature: str, number: int) -> Any | None:  # noqa: 
 
 
 TWIN_WAIT_S = 600.0  # the longest a trial waits for a twin another worker is running
+UNSIGNED_WAIT_S = 10.0  # the longest it waits for a lower trial to name its configuration
 
 
-def wait_for_twin(study: Any, signature: str, number: int, poll_s: float = 0.5,  # noqa: ANN401
-                  timeout_s: float = TWIN_WAIT_S) -> Any | None:
+def wait_for_twin(study: Any, signature: str, number: int, poll_s: float = 0.2,  # noqa: ANN401
+                  timeout_s: float = TWIN_WAIT_S, unsigned_s: float = UNSIGNED_WAIT_S) -> Any | None:
     """Where a lower-numbered trial of the same configuration is running (another worker
     proposed it at the same moment), wait until it ends and return the finished trial to
     reuse (:func:`find_prior`), or None where it failed: a configuration is trained once.
+
+    A lower-numbered running trial that has not named its configuration yet (its worker is
+    still in the sampler) is waited for until it has, for at most ``unsigned_s``: it may be
+    the twin (two workers racing through the sampler, the later trial's worker first).
     Waiting only on lower numbers keeps two twins from waiting on each other."""
-    deadline, waited = time.monotonic() + timeout_s, False
+    start = time.monotonic()
+    deadline, waited = start + timeout_s, False
     while time.monotonic() < deadline:
-        twins = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                 if t.number < number and t.user_attrs.get(SIGNATURE_ATTR) == signature]
-        if not twins:
+        lower = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < number]
+        twins = [t for t in lower if t.user_attrs.get(SIGNATURE_ATTR) == signature]
+        unsigned = [t for t in lower if SIGNATURE_ATTR not in t.user_attrs]
+        if not twins and not (unsigned and time.monotonic() - start < unsigned_s):
             break
-        waited = True
+        waited = waited or bool(twins)
         time.sleep(poll_s)
     return find_prior(study, signature, number) if waited else None
 
