@@ -29,32 +29,28 @@ import copy
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune import admm
-from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
+from autoprune.admm import EvalFn, Schedule, TrainFn
 from autoprune.compact import compact_model
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target, resolve_layer_targets
+from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target
 from autoprune.deploy.build import verify_compaction
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
-from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencySettings
 from autoprune.progress import Reporter
-from autoprune.projection import Projector
+from autoprune.pruning import PruneResult, prune_task
 from autoprune.runtimes import check_runtime, compare_latency, get_runtime
 from autoprune.saving import Deployable, load_pruned, save_pruned
 from autoprune.study import SearchResult, SearchSettings, run_search
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
 from autoprune.study.settings import SEARCH_ADMM, parse_budget
-from autoprune.stats import layer_stats, model_counts
 from autoprune.task import FunctionTask
-from autoprune.train import seed_everything
 
 __all__ = ["Deployable", "PruneResult", "load_pruned", "make_deployable", "prune", "save_pruned", "search"]
 
@@ -204,37 +200,6 @@ def mirror_callbacks(*, tracking: bool, tracking_uri: str | None, runs_dir: str,
 
 
 # -- prune ---------------------------------------------------------------------------
-@dataclass
-class PruneResult:
-    """A pruned model and how it got there.
-
-    Attributes:
-        model: The pruned model: the user's architecture with pruned weights at zero, a plain
-            ``nn.Module`` (no hooks, no parametrizations, no extra attributes).
-        masks: Parameter name -> bool tensor (True: kept).
-        targets: Layer -> its sparsity type and rate.
-        history: ADMM residuals per iteration, notes.
-        dense_score: The metric of the dense model (None without ``evaluate``).
-        score: The metric after pruning (None without ``evaluate``).
-        metric: The metric's name.
-        macs: Multiply-accumulates of the pruned model (zeros skipped) and of dense.
-        example_inputs: The example batch (compaction and latency use its shape).
-    """
-
-    model: nn.Module
-    masks: dict[str, torch.Tensor]
-    targets: dict[str, LayerTarget]
-    history: PruneHistory
-    dense_score: float | None
-    score: float | None
-    metric: str
-    macs: int
-    dense_macs: int
-    example_inputs: torch.Tensor
-    dense: nn.Module = field(repr=False)
-    projector: Projector = field(repr=False)
-
-
 @dataclass(frozen=True)
 class _ConfigParts:
     layers: dict[str, LayerTarget]
@@ -317,36 +282,14 @@ def prune(
         UserError: a bad config (a layer pattern that matches nothing, an unknown type, a
             rate out of range), a ``train`` that steps no optimizer, bad arguments.
     """
-    task = FunctionTask(model, example_inputs, train, evaluate if evaluate is not None else (lambda m: 0.0),
-                        metric=metric, schedule=schedule)
     cfg = _read_config(config)
     if schedule is None and cfg.admm is not None:
         schedule = Schedule.from_settings(cfg.admm)
-    schedule = schedule or Schedule()
-    method = method or cfg.method or "admm"
-    dev = resolve_device(device)
-    work = task.dense()
-    graph = ChannelGraph(work, task.example())
-    targets = resolve_layer_targets(cfg.layers, list(graph.layers), where="config")
-    if not targets:
-        raise UserError("the config prunes no layer (every match is 'none').")
-    projector = Projector(work, graph, targets, channel_multiple=channel_multiple or cfg.channel_multiple)
-    for note in projector.notes:
-        (reporter or Reporter()).log(f"note: {note}")
-    dense_counts = model_counts(work, layer_stats(work, graph))
-    dense = task.dense()
-    dense_score = task.score(dense, dev) if evaluate is not None else None
-    dense.cpu()
-    seed_everything(cfg.seed if seed is None else seed)
-    work.to(dev)
-    masks, history = admm.prune_with(work, projector, schedule, train=train,
-                                     evaluate=None if evaluate is None else (lambda m: task.score(m, dev)),
-                                     method=method, reporter=reporter)
-    score = task.score(work, dev) if evaluate is not None else None
-    counts = model_counts(work, layer_stats(work, graph, targets))
-    return PruneResult(model=work, masks=masks, targets=targets, history=history, dense_score=dense_score,
-                       score=score, metric=task.metric, macs=int(counts["macs"]), dense_macs=int(dense_counts["macs"]),
-                       example_inputs=task.example(), dense=dense, projector=projector)
+    task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, schedule=schedule or Schedule())
+    return prune_task(task, cfg.layers, settings=None, method=method or cfg.method or "admm",
+                      device=resolve_device(device), seed=cfg.seed if seed is None else seed,
+                      channel_multiple=channel_multiple or cfg.channel_multiple, scored=evaluate is not None,
+                      reporter=reporter)
 
 
 # -- deployable ---------------------------------------------------------------------------

@@ -24,20 +24,20 @@ from rich.table import Table
 
 from autoprune._version import __version__
 from autoprune.api import mirror_callbacks
-from autoprune.atomic import check_writable, write_text_atomic
+from autoprune.atomic import check_writable
 from autoprune.bench import run_bench
 from autoprune.config import PruneConfig
 from autoprune.data import describe_datasets
 from autoprune.dense import input_label
-from autoprune.deploy import build_deployable, load_pruned
 from autoprune.device import AUTO, resolve_device
 from autoprune.errors import UserError
-from autoprune.latency import LatencySettings, check_dtype
+from autoprune.latency import LatencySettings
 from autoprune.models import describe_models, list_torchvision_models
 from autoprune.pick import write_trial_config
-from autoprune.pipeline import PruneSummary, example_input, list_layers, run_prune, train_baseline, write_prune_outputs
+from autoprune.pipeline import PruneSummary, list_layers, prune_to_folder, train_baseline
 from autoprune.progress import Reporter, RichReporter
-from autoprune.runtimes import check_runtime, get_runtime, list_runtimes
+from autoprune.runtimes import get_runtime, list_runtimes
+from autoprune.sparsity import describe_sparsity_types
 from autoprune.study import (
     SEARCH_ADMM,
     SearchSettings,
@@ -48,7 +48,6 @@ from autoprune.study import (
 from autoprune.study.configs import best_config_yaml, trial_config_yaml
 from autoprune.study.records import study_record
 from autoprune.study.storage import default_storage, load_autoprune_study
-from autoprune.sparsity import describe_sparsity_types
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 1  # the reader of stdout went away (`| head`): Python's and rich's status for it
@@ -285,43 +284,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    config = PruneConfig.from_yaml(args.config)
-    device = resolve_device(args.device)
-    origin = config.origin or {}
-    batch = args.latency_batch if args.latency_batch is not None else int(origin.get("latency_batch") or 32)
-    dtype = args.dtype or str(origin.get("dtype") or "fp32")
-    if batch < 1:
-        raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
-    check_dtype(dtype, device)
-    runtime = check_runtime(args.runtime or str(origin.get("runtime") or "torch"), device, dtype).name
-    out = Path(args.out) if args.out else Path("runs") / "prune" / Path(args.config).stem
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
-    check_writable(out, what="--out", folder=True)
+    from autoprune.tracking import DEFAULT_TRACKING_URI
+
     overrides = {"iters": args.admm_iters, "epochs": args.admm_epochs, "steps": args.admm_steps,
                  "retrain_epochs": args.retrain_epochs, "rho": args.rho, "lr": args.lr}
-    reporter = _reporter(args)
-    outcome = run_prune(config, method=args.method, device=device, overrides=overrides, reporter=reporter)
-    deploy = build_deployable(outcome, out, device=device,
-                              latency=LatencySettings(batch_size=batch, dtype=dtype, runtime=runtime),
-                              force=args.force, reporter=reporter)
-    write_prune_outputs(outcome, config, out)
-    s = outcome.summary
-    s.deploy = deploy
-    if not args.no_tracking:
-        from autoprune.tracking import DEFAULT_TRACKING_URI, log_model_to_mlflow
-
-        uri = args.tracking_uri or DEFAULT_TRACKING_URI
-        s.mlflow_run_id = log_model_to_mlflow(load_pruned(out), example_input(outcome.splits, batch=2), uri,
-                                              str(origin.get("study") or "autoprune-prune"), f"prune-{out.name}",
-                                              deploy.to_dict(with_out_dir=True),
-                                              warn=lambda m: reporter.log(f"warning: {m}"))
-        s.tracked = True
-        write_text_atomic(out / "result.json", json.dumps(s.to_dict(), indent=2, default=str))
+    summary = prune_to_folder(
+        PruneConfig.from_yaml(args.config), args.out or Path("runs") / "prune" / Path(args.config).stem,
+        method=args.method, device=resolve_device(args.device), overrides=overrides, latency_batch=args.latency_batch,
+        dtype=args.dtype, runtime=args.runtime, force=args.force,
+        tracking_uri=None if args.no_tracking else args.tracking_uri or DEFAULT_TRACKING_URI, reporter=_reporter(args))
     if args.json:
-        print(json.dumps(s.to_dict(), indent=2, default=str))
+        print(json.dumps(summary.to_dict(), indent=2, default=str))
         return 0
-    _print_prune_summary(s)
+    _print_prune_summary(summary)
     return 0
 
 

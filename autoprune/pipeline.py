@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,16 +17,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from autoprune import admm
-from autoprune.atomic import save_torch_atomic, write_text_atomic
 from autoprune.admm import AdmmIteration
-from autoprune.config import AdmmSettings, PruneConfig, resolve_layer_targets
+from autoprune.atomic import check_writable, save_torch_atomic, write_text_atomic
+from autoprune.config import AdmmSettings, PruneConfig
 from autoprune.data import DatasetSplits
 from autoprune.dense import (
     build_model,
     checkpoint_for,
-    existing_checkpoint,
     example_input,
+    existing_checkpoint,
     load_dataset,
     model_input,
     train_baseline,
@@ -37,8 +35,9 @@ from autoprune.groups import ChannelGraph
 from autoprune.models import check_model_input, create_model
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
-from autoprune.stats import LayerStats, layer_stats, model_counts
-from autoprune.train import evaluate, seed_everything
+from autoprune.pruning import check_method, prune_task, resolve_targets
+from autoprune.stats import LayerStats
+from autoprune.task import ClassifierTask
 
 if TYPE_CHECKING:
     from autoprune.deploy import DeployReport
@@ -191,39 +190,22 @@ def run_prune(
         out_dir: When given, ``result.json``, ``config.yaml`` and ``masked_model.pt`` are written there.
     """
     reporter = reporter or Reporter()
-    if method not in admm.METHODS:
-        raise UserError(f"unknown method '{method}'; use one of: {', '.join(admm.METHODS)}.")
+    check_method(method)
     settings: AdmmSettings = config.admm.replace(**(overrides or {}))
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     # everything the config can get wrong is checked before a missing baseline is trained:
     # the targets are checked on the architecture, which needs no weights
     found = existing_checkpoint(config, splits.name, splits=splits)
-    model = found[0].build() if found is not None else build_model(config.model, splits)
-    graph = ChannelGraph(model, example_input(splits))
-    targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
-    if not targets:
-        raise UserError("the config prunes no layer (every match is 'none').")
-    projector = Projector(model, graph, targets, channel_multiple=config.channel_multiple)
+    arch = found[0].build() if found is not None else build_model(config.model, splits)
+    resolve_targets(arch, example_input(splits), config.layers, channel_multiple=config.channel_multiple,
+                    where="config 'layers'")
     if found is None:
         ckpt, ckpt_path, _ = checkpoint_for(config, splits.name, device=device, reporter=reporter)
-        model.load_state_dict(ckpt.state_dict)  # in place: the graph and the projector hold this model
     else:
         ckpt, ckpt_path = found
-    for note in projector.notes:
-        reporter.log(f"note: {note}")
-    model.to(device)
-    dense_val = evaluate(model, splits.val, device=device)
-    dense_test = evaluate(model, splits.test, device=device)
-    dense_counts = model_counts(model, layer_stats(model, graph))
-    seed_everything(config.seed)
-    t0 = time.perf_counter()
-    masks, history = admm.prune(model, projector, splits.train, settings, method=method, device=device,
-                                seed=config.seed, reporter=reporter, val_set=splits.val)
-    seconds = time.perf_counter() - t0
-    val_acc = evaluate(model, splits.val, device=device)
-    test_acc = evaluate(model, splits.test, device=device)
-    stats = layer_stats(model, graph, targets)
-    counts = model_counts(model, stats)
+    result = prune_task(ClassifierTask(splits, ckpt), config.layers, settings=settings, method=method, device=device,
+                        seed=config.seed, channel_multiple=config.channel_multiple, reporter=reporter,
+                        where="config 'layers'")
     summary = PruneSummary(
         model=config.model,
         dataset=config.dataset,
@@ -232,16 +214,16 @@ def run_prune(
         device=str(device),
         admm=settings,
         channel_multiple=config.channel_multiple,
-        dense=ModelScores(val_acc=dense_val, test_acc=dense_test, **dense_counts),
-        pruned=ModelScores(val_acc=val_acc, test_acc=test_acc, **counts),
-        layers=stats,
-        residuals=history.iterations,
-        retrain_losses=history.retrain_losses,
-        hard_prune_val_acc=history.hard_prune_val_acc,
-        notes=history.notes,
-        seconds=seconds,
+        dense=ModelScores(val_acc=result.dense_score, test_acc=result.dense_test_score, **result.dense_counts),
+        pruned=ModelScores(val_acc=result.score, test_acc=result.test_score, **result.counts),
+        layers=result.layers,
+        residuals=result.history.iterations,
+        retrain_losses=result.history.retrain_losses,
+        hard_prune_val_acc=result.history.hard_prune_val_acc,
+        notes=result.history.notes,
+        seconds=result.seconds,
     )
-    outcome = PruneOutcome(summary, model, masks, projector, splits)
+    outcome = PruneOutcome(summary, result.model, result.masks, result.projector, splits)
     if out_dir is not None:
         write_prune_outputs(outcome, config, out_dir)
     return outcome
@@ -258,3 +240,61 @@ def write_prune_outputs(outcome: PruneOutcome, config: PruneConfig, out_dir: str
     outcome.summary.out_dir = str(out)
     write_text_atomic(out / "result.json", json.dumps(outcome.summary.to_dict(), indent=2))
     return out
+
+
+def prune_to_folder(
+    config: PruneConfig,
+    out: str | os.PathLike,
+    *,
+    method: str = "admm",
+    device: torch.device,
+    overrides: dict[str, Any] | None = None,
+    latency_batch: int | None = None,
+    dtype: str | None = None,
+    runtime: str | None = None,
+    force: bool = False,
+    tracking_uri: str | None = None,
+    reporter: Reporter | None = None,
+) -> PruneSummary:
+    """``autoprune prune``: prune the config's model (:func:`run_prune`), build the deployable
+    folder ``out`` (compacted, timed beside dense: :func:`autoprune.deploy.build_deployable`),
+    write ``config.yaml``, ``masked_model.pt`` and ``result.json`` beside it, and offer the
+    deployable to MLflow at ``tracking_uri`` (None: not tracked).
+
+    ``latency_batch``, ``dtype`` and ``runtime`` default to the search's that wrote the config
+    (its ``origin``), else batch 32, fp32, torch. Everything that can be refused is checked
+    before any training: a bad batch, dtype or runtime, an ``out`` that is not empty (unless
+    ``force``) or not writable."""
+    from autoprune.deploy import build_deployable, load_pruned
+    from autoprune.latency import LatencySettings, check_dtype
+    from autoprune.runtimes import check_runtime
+
+    reporter = reporter or Reporter()
+    origin = config.origin or {}
+    batch = latency_batch if latency_batch is not None else int(origin.get("latency_batch") or 32)
+    dtype = dtype or str(origin.get("dtype") or "fp32")
+    if batch < 1:
+        raise UserError(f"--latency-batch must be at least 1 (got {batch}).")
+    check_dtype(dtype, device)
+    runtime = check_runtime(runtime or str(origin.get("runtime") or "torch"), device, dtype).name
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
+    check_writable(out, what="--out", folder=True)
+    outcome = run_prune(config, method=method, device=device, overrides=overrides, reporter=reporter)
+    deploy = build_deployable(outcome, out, device=device,
+                              latency=LatencySettings(batch_size=batch, dtype=dtype, runtime=runtime),
+                              force=force, reporter=reporter)
+    write_prune_outputs(outcome, config, out)
+    summary = outcome.summary
+    summary.deploy = deploy
+    if tracking_uri is not None:
+        from autoprune.tracking import log_model_to_mlflow
+
+        summary.mlflow_run_id = log_model_to_mlflow(
+            load_pruned(out), example_input(outcome.splits, batch=2), tracking_uri,
+            str(origin.get("study") or "autoprune-prune"), f"prune-{out.name}", deploy.to_dict(with_out_dir=True),
+            warn=lambda m: reporter.log(f"warning: {m}"))
+        summary.tracked = True
+        write_text_atomic(out / "result.json", json.dumps(summary.to_dict(), indent=2, default=str))
+    return summary

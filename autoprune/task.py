@@ -187,14 +187,15 @@ class FunctionTask(Task):
         train: ``train(model, amount)``: trains ``model`` in place for ``amount`` of its own
             unit (epochs or steps), creating its own optimizer. autoprune adds the ADMM
             penalty and holds the masks through optimizer hooks; the function needs no change.
-        evaluate: ``evaluate(model) -> float`` on validation data.
+        evaluate: ``evaluate(model) -> float`` on validation data (None: no metric, for a
+            prune without one; :meth:`score` then refuses).
         metric: The metric's name (``accuracy``, ``mAP``, ``IoU``, ``loss``...).
         direction: ``"maximize"`` or ``"minimize"``.
         schedule: How much ``train`` each phase gets (default: :class:`~autoprune.admm.Schedule`).
         test: ``test(model) -> float`` on held-out data, reported beside (optional).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, train: TrainFn, evaluate: EvalFn, *,
+    def __init__(self, model: nn.Module, example_inputs: torch.Tensor, train: TrainFn, evaluate: EvalFn | None, *,
                  metric: str = "accuracy", direction: str = "maximize", schedule: Schedule | None = None,
                  test: EvalFn | None = None) -> None:
         if not isinstance(model, nn.Module):
@@ -203,7 +204,7 @@ class FunctionTask(Task):
             raise UserError("example_inputs must be one input tensor with a batch dimension first, e.g. "
                             "torch.randn(1, 3, 224, 224).")
         for name, fn in (("train", train), ("evaluate", evaluate)):
-            if not callable(fn):
+            if not callable(fn) and not (name == "evaluate" and fn is None):
                 raise UserError(f"{name} must be a function; got {type(fn).__name__}.")
         if direction not in DIRECTIONS:
             raise UserError(f"direction must be 'maximize' or 'minimize' (is a higher {metric} better?); "
@@ -236,6 +237,8 @@ class FunctionTask(Task):
         return value
 
     def score(self, model: nn.Module, device: torch.device) -> float:
+        if self.evaluate is None:
+            raise UserError("this needs a metric: pass evaluate=, a function model -> float on validation data.")
         return self._call_metric(self.evaluate, model, device)
 
     def test_score(self, model: nn.Module, device: torch.device) -> float | None:
@@ -256,8 +259,8 @@ class FunctionTask(Task):
         model.to(device)
         schedule = self.schedule if settings is None else Schedule.from_settings(settings)
         return admm.prune_with(model, projector, schedule, train=self.train,
-                               evaluate=lambda m: self.score(m, device), method=method, reporter=reporter,
-                               on_hard_prune=on_hard_prune)
+                               evaluate=None if self.evaluate is None else (lambda m: self.score(m, device)),
+                               method=method, reporter=reporter, on_hard_prune=on_hard_prune)
 
     def trial_amount(self, settings: AdmmSettings | None) -> float:
         return (self.schedule if settings is None else Schedule.from_settings(settings)).total

@@ -1,0 +1,125 @@
+"""The one prune sequence: graph, targets, projector, counts, prune, counts, on any :class:`Task`.
+
+``autoprune prune`` (:func:`autoprune.pipeline.run_prune`, a
+:class:`~autoprune.task.ClassifierTask`) and :func:`autoprune.prune` (a
+:class:`~autoprune.task.FunctionTask` around the user's loop and metric) both call
+:func:`prune_task`; what they add is only how they find the model and what they write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import admm
+from autoprune.admm import PruneHistory
+from autoprune.config import AdmmSettings, LayerTarget, resolve_layer_targets
+from autoprune.errors import UserError
+from autoprune.groups import ChannelGraph
+from autoprune.progress import Reporter
+from autoprune.projection import Projector
+from autoprune.stats import LayerStats, layer_stats, model_counts
+from autoprune.task import Task
+
+
+@dataclass
+class PruneResult:
+    """A pruned model and how it got there.
+
+    Attributes:
+        model: The pruned model: the user's architecture with pruned weights at zero, a plain
+            ``nn.Module`` (no hooks, no parametrizations, no extra attributes).
+        masks: Parameter name -> bool tensor (True: kept).
+        targets: Layer -> its sparsity type and rate.
+        history: ADMM residuals per iteration, notes.
+        dense_score: The metric of the dense model (None without ``evaluate``).
+        score: The metric after pruning (None without ``evaluate``).
+        metric: The metric's name.
+        macs: Multiply-accumulates of the pruned model (zeros skipped) and of dense.
+        example_inputs: The example batch (compaction and latency use its shape).
+        method: ``admm`` or ``magnitude``.
+        dense_test_score, test_score: The metric on held-out test data, where the task has
+            some (the CLI's classifier: its test split), else None.
+        counts, dense_counts: Parameters and MACs (:func:`autoprune.stats.model_counts`).
+        layers: Per pruned layer: what it keeps (:func:`autoprune.stats.layer_stats`).
+        seconds: The time the prune itself took (ADMM or magnitude, retraining).
+    """
+
+    model: nn.Module
+    masks: dict[str, torch.Tensor]
+    targets: dict[str, LayerTarget]
+    history: PruneHistory
+    dense_score: float | None
+    score: float | None
+    metric: str
+    macs: int
+    dense_macs: int
+    example_inputs: torch.Tensor
+    dense: nn.Module = field(repr=False)
+    projector: Projector = field(repr=False)
+    method: str = "admm"
+    dense_test_score: float | None = None
+    test_score: float | None = None
+    counts: dict[str, Any] = field(default_factory=dict, repr=False)
+    dense_counts: dict[str, Any] = field(default_factory=dict, repr=False)
+    layers: list[LayerStats] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+
+def check_method(method: str) -> str:
+    if method not in admm.METHODS:
+        raise UserError(f"unknown method '{method}'; use one of: {', '.join(admm.METHODS)}.")
+    return method
+
+
+def resolve_targets(model: nn.Module, example: torch.Tensor, layers: Mapping[str, Any], *,
+                    channel_multiple: int = 1, where: str = "config") -> tuple[ChannelGraph, Projector]:
+    """The graph of ``model`` and the projector of ``layers`` (names or globs -> targets) on it;
+    a pattern that matches nothing, a bad type or rate, or no layer pruned is a :class:`UserError`."""
+    graph = ChannelGraph(model, example)
+    targets = resolve_layer_targets(layers, list(graph.layers), where=where)
+    if not targets:
+        raise UserError("the config prunes no layer (every match is 'none').")
+    return graph, Projector(model, graph, targets, channel_multiple=channel_multiple)
+
+
+def prune_task(task: Task, layers: Mapping[str, Any], *, settings: AdmmSettings | None, method: str,
+               device: torch.device, seed: int, channel_multiple: int = 1, scored: bool = True,
+               reporter: Reporter | None = None, where: str = "config") -> PruneResult:
+    """Prune a copy of ``task``'s dense model to ``layers`` (ADMM or magnitude, hard prune,
+    masked retraining through ``task.prune``) and measure it before and after.
+
+    Args:
+        settings: The schedule (None: the task's own, for a :class:`~autoprune.task.FunctionTask`).
+        scored: Score the dense and the pruned model with the task's metric (and its test data).
+        where: How a bad layer pattern is named in the error (``config``, ``config 'layers'``).
+    """
+    reporter = reporter or Reporter()
+    check_method(method)
+    work = task.dense()
+    graph, projector = resolve_targets(work, task.example(), layers, channel_multiple=channel_multiple, where=where)
+    for note in projector.notes:
+        reporter.log(f"note: {note}")
+    dense_counts = model_counts(work, layer_stats(work, graph))
+    dense = task.dense()
+    dense_score = task.score(dense, device) if scored else None
+    dense_test = task.test_score(dense, device) if scored else None
+    dense.cpu()
+    work.to(device)
+    t0 = time.perf_counter()
+    masks, history = task.prune(work, projector, settings, method=method, seed=seed, device=device, reporter=reporter)
+    seconds = time.perf_counter() - t0
+    score = task.score(work, device) if scored else None
+    test = task.test_score(work, device) if scored else None
+    stats = layer_stats(work, graph, projector.targets)
+    counts = model_counts(work, stats)
+    return PruneResult(model=work, masks=masks, targets=dict(projector.targets), history=history,
+                       dense_score=dense_score, score=score, metric=task.metric, macs=int(counts["macs"]),
+                       dense_macs=int(dense_counts["macs"]), example_inputs=task.example(), dense=dense,
+                       projector=projector, method=method, dense_test_score=dense_test, test_score=test,
+                       counts=counts, dense_counts=dense_counts, layers=stats, seconds=seconds)
