@@ -25,7 +25,6 @@ better. Bad input raises :class:`autoprune.UserError` with what to fix.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from collections.abc import Mapping, Sequence
@@ -37,15 +36,14 @@ import torch
 from torch import nn
 
 from autoprune.admm import EvalFn, Schedule, TrainFn
-from autoprune.compact import compact_model
 from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target
-from autoprune.deploy.build import verify_compaction
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.latency import LatencySettings
+from autoprune.measure import measure_pruned
 from autoprune.progress import Reporter
 from autoprune.pruning import PruneResult, prune_task
-from autoprune.runtimes import check_runtime, compare_latency, get_runtime
+from autoprune.runtimes import check_runtime, get_runtime
 from autoprune.saving import Deployable, load_pruned, save_pruned
 from autoprune.study import SearchResult, SearchSettings, run_search
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
@@ -316,16 +314,11 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
         raise UserError(f"make_deployable() takes what autoprune.prune() returned, not {type(pruned).__name__}.")
     dev = resolve_device(device)
     x = (pruned.example_inputs if example_inputs is None else example_inputs).detach().cpu().float()
-    masked = copy.deepcopy(pruned.model).cpu().float().eval()
     check_runtime(runtime, dev, dtype)
     latency = LatencySettings(batch_size=batch, dtype=dtype, runtime=get_runtime(runtime).name)
-    result = compact_model(copy.deepcopy(masked), pruned.projector, x[:1], device=dev, latency=latency)
-    model = result.model.to(dev).eval()
-    diff = verify_compaction(masked, model, x, dev)
-    shape = tuple(x.shape[1:])
-    timed = compare_latency({"dense": copy.deepcopy(pruned.dense).eval(), "pruned": copy.deepcopy(model)}, shape,
-                            device=dev, settings=latency)
-    dense_ms, pruned_ms = timed["dense"].median_ms, timed["pruned"].median_ms
+    m = measure_pruned(pruned.model, pruned.projector, pruned.dense, x, device=dev, latency=latency)
+    model, result, diff = m.model, m.compact, m.max_abs_diff
+    dense_ms, pruned_ms = m.dense.median_ms, m.pruned.median_ms
     return Deployable(model=model, kernels={k: c.form for k, c in result.choices.items()}, max_abs_diff=diff,
                       speedup=dense_ms / pruned_ms, latency_ms={"dense": dense_ms, "pruned": pruned_ms}, batch=batch,
                       device=str(dev), example_inputs=x)

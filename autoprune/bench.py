@@ -10,9 +10,7 @@ import torch
 
 from autoprune.admm import apply_masks
 from autoprune.checkpoint import ForeignCheckpointError, WeightsFor, load_checkpoint
-from autoprune.compact import compact_model
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
-from autoprune.deploy.build import verify_compaction
 from autoprune.dense import model_input
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
 from autoprune.errors import UserError
@@ -24,10 +22,11 @@ from autoprune.latency import (
     check_dtype,
     latency_ratio,
 )
+from autoprune.measure import measure_pruned
 from autoprune.models import create_model
 from autoprune.params import Interval, Param, validate_params
 from autoprune.projection import Projector
-from autoprune.runtimes import check_runtime, compare_latency
+from autoprune.runtimes import check_runtime
 from autoprune.sparsity import get_sparsity
 from autoprune.stats import layer_stats, model_counts
 
@@ -164,14 +163,11 @@ def run_bench(
     counts = model_counts(masked, stats)
     dense_counts = model_counts(model, layer_stats(model, graph))
 
-    result = compact_model(masked, projector, example, device=device, latency=latency)
-    # the compacted model must compute what the masked (pruned and scored) model computes
-    max_abs_diff = verify_compaction(masked, result.model, torch.randn(2, *shape), device)
-    # dense and compacted are timed in interleaved rounds in this process (a fair comparison);
-    # the cache keeps each result for the search, which reuses them by architecture
-    timed = compare_latency({"dense": copy.deepcopy(model), "compacted": result.model}, shape, device=device,
-                            settings=latency)
-    dense_lat, compact_lat = timed["dense"], timed["compacted"]
+    # compacted, checked to compute what the masked (pruned and scored) model computes, and
+    # timed beside dense in interleaved rounds in this process (a fair comparison); the cache
+    # keeps each timing for the search, which reuses them by architecture
+    m = measure_pruned(masked, projector, model, torch.randn(2, *shape), device=device, latency=latency, fp32=False)
+    result, max_abs_diff, dense_lat, compact_lat = m.compact, m.max_abs_diff, m.dense, m.pruned
     measured_speedup = latency_ratio(dense_lat, compact_lat)  # paired round by round
     # nothing removed and every kernel kept dense: the deployed model *is* the dense one, and
     # the two timings differ only by the machine's noise

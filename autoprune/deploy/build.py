@@ -18,7 +18,6 @@ end, so a failure leaves nothing half-written under the output folder.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import replace
@@ -31,10 +30,16 @@ from torch.utils.data import Dataset
 
 from autoprune.atomic import staged_folder
 from autoprune.checkpoint import Checkpoint, WeightsFor, load_checkpoint
-from autoprune.compact import CompactResult, LayerChoice, compact_model, remove_channels
-from autoprune.compact.kernels import CSRConv2d, CSRLinear, candidate_forms
+from autoprune.compact import CompactResult, LayerChoice
+from autoprune.compact.kernels import CSRConv2d, CSRLinear
 from autoprune.data import make_loader
-from autoprune.deploy.archive import ARCHITECTURE_FILE, WEIGHTS_FILE, describe_module, load_pruned, save_pruned
+from autoprune.deploy.archive import (
+    ARCHITECTURE_FILE,
+    WEIGHTS_FILE,
+    describe_module,
+    load_pruned,
+    save_pruned,
+)
 from autoprune.deploy.card import (
     REPORT_FILE,
     REPORT_MD_FILE,
@@ -49,16 +54,16 @@ from autoprune.deploy.card import (
 from autoprune.deploy.programs import check_programs, export_programs
 from autoprune.errors import UserError
 from autoprune.latency import LatencyResult, LatencySettings, device_description, latency_ratio
+from autoprune.measure import measure_pruned
 from autoprune.progress import Reporter
-from autoprune.projection import Projector
-from autoprune.runtimes import compare_latency, get_runtime
+from autoprune.runtimes import get_runtime
 from autoprune.stats import LayerStats
 from autoprune.train import evaluate
 
 if TYPE_CHECKING:
     from autoprune.pipeline import PruneOutcome, PruneSummary
 
-__all__ = ["build_deployable", "count_stored", "verify_compaction"]
+__all__ = ["build_deployable", "count_stored"]
 
 
 def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, device: torch.device,
@@ -94,16 +99,12 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
     t_start = time.perf_counter()
     device = torch.device(device)
     splits, summary = outcome.splits, outcome.summary
-    shape = (splits.in_channels, *splits.image_size)
-    masked = copy.deepcopy(outcome.model).cpu().float().eval()
-    model, result, notes = _compact(masked, outcome.projector, shape, device, latency, force_form, reporter)
     xb = _first_batch(splits.val)
-    diff = verify_compaction(masked, model, xb, device)
-    reporter.log("timing dense against compacted (interleaved)")
     ckpt = load_checkpoint(summary.checkpoint, weights_for=WeightsFor(summary.model, splits.name, splits.in_channels,
                                                                      splits.num_classes, tuple(splits.image_size)))
-    timed = compare_latency({"dense": ckpt.build().eval(), "pruned": copy.deepcopy(model)}, shape, device=device,
-                            settings=latency)
+    m = measure_pruned(outcome.model, outcome.projector, ckpt.build(), xb, device=device, latency=latency,
+                       force_form=force_form, reporter=reporter)
+    model, result, notes, diff = m.model, m.compact, m.notes, m.max_abs_diff
     reporter.log("evaluating")
     val_acc = evaluate(model, splits.val, device=device)
     test_acc = evaluate(model, splits.test, device=device)
@@ -113,7 +114,7 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
         reporter.log("reloading and checking the saved model and exported programs")
         checks = Checks(masked_max_abs_diff=diff, reloaded_test_acc=_check_reload(tmp, splits.test, device, test_acc),
                         **check_programs(exports, model, xb))
-        report = _report(summary, ckpt, model, result, device, latency, timed["dense"], timed["pruned"],
+        report = _report(summary, ckpt, model, result, device, latency, m.dense, m.pruned,
                          val_acc, test_acc, checks, exports, notes)
         report = replace(report, seconds=time.perf_counter() - t_start)
         write_card(report, tmp)
@@ -132,68 +133,9 @@ def _check_out_dir(out: Path, force: bool) -> None:
         raise UserError(f"output folder {out} exists and is not empty; use --force to overwrite or pick another --out")
 
 
-def _compact(
-    masked: nn.Module,
-    projector: Projector,
-    shape: tuple[int, ...],
-    device: torch.device,
-    latency: LatencySettings,
-    force_form: str | None,
-    reporter: Reporter,
-) -> tuple[nn.Module, CompactResult, list[str]]:
-    """The compacted model on ``device`` (stored in float32), the kernel choices, and notes."""
-    reporter.log(f"compacting: channel removal and per-layer kernels measured on {device_description(device)} "
-                 f"at batch {latency.batch_size}")
-    example = torch.zeros(1, *shape)
-    result = compact_model(copy.deepcopy(masked), projector, example, device=device, latency=latency,
-                           force_form=force_form)
-    notes: list[str] = []
-    if latency.dtype == "fp32":
-        model = result.model
-    else:
-        model, notes = _rebuild_in_fp32(masked, projector, example, result.choices, device)
-    return model.to(device).eval(), result, notes
-
-
-def _rebuild_in_fp32(masked: nn.Module, projector: Projector, example: torch.Tensor,
-                     choices: dict[str, LayerChoice], device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The compacted model with the chosen forms built in float32 (the dtype the deployable is
-    stored in), for choices measured in fp16/bf16. A form that has no float32 version
-    (semi-structured) becomes the dense masked layer; the notes say which."""
-    compact = remove_channels(copy.deepcopy(masked).cpu().float(), projector, example.cpu())
-    notes = []
-    for name, choice in choices.items():
-        module = compact.get_submodule(name)
-        forms = candidate_forms(module, module.weight.detach() != 0, device=device, dtype=torch.float32)
-        form = choice.form if choice.form in forms else "dense"
-        if form != choice.form:
-            notes.append(f"{name}: the {choice.form} kernel has no float32 form; stored as dense masked weights")
-        if form != "dense":  # a dense form is what remove_channels left: masked weights
-            compact.set_submodule(name, forms[form])
-    return compact.to(device), notes
-
-
 def _first_batch(dataset: Dataset, n: int = 64) -> torch.Tensor:
     x, _ = next(iter(make_loader(dataset, batch_size=n, shuffle=False)))
     return x
-
-
-def verify_compaction(masked: nn.Module, model: nn.Module, xb: torch.Tensor, device: torch.device) -> float:
-    """The largest difference between the compacted and the masked model on ``xb``.
-
-    Raises:
-        RuntimeError: beyond float tolerance (a bug in compaction).
-    """
-    with torch.no_grad():
-        ref = masked.to(device)(xb.to(device)).float().cpu()
-        got = model(xb.to(device)).float().cpu()
-    masked.cpu()
-    tol = 1e-4 * max(1.0, float(ref.abs().max()))
-    diff = float((got - ref).abs().max())
-    if not torch.allclose(got, ref, rtol=1e-3, atol=tol):
-        raise RuntimeError(f"the compacted model's outputs differ from the masked model's by up to {diff:.3g} "
-                           f"(tolerance {tol:.3g}) on a validation batch; this is a bug in compaction.")
-    return diff
 
 
 def _check_reload(folder: Path, test_set: Dataset, device: torch.device, test_acc: float) -> float:
