@@ -154,7 +154,7 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None, *, trus
             module pickled whole. Unpickling runs whatever code the file holds: only for
             files you trust. (Folders of this autoprune hold no pickle.)
         as_timed: For the CLI's folders of registry models: the model as its latency was
-            measured (see :func:`autoprune.deploy.load_pruned`).
+            measured (see :func:`autoprune.deploy.load_registry_model`).
 
     Returns:
         The model in eval mode, on the CPU.
@@ -174,12 +174,12 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None, *, trus
         return _load_pickled(folder / MODULE_FILE, trust_pickle)
     arch = read_architecture(arch_path) if arch_path.is_file() else None
     if arch is None or "class" not in arch["base"]:
-        from autoprune.deploy import load_pruned as load_registry
+        from autoprune.deploy.archive import load_registry_model
 
         if model is not None:
             raise UserError(f"'{folder}' holds a registry model, which autoprune builds itself; call "
                             f"load_pruned('{folder}') without model=.")
-        return load_registry(folder, as_timed=as_timed)
+        return load_registry_model(folder, as_timed=as_timed)
     if as_timed:
         raise UserError("as_timed applies to the CLI's folders of registry models; a folder of save_pruned loads "
                         "with load_pruned(folder, model=YourNet()), or as its exported program without model=.")

@@ -10,7 +10,7 @@ A folder written by :func:`build_deployable` holds::
     report.md           the same in a few lines
 
 * :mod:`~autoprune.deploy.archive` — ``model.pt`` + ``architecture.json``:
-  :func:`save_pruned`, :func:`load_pruned` (needs only the models and kernels), the format;
+  :func:`save_registry_model`, :func:`load_registry_model` (needs only the models and kernels), the format;
 * :mod:`~autoprune.deploy.programs` — :func:`export_programs` (``model.pt2``, ``model.onnx``),
   :func:`load_program` (a ``model.pt2`` read back without running code from the file);
 * :mod:`~autoprune.deploy.build` — :func:`build_deployable`, the steps from a prune to a folder;
@@ -30,10 +30,10 @@ from autoprune.deploy.archive import (
     describe_architecture,
     describe_module,
     describe_user_model,
-    load_pruned,
+    load_registry_model,
     read_architecture,
     rebuild_user_model,
-    save_pruned,
+    save_registry_model,
     storable_form,
     with_dense_kernels,
 )
@@ -59,6 +59,7 @@ from autoprune.deploy.programs import (
     export_programs,
     load_program,
 )
+from autoprune.saving import load_pruned  # the one load_pruned: every folder autoprune writes
 
 __all__ = [
     "ARCHITECTURE_FILE",
@@ -89,10 +90,11 @@ __all__ = [
     "describe_user_model",
     "export_programs",
     "load_program",
+    "load_registry_model",
     "load_pruned",
     "read_architecture",
     "rebuild_user_model",
-    "save_pruned",
+    "save_registry_model",
     "storable_form",
     "with_dense_kernels",
     "write_card",

@@ -9,7 +9,7 @@ buffers come back through the state dict, so a spec only carries shapes. Torch-P
 edits modules in place (``out_channels``, ``in_features``, ``num_features``, the
 ``groups`` of depthwise convs): comparing against the dense model finds those edits.
 
-:func:`load_pruned` needs only :mod:`autoprune.models` and
+:func:`autoprune.load_pruned` (:func:`load_registry_model` for these folders) needs only :mod:`autoprune.models` and
 :mod:`autoprune.compact.kernels` (no Optuna, no MLflow, no search code)::
 
     from autoprune import load_pruned
@@ -46,11 +46,11 @@ from autoprune._version import __version__
 from autoprune.atomic import save_torch_atomic, write_text_atomic
 from autoprune.compact import kernels
 from autoprune.compact.kernels import SemiStructuredConv2d, SemiStructuredLinear
-from autoprune.deploy.card import REPORT_FILE
 from autoprune.errors import UserError, first_line
 from autoprune.latency import LatencySettings, prepare_for_timing
 from autoprune.models import create_model
 from autoprune.safeload import load_tensors
+from autoprune.saving import REPORT_FILE
 
 __all__ = [
     "ARCHITECTURE_FILE",
@@ -63,10 +63,10 @@ __all__ = [
     "describe_architecture",
     "describe_module",
     "describe_user_model",
-    "load_pruned",
+    "load_registry_model",
     "read_architecture",
     "rebuild_user_model",
-    "save_pruned",
+    "save_registry_model",
     "storable_form",
     "with_dense_kernels",
 ]
@@ -415,7 +415,7 @@ def check_base(base: dict[str, Any]) -> dict[str, Any]:
 # -- save / load -------------------------------------------------------------------------
 
 
-def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str, Any]) -> Path:
+def save_registry_model(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str, Any]) -> Path:
     """Write ``model.pt`` (a plain CPU state dict) and ``architecture.json`` into ``out_dir``.
 
     Args:
@@ -434,8 +434,8 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike, *, base: dict[str,
 from autoprune.safeload import load_tensors
         >>> m = create_model("digits-cnn", in_channels=1, num_classes=10, image_size=(8, 8))
         >>> base = {"model": "digits-cnn", "in_channels": 1, "num_classes": 10, "image_size": [8, 8]}
-        >>> import tempfile; d = save_pruned(m, tempfile.mkdtemp(), base=base)
-        >>> load_pruned(d).features[0].out_channels
+        >>> import tempfile; d = save_registry_model(m, tempfile.mkdtemp(), base=base)
+        >>> load_registry_model(d).features[0].out_channels
         32
     """
     out = Path(out_dir)
@@ -448,8 +448,8 @@ from autoprune.safeload import load_tensors
     return out
 
 
-def load_pruned(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module:
-    """Rebuild a model written by :func:`save_pruned` (or :func:`~autoprune.deploy.build_deployable`).
+def load_registry_model(path: str | os.PathLike, *, as_timed: bool = False) -> nn.Module:
+    """Rebuild a model written by :func:`save_registry_model` (or :func:`~autoprune.deploy.build_deployable`).
 
     Creates the base registry model, replaces the modules ``architecture.json`` names, and
     loads ``model.pt`` strictly. Needs only :mod:`autoprune.models` and

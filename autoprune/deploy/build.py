@@ -5,9 +5,9 @@
 2. verify that its outputs equal the masked model's on a validation batch;
 3. time dense against compacted (interleaved rounds);
 4. evaluate validation and test accuracy;
-5. save (:func:`~autoprune.deploy.save_pruned`) and export
+5. save (:func:`~autoprune.deploy.save_registry_model`) and export
    (:func:`~autoprune.deploy.export_programs`);
-6. reload through :func:`~autoprune.deploy.load_pruned` and check that the test accuracy
+6. reload through :func:`~autoprune.load_pruned` and check that the test accuracy
    is the same, and that the torch.export and ONNX (onnxruntime, when installed) programs
    give the torch outputs;
 7. write the card: ``report.json`` and ``report.md`` (:mod:`autoprune.deploy.card`).
@@ -37,8 +37,8 @@ from autoprune.deploy.archive import (
     ARCHITECTURE_FILE,
     WEIGHTS_FILE,
     describe_module,
-    load_pruned,
-    save_pruned,
+    load_registry_model,
+    save_registry_model,
 )
 from autoprune.deploy.card import (
     REPORT_FILE,
@@ -109,7 +109,7 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
     val_acc = evaluate(model, splits.val, device=device)
     test_acc = evaluate(model, splits.test, device=device)
     with staged_folder(out) as tmp:
-        save_pruned(model, tmp, base=_base(ckpt))
+        save_registry_model(model, tmp, base=_base(ckpt))
         exports = export_programs(model, xb[: min(8, len(xb))] if len(xb) >= 2 else torch.cat([xb, xb]), tmp)
         reporter.log("reloading and checking the saved model and exported programs")
         checks = Checks(masked_max_abs_diff=diff, reloaded_test_acc=_check_reload(tmp, splits.test, device, test_acc),
@@ -144,13 +144,13 @@ def _check_reload(folder: Path, test_set: Dataset, device: torch.device, test_ac
     Raises:
         RuntimeError: it differs from ``test_acc`` (a bug in save/load).
     """
-    reloaded_acc = evaluate(load_pruned(folder).to(device), test_set, device=device)
+    reloaded_acc = evaluate(load_registry_model(folder).to(device), test_set, device=device)
     # CPU kernels are deterministic: the same weights give the same predictions. On a GPU
     # the reloaded model may pick other convolution algorithms; allow one sample there.
     slack = 0.0 if device.type == "cpu" else 1.0 / max(len(test_set), 1) + 1e-12
     if abs(reloaded_acc - test_acc) > slack:
         raise RuntimeError(f"the saved model reloads with test accuracy {reloaded_acc:.4f}, not {test_acc:.4f}; "
-                           f"this is a bug in save_pruned/load_pruned.")
+                           f"this is a bug in save_registry_model/load_registry_model.")
     return reloaded_acc
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from autoprune.atomic import write_text_atomic
 from autoprune.latency import LatencyResult
+from autoprune.saving import REPORT_FILE
 from autoprune.text import percent
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "write_card",
 ]
 
-REPORT_FILE = "report.json"
 REPORT_MD_FILE = "report.md"
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from autoprune.atomic import staged_folder, write_text_atomic
 from autoprune.checkpoint import Checkpoint
-from autoprune.deploy.archive import save_pruned
+from autoprune.deploy.archive import save_registry_model
 from autoprune.latency import LatencyCache, LatencyResult
 from autoprune.models import create_model
 
@@ -59,7 +59,7 @@ def folder(path, v):
         for p in model.parameters():
             p.fill_(float(v))
     with staged_folder(Path(path)) as tmp:
-        save_pruned(model, tmp, base=BASE)
+        save_registry_model(model, tmp, base=BASE)
         (tmp / "version.txt").write_text(str(v))
         torch.save(torch.full((PAD,), float(v)), tmp / "pad.pt")
 

@@ -18,7 +18,7 @@ from torch import nn
 from autoprune.compact import compact_model
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, SemiStructuredLinear, ShapeSparseConv2d
 from autoprune.config import LayerTarget, PruneConfig
-from autoprune.deploy import build_deployable, describe_architecture, export_programs, load_pruned, save_pruned
+from autoprune.deploy import build_deployable, describe_architecture, export_programs, load_pruned, save_registry_model
 from autoprune.errors import UserError
 from autoprune.latency import LatencySettings
 from autoprune.models import create_model
@@ -259,7 +259,7 @@ def test_shape_gemm_form_saves_reloads_and_exports(pruned, tmp_path, val_batch) 
     model = compact_model(copy.deepcopy(masked), pruned.projector, val_batch[:1], device=CPU,
                           force_form="shape-gemm").model.eval()
     assert isinstance(model.features[0], ShapeSparseConv2d)
-    save_pruned(model, tmp_path, base=BASE)
+    save_registry_model(model, tmp_path, base=BASE)
     loaded = load_pruned(tmp_path)
     assert isinstance(loaded.features[0], ShapeSparseConv2d)
     with torch.no_grad():
@@ -310,7 +310,7 @@ def test_semi_structured_layer_is_saved_as_its_dense_equivalent(tmp_path) -> Non
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         ref = model(x)
-    save_pruned(model, tmp_path, base=BASE)
+    save_registry_model(model, tmp_path, base=BASE)
     loaded = load_pruned(tmp_path)
     assert type(loaded.classifier[4]) is nn.Linear
     with torch.no_grad():
@@ -324,14 +324,14 @@ def test_an_undescribable_module_is_named_in_the_error(tmp_path) -> None:
         describe_architecture(model, base=BASE)
     # saving it fails the same way, before anything is written
     with pytest.raises(UserError, match=r"module 'features.2' \(LeakyReLU\)"):
-        save_pruned(model, tmp_path / "out", base=BASE)
+        save_registry_model(model, tmp_path / "out", base=BASE)
     assert not (tmp_path / "out").exists()
 
 
 def test_load_pruned_refuses_a_folder_without_a_model(tmp_path) -> None:
     with pytest.raises(UserError, match="holds no pruned model"):
         load_pruned(tmp_path)
-    save_pruned(create_model("digits-cnn", in_channels=1, num_classes=10, image_size=(8, 8)), tmp_path, base=BASE)
+    save_registry_model(create_model("digits-cnn", in_channels=1, num_classes=10, image_size=(8, 8)), tmp_path, base=BASE)
     arch = json.loads((tmp_path / "architecture.json").read_text())
     arch["modules"] = [{"name": "features.3", "kind": "Conv2d",
                         "args": {"in_channels": 32, "out_channels": 16, "kernel_size": [3, 3], "stride": [1, 1],

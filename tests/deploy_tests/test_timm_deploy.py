@@ -14,7 +14,7 @@ import torch
 from autoprune.admm import apply_masks
 from autoprune.bench import parse_uniform, uniform_targets
 from autoprune.compact import compact_model
-from autoprune.deploy.archive import load_pruned, save_pruned
+from autoprune.deploy import load_pruned, save_registry_model
 from autoprune.deploy.programs import check_programs, export_programs
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
@@ -42,7 +42,7 @@ def test_compacted_timm_model_saves_reloads_and_exports(family, subclass, tmp_pa
         ref = model(x)
         torch.testing.assert_close(compact(x), ref, rtol=1e-3, atol=1e-4 * max(1.0, float(ref.abs().max())))
 
-    save_pruned(compact, tmp_path, base={"model": name, "in_channels": 3, "num_classes": 10, "image_size": [size] * 2})
+    save_registry_model(compact, tmp_path, base={"model": name, "in_channels": 3, "num_classes": 10, "image_size": [size] * 2})
     arch = json.loads((tmp_path / "architecture.json").read_text())
     reshaped = [n for n in arch["attributes"] if type(compact.get_submodule(n)).__name__ == subclass]
     assert arch["format_version"] == 2 and reshaped  # the subclass has no spec: it is stored by its shapes
