@@ -7,7 +7,7 @@ A user model's folder holds nothing that can carry code:
 * ``model.pt``: the compacted weights, a plain state dict (``torch.load(weights_only=True)``);
 * ``architecture.json``: the model's class and what autoprune changed (every conv, linear and
   norm layer's shape, the kernel form of each sparse layer; see
-  :func:`autoprune.deploy.archive.describe_user_model`);
+  :func:`autoprune.deploy.user_model.describe_user_model`);
 * ``example.pt``: an example batch and the saved model's outputs on it (tensors), against
   which a rebuilt model is checked;
 * ``model.pt2`` (``torch.export``) and ``model.onnx``, checked against torch; ``report.json``.
@@ -101,8 +101,9 @@ def save_pruned(deployable: Deployable | nn.Module, out_dir: str | os.PathLike, 
     Raises:
         UserError: ``out_dir`` is a file or a non-empty folder; no example inputs for a bare module.
     """
-    from autoprune.deploy.archive import ARCHITECTURE_FILE, WEIGHTS_FILE, describe_user_model, storable_form
+    from autoprune.deploy.archive import ARCHITECTURE_FILE, WEIGHTS_FILE, storable_form
     from autoprune.deploy.programs import check_programs, export_programs
+    from autoprune.deploy.user_model import describe_user_model
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -194,7 +195,7 @@ def load_pruned(path: str | os.PathLike, model: nn.Module | None = None, *, trus
     state = load_tensors(folder / WEIGHTS_FILE, what="weights file", fix=fix)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"'{folder / WEIGHTS_FILE}' is not a state dict; {fix}.")
-    from autoprune.deploy.archive import rebuild_user_model
+    from autoprune.deploy.user_model import rebuild_user_model
 
     rebuilt = rebuild_user_model(model.cpu(), arch, state, folder).eval()
     if (folder / EXAMPLE_FILE).is_file():

@@ -23,7 +23,7 @@ from torch.utils.data import Subset
 from autoprune.data import get_dataset
 from autoprune.dense import build_model, example_input
 from autoprune.groups import ChannelGraph
-from autoprune.study.space import load_space
+from autoprune.study.space_file import load_space
 from autoprune.study.probe import ConfigProbe
 from autoprune.latency import LatencySettings
 from autoprune.admm import apply_masks, masked_retrain

@@ -29,10 +29,8 @@ from autoprune.deploy.archive import (
     check_base,
     describe_architecture,
     describe_module,
-    describe_user_model,
     load_registry_model,
     read_architecture,
-    rebuild_user_model,
     save_registry_model,
     storable_form,
     with_dense_kernels,
@@ -59,6 +57,7 @@ from autoprune.deploy.programs import (
     export_programs,
     load_program,
 )
+from autoprune.deploy.user_model import describe_user_model, rebuild_user_model
 from autoprune.saving import load_pruned  # the one load_pruned: every folder autoprune writes
 
 __all__ = [

@@ -5,7 +5,7 @@ The Python API's entry point is the function :func:`autoprune.search` (:mod:`aut
 this package is what it and ``autoprune search`` run.
 
 * :mod:`~autoprune.study.settings` — what a run is asked (frozen, checked up front);
-* :mod:`~autoprune.study.space` — YAML search spaces → Optuna suggestions;
+* :mod:`~autoprune.study.space` — search spaces → Optuna suggestions; :mod:`~autoprune.study.space_file` their YAML files;
 * :mod:`~autoprune.study.opening` — create, join or resume a study; resolve a worker's settings;
 * :mod:`~autoprune.study.baseline` — the dense baseline, measured once per study;
 * :mod:`~autoprune.study.slots` — trial slots shared by workers, heartbeats, stale trials;
@@ -20,11 +20,12 @@ this package is what it and ``autoprune search`` run.
 
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, SearchEnd, TrackerCallback
 from autoprune.study.configs import best_config_yaml
+from autoprune.study.loop import run_search
 from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord, study_record
 from autoprune.study.settings import SEARCH_ADMM, SearchSettings, parse_budget
-from autoprune.study.space import SearchSpace, load_space
+from autoprune.study.space import SearchSpace
+from autoprune.study.space_file import load_space
 from autoprune.study.storage import DEFAULT_STORAGE, open_storage
-from autoprune.study.loop import run_search
 from autoprune.study.summary import SearchResult, print_summary
 
 __all__ = [

@@ -32,7 +32,14 @@ from autoprune.study.opening import OpenStudy, open_study
 from autoprune.study.records import REASON_ATTR, StudyMeta, StudyRecord, TrialRecord, study_record
 from autoprune.study.remeasure import remeasure
 from autoprune.study.settings import SearchSettings
-from autoprune.study.slots import Heartbeat, claim_lock, claim_slot, enqueue_slots, fail_stale_trials, fail_trial
+from autoprune.study.slots import (
+    Heartbeat,
+    claim_lock,
+    claim_slot,
+    enqueue_slots,
+    fail_stale_trials,
+    fail_trial,
+)
 from autoprune.study.storage import redact
 from autoprune.study.summary import SearchResult
 

@@ -36,6 +36,7 @@ from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.progress import Reporter
+from autoprune.stats import layer_stats, model_counts
 from autoprune.study.phases import Proposal
 from autoprune.study.probe import ConfigProbe
 from autoprune.study.records import (
@@ -52,7 +53,6 @@ from autoprune.study.records import (
 from autoprune.study.rungs import FULL, RUNGS, SCREEN, SHORT, Fidelity, Reference, decide
 from autoprune.study.slots import SlotStorage
 from autoprune.study.space import SearchSpace
-from autoprune.stats import layer_stats, model_counts
 from autoprune.task import Task
 
 

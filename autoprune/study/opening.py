@@ -35,8 +35,8 @@ from autoprune.device import resolve_channel_multiple, resolve_device
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, check_dtype
-from autoprune.runtimes import check_runtime
 from autoprune.progress import Reporter
+from autoprune.runtimes import check_runtime
 from autoprune.study.baseline import dense_checkpoint, latency_settings, measure_dense
 from autoprune.study.objective import SearchContext
 from autoprune.study.records import STUDY_ATTR, StudyMeta
@@ -44,7 +44,8 @@ from autoprune.study.rungs import Fidelity
 from autoprune.study.sampler import PruningSampler
 from autoprune.study.settings import AUTO_BUDGET_TRIALS, DEFAULT_TRIALS, SearchSettings, parse_epoch_budget
 from autoprune.study.slots import READY_ATTR, TARGET_ATTR, prepare_slots
-from autoprune.study.space import SearchSpace, load_space
+from autoprune.study.space import SearchSpace
+from autoprune.study.space_file import load_space
 from autoprune.study.storage import default_storage, open_storage, redact, storage_exists
 from autoprune.task import ClassifierTask, Task, model_fingerprint
 

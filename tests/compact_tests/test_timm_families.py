@@ -22,7 +22,7 @@ from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencySettings, compare_latency, latency_ratio
 from autoprune.models import create_model
 from autoprune.projection import Projector
-from autoprune.study.space import load_space
+from autoprune.study.space_file import load_space
 from autoprune.sparsity import get_sparsity, list_sparsity_types
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None,

@@ -12,8 +12,8 @@ from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
 from autoprune.projection import Projector
-from autoprune.study.space import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
 from autoprune.sparsity import get_sparsity
+from autoprune.study.space_file import SPACES_DIR, auto_space, default_space_file, load_space, space_from_dict
 
 
 def _model_graph(name: str, channels: int = 1, size: int = 8, classes: int = 10) -> tuple[torch.nn.Module,

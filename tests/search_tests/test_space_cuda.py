@@ -7,7 +7,7 @@ import torch
 
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
-from autoprune.study.space import auto_space
+from autoprune.study.space_file import auto_space
 from autoprune.sparsity import get_sparsity
 
 
