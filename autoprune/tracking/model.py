@@ -117,8 +117,8 @@ def _exportable_form(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module | Non
     """``(module to log as pt2, note, None)``: the model with its sparse kernels as dense masked
     layers, where torch.export can export it (tried here, dynamic batch as MLflow exports it);
     else ``(None, None, why)``."""
-    from autoprune.deploy.programs import UNEXPORTABLE_KERNELS
     from autoprune.deploy.archive import with_dense_kernels
+    from autoprune.deploy.programs import UNEXPORTABLE_KERNELS
 
     exportable, densified = with_dense_kernels(model, UNEXPORTABLE_KERNELS)
     try:
