@@ -41,10 +41,12 @@ from autoprune.runtimes._base import (
 from autoprune.runtimes._torch import TorchRuntime  # isort: skip
 from autoprune.runtimes._onnxruntime import OnnxRuntime  # isort: skip
 from autoprune.runtimes._torch_compile import TorchCompileRuntime  # isort: skip
+from autoprune.runtimes._openvino import OpenVinoRuntime  # isort: skip
 
 __all__ = [
     "DEFAULT_RUNTIME",
     "OnnxRuntime",
+    "OpenVinoRuntime",
     "Prepared",
     "Runtime",
     "TorchCompileRuntime",

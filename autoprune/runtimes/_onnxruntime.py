@@ -27,15 +27,13 @@ def _ort() -> Any:  # noqa: ANN401 - the module
     return onnxruntime
 
 
-def exported_session(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
-                     settings: LatencySettings) -> Any:  # noqa: ANN401 - an onnxruntime.InferenceSession
-    """An ONNX Runtime session of ``model``: sparse kernels as their dense equivalents, BatchNorm
-    folded (when ``settings.fold_bn``), exported with a dynamic batch."""
+def exported_onnx(model: nn.Module, input_shape: tuple[int, ...], settings: LatencySettings) -> bytes:
+    """``model`` as the deployable folder exports it to ONNX: sparse kernels as their dense
+    equivalents, BatchNorm folded (when ``settings.fold_bn``), a dynamic batch."""
     from autoprune.deploy.archive import with_dense_kernels  # deploy builds on the runtimes
     from autoprune.deploy.programs import UNEXPORTABLE_KERNELS, export_onnx
     from autoprune.fold import fold_batchnorm
 
-    ort = _ort()
     model = copy.deepcopy(model).cpu().float().eval()
     model, _ = with_dense_kernels(model, UNEXPORTABLE_KERNELS)
     example = torch.randn(max(2, settings.batch_size), *input_shape)
@@ -44,7 +42,14 @@ def exported_session(model: nn.Module, input_shape: tuple[int, ...], *, device: 
     with tempfile.TemporaryDirectory(prefix="autoprune-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, example, path)
-        data = path.read_bytes()
+        return path.read_bytes()
+
+
+def exported_session(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+                     settings: LatencySettings) -> Any:  # noqa: ANN401 - an onnxruntime.InferenceSession
+    """An ONNX Runtime session of ``model`` exported by :func:`exported_onnx`."""
+    ort = _ort()
+    data = exported_onnx(model, input_shape, settings)
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
