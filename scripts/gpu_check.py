@@ -299,6 +299,19 @@ class Check:
                           before=self.search_checkpoint,
                           info={"model": model, "trials": trials, "runs": str(runs), "checkpoint": str(ckpt)},
                           cmd=self.autoprune(*search)))
+            if model == "digits-cnn":  # the same search, its latency measured in ONNX Runtime's CUDA provider
+                ort_runs = self.work / "runs" / f"{model}-onnxruntime"
+                ort = [*search[:search.index("--runs-dir")], "--runs-dir", str(ort_runs), "--storage",
+                       f"sqlite:///{ort_runs / 'optuna.db'}", *search[search.index("--space"):], "--runtime",
+                       "onnxruntime"]
+                S.append(Step(f"search-{model}-onnxruntime", f"search --budget 2% on {model} (digits), {trials} "
+                              "trials, latency in onnxruntime (CUDA provider)", kind="search", needs_cuda=True,
+                              parse=self.parse_search, timeout=timeout, before=self.onnxruntime_search,
+                              skip=("the dry run's device is the CPU; this step times ONNX Runtime's CUDA provider "
+                                    "(tests/runtime_tests time its CPU provider)") if dry else None,
+                              info={"model": model, "trials": trials, "runs": str(ort_runs), "checkpoint": str(ckpt),
+                                    "runtime": "onnxruntime"},
+                              cmd=self.autoprune(*ort)))
 
     def run(self) -> int:
         self.plan()
@@ -346,23 +359,9 @@ class Check:
                 step.run_fn(step)
             else:
                 if step.before is not None:
-                    step.before(step)
-                rc, timed_out = self.run_cmd(step, step.cmd, timeout, step.cwd or self.run_dir)
-                step.rc = rc
-                if timed_out:
-                    step.status, step.reason = "timeout", f"stopped after its {timeout:.0f} s timeout"
-                elif rc != 0:
-                    step.fail(f"exit status {rc}" + (f": {tail(step.stderr, 1)}" if step.stderr.strip() else ""))
-                else:
-                    step.status = "pass"
-                if step.parse is not None and (rc == 0 or step.stdout.strip()):
-                    try:
-                        step.parse(step, step.stdout)
-                    except Exception as exc:  # noqa: BLE001 - a figure that cannot be read is a failure
-                        if step.status == "pass":
-                            step.fail(f"output not understood: {type(exc).__name__}: {exc}")
-                        else:
-                            step.notes.append(f"output not understood: {type(exc).__name__}: {exc}")
+                    step.before(step)  # may find nothing to run here: the step is then a skip, with its reason
+                if step.status != "skip":
+                    self.run_and_parse(step, timeout)
         except KeyboardInterrupt:
             step.status, step.reason = "fail", "interrupted"
             raise
@@ -372,6 +371,24 @@ class Check:
             step.seconds = round(time.monotonic() - t, 1)
         print(f"[{step.status}] {step.title}: {step.seconds:.1f} s" + (f"; {step.reason}" if step.reason else "")
               + (f"; {self.headline(step)}" if step.figures else ""), flush=True)
+
+    def run_and_parse(self, step: Step, timeout: float) -> None:
+        rc, timed_out = self.run_cmd(step, step.cmd, timeout, step.cwd or self.run_dir)
+        step.rc = rc
+        if timed_out:
+            step.status, step.reason = "timeout", f"stopped after its {timeout:.0f} s timeout"
+        elif rc != 0:
+            step.fail(f"exit status {rc}" + (f": {tail(step.stderr, 1)}" if step.stderr.strip() else ""))
+        else:
+            step.status = "pass"
+        if step.parse is not None and (rc == 0 or step.stdout.strip()):
+            try:
+                step.parse(step, step.stdout)
+            except Exception as exc:  # noqa: BLE001 - a figure that cannot be read is a failure
+                if step.status == "pass":
+                    step.fail(f"output not understood: {type(exc).__name__}: {exc}")
+                else:
+                    step.notes.append(f"output not understood: {type(exc).__name__}: {exc}")
 
     # -- install --------------------------------------------------------------------------
     def copy_source(self) -> None:
@@ -587,6 +604,21 @@ class Check:
             step.cmd = [*step.cmd, "--checkpoint", ckpt]
         else:
             step.notes.append("no baseline from the train step: the search trains its own (included in its time)")
+
+    def onnxruntime_search(self, step: Step) -> None:
+        """The onnxruntime search runs only where the installed build has the CUDA provider."""
+        probe = subprocess.run([self.py, "-c", "import onnxruntime as o; print(','.join(o.get_available_providers()))"],
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode != 0:
+            step.status, step.reason = "skip", "onnxruntime is not installed here (the GPU wheels carry no onnxruntime)"
+            return
+        providers = probe.stdout.strip().splitlines()[-1] if probe.stdout.strip() else ""
+        step.info["providers"] = providers
+        if "CUDAExecutionProvider" not in providers.split(","):
+            step.status, step.reason = "skip", (f"this onnxruntime build has no CUDAExecutionProvider (it has "
+                                                f"{providers or 'none'}): carry onnxruntime-gpu for CUDA figures")
+            return
+        self.search_checkpoint(step)
 
     def parse_search(self, step: Step, stdout: str) -> None:
         r = parse_json(stdout)

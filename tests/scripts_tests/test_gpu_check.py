@@ -15,11 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 BENCHES = [f"bench-resnet18-b{b}-{d}" for b in (32, 256) for d in ("fp32", "fp16", "bf16")]
 STEPS = ["install", "environment", "cuda-tests", *BENCHES, "bench-alexnet-shape80", "bench-2of4",
-         "train-digits-cnn", "search-digits-cnn", "train-resnet20", "search-resnet20"]
+         "train-digits-cnn", "search-digits-cnn", "search-digits-cnn-onnxruntime", "train-resnet20", "search-resnet20"]
 # what a dry run skips on purpose: fp16 (CUDA only), the batch-256 repeats of the batch-32 command,
 # and resnet20's train and search (the same two commands as digits-cnn's)
 DRY_SKIPS = {"bench-resnet18-b32-fp16", "bench-resnet18-b256-fp32", "bench-resnet18-b256-fp16",
-             "bench-resnet18-b256-bf16", "train-resnet20", "search-resnet20"}
+             "bench-resnet18-b256-bf16", "search-digits-cnn-onnxruntime", "train-resnet20", "search-resnet20"}
 
 
 def _check(tmp_path: Path, *args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, Path]:
@@ -103,3 +103,44 @@ def test_steps_past_the_deadline_are_recorded_as_not_run_and_fail_the_check(tmp_
     md = (out / "gpu_check.md").read_text()
     assert md.startswith("# autoprune CUDA check: FAIL\n")
     assert "- install the carried wheels and autoprune: not started: the check's deadline" in md
+
+
+def _load_check_module():  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check_script", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_onnxruntime_search_step_says_why_it_skips_without_the_cuda_provider(tmp_path: Path) -> None:
+    import argparse
+    import shutil
+
+    import onnxruntime
+
+    gc = _load_check_module()
+    check = gc.Check(argparse.Namespace(dry_run=False, deadline=None, out=str(tmp_path / "out"), wheels=None,
+                                        keep=False))
+    try:
+        check.plan()
+        step = next(s for s in check.steps if s.name == "search-digits-cnn-onnxruntime")
+        assert step.status == "not run" and step.cmd[-2:] == ["--runtime", "onnxruntime"]
+        assert "--device" in step.cmd and step.cmd[step.cmd.index("--device") + 1] == "cuda"
+        assert step.cmd[step.cmd.index("--runs-dir") + 1].endswith("digits-cnn-onnxruntime")  # its own study
+        check.onnxruntime_search(step)
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():  # a GPU build: the search runs
+            assert step.status == "not run" and any("no baseline from the train step" in n for n in step.notes)
+        else:  # this machine's CPU build: a skip that names what it has
+            assert step.status == "skip"
+            assert "no CUDAExecutionProvider (it has " in step.reason and "CPUExecutionProvider)" in step.reason
+        missing = next(s for s in check.steps if s.name == "search-digits-cnn-onnxruntime")
+        missing.status, check.py = "not run", str(tmp_path / "no-python")
+        (tmp_path / "no-python").write_text("#!/bin/sh\nexit 1\n")
+        (tmp_path / "no-python").chmod(0o755)
+        check.onnxruntime_search(missing)
+        assert missing.status == "skip" and "onnxruntime is not installed here" in missing.reason
+    finally:
+        shutil.rmtree(check.work, ignore_errors=True)
