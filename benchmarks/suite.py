@@ -4,6 +4,7 @@ Writes benchmarks/results/suite.md and suite.json (with the machine described). 
 test: timings are noisy and machine-specific. Run:
 
     .venv/bin/python benchmarks/suite.py [--device cpu|cuda] [--quick] [--models tv:resnet18,...]
+        [--runtimes torch onnxruntime openvino torch-compile] [--configs filter:0.5,shape:0.8]
 
 Each row: a model pruned uniformly (every conv but the first and the output layer) to a
 sparsity type and rate by magnitude projection, compacted by autoprune (channel removal
@@ -59,13 +60,15 @@ ABLATION = [("NCHW, BN unfolded, exact rate, glibc's default allocator", False, 
 
 def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, lat, device, cache) -> dict:  # noqa: ANN001
     t0 = time.time()
+    t0_runtime = lat.runtime
     r = run_bench(name, uniform=spec, device=device, latency=lat, input_shape=shape,
                   num_classes=1000 if name.startswith("tv:") else 10, cache_path=cache, channel_multiple=multiple)
     kernels = sorted({row["kernel"] for row in r["layers"] if row["type"] != "dense"})
     multiple = r["settings"]["channel_multiple"]  # "auto" resolved
     kept = {row["name"]: row["weight_shape_after"][0] for row in r["layers"] if row["type"] != "dense"}
     row = {
-        "model": name, "config": spec, "channel_multiple": multiple, "kept_out_channels": kept, "batch": batch,
+        "model": name, "runtime": t0_runtime, "runtime_detail": r["settings"]["runtime_detail"], "config": spec,
+        "channel_multiple": multiple, "kept_out_channels": kept, "batch": batch,
         "input": "x".join(map(str, shape)),
         "channels_last": lat.channels_last, "fold_bn": lat.fold_bn, "steady_memory": r["settings"]["steady_memory"],
         "dense_ms": r["dense"]["latency"]["median_ms"], "compact_ms": r["compacted"]["latency"]["median_ms"],
@@ -75,7 +78,7 @@ def _row(name: str, shape: tuple, batch: int, spec: str, multiple: int | str, la
         "speedup_over_mac_ratio": r["speedup"] / r["mac_ratio"], "kernels": kernels,
         "slower_than_dense": r["slower_than_dense"],
     }
-    print(f"{name:16s} {spec:11s} x{multiple} cl={int(lat.channels_last)} fold={int(lat.fold_bn)} "
+    print(f"{name:16s} {t0_runtime:13s} {spec:11s} x{multiple} cl={int(lat.channels_last)} fold={int(lat.fold_bn)} "
           f"steady={int(row['steady_memory'])} "
           f"dense {row['dense_ms']:9.2f} ms  compact {row['compact_ms']:9.2f} ms  speedup {r['speedup']:5.2f}x  "
           f"MACs {r['mac_ratio']:5.2f}x  ratio {row['speedup_over_mac_ratio']:.2f}  kernels {kernels}  "
@@ -95,17 +98,23 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats (smoke run)")
     ap.add_argument("--models", default=None, help="comma-separated subset")
     ap.add_argument("--no-ablation", action="store_true", help="skip the tv:resnet18 ablation table")
+    ap.add_argument("--runtimes", nargs="+", default=["torch"],
+                    help="where to time each config (autoprune.runtimes); the ablation table is torch's")
+    ap.add_argument("--configs", default=None, help="comma-separated subset of the uniform targets, e.g. filter:0.5")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     ap.add_argument("--out", default=str(ROOT / "results" / "suite"))
     args = ap.parse_args()
     device = resolve_device(args.device)
-    threads = os.cpu_count() if device.type == "cpu" else None
+    threads = (args.threads or os.cpu_count()) if device.type == "cpu" else None
+    configs = [c for c in CONFIGS if args.configs is None or c[0] in args.configs.split(",")]
     models = [m for m in MODELS if args.models is None or m[0] in args.models.split(",")]
     cache = None  # every row measured afresh
     t_start = time.time()
 
-    def settings(name: str, batch: int) -> LatencySettings:
+    def settings(name: str, batch: int, runtime: str = "torch") -> LatencySettings:
         return LatencySettings(batch_size=batch, threads=threads, warmup=1 if args.quick else 3,
-                               repeats=3 if args.quick else (6 if "vgg" in name else 12), min_seconds=0.0)
+                               repeats=3 if args.quick else (6 if "vgg" in name else 12), min_seconds=0.0,
+                               runtime=runtime)
 
     ablation = []
     if not args.no_ablation and (args.models is None or "tv:resnet18" in args.models.split(",")):
@@ -117,8 +126,8 @@ def main() -> int:
                 if device.type == "cpu" and row["steady_memory"] != steady:
                     raise SystemExit(f"ablation row '{label}' was measured with steady memory {row['steady_memory']}")
                 ablation.append({"variant": label, **row})
-    rows = [_row(name, shape, batch, spec, multiple, settings(name, batch), device, cache)
-            for name, shape, batch in models for spec, multiple in CONFIGS]
+    rows = [_row(name, shape, batch, spec, multiple, settings(name, batch, rt), device, cache)
+            for name, shape, batch in models for spec, multiple in configs for rt in args.runtimes]
     machine = {
         "device": device_description(device), "cores": os.cpu_count(), "threads": threads,
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
@@ -141,11 +150,14 @@ def main() -> int:
              "4N channels. The MAC ratio is the built "
              "model's. `unchanged`: nothing was removed and every kernel measured fastest as dense, so the deployed "
              "model is the dense one.", "",
-             "| model | config | batch | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio | kernels |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Runtimes: " + "; ".join(sorted({f"`{r['runtime']}`: {r['runtime_detail']}" for r in rows})) + ".", "",
+             "| model | config | runtime | batch | dense ms | compacted ms | speedup | MAC ratio | speedup / MAC ratio "
+             "| kernels |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         cfg = r["config"] + (f" x{r['channel_multiple']}" if r["channel_multiple"] != 1 else "")
-        lines.append(f"| {r['model']} | {cfg} | {r['batch']} | {r['dense_ms']:.2f} | {r['compact_ms']:.2f} | "
+        lines.append(f"| {r['model']} | {cfg} | {r['runtime']} | {r['batch']} | {r['dense_ms']:.2f} | "
+                     f"{r['compact_ms']:.2f} | "
                      f"{_speedup_cell(r)} | {r['mac_ratio']:.2f}x | {r['speedup_over_mac_ratio']:.2f} | "
                      f"{', '.join(r['kernels'])} |")
     if ablation:
