@@ -10,6 +10,7 @@ import torch
 
 from autoprune.admm import apply_masks
 from autoprune.checkpoint import ForeignCheckpointError, WeightsFor, load_checkpoint
+from autoprune.compact import CompactResult
 from autoprune.config import LayerTarget, PruneConfig, resolve_layer_targets
 from autoprune.dense import model_input
 from autoprune.device import AUTO, parse_channel_multiple, resolve_channel_multiple
@@ -108,6 +109,37 @@ def _bench_input(model_name: str, dataset: str | None, input_shape: tuple[int, i
     return tuple(input_shape), "--input-shape", num_classes
 
 
+def _bench_targets(graph: ChannelGraph, config: PruneConfig | None,
+                   uniform: str | None) -> tuple[dict[str, LayerTarget], list[str]]:
+    """The config's targets, or ``uniform``'s on every layer it applies to (with why others were skipped)."""
+    skipped: list[str] = []
+    if config is not None:
+        targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
+    else:
+        targets = uniform_targets(graph, parse_uniform(uniform), skipped)  # type: ignore[arg-type]
+    if not targets:
+        if skipped:
+            raise UserError(f"no layer to prune: {skipped[0]} Use another type, or --config with other layers.")
+        raise UserError("no layer to prune: the config or --uniform selects nothing.")
+    return targets, skipped
+
+
+def _layer_rows(stats: list, result: CompactResult) -> list[dict[str, Any]]:
+    """Each pruned layer's stats with its shape after compaction and its kernel (and the candidates' times)."""
+    layers = []
+    for s in stats:
+        row = s.to_dict()
+        try:
+            after = tuple(result.model.get_submodule(s.name).weight.shape)
+        except AttributeError:
+            after = tuple(s.weight_shape)
+        choice = result.choices.get(s.name)
+        row.update({"weight_shape_after": list(after), "kernel": choice.form if choice else "dense",
+                    "candidates_ms": choice.candidates_ms if choice else {}})
+        layers.append(row)
+    return layers
+
+
 def run_bench(
     model_name: str,
     *,
@@ -144,15 +176,7 @@ def run_bench(
     model.eval()
     example = torch.randn(1, *shape)
     graph = ChannelGraph(model, example)
-    skipped: list[str] = []
-    if config is not None:
-        targets = resolve_layer_targets(config.layers, list(graph.layers), where="config 'layers'")
-    else:
-        targets = uniform_targets(graph, parse_uniform(uniform), skipped)  # type: ignore[arg-type]
-    if not targets:
-        if skipped:
-            raise UserError(f"no layer to prune: {skipped[0]} Use another type, or --config with other layers.")
-        raise UserError("no layer to prune: the config or --uniform selects nothing.")
+    targets, skipped = _bench_targets(graph, config, uniform)
     if channel_multiple is None:
         channel_multiple = config.channel_multiple if config is not None else AUTO
     channel_multiple = resolve_channel_multiple(channel_multiple, device, latency.dtype)
@@ -179,17 +203,7 @@ def run_bench(
     fell_back = not unchanged and measured_speedup < 1.0
     # the real parameter count of the compacted model
     compact_params = sum(p.numel() for p in result.model.parameters())
-    layers = []
-    for s in stats:
-        row = s.to_dict()
-        try:
-            after = tuple(result.model.get_submodule(s.name).weight.shape)
-        except AttributeError:
-            after = tuple(s.weight_shape)
-        choice = result.choices.get(s.name)
-        row.update({"weight_shape_after": list(after), "kernel": choice.form if choice else "dense",
-                    "candidates_ms": choice.candidates_ms if choice else {}})
-        layers.append(row)
+    layers = _layer_rows(stats, result)
     return {
         "model": model_name,
         "input_shape": list(shape),

@@ -42,7 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_train_command, _layers_command, _prune_command, _bench_command, _search_command, _export_command,
+                _report_command, _sync_command, _list_command):
+        add(sub)
+    return parser
 
+
+def _train_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("train", help="train the dense baseline and write a checkpoint")
     p.add_argument("--model", required=True, help="model name (see 'autoprune list models')")
     p.add_argument("--dataset", default="digits", help="dataset name (default: %(default)s)")
@@ -55,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     _device_arg(p)
     _add_common_data(p)
 
+
+def _layers_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("layers", help="list the prunable layers of a model and their channel couplings")
     p.add_argument("--model", required=True)
     p.add_argument("--dataset", default=None, help="sets input channels, size and classes (default: the model's native "
@@ -62,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", action="store_true")
 
+
+def _prune_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("prune", help="prune a model with ADMM (or magnitude) from a YAML config")
     p.add_argument("--config", required=True, help="YAML config (model, dataset, checkpoint, layers, admm)")
     p.add_argument("--method", default="admm", help="admm or magnitude (default: %(default)s)")
@@ -82,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_arg(p, None, "the config's, from the search, else torch")
     _device_arg(p)
 
+
+def _bench_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("bench", help="measure dense vs compacted latency of a pruning config on a device")
     p.add_argument("--model", default=None, help="model name (taken from --config when given)")
     p.add_argument("--dataset", default=None, help="sets input shape and classes (default: the model's native input, "
@@ -105,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _device_arg(p)
 
+
+def _search_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("search", help="search per-layer sparsity for the fastest model within an accuracy budget",
                        description="Optuna search over per-layer sparsity types and rates: each trial measures the "
                                    "compacted model's latency on the device, prunes with ADMM, and scores validation "
@@ -170,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror the study to MLflow")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
+
+def _export_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("export", help="write the chosen config of a search study as YAML for 'autoprune prune --config'")
     p.add_argument("--study", required=True, help="the study name")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
@@ -180,12 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
     p.add_argument("--json", action="store_true")
 
+
+def _report_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("report", help="write one self-contained HTML report of a search study")
     p.add_argument("--study", required=True, help="the study name (see runs/<study>/ or optuna-dashboard)")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
     p.add_argument("--out", default=None, help="HTML file (default: <runs-dir>/<study>/report.html)")
     p.add_argument("--runs-dir", default="runs", help="where the default storage is (default: %(default)s)")
 
+
+def _sync_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("sync", help="bring MLflow level with a study's Optuna storage (after a tracking outage)")
     p.add_argument("--study", required=True, help="the study name")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: sqlite:///runs/optuna.db)")
@@ -193,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<runs-dir>/mlflow.db)")
     p.add_argument("--no-figures", action="store_true", help="skip the study's figures and report")
 
+
+def _list_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("list", help="list registered models, datasets, sparsity types or runtimes")
     p.add_argument("what", choices=["models", "datasets", "sparsity", "tv-models", "runtimes"])
-    return parser
 
 
 def _value_options(parser: argparse.ArgumentParser) -> set[str]:

@@ -33,6 +33,7 @@ import sys
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +108,39 @@ class LayerInfo:
     reads_input: bool = False
 
 
+def _trace(model: nn.Module, example_input: torch.Tensor,
+           names: dict[nn.Module, str]) -> tuple[Any, list[str], dict[str, int]]:
+    """Torch-Pruning's dependency graph of ``model``, its prunable layers in call order and
+    each one's MACs on ``example_input`` (the model is left in the mode it was in)."""
+    order: list[str] = []
+    macs: dict[str, int] = {}
+
+    def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        n = names[mod]
+        if n not in macs:
+            order.append(n)
+            positions = out[0].numel() // out.shape[1] if isinstance(mod, nn.Conv2d) else out[0].numel() // out.shape[-1]
+            macs[n] = int(positions * mod.weight.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(example_input)
+        _check_adapters(model, example_input, reference)
+        dg = trace_dependencies(model, example_input)
+    except UserError:
+        raise
+    except Exception as exc:  # a model tp cannot trace
+        raise UserError(f"cannot trace the model's channel dependencies: {type(exc).__name__}: {exc}") from None
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return dg, order, macs
+
+
 class ChannelGraph:
     """The prunable layers of a model and their coupled channel groups.
 
@@ -119,32 +153,7 @@ class ChannelGraph:
         self.model = model
         names = {mod: n for n, mod in model.named_modules()}
         self.layers: dict[str, LayerInfo] = {}
-        order: list[str] = []
-        macs: dict[str, int] = {}
-
-        def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            n = names[mod]
-            if n not in macs:
-                order.append(n)
-                positions = out[0].numel() // out.shape[1] if isinstance(mod, nn.Conv2d) else out[0].numel() // out.shape[-1]
-                macs[n] = int(positions * mod.weight.numel())
-
-        handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, PRUNABLE_TYPES)]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                reference = model(example_input)
-            _check_adapters(model, example_input, reference)
-            dg = trace_dependencies(model, example_input)
-        except UserError:
-            raise
-        except Exception as exc:  # a model tp cannot trace
-            raise UserError(f"cannot trace the model's channel dependencies: {type(exc).__name__}: {exc}") from None
-        finally:
-            for h in handles:
-                h.remove()
-            model.train(was_training)
+        dg, order, macs = _trace(model, example_input, names)
         self._dg = dg
         for n in order:
             mod = model.get_submodule(n)
@@ -169,34 +178,11 @@ class ChannelGraph:
                 again, rearranging_again = _group_members(regrouped, names, dg)
                 if _coverage(again) == _coverage(members):
                     members, rearranging, root_mod = again, rearranging_again, rerooted
-            root = names.get(root_mod, "?")
-            size = _channels(root_mod)
-            g = ChannelGroup(index=len(self.groups), root=root, size=size, members=members)
-            if any(m.role == OUT and m.module == self.output_layer for m in members):
-                g.prunable, g.reason = False, f"it holds the outputs of '{self.output_layer}', the model's output layer"
-            elif _may_tie(members) and (tied := _tied_channels(dg, root_mod)):
-                g.prunable, g.reason = False, (
-                    f"its channels {tied} are tied to one another (a channel computed from another channel of the "
-                    "same group), which autoprune cannot map one to one")
-            else:
-                unknown = [m.module for m in members if m.role == NORM and not _is_simple_norm(model.get_submodule(m.module))]
-                inexact = [(m.module, why) for m in members if m.role == NORM
-                           and (why := why_not_exact(model.get_submodule(m.module)))]
-                inexact += [(m.module, "a convolution that standardises its weights over its input channels, so "
-                             "zeroed inputs would change the weights of the kept ones") for m in members
-                            if m.role == IN and _standardises_weights(model.get_submodule(m.module))]
-                if inexact:
-                    g.prunable, g.reason = False, f"it passes through '{inexact[0][0]}', {inexact[0][1]}"
-                elif unknown:
-                    g.prunable, g.reason = False, f"it passes through '{unknown[0]}', a module autoprune cannot mask"
-                elif rearranging:
-                    g.prunable, g.reason = False, (
-                        f"it passes through {' and '.join(sorted(rearranging))}; pruning through them would change "
-                        "which channels meet after them")
-                else:
-                    why = _set_cells(g, model)
-                    if why:
-                        g.prunable, g.reason = False, why
+            g = ChannelGroup(index=len(self.groups), root=names.get(root_mod, "?"), size=_channels(root_mod),
+                             members=members)
+            why = self._not_prunable(g, rearranging, root_mod)
+            if why:
+                g.prunable, g.reason = False, why
             self.groups.append(g)
             for m in members:
                 if m.module not in self.layers:
@@ -212,6 +198,29 @@ class ChannelGraph:
                 grp_ = self.groups[info.out_group]
                 info.coupled = [n for n in grp_.layer_names() if n != info.name and n in self.layers
                                 and any(m.module == n and m.role in (OUT, DEPTHWISE) for m in grp_.members)]
+
+    def _not_prunable(self, g: ChannelGroup, rearranging: set[str] | list[str], root_mod: nn.Module) -> str | None:
+        """Why the group's channels cannot be pruned (None: they can; its cells are then set)."""
+        model, members = self.model, g.members
+        if any(m.role == OUT and m.module == self.output_layer for m in members):
+            return f"it holds the outputs of '{self.output_layer}', the model's output layer"
+        if _may_tie(members) and (tied := _tied_channels(self._dg, root_mod)):
+            return (f"its channels {tied} are tied to one another (a channel computed from another channel of the "
+                    "same group), which autoprune cannot map one to one")
+        unknown = [m.module for m in members if m.role == NORM and not _is_simple_norm(model.get_submodule(m.module))]
+        inexact = [(m.module, why) for m in members if m.role == NORM
+                   and (why := why_not_exact(model.get_submodule(m.module)))]
+        inexact += [(m.module, "a convolution that standardises its weights over its input channels, so "
+                     "zeroed inputs would change the weights of the kept ones") for m in members
+                    if m.role == IN and _standardises_weights(model.get_submodule(m.module))]
+        if inexact:
+            return f"it passes through '{inexact[0][0]}', {inexact[0][1]}"
+        if unknown:
+            return f"it passes through '{unknown[0]}', a module autoprune cannot mask"
+        if rearranging:
+            return (f"it passes through {' and '.join(sorted(rearranging))}; pruning through them would change "
+                    "which channels meet after them")
+        return _set_cells(g, model) or None
 
     def out_group(self, layer: str) -> ChannelGroup | None:
         """The group holding this layer's output channels."""

@@ -26,7 +26,13 @@ from plotly.subplots import make_subplots
 
 from autoprune.atomic import atomic_path
 from autoprune.config import NONE_TYPE, LayerTarget
-from autoprune.report.labels import layer_removed_fraction, layer_targets, layers_text, speedup_label, type_label
+from autoprune.report.labels import (
+    layer_removed_fraction,
+    layer_targets,
+    layers_text,
+    speedup_label,
+    type_label,
+)
 from autoprune.study.phases import Proposal
 from autoprune.study.records import StudyRecord, TrialRecord
 
@@ -115,6 +121,25 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
     scatter([t for t in done if t.feasible], "feasible", _FEASIBLE_COLOUR, "circle")
     scatter([t for t in done if not t.feasible], "infeasible", _INFEASIBLE_COLOUR, "x")
 
+    _reference_traces(fig, record, done, chosen, k, unit, name)
+    _budget_trace(fig, record, done, k, unit, name)
+    fig.update_layout(
+        title=html.escape(
+            f"{meta.name}: {meta.metric} vs measured latency on {meta.device_description or meta.device}"
+        ),
+        xaxis_title=html.escape(f"latency (ms per batch of {meta.latency_batch}, {meta.dtype}, median)"),
+        yaxis_title=f"validation {name}" + (" (%)" if meta.percent else ""),
+        height=520,
+        legend={"orientation": "h", "y": -0.18},
+        margin={"l": 60, "r": 20, "t": 60, "b": 40},
+    )
+    return fig
+
+
+def _reference_traces(fig: go.Figure, record: StudyRecord, done: list[TrialRecord], chosen: TrialRecord | None,
+                      k: float, unit: str, name: str) -> None:
+    """The Pareto front's line, the uniform trials' line, the ring around the chosen trial, the dense star."""
+    meta = record.meta
     front = record.front
     fig.add_trace(
         go.Scatter(
@@ -169,6 +194,10 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
         )
     )
 
+
+def _budget_trace(fig: go.Figure, record: StudyRecord, done: list[TrialRecord], k: float, unit: str, name: str) -> None:
+    """A horizontal line at the worst metric the budget allows, across the trials' latencies."""
+    meta = record.meta
     lats = [t.latency_ms for t in done] + [meta.dense_latency_ms]
     lats = [x for x in lats if x is not None and math.isfinite(x)]
     lo, hi = (min(lats), max(lats)) if lats else (0.0, 1.0)
@@ -187,17 +216,6 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
             meta="budget",
         )
     )
-    fig.update_layout(
-        title=html.escape(
-            f"{meta.name}: {meta.metric} vs measured latency on {meta.device_description or meta.device}"
-        ),
-        xaxis_title=html.escape(f"latency (ms per batch of {meta.latency_batch}, {meta.dtype}, median)"),
-        yaxis_title=f"validation {name}" + (" (%)" if meta.percent else ""),
-        height=520,
-        legend={"orientation": "h", "y": -0.18},
-        margin={"l": 60, "r": 20, "t": 60, "b": 40},
-    )
-    return fig
 
 
 def layer_heatmap(record: StudyRecord, chosen: TrialRecord | None = None) -> go.Figure:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,30 +163,61 @@ def space_from_dict(
         raise ConfigError(f"{where} is written for model '{raw['model']}', not '{model_name}'; pick the matching --space.")
     names = list(graph.layers)
     modules = dict(graph.model.named_modules())
+    searched = _searched(raw.get("include"), graph, where)
+    base = _Base(_types(raw.get("types", list(DEFAULT_TYPES_CONV)), where), _rate(raw.get("rate", DEFAULT_RATE), where))
+    layer_types, layer_rate = _overrides(raw.get("overrides") or {}, searched, base, where)
+    fixed = _fixed(raw.get("fixed") or {}, names, graph, modules, where)
+    searched = [n for n in searched if n not in fixed]
+    grouped, group_vars = _groups(raw.get("groups") or {}, names, fixed, layer_types, layer_rate, base, where)
+    # variables in graph order: a layer set sits where its first layer is
+    variables: list[Variable] = []
+    placed: set[str] = set()
+    for n in names:
+        if n in grouped:
+            g = grouped[n]
+            if g not in placed:
+                variables.append(group_vars[g])
+                placed.add(g)
+        elif n in searched:
+            variables.append(Variable(f"layer.{n}", [n], list(layer_types[n]), layer_rate[n]))
     notes: list[str] = []
+    kept = _applicable_types(variables, graph, modules, strict, notes)
+    if not kept and not any(t.type != NONE_TYPE for t in fixed.values()):
+        raise ConfigError(f"{where}: nothing to search: every layer is fixed dense or no type applies to it.")
+    return SearchSpace(source, kept, fixed, notes)
 
-    include = raw.get("include")
+
+@dataclass(frozen=True)
+class _Base:
+    """The space's own types and rate range (every searched layer's unless overridden)."""
+
+    types: list[str]
+    rate: RateRange
+
+
+def _searched(include: Any, graph: ChannelGraph, where: str) -> list[str]:  # noqa: ANN401
+    """The layers ``include`` names (default: every layer but the output layer), in graph order."""
     if include is None:
-        searched = _default_layers(graph)
-    else:
-        if not isinstance(include, list) or not include:
-            raise ConfigError(f"{where}: 'include' must be a non-empty list of layer names or globs.")
-        searched = []
-        for pat in include:
-            for n in _match(str(pat), names, f"{where}: include"):
-                if n not in searched:
-                    searched.append(n)
-        searched = [n for n in names if n in searched]  # graph order
+        return _default_layers(graph)
+    if not isinstance(include, list) or not include:
+        raise ConfigError(f"{where}: 'include' must be a non-empty list of layer names or globs.")
+    names = list(graph.layers)
+    searched: list[str] = []
+    for pat in include:
+        for n in _match(str(pat), names, f"{where}: include"):
+            if n not in searched:
+                searched.append(n)
+    return [n for n in names if n in searched]  # graph order
 
-    base_types = _types(raw.get("types", list(DEFAULT_TYPES_CONV)), where)
-    base_rate = _rate(raw.get("rate", DEFAULT_RATE), where)
 
-    # per-layer settings: the most specific override wins
-    overrides = raw.get("overrides") or {}
+def _overrides(overrides: Any, searched: list[str], base: _Base,  # noqa: ANN401
+               where: str) -> tuple[dict[str, list[str]], dict[str, RateRange]]:
+    """Per-layer types and rate range: the most specific override wins (an exact name over a
+    glob, a more specific glob over a looser one, the first written among equals)."""
     if not isinstance(overrides, dict):
         raise ConfigError(f"{where}: 'overrides' must map layer globs to {{types, rate}}.")
-    layer_types = {n: base_types for n in searched}
-    layer_rate = {n: base_rate for n in searched}
+    layer_types = {n: base.types for n in searched}
+    layer_rate = {n: base.rate for n in searched}
     best: dict[str, tuple[int, int, int]] = {}
     for order, (pat, val) in enumerate(overrides.items()):
         w = f"{where}: overrides['{pat}']"
@@ -201,12 +233,15 @@ def space_from_dict(
                 layer_types[n] = _types(val["types"], w)
             if "rate" in val:
                 layer_rate[n] = _rate(val["rate"], w)
+    return layer_types, layer_rate
 
-    # fixed layers
-    fixed: dict[str, LayerTarget] = {}
-    fixed_raw = raw.get("fixed") or {}
+
+def _fixed(fixed_raw: Any, names: list[str], graph: ChannelGraph, modules: dict,  # noqa: ANN401
+           where: str) -> dict[str, LayerTarget]:
+    """Layers given one target, not searched."""
     if not isinstance(fixed_raw, dict):
         raise ConfigError(f"{where}: 'fixed' must map layer globs to a target such as {{type: filter, rate: 0.5}} or none.")
+    fixed: dict[str, LayerTarget] = {}
     for pat, val in fixed_raw.items():
         w = f"{where}: fixed['{pat}']"
         target = parse_target(val, w)
@@ -220,14 +255,16 @@ def space_from_dict(
             if why is not None:
                 raise ConfigError(f"{w}: {target.type} cannot apply to '{n}': {why}.")
             fixed[n] = target
-    searched = [n for n in searched if n not in fixed]
+    return fixed
 
-    # groups: layer sets, one variable for several layers
-    groups_raw = raw.get("groups") or {}
+
+def _groups(groups_raw: Any, names: list[str], fixed: dict[str, LayerTarget],  # noqa: ANN401
+            layer_types: dict[str, list[str]], layer_rate: dict[str, RateRange], base: _Base,
+            where: str) -> tuple[dict[str, str], dict[str, Variable]]:
+    """Layer sets searched as one variable: layer -> its group, and each group's variable."""
     if not isinstance(groups_raw, dict):
         raise ConfigError(f"{where}: 'groups' must map a group name to a list of layer globs.")
     grouped: dict[str, str] = {}
-    variables: list[Variable] = []
     group_vars: dict[str, Variable] = {}
     for gname, val in groups_raw.items():
         w = f"{where}: groups['{gname}']"
@@ -250,28 +287,22 @@ def space_from_dict(
                     members.append(n)
                 grouped[n] = gname
         members = [n for n in names if n in members]
-        for key, own, per_layer, base in (("types", "types" in val, layer_types, base_types),
-                                          ("rate", "rate" in val, layer_rate, base_rate)):
-            seen = {repr(per_layer.get(n, base)) for n in members}
+        for key, own, per_layer, default in (("types", "types" in val, layer_types, base.types),
+                                             ("rate", "rate" in val, layer_rate, base.rate)):
+            seen = {repr(per_layer.get(n, default)) for n in members}
             if not own and len(seen) > 1:
                 raise ConfigError(f"{w}: its layers have different '{key}' (from overrides); give the group its own "
                                   f"'{key}' since they share one variable.")
-        types = _types(val["types"], w) if "types" in val else layer_types.get(members[0], base_types)
-        rate = _rate(val["rate"], w) if "rate" in val else layer_rate.get(members[0], base_rate)
+        types = _types(val["types"], w) if "types" in val else layer_types.get(members[0], base.types)
+        rate = _rate(val["rate"], w) if "rate" in val else layer_rate.get(members[0], base.rate)
         group_vars[gname] = Variable(f"group.{gname}", members, types, rate)
+    return grouped, group_vars
 
-    # variables in graph order: a layer set sits where its first layer is
-    placed: set[str] = set()
-    for n in names:
-        if n in grouped:
-            g = grouped[n]
-            if g not in placed:
-                variables.append(group_vars[g])
-                placed.add(g)
-        elif n in searched:
-            variables.append(Variable(f"layer.{n}", [n], list(layer_types[n]), layer_rate[n]))
 
-    # drop types a layer cannot take
+def _applicable_types(variables: list[Variable], graph: ChannelGraph, modules: dict, strict: bool,
+                      notes: list[str]) -> list[Variable]:
+    """Each variable with the types its layers can take (a note for each one dropped); a
+    variable left with none, or with only dense, is not searched."""
     kept: list[Variable] = []
     for var in variables:
         ok = []
@@ -288,6 +319,4 @@ def space_from_dict(
         if var.types == [NONE_TYPE]:
             continue
         kept.append(var)
-    if not kept and not any(t.type != NONE_TYPE for t in fixed.values()):
-        raise ConfigError(f"{where}: nothing to search: every layer is fixed dense or no type applies to it.")
-    return SearchSpace(source, kept, fixed, notes)
+    return kept
