@@ -1,120 +1,168 @@
-"""ADMM vs one-shot magnitude vs Torch-Pruning at equal training epochs (issue 12).
+"""StructADMM against the strongest simple baselines at equal total training epochs (issues 12, 23).
 
-For each model on the embedded ``digits`` dataset, each sparsity target (filter, shape and
-irregular at 50/70/90% on every prunable layer: every conv including the first, every
-linear layer but the output layer; filter pruning on the layers whose output channels
-form a prunable group) and each seed, the dense baseline is trained with autoprune's
-defaults (``TrainSettings``, seeded) and then pruned by every method with the same total
-number of training epochs:
+Each model is trained dense once per seed on a fixed stratified subset of a dataset's
+training split (by default 1000 Fashion-MNIST images, 100 per class), then pruned by every
+method with the **same total number of training epochs** on that subset, the same SGD
+(momentum 0.9, weight decay 5e-4, batch 32, lr 0.05 with a cosine schedule that restarts at
+each phase), on every prunable layer but the output layer (filter targets: the layers whose
+output channels form a prunable group), and scored on a fixed stratified part of the test
+split. Types and rates where methods part ways: filter 50/75/90%, shape 75/90/95%,
+irregular 90/95/98%.
 
-* ``admm``: :func:`autoprune.admm.prune` (ADMM iterations, hard prune, masked retraining);
-* ``magnitude``: one-shot magnitude hard prune, then masked retraining for all the epochs;
+Methods (``METHODS``):
+
+* ``admm``: StructADMM as :func:`autoprune.admm.prune_with` runs it (W-step: SGD on the loss
+  plus the ADMM penalty; Z-step: projection; U-step; ρ growing x1.3), hard prune, masked
+  retraining; autoprune's schedule for the length (:meth:`AdmmSettings.for_budget`: 6 W-steps
+  over 30% of the epochs at ρ 3, then 70% masked retraining).
+* ``admm-progressive``: progressive ADMM as the authors' code runs it (arXiv 1810.07378): three
+  stages whose targets rise geometrically (kept fraction ``(1 - rate)^(s/3)``), each an ADMM
+  run of a third of the epochs (the ``admm`` split) starting from the previous stage's pruned
+  model, whose pruned weights stay at zero.
+* ``magnitude``: one-shot magnitude hard prune, then masked fine-tuning for all the epochs.
+* ``gmp``: gradual magnitude pruning (Zhu & Gupta 2017, arXiv 1710.01878): the rate rises as
+  ``rate · (1 - (1 - t/T)^3)`` over the first half of the steps, 16 mask updates (the
+  projection's top groups by L2 norm at the current rate; pruned weights, their gradients and
+  momentum held at zero), then masked training to the end, one cosine schedule throughout.
 * ``torch-pruning`` (filter only): Torch-Pruning's ``MagnitudePruner`` with group L2
-  importance (``GroupMagnitudeImportance(p=2)``), the same uniform ratio, the output
-  layer ignored, then plain fine-tuning with :func:`autoprune.train.run_epochs`.
+  importance, the same uniform ratio, the output layer ignored, then plain fine-tuning.
 
-Each method runs under two schedules: the one the search used up to now (``old``: lr
-0.01, 6 ADMM iterations of a tenth of the budget each, the rest retraining) and the best
-ADMM schedule found (``new``: lr 0.05, 6 ADMM iterations of a twentieth of the budget at
-rho 3, the rest retraining). Within a schedule every method gets the same learning rate,
-batch size and total epochs. ADMM also runs the old split at lr 0.05
-(``old-split-lr0.05``), to separate what the learning rate and the split each do.
+ADMM attempts (item 2 of issue 23; ``ATTEMPTS``), each ``admm`` with one change:
+``admm-split15`` / ``admm-split50`` (15% or 50% of the epochs in the W-steps instead of 30%),
+``admm-rho-matched`` (ρ₀ = 2 / (mean lr x SGD steps per W-step), so that every W-step can
+contract W toward Z by about e^-2 whatever its length), ``admm-retrain-lr0.01`` (the
+retraining after the hard prune at lr 0.01 instead of restarting at 0.05: a gentler
+hand-over from ADMM's already-good start), ``admm-kd`` (the W-steps' loss is half
+cross-entropy, half distillation from the dense model at temperature 4).
 
-Reported per (model, budget, target, method): validation and test accuracy (mean ± sample
-standard deviation over the seeds), the validation accuracy right after the hard prune,
-and wall seconds per run. Everything is seeded; on CPU the accuracies repeat exactly.
+Runs are appended to a log (one JSON line each, as they end) and every invocation to an
+invocations log, so that several invocations (each under about 90 minutes on a shared core)
+make one table; ``--report`` rebuilds the table from the logs alone::
 
-    .venv/bin/python benchmarks/admm_vs_magnitude.py --small   # digits-cnn, lenet5; 5 epochs; old, new
-    .venv/bin/python benchmarks/admm_vs_magnitude.py           # + resnet20; 5 and 10 epochs
+    python benchmarks/admm_vs_magnitude.py --models resnet20 --lengths 4            # every method, every rate
+    python benchmarks/admm_vs_magnitude.py --models resnet20 --lengths 4 --extreme --methods admm-split15 ...
+    python benchmarks/admm_vs_magnitude.py --models resnet20 --lengths 20 40 --extreme --methods admm gmp
+    python benchmarks/admm_vs_magnitude.py --report
 
-Writes ``benchmarks/results/admm_vs_magnitude{,_small}.{md,json}`` (and the runs, one JSON
-line each as they end, to ``....runs.jsonl``; ``--resume`` reuses them). On a 2-core CPU
-at one thread a ``resnet20`` run takes about 30 s per 5 epochs (digits-cnn 3-5 s, lenet5
-under 1 s), so the full mode with ``resnet20`` takes hours there: choose ``--models``.
+Writes ``benchmarks/results/admm_vs_magnitude_fmnist.{md,json}`` (the log files beside them).
+The earlier digits results (``admm_vs_magnitude{,_small}.md``) were made by this script as
+of commit 568feb9 (``git show 568feb9:benchmarks/admm_vs_magnitude.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from autoprune import admm
+from autoprune.admm import Schedule
 from autoprune.config import AdmmSettings, LayerTarget
+from autoprune.data import make_loader
 from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset
 from autoprune.projection import Projector
-from autoprune.train import TrainSettings, evaluate, run_epochs, seed_everything, train_model
+from autoprune.steering import hold_masks
+from autoprune.train import ClassifierTrainer, evaluate, make_sgd, run_epochs, seed_everything, steps_for
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STEM = RESULTS / "admm_vs_magnitude_fmnist"
 DEVICE = torch.device("cpu")
 KINDS = ("filter", "shape", "irregular")
-RATES = (0.5, 0.7, 0.9)
+RATES = {"filter": (0.5, 0.75, 0.9), "shape": (0.75, 0.9, 0.95), "irregular": (0.9, 0.95, 0.98)}
+WITHIN = 0.01  # "keeps accuracy": mean test accuracy at most 1 point below dense
 
 
-def old_schedule(budget: float) -> AdmmSettings:
-    """The search's trial schedule before this benchmark, scaled to ``budget`` epochs.
+@dataclass(frozen=True)
+class Bench:
+    """What every run of one table shares (recorded in the JSON)."""
 
-    At 5 epochs it is the search's ``SEARCH_ADMM``: 6 ADMM iterations of 0.5 epoch at rho 1
-    growing x1.3, then 2 retraining epochs, lr 0.01.
-    """
-    return AdmmSettings(iters=6, epochs=budget / 10, rho=1.0, rho_growth=1.3, retrain_epochs=budget * 0.4, lr=0.01)
+    dataset: str = "fashion-mnist"
+    train_size: int = 1000  # stratified subset of the training split
+    test_size: int = 5000  # stratified subset of the test split (the reported accuracy)
+    val_size: int = 1000  # stratified subset of the validation split (hard-prune accuracy only)
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    dense_epochs: int = 30
 
-
-def new_schedule(budget: float) -> AdmmSettings:
-    """The best schedule found for ADMM at equal epochs (``AdmmSettings.for_budget``); lr 0.05 for every method.
-
-    At 5 epochs: 6 ADMM iterations of 0.25 epoch at rho 3 growing x1.3, then 3.5 retraining
-    epochs. Shorter W-steps leave more of the budget to masked retraining, and rho 3 makes up
-    for the fewer SGD steps per W-step; lr 0.05 (the dense training's) helped every method.
-    """
-    return AdmmSettings.for_budget(budget)
-
-
-def lr_only_schedule(budget: float) -> AdmmSettings:
-    """The old split at the new learning rate: what the learning rate alone does to ADMM."""
-    return old_schedule(budget).replace(lr=0.05)
+    def settings(self, **changes: object) -> AdmmSettings:
+        return AdmmSettings(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                            batch_size=self.batch_size).replace(**changes)
 
 
-METHODS = ("admm", "magnitude", "torch-pruning")
-SCHEDULES = {"old": old_schedule, "old-split-lr0.05": lr_only_schedule, "new": new_schedule}
-# magnitude and Torch-Pruning depend only on the total epochs and the learning rate, which
-# the lr-only schedule shares with ``new``: they run under ``old`` and ``new`` only
-SCHEDULE_METHODS = {"old": METHODS, "old-split-lr0.05": ("admm",), "new": METHODS}
+# -- data and dense models ------------------------------------------------------------
+def stratified(dataset: torch.utils.data.Dataset, size: int, seed: int = 0) -> torch.utils.data.Dataset:
+    """A fixed stratified subset of ``size`` items (the whole set when it is not larger)."""
+    from sklearn.model_selection import train_test_split
+
+    if size <= 0 or size >= len(dataset):
+        return dataset
+    labels = np.asarray(dataset.labels if hasattr(dataset, "labels") else [int(y) for _, y in dataset])
+    rows, _ = train_test_split(np.arange(len(labels)), train_size=size, random_state=seed, stratify=labels)
+    return torch.utils.data.Subset(dataset, sorted(int(r) for r in rows))
 
 
-# -- set-up ------------------------------------------------------------------------
-def dense_baseline(model_name: str, seed: int, splits, cache: dict) -> dict:  # noqa: ANN001
-    """The seeded dense model (trained once per model and seed) and its accuracies."""
-    key = (model_name, seed)
-    if key not in cache:
+@dataclass
+class Context:
+    bench: Bench
+    splits: object
+    train: torch.utils.data.Dataset
+    val: torch.utils.data.Dataset
+    test: torch.utils.data.Dataset
+    cache_dir: Path
+    dense_info: dict = field(default_factory=dict)
+
+    @property
+    def per_epoch(self) -> int:
+        return len(make_loader(self.train, batch_size=self.bench.batch_size, shuffle=False,
+                               drop_last=len(self.train) > self.bench.batch_size))
+
+    def example(self) -> torch.Tensor:
+        return example_input(self.splits)
+
+    def dense(self, model_name: str, seed: int) -> nn.Module:
+        """The seeded dense model, trained once and cached on disk (several invocations share it)."""
+        path = self.cache_dir / f"dense-{model_name}-{self.bench.dataset}-{self.bench.train_size}-seed{seed}.pt"
+        model = build_model(model_name, self.splits)
+        if path.is_file():
+            blob = torch.load(path, weights_only=True)
+            model.load_state_dict(blob["state"])
+            info = blob["info"]
+            if info.get("test_size") != len(self.test):  # scored on another test subset: score again
+                info = {**info, "test_acc": evaluate(model, self.test, device=DEVICE), "test_size": len(self.test)}
+            self.dense_info[(model_name, seed)] = info
+            return model.to(DEVICE)
         seed_everything(seed)
-        model = build_model(model_name, splits)
+        b = self.bench
         t0 = time.perf_counter()
-        train_model(model, splits.train, splits.val, device=DEVICE, settings=TrainSettings(), seed=seed)
-        cache[key] = {
-            "state": {k: v.clone() for k, v in model.state_dict().items()},
-            "val_acc": evaluate(model, splits.val, device=DEVICE),
-            "test_acc": evaluate(model, splits.test, device=DEVICE),
-            "seconds": time.perf_counter() - t0,
-        }
-    return cache[key]
-
-
-def fresh_model(model_name: str, seed: int, splits, cache: dict) -> torch.nn.Module:  # noqa: ANN001
-    base = dense_baseline(model_name, seed, splits, cache)
-    model = build_model(model_name, splits)
-    model.load_state_dict(base["state"])
-    return model.to(DEVICE)
+        run_epochs(model, self.train, device=DEVICE, epochs=b.dense_epochs, lr=b.lr, momentum=b.momentum,
+                   weight_decay=b.weight_decay, batch_size=b.batch_size, seed=seed, description="dense")
+        info = {"seconds": time.perf_counter() - t0, "test_acc": evaluate(model, self.test, device=DEVICE),
+                "val_acc": evaluate(model, self.val, device=DEVICE), "epochs": b.dense_epochs,
+                "test_size": len(self.test)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": model.state_dict(), "info": info}, path)
+        self.dense_info[(model_name, seed)] = info
+        print(f"dense {model_name} seed {seed}: test {info['test_acc']:.4f} ({info['seconds']:.0f} s)", flush=True)
+        return model
 
 
 def uniform_targets(graph: ChannelGraph, kind: str, rate: float) -> dict[str, LayerTarget]:
@@ -131,233 +179,437 @@ def uniform_targets(graph: ChannelGraph, kind: str, rate: float) -> dict[str, La
     return out
 
 
-def output_layer(model: torch.nn.Module, graph: ChannelGraph) -> torch.nn.Module:
-    return model.get_submodule(list(graph.layers)[-1])
+# -- methods ---------------------------------------------------------------------------
+@dataclass
+class Job:
+    """One run: a fresh copy of the dense model and what to do to it."""
+
+    ctx: Context
+    model_name: str
+    model: nn.Module
+    dense: nn.Module
+    kind: str
+    rate: float
+    length: float
+    seed: int
+
+    @property
+    def graph(self) -> ChannelGraph:
+        return ChannelGraph(self.model, self.ctx.example())
+
+    def targets(self, rate: float | None = None) -> dict[str, LayerTarget]:
+        return uniform_targets(self.graph, self.kind, self.rate if rate is None else rate)
+
+    def trainer(self, settings: AdmmSettings, seed: int, what: str) -> ClassifierTrainer:
+        return ClassifierTrainer(self.ctx.train, settings, device=DEVICE, seed=seed, description=what)
+
+    def val_acc(self, model: nn.Module) -> float:
+        return evaluate(model, self.ctx.val, device=DEVICE)
 
 
-# -- methods ---------------------------------------------------------------------
-def run_autoprune(method: str, model, splits, targets, settings: AdmmSettings, seed: int) -> dict:  # noqa: ANN001
-    graph = ChannelGraph(model, example_input(splits))
-    projector = Projector(model, graph, targets)
-    seed_everything(seed)
-    _, history = admm.prune(model, projector, splits.train, settings, method=method, device=DEVICE, seed=seed,
-                            val_set=splits.val)
-    worst = None
-    if history.iterations:
-        worst = max(history.iterations[-1].residual.values(), default=None)
-    kept = None
-    if all(t.type == "filter" for t in targets.values()):  # output channels left, per pruned layer
-        kept = {name: int(model.get_submodule(name).weight.detach().flatten(1).abs().sum(1).gt(0).sum())
-                for name in targets}
-    return {"hard_val_acc": history.hard_prune_val_acc, "final_residual": worst, "kept_channels": kept}
+def _admm_run(job: Job, settings: AdmmSettings, *, retrain_settings: AdmmSettings | None = None,
+              w_step: admm.TrainFn | None = None, rate: float | None = None,
+              hold: dict[str, torch.Tensor] | None = None, seed_offset: int = 0) -> dict:
+    """One ADMM run (W/Z/U, hard prune, masked retraining) through :func:`admm.prune_with`."""
+    graph = job.graph
+    projector = Projector(job.model, graph, uniform_targets(graph, job.kind, job.rate if rate is None else rate))
+    schedule = Schedule.from_settings(settings, job.ctx.per_epoch)
+    train = w_step or job.trainer(settings, job.seed + 1000 + seed_offset, "ADMM W-step")
+    retrain = job.trainer(retrain_settings or settings, job.seed + 5000 + seed_offset, "masked retraining")
+    if hold is not None:  # earlier stages' pruned weights stay at zero through the W-steps
+        train = _holding(train, job.model, hold)
+    seed_everything(job.seed + seed_offset)
+    masks, history = admm.prune_with(job.model, projector, schedule, train=train, retrain=retrain,
+                                     evaluate=job.val_acc, method="admm")
+    last = history.iterations[-1].residual if history.iterations else {}
+    return {"hard_val_acc": history.hard_prune_val_acc, "final_residual": max(last.values(), default=None),
+            "masks": masks, "schedule": asdict(schedule)}
 
 
-def run_torch_pruning(model, splits, rate: float, settings: AdmmSettings, epochs: float, seed: int) -> dict:  # noqa: ANN001
+def _holding(train: admm.TrainFn, model: nn.Module, masks: dict[str, torch.Tensor]) -> admm.TrainFn:
+    named = dict(model.named_parameters())
+
+    def run(m: nn.Module, amount: float) -> object:
+        with hold_masks({n: named[n] for n in masks}, masks):
+            return train(m, amount)
+
+    return run
+
+
+def m_admm(job: Job) -> dict:
+    return _admm_run(job, AdmmSettings.for_budget(job.length, **_common(job)))
+
+
+def _common(job: Job) -> dict:
+    b = job.ctx.bench
+    return {"lr": b.lr, "momentum": b.momentum, "weight_decay": b.weight_decay, "batch_size": b.batch_size}
+
+
+def _split(fraction: float) -> Callable[[Job], dict]:
+    def run(job: Job) -> dict:
+        iters = 6
+        step = fraction * job.length / iters
+        s = job.ctx.bench.settings(iters=iters, epochs=step, rho=3.0, rho_growth=1.3,
+                                   retrain_epochs=job.length - iters * step)
+        return _admm_run(job, s)
+
+    return run
+
+
+def m_admm_rho_matched(job: Job) -> dict:
+    base = AdmmSettings.for_budget(job.length, **_common(job))
+    steps = steps_for(base.epochs, job.ctx.per_epoch)
+    rho = 2.0 / (0.5 * base.lr * steps)  # the cosine schedule's mean lr is half its peak
+    return _admm_run(job, base.replace(rho=rho, rho_max=max(base.rho_max, rho)))
+
+
+def m_admm_retrain_lr(job: Job) -> dict:
+    base = AdmmSettings.for_budget(job.length, **_common(job))
+    return _admm_run(job, base, retrain_settings=base.replace(lr=0.01))
+
+
+def m_admm_kd(job: Job) -> dict:
+    base = AdmmSettings.for_budget(job.length, **_common(job))
+    teacher = job.dense.eval()
+    w_step = KDTrainer(job.ctx.train, base, teacher, seed=job.seed + 1000)
+    return _admm_run(job, base, w_step=w_step)
+
+
+def m_admm_progressive(job: Job, stages: int = 3) -> dict:
+    held: dict[str, torch.Tensor] | None = None
+    out: dict = {"stages": []}
+    for s in range(1, stages + 1):
+        rate = 1 - (1 - job.rate) ** (s / stages) if s < stages else job.rate
+        settings = AdmmSettings.for_budget(job.length / stages, **_common(job))
+        res = _admm_run(job, settings, rate=rate, hold=held, seed_offset=100 * s)
+        held = res.pop("masks")
+        out["stages"].append({"rate": rate, "hard_val_acc": res["hard_val_acc"], "final_residual": res["final_residual"]})
+        out.update(res)
+    out["masks"] = held  # hard_val_acc and final_residual: the last stage's (at the target rate)
+    return out
+
+
+def m_magnitude(job: Job) -> dict:
+    graph = job.graph
+    projector = Projector(job.model, graph, job.targets())
+    settings = AdmmSettings.for_budget(job.length, **_common(job))
+    schedule = Schedule.from_settings(settings, job.ctx.per_epoch)
+    retrain = job.trainer(settings, job.seed + 5000, "masked retraining")
+    seed_everything(job.seed)
+    masks, history = admm.prune_with(job.model, projector, schedule, train=retrain, evaluate=job.val_acc,
+                                     method="magnitude")
+    return {"hard_val_acc": history.hard_prune_val_acc, "masks": masks}
+
+
+def m_gmp(job: Job, updates: int = 16, ramp: float = 0.5) -> dict:
+    """Zhu & Gupta's gradual pruning within one cosine run of ``job.length`` epochs."""
+    b = job.ctx.bench
+    graph = job.graph
+    total = steps_for(job.length, job.ctx.per_epoch)
+    end = max(1, round(ramp * total))
+    every = max(1, end // updates)
+    named = dict(job.model.named_parameters())
+    state: dict = {"masks": None, "step": 0, "rates": []}
+
+    def grad_hook() -> None:
+        if state["masks"] is not None:
+            for n, m in state["masks"].items():
+                if named[n].grad is not None:
+                    named[n].grad.mul_(m)
+
+    @torch.no_grad()
+    def after_step(opt: torch.optim.Optimizer) -> None:
+        state["step"] += 1
+        t = state["step"]
+        if t % every == 0 and t <= end or t == end:
+            rate = job.rate * (1 - (1 - min(t, end) / end) ** 3)
+            if rate > 0 and (not state["rates"] or rate > state["rates"][-1]):
+                state["masks"] = {n: m.to(named[n].dtype) for n, m in
+                                  Projector(job.model, graph, uniform_targets(graph, job.kind, rate)).hard_masks().items()}
+                state["rates"].append(rate)
+        if state["masks"] is not None:
+            for n, m in state["masks"].items():
+                named[n].mul_(m)
+                for v in opt.state.get(named[n], {}).values():
+                    if torch.is_tensor(v) and v.shape == m.shape:
+                        v.mul_(m)
+
+    seed_everything(job.seed)
+    run_epochs(job.model, job.ctx.train, device=DEVICE, epochs=job.length, lr=b.lr, momentum=b.momentum,
+               weight_decay=b.weight_decay, batch_size=b.batch_size, seed=job.seed + 5000, grad_hook=grad_hook,
+               after_step=after_step, description="gradual magnitude pruning")
+    assert state["rates"] and abs(state["rates"][-1] - job.rate) < 1e-9, state["rates"]
+    masks = {n: m.bool() for n, m in state["masks"].items()}
+    return {"hard_val_acc": None, "masks": masks, "mask_updates": len(state["rates"])}
+
+
+def m_torch_pruning(job: Job) -> dict:
     import torch_pruning as tp
 
-    graph = ChannelGraph(model, example_input(splits))
+    b = job.ctx.bench
+    graph = job.graph
+    names = list(job.targets())
+    before = _target_weights(job.model, names)
     pruner = tp.pruner.MagnitudePruner(
-        model, example_input(splits), importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=rate, ignored_layers=[output_layer(model, graph)],
+        job.model, job.ctx.example(), importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=job.rate, ignored_layers=[job.model.get_submodule(list(graph.layers)[-1])],
     )
     pruner.step()
-    # Torch-Pruning rounds a uniform ratio its own way (and may leave a group whole), so its
-    # architecture can differ from autoprune's at the same rate: recorded for the report
-    kept = {name: int(model.get_submodule(name).weight.shape[0]) for name in list(graph.layers)[:-1]}
-    hard = evaluate(model, splits.val, device=DEVICE)
-    seed_everything(seed)
-    run_epochs(model, splits.train, device=DEVICE, epochs=epochs, lr=settings.lr, momentum=settings.momentum,
-               weight_decay=settings.weight_decay, batch_size=settings.batch_size, seed=seed + 5000,
+    kept = {name: int(job.model.get_submodule(name).weight.shape[0]) for name in list(graph.layers)[:-1]}
+    after = _target_weights(job.model, names)
+    hard = job.val_acc(job.model)
+    seed_everything(job.seed)
+    run_epochs(job.model, job.ctx.train, device=DEVICE, epochs=job.length, lr=b.lr, momentum=b.momentum,
+               weight_decay=b.weight_decay, batch_size=b.batch_size, seed=job.seed + 5000,
                description="Torch-Pruning fine-tuning")
-    return {"hard_val_acc": hard, "final_residual": None, "kept_channels": kept}
+    return {"hard_val_acc": hard, "kept_channels": kept, "compression": before / max(after, 1)}
 
 
-def total_epochs(s: AdmmSettings) -> float:
-    return s.iters * s.epochs + s.retrain_epochs
+class KDTrainer:
+    """``train(model, epochs)`` like :class:`ClassifierTrainer`, with the loss half cross-entropy,
+    half distillation from ``teacher`` (KL at temperature 4, scaled by T²)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, settings: AdmmSettings, teacher: nn.Module, *,
+                 seed: int, alpha: float = 0.5, temperature: float = 4.0) -> None:
+        self.dataset, self.s, self.teacher, self.seed = dataset, settings, teacher, seed
+        self.alpha, self.t = alpha, temperature
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, epochs: float) -> float:
+        s, seed = self.s, self.seed + self.calls
+        self.calls += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            loader = make_loader(self.dataset, batch_size=s.batch_size, shuffle=True, seed=seed,
+                                 drop_last=len(self.dataset) > s.batch_size)
+            total = steps_for(epochs, len(loader))
+            opt = make_sgd(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
+            model.train()
+            step, running = 0, 0.0
+            while step < total:
+                for x, y in loader:
+                    opt.zero_grad(set_to_none=True)
+                    logits = model(x)
+                    with torch.no_grad():
+                        soft = F.softmax(self.teacher(x) / self.t, dim=1)
+                    kd = F.kl_div(F.log_softmax(logits / self.t, dim=1), soft, reduction="batchmean") * self.t ** 2
+                    loss = (1 - self.alpha) * F.cross_entropy(logits, y) + self.alpha * kd
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    running += float(loss.detach())
+                    step += 1
+                    if step >= total:
+                        break
+        return running / max(step, 1)
 
 
-def one_run(model_name: str, kind: str, rate: float, method: str, schedule: str, budget: float, seed: int,
-            splits, cache: dict) -> dict:  # noqa: ANN001
-    settings = SCHEDULES[schedule](budget)
-    assert abs(total_epochs(settings) - budget) < 1e-9, (settings, budget)
-    model = fresh_model(model_name, seed, splits, cache)
-    graph = ChannelGraph(model, example_input(splits))
-    targets = uniform_targets(graph, kind, rate)
+@dataclass(frozen=True)
+class Method:
+    run: Callable[[Job], dict]
+    description: str
+    kinds: tuple[str, ...] = KINDS
+    admm: bool = False  # an ADMM variant (for the "best ADMM variant" column)
+    attempt: bool = False  # an item-2 attempt at improving ADMM
+
+
+METHODS: dict[str, Method] = {
+    "admm": Method(m_admm, "StructADMM, autoprune's schedule (6 W-steps over 30% of the epochs, ρ 3 x1.3; 70% "
+                           "masked retraining)", admm=True),
+    "admm-progressive": Method(m_admm_progressive, "progressive ADMM: 3 stages with rising targets, each an admm "
+                                                   "run of a third of the epochs", admm=True),
+    "magnitude": Method(m_magnitude, "one-shot magnitude prune + masked fine-tuning"),
+    "gmp": Method(m_gmp, "gradual magnitude pruning (Zhu & Gupta, cubic over the first half; 16 mask updates)"),
+    "torch-pruning": Method(m_torch_pruning, "Torch-Pruning group-L2 + fine-tuning", kinds=("filter",)),
+}
+ATTEMPTS: dict[str, Method] = {
+    "admm-split15": Method(_split(0.15), "admm with 15% of the epochs in the W-steps", admm=True, attempt=True),
+    "admm-split50": Method(_split(0.50), "admm with 50% of the epochs in the W-steps", admm=True, attempt=True),
+    "admm-rho-matched": Method(m_admm_rho_matched, "admm with ρ₀ = 2 / (mean lr x steps per W-step)", admm=True,
+                               attempt=True),
+    "admm-retrain-lr0.01": Method(m_admm_retrain_lr, "admm, retraining at lr 0.01 instead of 0.05", admm=True,
+                                  attempt=True),
+    "admm-kd": Method(m_admm_kd, "admm, W-steps with distillation from the dense model (α 0.5, T 4)", admm=True,
+                      attempt=True),
+}
+ALL = {**METHODS, **ATTEMPTS}
+
+
+def _target_weights(model: nn.Module, targets: dict[str, LayerTarget] | list[str]) -> int:
+    return sum(model.get_submodule(n).weight.numel() for n in targets)
+
+
+def one_run(ctx: Context, model_name: str, kind: str, rate: float, method: str, length: float, seed: int) -> dict:
+    dense = ctx.dense(model_name, seed)
+    model = build_model(model_name, ctx.splits)
+    model.load_state_dict(dense.state_dict())
+    job = Job(ctx, model_name, model, dense, kind, rate, length, seed)
+    targets = job.targets()
+    total_weights = _target_weights(model, targets)
     t0 = time.perf_counter()
-    if method == "torch-pruning":
-        extra = run_torch_pruning(model, splits, rate, settings, budget, seed)
-    else:
-        extra = run_autoprune(method, model, splits, targets, settings, seed)
+    extra = ALL[method].run(job)
     seconds = time.perf_counter() - t0
-    return {
-        "model": model_name, "kind": kind, "rate": rate, "method": method, "schedule": schedule, "budget": budget,
-        "seed": seed, "val_acc": evaluate(model, splits.val, device=DEVICE),
-        "test_acc": evaluate(model, splits.test, device=DEVICE), "seconds": seconds, "layers": sorted(targets), **extra,
-    }
+    masks = extra.pop("masks", None)
+    if masks is not None:
+        kept = sum(int(masks[f"{n}.weight"].sum()) if f"{n}.weight" in masks else model.get_submodule(n).weight.numel()
+                   for n in targets)
+        extra["compression"] = total_weights / max(kept, 1)
+        # the model really is at the masks
+        for n in targets:
+            w = model.get_submodule(n).weight.detach()
+            assert not w[~masks[f"{n}.weight"]].any(), (method, n)
+    return {"model": model_name, "kind": kind, "rate": rate, "method": method, "length": length, "seed": seed,
+            "test_acc": evaluate(model, ctx.test, device=DEVICE), "seconds": seconds,
+            "epochs": length, "layers": len(targets), **extra}
 
 
-# -- report ----------------------------------------------------------------------
+# -- report ----------------------------------------------------------------------------
 def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _pct(xs: list[float]) -> str:
-    m, s = _mean_sd(xs)
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
-
-
 def summarize(runs: list[dict]) -> list[dict]:
-    """One row per (model, budget, kind, rate, schedule, method) with mean and spread over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
-        groups.setdefault((r["model"], r["budget"], r["kind"], r["rate"], r["schedule"], r["method"]), []).append(r)
+        groups.setdefault((r["model"], r["length"], r["kind"], r["rate"], r["method"]), []).append(r)
     rows = []
-    for (model, budget, kind, rate, schedule, method), rs in groups.items():
-        val, test = [r["val_acc"] for r in rs], [r["test_acc"] for r in rs]
-        hard = [r["hard_val_acc"] for r in rs if r["hard_val_acc"] is not None]
-        rows.append({
-            "model": model, "budget": budget, "kind": kind, "rate": rate, "schedule": schedule, "method": method,
-            "seeds": [r["seed"] for r in rs],
-            "val_mean": _mean_sd(val)[0], "val_sd": _mean_sd(val)[1], "test_mean": _mean_sd(test)[0],
-            "test_sd": _mean_sd(test)[1], "hard_val_mean": statistics.fmean(hard) if hard else None,
-            "val_min": min(val), "val_max": max(val), "test_min": min(test), "test_max": max(test),
-            "seconds_mean": statistics.fmean(r["seconds"] for r in rs),
-        })
+    for (model, length, kind, rate, method), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        test = [r["test_acc"] for r in rs]
+        hard = [r["hard_val_acc"] for r in rs if r.get("hard_val_acc") is not None]
+        comp = [r["compression"] for r in rs if r.get("compression")]
+        rows.append({"model": model, "length": length, "kind": kind, "rate": rate, "method": method,
+                     "seeds": sorted(r["seed"] for r in rs), "test_mean": _mean_sd(test)[0], "test_sd": _mean_sd(test)[1],
+                     "hard_val_mean": statistics.fmean(hard) if hard else None,
+                     "compression": statistics.fmean(comp) if comp else None,
+                     "seconds_mean": statistics.fmean(r["seconds"] for r in rs)})
     return rows
 
 
+def dense_summary(dense: dict, model: str) -> tuple[float, float, list[int]]:
+    seeds = sorted(int(k.rsplit(":", 1)[1]) for k in dense if k.startswith(model + ":"))
+    accs = [dense[f"{model}:{s}"]["test_acc"] for s in seeds]
+    return statistics.fmean(accs), (statistics.stdev(accs) if len(accs) > 1 else 0.0), seeds
+
+
+def kept_within(rows: list[dict], dense: dict, model: str, length: float, kind: str, method: str) -> dict:
+    """The highest rate of ``kind`` ``method`` ran at ``length`` whose mean test accuracy is within
+    a point of dense (None: none of those it ran), with what it ran."""
+    ref, _, _ = dense_summary(dense, model)
+    ran = sorted((r for r in rows if (r["model"], r["length"], r["kind"], r["method"]) == (model, length, kind, method)),
+                 key=lambda r: r["rate"])
+    ok = [r for r in ran if r["test_mean"] >= ref - WITHIN - 1e-12]
+    best = ok[-1] if ok else None
+    return {"rate": best["rate"] if best else None, "compression": best["compression"] if best else None,
+            "rates_run": [r["rate"] for r in ran]}
+
+
 def markdown(out: dict) -> str:
-    rows = out["summary"]
-    lines = [f"# ADMM vs magnitude vs Torch-Pruning at equal epochs ({out['mode']} mode)", "",
-             f"Made by `{out['command']}` in {out['wall_seconds'] / 60:.1f} min ({out['resumed_runs']} of "
-             f"{len(out['runs'])} runs reused from an interrupted invocation; the runs' own time adds up to "
-             f"{out['run_seconds_total'] / 60:.1f} min) on {out['machine']['cpu']} "
-             f"({out['machine']['threads']} thread), torch {out['versions']['torch']}, Torch-Pruning "
-             f"{out['versions']['torch_pruning']}, autoprune commit {out['versions']['commit']}. Dataset `digits` "
-             f"(train {out['dataset']['train']}, val {out['dataset']['val']}, test {out['dataset']['test']} images); "
-             f"seeds {out['seeds']}; accuracies in %, mean ± sample sd over the seeds; `hard` is the validation "
-             "accuracy right after the hard prune (Torch-Pruning: right after its pruning step), before retraining.",
-             ""]
-    lines += ["Schedules (every method of a schedule gets the same epochs, learning rate, momentum, weight decay "
-              "and batch):", ""]
-    for b in out["budgets"]:
-        for name, s in out["schedules"][str(b)].items():
-            others = ("; magnitude and Torch-Pruning " + f"{b:g} epochs of (masked) retraining"
-                      if "magnitude" in SCHEDULE_METHODS[name] else " (ADMM only)")
-            lines.append(f"- {b:g} epochs, `{name}`: ADMM {s['iters']} x {s['epochs']:g} epoch at rho {s['rho']:g} "
-                         f"(x{s['rho_growth']:g} per iteration) + {s['retrain_epochs']:g} retraining{others}; "
-                         f"lr {s['lr']:g} (cosine, restarting each phase), momentum {s['momentum']:g}, weight decay "
-                         f"{s['weight_decay']:g}, batch {s['batch_size']}.")
-    lines.append("")
-    lines += _overview(out)
+    rows, dense, b = out["summary"], out["dense"], out["bench"]
+    lines = ["# StructADMM against simple baselines at equal epochs (Fashion-MNIST)", "",
+             f"Dataset `{b['dataset']}`: a stratified subset of {b['train_size']} training images (the same for "
+             f"every method and seed), test accuracy on a stratified {b['test_size']} of the 10,000 test images "
+             f"(hard-prune accuracy on {b['val_size']} validation images). Dense models: {b['dense_epochs']} epochs "
+             f"per seed. Every method: SGD momentum {b['momentum']}, weight decay {b['weight_decay']}, batch "
+             f"{b['batch_size']}, lr {b['lr']} with a cosine schedule restarting at each phase, and the same total "
+             f"epochs on the subset (`epochs` below; {out['steps_per_epoch']} steps per epoch). Pruned: every prunable "
+             "layer but the output layer. Accuracies in %, mean ± sample sd over the seeds; `hard` is the validation "
+             "accuracy right after the (first) hard prune; `x` the measured compression of the pruned layers' weights "
+             "(weights / nonzero weights, filter pruning counting the input channels it removes downstream).", "",
+             "Made by these invocations (the runs' log keeps each run's own seconds):", ""]
+    for inv in out["invocations"]:
+        lines.append(f"- `{inv['command']}`: {inv['wall_seconds'] / 60:.1f} min, {inv['runs']} runs, commit "
+                     f"{inv['versions']['commit']}, {inv['machine']['cpu']} ({inv['machine']['threads']} thread, "
+                     f"{inv['machine'].get('note', '')}), torch {inv['versions']['torch']}, Torch-Pruning "
+                     f"{inv['versions']['torch_pruning']}")
+    lines += ["", "Methods:", ""]
+    for name, desc in out["methods"].items():
+        lines.append(f"- `{name}`: {desc}")
+    lines += ["", "## Headline: the highest rate each method keeps within 1 point of dense", "",
+              "Mean test accuracy over the seeds at least dense's mean minus 1 point; `-`: none of the rates it ran "
+              "(at 20 and 40 epochs only the extreme rate of each type ran, so `-` there means below it).", ""]
+    methods = [m for m in out["method_order"] if any(r["method"] == m for r in rows)]
     for model in out["models"]:
-        d = out["dense"][model]
-        lines += ["", f"## {model} (dense: val {_pct(d['val'])}, test {_pct(d['test'])})", ""]
-        lines += _architectures(out, model)
-        for b in out["budgets"]:
-            lines += [f"### {b:g} epochs", "",
-                      "| target | schedule | method | val % | test % | hard % | s/run |", "|---|---|---|---|---|---|---|"]
+        ref, sd, seeds = dense_summary(dense, model)
+        lines += [f"### {model} (dense test {100 * ref:.1f} ± {100 * sd:.1f}, seeds {seeds})", "",
+                  "| epochs | type | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for length in out["lengths"]:
             for kind in KINDS:
-                for rate in RATES:
-                    for sched in out["schedule_names"]:
-                        for method in METHODS:
-                            r = _find(rows, model, b, kind, rate, sched, method)
-                            if r is None:
-                                continue
-                            hard = "-" if r["hard_val_mean"] is None else f"{100 * r['hard_val_mean']:.0f}"
-                            lines.append(f"| {kind} {100 * rate:.0f}% | {sched} | {method} | "
-                                         f"{100 * r['val_mean']:.1f} ± {100 * r['val_sd']:.1f} | "
-                                         f"{100 * r['test_mean']:.1f} ± {100 * r['test_sd']:.1f} | {hard} | "
-                                         f"{r['seconds_mean']:.1f} |")
-            lines.append("")
+                cells = []
+                any_run = False
+                for m in methods:
+                    k = kept_within(rows, dense, model, length, kind, m)
+                    if not k["rates_run"]:
+                        cells.append(" ")
+                        continue
+                    any_run = True
+                    cells.append("-" if k["rate"] is None else f"{100 * k['rate']:.0f}% ({k['compression']:.1f}x)")
+                if any_run:
+                    lines.append(f"| {length:g} | {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for model in out["models"]:
+        ref, sd, _ = dense_summary(dense, model)
+        lines += [f"## {model}: test accuracy per cell (dense {100 * ref:.1f} ± {100 * sd:.1f})", ""]
+        for length in out["lengths"]:
+            sel = [r for r in rows if r["model"] == model and r["length"] == length]
+            if not sel:
+                continue
+            ms = [m for m in methods if any(r["method"] == m for r in sel)]
+            lines += [f"### {length:g} epochs", "", "| target | " + " | ".join(ms) + " |", "|---|" + "---|" * len(ms)]
+            for kind in KINDS:
+                for rate in RATES[kind]:
+                    cells, seen = [], False
+                    for m in ms:
+                        r = next((r for r in sel if (r["kind"], r["rate"], r["method"]) == (kind, rate, m)), None)
+                        if r is None:
+                            cells.append(" ")
+                            continue
+                        seen = True
+                        hard = "" if r["hard_val_mean"] is None else f", hard {100 * r['hard_val_mean']:.0f}"
+                        comp = "" if r["compression"] is None else f", {r['compression']:.1f}x"
+                        mark = "**" if r["test_mean"] >= ref - WITHIN - 1e-12 else ""
+                        cells.append(f"{mark}{100 * r['test_mean']:.1f} ± {100 * r['test_sd']:.1f}{mark}{hard}{comp}")
+                    if seen:
+                        lines.append(f"| {kind} {100 * rate:.0f}% | " + " | ".join(cells) + " |")
+            lines += ["", "Bold: within 1 point of dense. Seconds per run (mean): " + ", ".join(
+                f"{m} {statistics.fmean(r['seconds_mean'] for r in sel if r['method'] == m):.0f}" for m in ms), ""]
+    lines += _attempts(out)
     return "\n".join(lines) + "\n"
 
 
-def autoprune_filter_channels(model_name: str, rate: float, splits) -> dict[str, int]:  # noqa: ANN001
-    """Output channels autoprune's filter target at ``rate`` leaves in each pruned layer."""
-    model = build_model(model_name, splits)
-    graph = ChannelGraph(model, example_input(splits))
-    targets = uniform_targets(graph, "filter", rate)
-    masks = Projector(model, graph, targets).hard_masks()
-    return {name: int(masks[f"{name}.weight"].flatten(1).any(1).sum()) for name in targets}
-
-
-def _architectures(out: dict, model: str) -> list[str]:
-    """Output channels each filter target leaves per layer: autoprune's methods vs Torch-Pruning."""
-    lines = ["Filter targets, output channels left per pruned layer (autoprune: `n - floor(n * rate)`, at least "
-             "1; Torch-Pruning 1.6 rounds the same `pruning_ratio` its own way, so its architectures differ):", ""]
-    for rate in RATES:
-        ours = out["filter_channels"][model].get(str(rate))
-        tps = {tuple(r["kept_channels"].items()) for r in out["runs"]
-               if (r["model"], r["kind"], r["rate"], r["method"]) == (model, "filter", rate, "torch-pruning")
-               and r.get("kept_channels")}
-        if ours is None:
-            continue
-        line = f"- {100 * rate:.0f}% ({', '.join(ours)}): autoprune {', '.join(map(str, ours.values()))}"
-        for kept in sorted(tps):
-            line += f"; Torch-Pruning {', '.join(str(v) for _, v in kept)}"
-        lines.append(line)
+def _attempts(out: dict) -> list[str]:
+    """Each ADMM attempt against ``admm`` on the same cells and seeds (paired)."""
+    runs = out["runs"]
+    by = {(r["model"], r["length"], r["kind"], r["rate"], r["method"], r["seed"]): r for r in runs}
+    lines = ["## ADMM attempts (issue 23, item 2): each against `admm` on the same cells and seeds", "",
+             "Paired difference of test accuracy (points; positive: the attempt is ahead), mean over the cells x seeds "
+             "both ran, with how many it won / lost; also against the best non-ADMM method of each cell.", "",
+             "| model | epochs | attempt | cells x seeds | vs admm (pt) | won / lost | vs best non-ADMM (pt) |",
+             "|---|---|---|---|---|---|---|"]
+    others = [m for m, meth in METHODS.items() if not meth.admm]
+    for model in out["models"]:
+        for length in out["lengths"]:
+            for name in [*ATTEMPTS, "admm-progressive"]:
+                diffs, vs_best = [], []
+                for (mo, le, kind, rate, meth, seed), r in by.items():
+                    if (mo, le, meth) != (model, length, name):
+                        continue
+                    base = by.get((mo, le, kind, rate, "admm", seed))
+                    if base is None:
+                        continue
+                    diffs.append(r["test_acc"] - base["test_acc"])
+                    best = [by[(mo, le, kind, rate, o, seed)]["test_acc"] for o in others if (mo, le, kind, rate, o, seed) in by]
+                    if best:
+                        vs_best.append(r["test_acc"] - max(best))
+                if not diffs:
+                    continue
+                won, lost = sum(d > 1e-12 for d in diffs), sum(d < -1e-12 for d in diffs)
+                lines.append(f"| {model} | {length:g} | {name} | {len(diffs)} | {100 * statistics.fmean(diffs):+.2f} | "
+                             f"{won} / {lost} | " + (f"{100 * statistics.fmean(vs_best):+.2f}" if vs_best else "-") + " |")
     return lines + [""]
 
 
-def _find(rows, model, budget, kind, rate, schedule, method):  # noqa: ANN001, ANN202
-    for r in rows:
-        if (r["model"], r["budget"], r["kind"], r["rate"], r["schedule"], r["method"]) == (
-                model, budget, kind, rate, schedule, method):
-            return r
-    return None
-
-
-def _overview(out: dict) -> list[str]:
-    """Mean accuracy of ADMM and magnitude over the 9 targets, their paired differences, and the filter rows."""
-    rows = out["summary"]
-    lines = ["## Overview", "",
-             "ADMM and magnitude: mean over the 9 targets and the seeds; `admm - magnitude` is the mean paired "
-             "difference (same target, same seed; positive: ADMM ahead), with how many of the target x seed pairs "
-             "ADMM won / tied / lost on test accuracy. The last column compares all three methods on the 3 filter "
-             "targets (Torch-Pruning prunes filters only).", "",
-             "| model | epochs | schedule | admm val / test % | magnitude val / test % | admm - magnitude val / test "
-             "(pt) | ADMM won/tied/lost (test) | filter only: admm / magnitude / Torch-Pruning test % |",
-             "|---|---|---|---|---|---|---|---|"]
-    runs = out["runs"]
-    for model in out["models"]:
-        for b in out["budgets"]:
-            for sched in out["schedule_names"]:
-                acc = {}
-                if "magnitude" not in SCHEDULE_METHODS[sched]:  # ADMM only
-                    sel = [r for r in rows if (r["model"], r["budget"], r["schedule"], r["method"]) ==
-                           (model, b, sched, "admm")]
-                    filt = [r["test_mean"] for r in sel if r["kind"] == "filter"]
-                    lines.append(f"| {model} | {b:g} | {sched} | {100 * statistics.fmean(r['val_mean'] for r in sel):.1f}"
-                                 f" / {100 * statistics.fmean(r['test_mean'] for r in sel):.1f} | - | - | - | "
-                                 f"{100 * statistics.fmean(filt):.1f} / - / - |")
-                    continue
-                for method in ("admm", "magnitude"):
-                    sel = [r for r in rows if (r["model"], r["budget"], r["schedule"], r["method"]) ==
-                           (model, b, sched, method)]
-                    acc[method] = (statistics.fmean(r["val_mean"] for r in sel),
-                                   statistics.fmean(r["test_mean"] for r in sel))
-                pairs = {}
-                for r in runs:
-                    if (r["model"], r["budget"], r["schedule"]) == (model, b, sched) and r["method"] != "torch-pruning":
-                        pairs.setdefault((r["kind"], r["rate"], r["seed"]), {})[r["method"]] = r
-                dv = [p["admm"]["val_acc"] - p["magnitude"]["val_acc"] for p in pairs.values()]
-                dt = [p["admm"]["test_acc"] - p["magnitude"]["test_acc"] for p in pairs.values()]
-                filt = []
-                for method in METHODS:
-                    sel = [r["test_mean"] for r in rows if (r["model"], r["budget"], r["schedule"], r["method"],
-                                                            r["kind"]) == (model, b, sched, method, "filter")]
-                    filt.append(f"{100 * statistics.fmean(sel):.1f}" if sel else "-")
-                won = sum(d > 1e-12 for d in dt)
-                lost = sum(d < -1e-12 for d in dt)
-                lines.append(f"| {model} | {b:g} | {sched} | {100 * acc['admm'][0]:.1f} / {100 * acc['admm'][1]:.1f} | "
-                             f"{100 * acc['magnitude'][0]:.1f} / {100 * acc['magnitude'][1]:.1f} | "
-                             f"{100 * statistics.fmean(dv):+.2f} / {100 * statistics.fmean(dt):+.2f} | "
-                             f"{won}/{len(dt) - won - lost}/{lost} | {' / '.join(filt)} |")
-    return lines
-
-
-# -- main ------------------------------------------------------------------------
+# -- main ------------------------------------------------------------------------------
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -376,83 +628,121 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def report(stem: Path) -> dict:
+    """The table from the logs beside ``stem`` (runs, invocations, dense models)."""
+    runs = _read_jsonl(stem.with_name(stem.name + ".runs.jsonl"))
+    invocations = _read_jsonl(stem.with_name(stem.name + ".invocations.jsonl"))
+    dense = {}
+    for inv in invocations:
+        dense.update(inv.get("dense", {}))
+    bench = invocations[0]["bench"] if invocations else asdict(Bench())
+    order = list(ALL)
+    out = {
+        "bench": bench, "steps_per_epoch": invocations[0]["steps_per_epoch"] if invocations else None,
+        "invocations": invocations, "wall_seconds_total": sum(i["wall_seconds"] for i in invocations),
+        "run_seconds_total": sum(r["seconds"] for r in runs),
+        "models": sorted({r["model"] for r in runs}, key=lambda m: (m != "resnet20", m)),
+        "lengths": sorted({r["length"] for r in runs}), "seeds": sorted({r["seed"] for r in runs}),
+        "methods": {m: ALL[m].description for m in order if any(r["method"] == m for r in runs)},
+        "method_order": order, "rates": RATES, "dense": dense, "summary": summarize(runs), "runs": runs,
+    }
+    out["kept_within_1pt"] = {
+        f"{model}|{length:g}|{kind}|{m}": kept_within(out["summary"], dense, model, length, kind, m)
+        for model in out["models"] for length in out["lengths"] for kind in KINDS for m in out["methods"]
+        if any((r["model"], r["length"], r["kind"], r["method"]) == (model, length, kind, m) for r in runs)}
+    stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    stem.with_suffix(".md").write_text(markdown(out))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--small", action="store_true", help="digits-cnn and lenet5 at 5 epochs only (minutes on 2 cores)")
-    ap.add_argument("--models", nargs="+", default=None)
-    ap.add_argument("--budgets", nargs="+", type=float, default=None, help="total training epochs per run")
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--schedules", nargs="+", default=None, choices=list(SCHEDULES),
-                    help="default: all (--small: old and new; the lr-only ADMM schedule is a diagnostic)")
+    ap.add_argument("--models", nargs="+", default=["resnet20"])
+    ap.add_argument("--lengths", nargs="+", type=float, default=[4.0], help="total training epochs per run")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(ALL))
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
+    ap.add_argument("--extreme", action="store_true", help="only the highest rate of each type")
+    ap.add_argument("--rates", nargs="+", type=float, default=None, help="only these rates (of the types' own)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--train-size", type=int, default=Bench.train_size)
+    ap.add_argument("--test-size", type=int, default=Bench.test_size)
+    ap.add_argument("--dense-epochs", type=int, default=Bench.dense_epochs)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="results path stem (default: benchmarks/results/admm_vs_magnitude[_small])")
-    ap.add_argument("--log", default=None,
-                    help="where each run is appended as it ends (default: <stem>.runs.jsonl; give a path outside the "
-                         "checkout while others run the test suite, which fails on files changing in it)")
-    ap.add_argument("--resume", action="store_true", help="reuse the runs already in the --log file")
+    ap.add_argument("--note", default="", help="a word on the machine's load, recorded with the invocation")
+    ap.add_argument("--out", default=str(STEM), help="results path stem (the logs go beside it)")
+    ap.add_argument("--cache", default="runs/bench-dense", help="where the dense models are kept between invocations")
+    ap.add_argument("--report", action="store_true", help="only rebuild the table from the logs")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan")
     args = ap.parse_args(argv)
+    stem = Path(args.out)
+    if args.report:
+        print(markdown(report(stem)))
+        return
     torch.set_num_threads(args.threads)
-    models = args.models or (["digits-cnn", "lenet5"] if args.small else ["digits-cnn", "lenet5", "resnet20"])
-    budgets = args.budgets or ([5.0] if args.small else [5.0, 10.0])
-    args.schedules = args.schedules or (["old", "new"] if args.small else list(SCHEDULES))
-    stem = Path(args.out) if args.out else RESULTS / ("admm_vs_magnitude_small" if args.small else "admm_vs_magnitude")
-    splits = load_dataset("digits")
+    bench = Bench(train_size=args.train_size, test_size=args.test_size, dense_epochs=args.dense_epochs)
+    plan = []
+    for m in args.models:
+        for length in args.lengths:
+            for kind in args.kinds:
+                rates = RATES[kind][-1:] if args.extreme else RATES[kind]
+                for rate in rates:
+                    if args.rates and not any(abs(rate - r) < 1e-9 for r in args.rates):
+                        continue
+                    for meth in args.methods:
+                        if kind not in ALL[meth].kinds:
+                            continue
+                        for seed in args.seeds:
+                            plan.append((m, length, kind, rate, meth, seed))
+    log = stem.with_name(stem.name + ".runs.jsonl")
+    done = {(r["model"], r["length"], r["kind"], r["rate"], r["method"], r["seed"]) for r in _read_jsonl(log)}
+    todo = [p for p in plan if p not in done]
+    print(f"{len(plan)} runs planned, {len(plan) - len(todo)} already in {log}", flush=True)
+    if args.dry_run:
+        for p in todo:
+            print(p)
+        return
     import torch_pruning as tp
 
     t0 = time.perf_counter()
-    cache: dict = {}
-    runs: list[dict] = []
-    plan = [(m, b, k, r, s, meth, seed) for m in models for b in budgets for k in KINDS for r in RATES
-            for s in args.schedules for meth in SCHEDULE_METHODS[s] for seed in args.seeds
-            if meth != "torch-pruning" or k == "filter"]
-    log = Path(args.log) if args.log else stem.parent / (stem.name + ".runs.jsonl")
-    done: dict[tuple, dict] = {}
-    if args.resume and log.is_file():
-        for line in log.read_text().splitlines():
-            r = json.loads(line)
-            done[(r["model"], r["budget"], r["kind"], r["rate"], r["schedule"], r["method"], r["seed"])] = r
-    else:
+    splits = load_dataset(bench.dataset)
+    ctx = Context(bench, splits, stratified(splits.train, bench.train_size), stratified(splits.val, bench.val_size),
+                  stratified(splits.test, bench.test_size), Path(args.cache))
+    inv_id = uuid.uuid4().hex[:8]
+    n = 0
+    for i, (m, length, kind, rate, meth, seed) in enumerate(todo):
+        run = one_run(ctx, m, kind, rate, meth, length, seed)
+        run["invocation"] = inv_id
+        n += 1
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-    for i, (m, b, k, r, s, meth, seed) in enumerate(plan):
-        if (m, b, k, r, s, meth, seed) in done:
-            runs.append(done[(m, b, k, r, s, meth, seed)])
-            continue
-        run = one_run(m, k, r, meth, s, b, seed, splits, cache)
-        runs.append(run)
         with log.open("a") as f:
             f.write(json.dumps(run) + "\n")
-        print(f"[{i + 1}/{len(plan)}] {m} {b:g}ep {k} {r:.0%} {s} {meth} seed {seed}: val {run['val_acc']:.3f} "
-              f"test {run['test_acc']:.3f} hard {run['hard_val_acc'] if run['hard_val_acc'] is None else round(run['hard_val_acc'], 3)} "
-              f"({run['seconds']:.1f} s)", flush=True)
-    for m in models:
-        for sd in args.seeds:
-            dense_baseline(m, sd, splits, cache)
-    dense = {m: {"val": [cache[(m, sd)]["val_acc"] for sd in args.seeds],
-                 "test": [cache[(m, sd)]["test_acc"] for sd in args.seeds],
-                 "train_seconds": [cache[(m, sd)]["seconds"] for sd in args.seeds]} for m in models}
-    out = {
-        "mode": "small" if args.small else "full",
-        "command": "python benchmarks/admm_vs_magnitude.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "wall_seconds": time.perf_counter() - t0,  # this invocation (with --resume: only the runs it made)
-        "run_seconds_total": sum(r["seconds"] for r in runs),  # pruning + retraining, every run
-        "resumed_runs": sum(1 for key in plan if key in done),
+        hard = run.get("hard_val_acc")
+        print(f"[{i + 1}/{len(todo)}] {m} {length:g}ep {kind} {rate:.0%} {meth} seed {seed}: test {run['test_acc']:.4f}"
+              f" hard {'-' if hard is None else f'{hard:.3f}'} x{run.get('compression') or 0:.1f} ({run['seconds']:.0f} s,"
+              f" {(time.perf_counter() - t0) / 60:.1f} min in)", flush=True)
+    for m in args.models:
+        for seed in args.seeds:
+            ctx.dense(m, seed)
+    inv = {
+        "id": inv_id, "command": "python benchmarks/admm_vs_magnitude.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "wall_seconds": time.perf_counter() - t0, "runs": n,
         "machine": {"cpu": _cpu(), "cpus": os.cpu_count(), "threads": args.threads, "platform": platform.platform(),
-                    "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__, "commit": _commit()},
-        "dataset": {"name": "digits", "train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-        "dense_train_settings": asdict(TrainSettings()),
-        "models": models, "budgets": budgets, "seeds": args.seeds, "schedule_names": args.schedules,
-        "schedules": {str(b): {s: asdict(SCHEDULES[s](b)) for s in args.schedules} for b in budgets},
-        "dense": dense, "summary": summarize(runs), "runs": runs,
-        "filter_channels": {m: {str(r): autoprune_filter_channels(m, r, splits) for r in RATES} for m in models},
+                    "python": platform.python_version(), "note": args.note},
+        "versions": {"torch": torch.__version__, "torch_pruning": tp.__version__, "numpy": np.__version__,
+                     "commit": _commit()},
+        "bench": asdict(bench), "steps_per_epoch": ctx.per_epoch,
+        "dense": {f"{k[0]}:{k[1]}": v for k, v in ctx.dense_info.items()},
     }
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
-    text = markdown(out)
-    stem.with_suffix(".md").write_text(text)
-    print(text)
+    with stem.with_name(stem.name + ".invocations.jsonl").open("a") as f:
+        f.write(json.dumps(inv) + "\n")
+    out = report(stem)
+    print(markdown(out))
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
