@@ -43,7 +43,7 @@ from autoprune.latency import LatencySettings
 from autoprune.measure import measure_pruned
 from autoprune.progress import Reporter
 from autoprune.pruning import PruneResult, prune_task
-from autoprune.runtimes import check_runtime, get_runtime
+from autoprune.runtimes import check_runtime
 from autoprune.saving import Deployable, load_pruned, save_pruned
 from autoprune.study import SearchResult, SearchSettings, run_search
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, TrackerCallback
@@ -314,8 +314,7 @@ def make_deployable(pruned: PruneResult, example_inputs: torch.Tensor | None = N
         raise UserError(f"make_deployable() takes what autoprune.prune() returned, not {type(pruned).__name__}.")
     dev = resolve_device(device)
     x = (pruned.example_inputs if example_inputs is None else example_inputs).detach().cpu().float()
-    check_runtime(runtime, dev, dtype)
-    latency = LatencySettings(batch_size=batch, dtype=dtype, runtime=get_runtime(runtime).name)
+    latency = LatencySettings(batch_size=batch, dtype=dtype, runtime=check_runtime(runtime, dev, dtype).name)
     m = measure_pruned(pruned.model, pruned.projector, pruned.dense, x, device=dev, latency=latency)
     model, result, diff = m.model, m.compact, m.max_abs_diff
     dense_ms, pruned_ms = m.dense.median_ms, m.pruned.median_ms

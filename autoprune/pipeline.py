@@ -196,10 +196,9 @@ def run_prune(
     # everything the config can get wrong is checked before a missing baseline is trained:
     # the targets are checked on the architecture, which needs no weights
     found = existing_checkpoint(config, splits.name, splits=splits)
-    arch = found[0].build() if found is not None else build_model(config.model, splits)
-    resolve_targets(arch, example_input(splits), config.layers, channel_multiple=config.channel_multiple,
-                    where="config 'layers'")
-    if found is None:
+    if found is None:  # prune_task checks the targets too, but only after the baseline is trained
+        resolve_targets(build_model(config.model, splits), example_input(splits), config.layers,
+                        channel_multiple=config.channel_multiple, where="config 'layers'")
         ckpt, ckpt_path, _ = checkpoint_for(config, splits.name, device=device, reporter=reporter)
     else:
         ckpt, ckpt_path = found
