@@ -50,7 +50,7 @@ from autoprune.projection import Projector
 from autoprune.steering import admm_penalty, hold_masks, no_step_error
 from autoprune.train import ClassifierTrainer, evaluate
 
-METHODS = ("admm", "magnitude")
+METHODS = ("admm", "magnitude", "gmp")
 NOT_CONVERGED = 0.5  # a final primal residual above this is reported as non-convergence
 
 #: A training loop: ``train(model, amount)`` trains ``model`` in place for ``amount`` (epochs
@@ -230,9 +230,10 @@ def prune_with(
     method: str = "admm",
     reporter: Reporter | None = None,
     on_hard_prune: Callable[[float], None] | None = None,
+    steps_per_unit: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], PruneHistory]:
-    """Prune ``model`` in place with ADMM (or one-shot magnitude) and masked retraining, through
-    the caller's training loop.
+    """Prune ``model`` in place with ADMM (or one-shot or gradual magnitude pruning) and masked
+    retraining, through the caller's training loop.
 
     Args:
         schedule: Iterations and training amounts, in ``train``'s unit.
@@ -241,8 +242,12 @@ def prune_with(
         evaluate: The metric; when given it is measured right after the hard prune
             (``history.hard_prune_val_acc``) and passed to ``on_hard_prune``, which may raise
             to stop the run there.
-        method: ``"admm"``, or ``"magnitude"``: no ADMM phase; the same training in all,
-            spent on masked retraining after a one-shot magnitude prune.
+        method: ``"admm"``; ``"magnitude"``: no ADMM phase, the same training in all spent
+            on masked retraining after a one-shot magnitude prune; ``"gmp"``: the same training
+            in one ``retrain`` run during which the rates rise gradually
+            (:mod:`autoprune.gradual`; no hard-prune moment, so ``evaluate`` is not called).
+        steps_per_unit: Optimizer steps per unit of ``amount`` (``gmp`` schedules its mask
+            updates by step and needs it; autoprune's built-in loop knows it).
 
     Returns:
         The hard-prune masks (parameter name -> bool, True: kept) and the run's history.
@@ -251,6 +256,8 @@ def prune_with(
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")
     retrain = retrain or train
     history = PruneHistory(method, notes=list(projector.notes))
+    if method == "gmp":
+        return _gradual(model, projector, schedule, retrain, steps_per_unit, history)
     retrain_amount = schedule.retrain_amount
     if method == "admm":
         admm_phase(model, projector, train, schedule, reporter=reporter, history=history)
@@ -264,6 +271,30 @@ def prune_with(
             on_hard_prune(history.hard_prune_val_acc)
     masked_retrain(model, masks, retrain, retrain_amount)
     return masks, history
+
+
+def _gradual(model: nn.Module, projector: Projector, schedule: Schedule, retrain: TrainFn,
+             steps_per_unit: float | None, history: PruneHistory) -> tuple[dict[str, torch.Tensor], PruneHistory]:
+    """Gradual magnitude pruning over the schedule's whole training, in one ``retrain`` run."""
+    from autoprune.gradual import gradual_pruning
+
+    if steps_per_unit is None:
+        raise UserError("method 'gmp' schedules its mask updates by optimizer step, which needs autoprune's built-in "
+                        "training loop; with your own train use method='magnitude' or 'admm'.")
+    total = schedule.total
+    with gradual_pruning(model, projector, max(1, round(total * steps_per_unit))) as seen:
+        loss = _as_loss(retrain(model, total))
+    if seen.steps == 0 and total > 0:
+        raise no_step_error("gradual pruning")
+    masks = projector.hard_masks()  # the targets' masks (every rate reached): compaction reads its kept channels
+    apply_masks(model, masks)
+    history.retrain_losses.append(loss)
+    return masks, history
+
+
+def _steps_per_epoch(train_set: torch.utils.data.Dataset, batch_size: int) -> int:
+    """Optimizer steps per epoch of the built-in loop (:func:`autoprune.train.run_epochs`'s loader)."""
+    return len(make_loader(train_set, batch_size=batch_size, shuffle=False, drop_last=len(train_set) > batch_size))
 
 
 def prune(
@@ -301,6 +332,7 @@ def prune(
                                 description="masked retraining", on_loss=retrain_losses.append)
     score = None if val_set is None else (lambda m: evaluate(m, val_set, device=device))
     masks, history = prune_with(model, projector, schedule, train=w_step, retrain=retrain, evaluate=score,
-                                method=method, reporter=reporter, on_hard_prune=on_hard_prune)
+                                method=method, reporter=reporter, on_hard_prune=on_hard_prune,
+                                steps_per_unit=_steps_per_epoch(train_set, settings.batch_size))
     history.retrain_losses = retrain_losses
     return masks, history

@@ -252,8 +252,8 @@ def prune(
     channel_multiple: int | None = None,
     reporter: Reporter | None = None,
 ) -> PruneResult:
-    """Prune a copy of ``model`` to ``config`` with ADMM (or magnitude) and masked retraining,
-    through your training loop.
+    """Prune a copy of ``model`` to ``config`` with ADMM or magnitude pruning and masked
+    retraining, through your training loop.
 
     Args:
         model: The trained dense model (not changed: a copy is pruned).
@@ -268,7 +268,9 @@ def prune(
         schedule: Training per phase in ``train``'s unit (default: the config's stored
             schedule, else :class:`~autoprune.admm.Schedule`).
         method: ``"admm"`` or ``"magnitude"`` (default: how the search that wrote the config
-            pruned its trials, else ``"admm"``).
+            pruned its trials, else ``"auto"``: the one of the two that the equal-epoch table
+            shows best for the config and the schedule, :mod:`autoprune.method_rule`; ``"gmp"``
+            needs autoprune's built-in loop).
         device: Where to train (the model is moved there).
         seed: Seeds Python, NumPy and torch before pruning (default: the config's, else 0).
         channel_multiple: Kept channels rounded to a multiple of this (default: the config's, else 1).
@@ -284,7 +286,7 @@ def prune(
     if schedule is None and cfg.admm is not None:
         schedule = Schedule.from_settings(cfg.admm)
     task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, schedule=schedule or Schedule())
-    return prune_task(task, cfg.layers, settings=None, method=method or cfg.method or "admm",
+    return prune_task(task, cfg.layers, settings=None, method=method or cfg.method or "auto",
                       device=resolve_device(device), seed=cfg.seed if seed is None else seed,
                       channel_multiple=channel_multiple or cfg.channel_multiple, scored=evaluate is not None,
                       reporter=reporter)

@@ -74,7 +74,10 @@ def _layers_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - 
 def _prune_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - what add_subparsers returns
     p = sub.add_parser("prune", help="prune a model with ADMM (or magnitude) from a YAML config")
     p.add_argument("--config", required=True, help="YAML config (model, dataset, checkpoint, layers, admm)")
-    p.add_argument("--method", default="admm", help="admm or magnitude (default: %(default)s)")
+    p.add_argument("--method", default="auto", choices=["auto", "admm", "magnitude", "gmp"],
+                   help="admm, magnitude (one-shot) or gmp (gradual magnitude pruning); auto: the one "
+                        "benchmarks/results/admm_vs_magnitude_fmnist.md shows best for the config's type, rate and "
+                        "epochs (default: %(default)s)")
     p.add_argument("--admm-iters", type=int, default=None)
     p.add_argument("--admm-epochs", type=float, default=None)
     p.add_argument("--admm-steps", type=int, default=None, help="optimizer steps per ADMM iteration instead of epochs")

@@ -177,13 +177,14 @@ class PruneOutcome:
 def run_prune(
     config: PruneConfig,
     *,
-    method: str = "admm",
+    method: str = "auto",
     device: torch.device,
     overrides: dict[str, Any] | None = None,
     out_dir: str | os.PathLike | None = None,
     reporter: Reporter | None = None,
 ) -> PruneOutcome:
-    """Prune the config's model with ADMM (or magnitude) and masked retraining, then evaluate it.
+    """Prune the config's model (ADMM, one-shot or gradual magnitude pruning; ``auto``: the method
+    :func:`autoprune.method_rule.choose_method` picks) and masked retraining, then evaluate it.
 
     Args:
         overrides: ADMM settings that replace the config's (None values are ignored).
@@ -209,7 +210,7 @@ def run_prune(
         model=config.model,
         dataset=config.dataset,
         checkpoint=str(ckpt_path),
-        method=method,
+        method=result.method,
         device=str(device),
         admm=settings,
         channel_multiple=config.channel_multiple,
@@ -245,7 +246,7 @@ def prune_to_folder(
     config: PruneConfig,
     out: str | os.PathLike,
     *,
-    method: str = "admm",
+    method: str = "auto",
     device: torch.device,
     overrides: dict[str, Any] | None = None,
     latency_batch: int | None = None,

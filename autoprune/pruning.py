@@ -21,6 +21,7 @@ from autoprune.admm import PruneHistory
 from autoprune.config import AdmmSettings, LayerTarget, resolve_layer_targets
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
+from autoprune.method_rule import AUTO, choose_method
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.stats import LayerStats, layer_stats, model_counts
@@ -42,7 +43,7 @@ class PruneResult:
         metric: The metric's name.
         macs: Multiply-accumulates of the pruned model (zeros skipped) and of dense.
         example_inputs: The example batch (compaction and latency use its shape).
-        method: ``admm`` or ``magnitude``.
+        method: ``admm``, ``magnitude`` or ``gmp`` (``auto`` resolved: :mod:`autoprune.method_rule`).
         dense_test_score, test_score: The metric on held-out test data, where the task has
             some (the CLI's classifier: its test split), else None.
         counts, dense_counts: Parameters and MACs (:func:`autoprune.stats.model_counts`).
@@ -72,9 +73,26 @@ class PruneResult:
 
 
 def check_method(method: str) -> str:
-    if method not in admm.METHODS:
-        raise UserError(f"unknown method '{method}'; use one of: {', '.join(admm.METHODS)}.")
+    """``method`` if it is a prune method or ``auto`` (:func:`autoprune.method_rule.choose_method`)."""
+    if method not in (*admm.METHODS, AUTO):
+        raise UserError(f"unknown method '{method}'; use one of: {', '.join((*admm.METHODS, AUTO))}.")
     return method
+
+
+def resolve_method(method: str, task: Task, targets: Mapping[str, LayerTarget], settings: AdmmSettings | None,
+                   reporter: Reporter) -> str:
+    """``method``, or for ``auto`` the one the equal-epoch table shows best for ``targets`` and the
+    schedule's total training among those ``task`` can run (printed with its reason)."""
+    check_method(method)
+    available = getattr(task, "methods", admm.METHODS)
+    if method != AUTO:
+        if method not in available:
+            raise UserError(f"method '{method}' needs autoprune's built-in training loop; with your own train use "
+                            f"one of: {', '.join(available)}.")
+        return method
+    choice = choose_method(targets, task.trial_amount(settings), available)
+    reporter.log(choice.reason)
+    return choice.method
 
 
 def resolve_targets(model: nn.Module, example: torch.Tensor, layers: Mapping[str, Any], *,
@@ -105,6 +123,7 @@ def prune_task(task: Task, layers: Mapping[str, Any], *, settings: AdmmSettings 
     graph, projector = resolve_targets(work, task.example(), layers, channel_multiple=channel_multiple, where=where)
     for note in projector.notes:
         reporter.log(f"note: {note}")
+    method = resolve_method(method, task, projector.targets, settings, reporter)
     dense_counts = model_counts(work, layer_stats(work, graph))
     dense = task.dense()
     dense_score = task.score(dense, device) if scored else None

@@ -56,6 +56,7 @@ class Task:
 
     metric: str = "accuracy"
     direction: str = "maximize"
+    methods: tuple[str, ...] = admm.METHODS  # the prune methods its loop can run
 
     def dense(self) -> nn.Module:
         """A fresh copy of the dense model on the CPU (its weights never change)."""
@@ -179,7 +180,7 @@ class ClassifierTask(Task):
 
 
 class FunctionTask(Task):
-    """The user's model, training loop and metric.
+    """The user's model, training loop and metric (``gmp`` needs the built-in loop's step count).
 
     Args:
         model: The trained dense model (copied; never changed).
@@ -216,6 +217,7 @@ class FunctionTask(Task):
         self.train, self.evaluate, self.test = train, evaluate, test
         self.metric, self.direction = metric.strip(), direction
         self.schedule = schedule or Schedule()
+        self.methods = ("admm", "magnitude")
         self._dense_scores: dict[str, float] = {}
 
     def dense(self) -> nn.Module:

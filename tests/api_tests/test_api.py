@@ -123,8 +123,8 @@ def test_prune_through_the_users_loop_leaves_a_plain_model_and_no_step_moves_a_m
     try:
         result = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "shape:0.6", "fc": "irregular:0.7"},
                                  train=make_train(data, calls), example_inputs=data["x"][:1],
-                                 evaluate=make_accuracy(data), schedule=Schedule(iters=2, admm_amount=0.5,
-                                                                                 retrain_amount=1.0))
+                                 evaluate=make_accuracy(data), method="admm",
+                                 schedule=Schedule(iters=2, admm_amount=0.5, retrain_amount=1.0))
     finally:
         handle.remove()
     model = result.model

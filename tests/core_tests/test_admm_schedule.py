@@ -103,7 +103,7 @@ def test_for_budget_converges_where_the_former_search_schedule_collapsed(digits_
     out = {}
     for name, settings in (("former", former), ("budget", AdmmSettings.for_budget(5))):
         cfg = PruneConfig(model="digits-cnn", dataset="digits", layers=layers, checkpoint=str(ckpt), admm=settings)
-        out[name] = run_prune(cfg, device=torch.device("cpu")).to_dict()
+        out[name] = run_prune(cfg, method="admm", device=torch.device("cpu")).to_dict()
     former_s, budget_s = out["former"], out["budget"]
     assert former_s["hard_prune_val_acc"] <= 0.25
     assert budget_s["hard_prune_val_acc"] >= 0.45
