@@ -114,7 +114,8 @@ def search(
         schedule: Training per ADMM W-step and retraining, in ``train``'s unit
             (default :class:`~autoprune.admm.Schedule`: 6 x 0.25 + 3.5).
         method: How each trial prunes: ``"magnitude"`` (one-shot, then all the
-            schedule's training is masked retraining) or ``"admm"``.
+            schedule's training is masked retraining), ``"admm"``, or ``"auto"`` (per trial,
+            the one of the two the equal-epoch table shows best: :mod:`autoprune.method_rule`).
         rungs: Score each configuration cheaply first (the hard prune with BatchNorm
             statistics recomputed by ``train`` with its optimizer steps undone, then a short
             masked retraining) and train the full schedule only for those predicted to reach

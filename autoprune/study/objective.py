@@ -35,6 +35,7 @@ from autoprune.admm import apply_masks
 from autoprune.config import AdmmSettings, LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
+from autoprune.method_rule import AUTO, choose_method
 from autoprune.progress import Reporter
 from autoprune.stats import layer_stats, model_counts
 from autoprune.study.phases import Proposal
@@ -75,13 +76,21 @@ class SearchContext:
     min_speedup: float
     abandon_drop: float | None  # absolute drop after the hard prune beyond which a trial stops (None: never)
     reporter: Reporter
-    method: str = "admm"  # how a trial prunes: "admm" (ADMM, hard prune, retraining) or "magnitude"
+    # how a trial prunes: "admm" (ADMM, hard prune, retraining), "magnitude", "gmp", or "auto":
+    # per trial, the one the equal-epoch table shows best for its targets (autoprune.method_rule)
+    method: str = "admm"
     fidelity: Fidelity = Fidelity(rungs=False)  # how trials climb the rungs (the study's stored setting)
 
     @functools.cached_property
     def trial_amount(self) -> float:
         """A fully trained trial's training, in the loop's unit (epochs for the built-in one)."""
         return self.task.trial_amount(self.admm)
+
+    def method_for(self, targets: dict[str, LayerTarget]) -> str:
+        """How a trial of ``targets`` prunes (``auto`` resolved by the table for the trial's schedule)."""
+        if self.method != AUTO:
+            return self.method
+        return choose_method(targets, self.trial_amount, self.task.methods).method
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -239,13 +248,14 @@ def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarge
     meta = ctx.meta
     model: nn.Module = ctx.task.dense()
     projector = ctx.probe.projector(targets, model)
+    method = rec.method = ctx.method_for(targets)
 
     def check(hard_acc: float) -> None:
         rec.hard_prune_accuracy = hard_acc
         drop = meta.drop(hard_acc)
         if ctx.abandon_drop is not None and drop > ctx.abandon_drop:
             # what ADMM's W-steps trained before the hard prune (magnitude pruning: nothing yet)
-            rec.epochs = ctx.trial_amount - ctx.admm.retrain_epochs if ctx.method == "admm" else 0.0
+            rec.epochs = ctx.trial_amount - ctx.admm.retrain_epochs if method == "admm" else 0.0
             rec.seconds = time.perf_counter() - t0
             _record(trial, rec)
             raise TrialStopped(
@@ -253,7 +263,7 @@ def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarge
                 f"beyond the {meta.fmt_drop(ctx.abandon_drop)} limit for recovering within the budget"
             )
 
-    _, history = ctx.task.prune(model, projector, ctx.admm, method=ctx.method, seed=meta.seed, device=ctx.device,
+    _, history = ctx.task.prune(model, projector, ctx.admm, method=method, seed=meta.seed, device=ctx.device,
                                 reporter=ctx.reporter, on_hard_prune=check)
     rec.epochs = ctx.trial_amount
     acc = ctx.task.score(model, ctx.device)
@@ -289,6 +299,7 @@ def _climb(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: S
     # the uniform ladder is what the user compares the search with, and the rule's first
     # references: its trials always climb (within the epoch budget)
     exempt = SlotStorage.stored_attrs(trial).get(PROPOSAL_ATTR) == Proposal.UNIFORM
+    method = rec.method = ctx.method_for(targets)
     model: nn.Module = task.dense().to(device)
     projector = ctx.probe.projector(targets, model)
     masks = projector.hard_masks()
@@ -313,10 +324,10 @@ def _climb(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: S
         score = task.score(model, device)
         _rung(trial, rec, SHORT, score, t0)
     last = SHORT if short > 0 else SCREEN
-    if ctx.method == "admm":  # the full ADMM schedule from the dense weights
+    if method in ("admm", "gmp"):  # the method's full schedule from the dense weights
         _gate(trial, rec, last, score, ctx, exempt, to=FULL, cost=full)
         model = task.dense().to(device)
-        _, history = task.prune(model, ctx.probe.projector(targets, model), ctx.admm, method="admm", seed=meta.seed,
+        _, history = task.prune(model, ctx.probe.projector(targets, model), ctx.admm, method=method, seed=meta.seed,
                                 device=device, reporter=ctx.reporter)
         rec.epochs += full
         rec.residuals = [sum(it.residual.values()) / max(len(it.residual), 1) for it in history.iterations]

@@ -223,6 +223,9 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
                                                reporter=reporter)
         task = ClassifierTask(splits, ckpt)
         dataset, ckpt_id = splits.name, str(Path(ckpt_path).resolve())
+    if s.trial_method not in (*task.methods, "auto"):
+        raise UserError(f"trial method '{s.trial_method}' needs autoprune's built-in training loop; with your own "
+                        f"train use one of: {', '.join((*task.methods, 'auto'))}.")
     dense = measure_dense(task, device, s, s.latency_batch, graph, reporter,  # same model, data: same graph
                           label=f"{s.model} on {dataset}")
     fidelity = study_fidelity(s, task)

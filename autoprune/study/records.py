@@ -173,6 +173,7 @@ class TrialRecord:
     rungs: list[dict[str, Any]] = field(default_factory=list)
     epochs: float | None = None  # training it spent, every rung counted (0: nothing trained; None: older studies)
     stopped_at: str | None = None  # the rung where the promotion rule stopped it ("screen", "short")
+    method: str | None = None  # how it pruned (admm, magnitude, gmp; None: older studies, the study's trial method)
 
     @property
     def merit(self) -> float:

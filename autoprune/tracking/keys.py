@@ -202,6 +202,8 @@ def trial_tags(trial: TrialRecord, meta: StudyMeta | None = None) -> dict[str, s
         out["runtime"] = meta.runtime
     if trial.stopped_at:
         out["stopped_at_rung"] = trial.stopped_at
+    if trial.method:
+        out["prune_method"] = trial.method
     out.update({f"kernel.{layer}": form for layer, form in trial.kernels.items()})
     return {mlflow_key(k): param_value(v, MAX_TAG_VALUE) for k, v in out.items()}
 

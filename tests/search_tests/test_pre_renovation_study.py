@@ -58,6 +58,7 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
             assert trial.pop("worker") is None  # an old study recorded no worker
             # no rungs climbed, no epochs counted (the study is older than both)
             assert (trial.pop("rungs"), trial.pop("epochs"), trial.pop("stopped_at")) == ([], None, None)
+            assert trial.pop("method") is None  # nor how each trial pruned (the study's trial method then)
     # the summary's effort: nothing counted, no rung to correlate
     assert now.pop("epochs") == {"budget": None, "per_full_trial": None, "spent": 0.0}
     assert now.pop("rung_correlation") == {"pairs": 0, "screen": None, "short": None}

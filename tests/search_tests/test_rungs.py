@@ -239,6 +239,39 @@ def test_the_epochs_recorded_per_trial_add_up_to_what_the_trainer_ran(counted_se
     assert all(t.epochs == pytest.approx(t.rungs[0]["epochs"] + 1.0, abs=1 / per_epoch) for t in full)
 
 
+def test_auto_trials_prune_by_the_table_and_count_their_epochs(tmp_path, digits_baseline) -> None:
+    """``trial_method="auto"``: each trial runs the method the equal-epoch table picks for its
+    targets; a gmp trial's full rung starts again from the dense weights, so it counts the
+    screen, the short rung and the whole schedule, and the study's count is what the trainer ran."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    from autoprune.config import LayerTarget
+    from autoprune.data import get_dataset
+    from autoprune.method_rule import choose_method
+    from autoprune.study import run_search
+
+    steps = []
+    handle = register_optimizer_step_post_hook(lambda opt, a, k: steps.append(1))
+    try:
+        result = run_search(_settings(tmp_path, digits_baseline[0], epoch_budget=None, trials=6, trial_method="auto"))
+    finally:
+        handle.remove()
+    rec = result.record
+    per_epoch = len(get_dataset("digits").train) // 64
+    trained = [t for t in rec.trials if t.epochs]
+    assert trained and rec.meta.trial_method == "auto"
+    for t in trained:
+        targets = {k: LayerTarget.from_dict(v) for k, v in t.targets.items()}
+        assert t.method == choose_method(targets, 1.0).method
+    full = [t for t in trained if t.state == "COMPLETE" and t.repeat_of is None]
+    assert full and {t.method for t in full} == {"gmp"}  # filters at 1 epoch: the table's 4-epoch filter rows
+    for t in full:
+        screen, short = t.rungs[0]["epochs"], t.rungs[1]["epochs"] - t.rungs[0]["epochs"]
+        assert t.epochs == pytest.approx(screen + short + 1.0, abs=2 / per_epoch)
+    trained_steps = sum(t.epochs - t.rungs[0]["epochs"] for t in trained if t.rungs)
+    assert len(steps) == pytest.approx(trained_steps * per_epoch, abs=len(trained) * 2)
+
+
 def test_rung_scores_reach_the_record_the_summary_and_mlflow_keys(counted_search) -> None:
     from autoprune.tracking.keys import trial_metrics
 
