@@ -39,9 +39,9 @@ import optuna
 
 from autoprune.atomic import write_text_atomic
 from autoprune.errors import UserError
+from autoprune.study.loop import best_config_yaml
 from autoprune.study.records import StudyRecord, TrialRecord, study_record
 from autoprune.study.storage import load_autoprune_study, redact
-from autoprune.study.loop import best_config_yaml
 
 __all__ = ["PICKS", "feasible_front", "pick_trial", "write_trial_config"]
 

@@ -28,7 +28,14 @@ from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.steering import frozen_weights
-from autoprune.train import ClassifierTrainer, evaluate, fresh_batchnorm, recalibrate_batchnorm, seed_everything, steps_for
+from autoprune.train import (
+    ClassifierTrainer,
+    evaluate,
+    fresh_batchnorm,
+    recalibrate_batchnorm,
+    seed_everything,
+    steps_for,
+)
 
 __all__ = ["DIRECTIONS", "ClassifierTask", "FunctionTask", "Task", "metric_drop", "model_fingerprint"]
 

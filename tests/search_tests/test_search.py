@@ -106,8 +106,9 @@ def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits
     assert cfg.origin["metrics"]["speedup"] == pytest.approx(best.remeasured["speedup"])
     assert cfg.origin["metrics"]["speedup_in_search"] == pytest.approx(best.speedup)
     assert {k: v.to_dict() for k, v in cfg.layers.items()} == best.targets
-    from autoprune.pipeline import run_prune
     import torch
+
+    from autoprune.pipeline import run_prune
 
     outcome = run_prune(cfg, device=torch.device("cpu"), overrides={"iters": 1, "epochs": 0.1, "retrain_epochs": 0.1})
     assert {s["name"] for s in outcome.to_dict()["layers"] if s["type"] != "dense"} == set(best.targets)
