@@ -506,7 +506,7 @@ def run_trial(trial, ctx, real=objective.run_trial):
     now["trial"] = trial.number
     return real(trial, ctx)
 
-def compare_latency(*args, real=probe.compare_latency, **kw):
+def time_side_by_side(*args, real=probe.time_side_by_side, **kw):
     if phase == "latency" and now["trial"] == 1:
         die()
     return real(*args, **kw)
@@ -524,7 +524,7 @@ def on_trial_end(self, record, trial, real=TrackerCallback.on_trial_end):
         die()
     return real(self, record, trial)
 
-objective.run_trial, probe.compare_latency = run_trial, compare_latency
+objective.run_trial, probe.time_side_by_side = run_trial, time_side_by_side
 ClassifierTask.prune, TrackerCallback.on_trial_end = prune, on_trial_end
 sys.exit(main(sys.argv[2:]))
 """
