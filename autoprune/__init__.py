@@ -29,7 +29,7 @@ from autoprune._version import __version__
 _LAZY = {
     "search": "autoprune.api", "prune": "autoprune.api", "make_deployable": "autoprune.api",
     "save_pruned": "autoprune.saving", "load_pruned": "autoprune.saving", "PruneResult": "autoprune.api",
-    "Deployable": "autoprune.saving", "Schedule": "autoprune.admm", "SearchResult": "autoprune.study",
+    "Deployable": "autoprune.saving", "Schedule": "autoprune.config", "SearchResult": "autoprune.study",
     "UserError": "autoprune.errors", "AutopruneError": "autoprune.errors",
     "ClassifierTrainer": "autoprune.train", "LogReporter": "autoprune.progress",
     "RichReporter": "autoprune.progress",

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from autoprune.atomic import check_writable, save_torch_atomic, write_text_atomic
-from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.config import PruneConfig, Schedule
 from autoprune.dense import (
     build_model,
     checkpoint_for,
@@ -81,7 +81,7 @@ def run_prune(
     """
     reporter = reporter or Reporter()
     check_method(method)
-    settings: AdmmSettings = config.admm.replace(**(overrides or {}))
+    settings: Schedule = config.admm.replace(**(overrides or {}))
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     # everything the config can get wrong is checked before a missing baseline is trained:
     # the targets are checked on the architecture, which needs no weights

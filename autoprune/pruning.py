@@ -18,7 +18,7 @@ from torch import nn
 
 from autoprune import admm
 from autoprune.admm import PruneHistory
-from autoprune.config import AdmmSettings, LayerTarget, resolve_layer_targets
+from autoprune.config import LayerTarget, Schedule, resolve_layer_targets
 from autoprune.errors import UserError
 from autoprune.groups import ChannelGraph
 from autoprune.progress import Reporter
@@ -117,7 +117,7 @@ class PruneResult:
     dataset: str | None = None
     checkpoint: str | None = None
     device: str | None = None
-    schedule: AdmmSettings | None = None
+    schedule: Schedule | None = None
     channel_multiple: int = 1
     splits: DatasetSplits | None = field(default=None, repr=False)
     out_dir: str | None = None
@@ -187,7 +187,7 @@ def resolve_targets(model: nn.Module, example: torch.Tensor, layers: Mapping[str
     return graph, Projector(model, graph, targets, channel_multiple=channel_multiple)
 
 
-def prune_task(task: Task, layers: Mapping[str, Any], *, settings: AdmmSettings | None, method: str,
+def prune_task(task: Task, layers: Mapping[str, Any], *, settings: Schedule | None, method: str,
                device: torch.device, seed: int, channel_multiple: int = 1, scored: bool = True,
                reporter: Reporter | None = None, where: str = "config") -> PruneResult:
     """Prune a copy of ``task``'s dense model to ``layers`` (ADMM or magnitude, hard prune,

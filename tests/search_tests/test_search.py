@@ -16,13 +16,13 @@ import optuna
 import pytest
 import yaml
 
-from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.config import PruneConfig, Schedule
 from autoprune.errors import UserError
 from autoprune.study import SearchSettings, run_search, study_record
 from autoprune.study.records import TARGETS_ATTR, TRIAL_ATTR
 from autoprune.study.storage import open_storage
 
-FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
+FAST = Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 FAST_ARGS = ["--admm-iters", "1", "--admm-epochs", "0.25", "--retrain-epochs", "0.25", "--latency-batch", "32",
              "--no-tracking"]
 ROOT = Path(__file__).resolve().parents[2]
