@@ -27,21 +27,20 @@ collapses and only the retraining epochs are left to recover. Dropping the ancho
 (penalty on the pruned entries only), ramping the rates up over the iterations, no
 weight decay in the W-steps and a distillation term from the dense model did not help
 at 5 epochs on ``digits``. A higher learning rate (0.05) and a shorter ADMM phase with a
-stronger ρ (:meth:`AdmmSettings.for_budget`) brought ADMM from about 4 (digits-cnn) and 9
+stronger ρ (:meth:`Schedule.for_budget`) brought ADMM from about 4 (digits-cnn) and 9
 (lenet5) points behind one-shot magnitude pruning to under a point behind, not ahead: magnitude
 pruning gains from the same learning rate (``benchmarks/results/admm_vs_magnitude.md``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from autoprune.config import AdmmSettings
+from autoprune.config import Schedule
 from autoprune.data import make_loader
 from autoprune.errors import UserError
 from autoprune.norms import mask_statistics
@@ -59,60 +58,6 @@ NOT_CONVERGED = 0.5  # a final primal residual above this is reported as non-con
 TrainFn = Callable[[nn.Module, float], object]
 #: A metric: ``evaluate(model) -> float`` on the user's validation data.
 EvalFn = Callable[[nn.Module], float]
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """How much training each phase gets, in the train function's own unit (epochs or steps).
-
-    Args:
-        iters: ADMM iterations (W-step, Z-step, U-step each).
-        admm_amount: Training per W-step.
-        retrain_amount: Masked retraining after the hard prune.
-        rho: Initial penalty rho_0 ...
-        rho_growth: ... multiplied by this after every iteration ...
-        rho_max: ... up to this cap.
-    """
-
-    iters: int = 6
-    admm_amount: float = 0.25
-    retrain_amount: float = 3.5
-    rho: float = 3.0
-    rho_growth: float = 1.3
-    rho_max: float = 100.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.iters, int) and self.iters >= 0):
-            raise UserError(f"The 'iters' schedule setting must be an integer >= 0. Got {self.iters!r} instead.")
-        for name in ("admm_amount", "retrain_amount"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise UserError(f"The '{name}' schedule setting must be a number >= 0. Got {value!r} instead.")
-        if not (self.rho > 0 and self.rho_growth >= 1 and self.rho_max >= self.rho):
-            raise UserError(f"The schedule needs rho > 0, rho_growth >= 1 and rho_max >= rho. Got rho {self.rho}, "
-                            f"rho_growth {self.rho_growth}, rho_max {self.rho_max} instead.")
-
-    @classmethod
-    def from_settings(cls, settings: AdmmSettings, per_epoch: int | None = None) -> Schedule:
-        """The schedule of :class:`AdmmSettings`, in epochs (W-steps given in ``steps`` are
-        converted with ``per_epoch`` batches per epoch)."""
-        amount = settings.epochs
-        if settings.steps is not None:
-            amount = settings.steps / max(per_epoch or 1, 1)
-        return cls(iters=settings.iters, admm_amount=amount, retrain_amount=settings.retrain_epochs,
-                   rho=settings.rho, rho_growth=settings.rho_growth, rho_max=settings.rho_max)
-
-    def to_settings(self, base: AdmmSettings | None = None) -> AdmmSettings:
-        """These amounts as :class:`AdmmSettings` (``epochs`` and ``retrain_epochs`` in the train
-        function's unit), the other fields from ``base`` (default: AdmmSettings' defaults)."""
-        return (base or AdmmSettings()).replace(iters=self.iters, epochs=self.admm_amount, rho=self.rho,
-                                                rho_growth=self.rho_growth, rho_max=self.rho_max,
-                                                retrain_epochs=self.retrain_amount)
-
-    @property
-    def total(self) -> float:
-        """The training every method spends in all (what magnitude pruning spends on retraining)."""
-        return self.iters * self.admm_amount + self.retrain_amount
 
 
 @dataclass
@@ -153,7 +98,7 @@ def admm_phase(
     history: PruneHistory | None = None,
 ) -> PruneHistory:
     """Run ``schedule.iters`` ADMM iterations in place on ``model`` (no pruning yet): each
-    W-step is ``train(model, schedule.admm_amount)`` with the penalty's gradient added
+    W-step is ``train(model, schedule.w_step_amount())`` with the penalty's gradient added
     before every optimizer step (:func:`autoprune.steering.admm_penalty`)."""
     reporter = reporter or Reporter()
     history = history or PruneHistory("admm")
@@ -163,12 +108,12 @@ def admm_phase(
     with torch.no_grad():
         z, _ = projector.project({n: p.detach().clone() for n, p in params.items()})
         u = {n: torch.zeros_like(p) for n, p in params.items()}
-    rho = schedule.rho
+    rho, amount = schedule.rho, schedule.w_step_amount()
     with reporter.task("ADMM", schedule.iters) as task:
         for k in range(schedule.iters):
             with admm_penalty(params, z, u, rho) as seen:
-                loss = _as_loss(train(model, schedule.admm_amount))
-            if seen.steps == 0 and schedule.admm_amount > 0:
+                loss = _as_loss(train(model, amount))
+            if seen.steps == 0 and amount > 0:
                 raise no_step_error(f"ADMM iteration {k + 1}")
             with torch.no_grad():
                 w = {n: p.detach() for n, p in params.items()}
@@ -236,7 +181,8 @@ def prune_with(
     retraining, through the caller's training loop.
 
     Args:
-        schedule: Iterations and training amounts, in ``train``'s unit.
+        schedule: Iterations and training amounts, in ``train``'s unit (``steps``, where
+            set, count as that many of the unit per W-step).
         train: The W-step's loop, ``train(model, amount)``.
         retrain: Masked retraining's loop (default: ``train``).
         evaluate: The metric; when given it is measured right after the hard prune
@@ -258,11 +204,11 @@ def prune_with(
     history = PruneHistory(method, notes=list(projector.notes))
     if method == "gmp":
         return _gradual(model, projector, schedule, retrain, steps_per_unit, history)
-    retrain_amount = schedule.retrain_amount
+    retrain_amount = schedule.retrain_epochs
     if method == "admm":
         admm_phase(model, projector, train, schedule, reporter=reporter, history=history)
     else:  # the same training budget, all spent on masked retraining
-        retrain_amount = schedule.total
+        retrain_amount = schedule.total_amount()
     masks = projector.hard_masks()
     apply_masks(model, masks)
     if evaluate is not None:
@@ -281,7 +227,7 @@ def _gradual(model: nn.Module, projector: Projector, schedule: Schedule, retrain
     if steps_per_unit is None:
         raise UserError("method 'gmp' schedules its mask updates by optimizer step, which needs autoprune's built-in "
                         "training loop; with your own train use method='magnitude' or 'admm'.")
-    total = schedule.total
+    total = schedule.total_amount()
     with gradual_pruning(model, projector, max(1, round(total * steps_per_unit))) as seen:
         loss = _as_loss(retrain(model, total))
     if seen.steps == 0 and total > 0:
@@ -301,7 +247,7 @@ def prune(
     model: nn.Module,
     projector: Projector,
     train_set: torch.utils.data.Dataset,
-    settings: AdmmSettings,
+    settings: Schedule,
     *,
     method: str = "admm",
     device: torch.device,
@@ -324,7 +270,7 @@ def prune(
         raise UserError(f"unknown method '{method}'; use one of: {', '.join(METHODS)}.")
     model.to(device)
     per_epoch = len(make_loader(train_set, batch_size=settings.batch_size, shuffle=False))
-    schedule = Schedule.from_settings(settings, per_epoch)
+    schedule = settings.in_epochs(per_epoch)
     retrain_losses: list[float] = []
     w_step = ClassifierTrainer(train_set, settings, device=device, seed=seed + 1000, reporter=reporter,
                                description="ADMM W-step")

@@ -16,7 +16,7 @@ The shortest complete use::
     model = autoprune.load_pruned("out/", model=MyNet())  # or without model=: the exported program
 
 ``train(model, amount)`` trains the model it is given in place for ``amount`` of its own
-unit (epochs or steps: the :class:`~autoprune.admm.Schedule` is in that unit), creating
+unit (epochs or steps: the :class:`~autoprune.Schedule` is in that unit), creating
 its optimizer inside; it needs no change for ADMM or masked retraining, which act through
 optimizer hooks (:mod:`autoprune.steering`) that are gone when it returns.
 ``evaluate(model) -> float`` is any metric; ``direction`` says whether higher or lower is
@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.admm import EvalFn, Schedule, TrainFn
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, parse_target
+from autoprune.admm import EvalFn, TrainFn
+from autoprune.config import LayerTarget, PruneConfig, Schedule, parse_target
 from autoprune.device import resolve_device
 from autoprune.errors import UserError
 from autoprune.latency import LatencySettings
@@ -112,7 +112,10 @@ def search(
             another one unless ``resume``.
         trials: Trials in all (default 30).
         schedule: Training per ADMM W-step and retraining, in ``train``'s unit
-            (default :class:`~autoprune.admm.Schedule`: 6 x 0.25 + 3.5).
+            (default :meth:`Schedule.for_budget(5) <autoprune.Schedule.for_budget>`: 6 x 0.25
+            + 3.5, rho 3; ``Schedule.for_loop(iters, admm_amount, retrain_amount, rho)`` writes
+            one in these words). For a registry model it is the built-in loop's, in epochs,
+            with its learning rate and batch size.
         method: How each trial prunes: ``"magnitude"`` (one-shot, then all the
             schedule's training is masked retraining), ``"admm"``, or ``"auto"`` (per trial,
             the one of the two the equal-epoch table shows best: :mod:`autoprune.method_rule`).
@@ -156,7 +159,7 @@ def search(
                             "object to use your own train and evaluate.")
         task, model_name, data_name = None, model, dataset or "digits"
         if schedule is not None:  # the built-in loop counts in epochs
-            admm_settings = schedule.to_settings(SEARCH_ADMM)
+            admm_settings = schedule
     else:
         if checkpoint is not None or data_dir is not None:
             raise UserError("checkpoint and data_dir belong to registry models; your model object is the checkpoint.")
@@ -165,7 +168,7 @@ def search(
                             "your own model (or pass a registry model name such as 'digits-cnn').")
         task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, direction=direction,
                             schedule=schedule, test=test)
-        admm_settings = task.schedule.to_settings()
+        admm_settings = task.schedule
         model_name, data_name = type(model).__name__, dataset or "user-data"
     given = {"budget", "budget_mode", "device", "sampler", "seed", "dtype", "trial_method", "rungs", "short_rung",
              "runtime"}
@@ -202,7 +205,7 @@ def mirror_callbacks(*, tracking: bool, tracking_uri: str | None, runs_dir: str,
 @dataclass(frozen=True)
 class _ConfigParts:
     layers: dict[str, LayerTarget]
-    admm: AdmmSettings | None = None  # the stored schedule (configs written by a search)
+    admm: Schedule | None = None  # the stored schedule (configs written by a search)
     channel_multiple: int = 1
     seed: int = 0
     method: str | None = None  # how the search's trials pruned (configs written by a search)
@@ -267,7 +270,7 @@ def prune(
         evaluate: ``evaluate(model) -> float`` (optional): measured before and after.
         metric: The metric's name in the result.
         schedule: Training per phase in ``train``'s unit (default: the config's stored
-            schedule, else :class:`~autoprune.admm.Schedule`).
+            schedule, else :meth:`Schedule.for_budget(5) <autoprune.Schedule.for_budget>`).
         method: ``"admm"`` or ``"magnitude"`` (default: how the search that wrote the config
             pruned its trials, else ``"auto"``: the one of the two that the equal-epoch table
             shows best for the config and the schedule, :mod:`autoprune.method_rule`; ``"gmp"``
@@ -284,9 +287,7 @@ def prune(
             rate out of range), a ``train`` that steps no optimizer, bad arguments.
     """
     cfg = _read_config(config)
-    if schedule is None and cfg.admm is not None:
-        schedule = Schedule.from_settings(cfg.admm)
-    task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, schedule=schedule or Schedule())
+    task = FunctionTask(model, example_inputs, train, evaluate, metric=metric, schedule=schedule or cfg.admm)
     return prune_task(task, cfg.layers, settings=None, method=method or cfg.method or "auto",
                       device=resolve_device(device), seed=cfg.seed if seed is None else seed,
                       channel_multiple=channel_multiple or cfg.channel_multiple, scored=evaluate is not None,

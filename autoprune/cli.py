@@ -2,7 +2,9 @@
 
 Errors the user can fix print one line (``autoprune: error: ...``) and exit with status 2.
 
-The library is imported here at the top; only the MLflow and plotly layers
+It imports only the public API (``autoprune``'s ``__all__`` and its public subpackages'; see
+``autoprune/__init__.py``) and its own parser and printing (``cli_parser``, ``cli_print``):
+``tests/core_tests/test_cli_imports.py`` checks it. The library is imported here at the top; only the MLflow and plotly layers
 (``autoprune.tracking``, ``autoprune.report``) are imported where a command uses them, so a
 command that does not track or draw never loads either.
 """
@@ -22,33 +24,37 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autoprune.api import mirror_callbacks
-from autoprune.atomic import check_writable
-from autoprune.bench import run_bench
+from autoprune import (
+    PruneConfig,
+    input_label,
+    list_layers,
+    mirror_callbacks,
+    prune_to_folder,
+    resolve_device,
+    run_bench,
+    train_baseline,
+    write_trial_config,
+)
 from autoprune.cli_parser import build_parser, prepare_argv
 from autoprune.cli_print import print_bench, print_prune_summary
-from autoprune.config import PruneConfig
 from autoprune.data import describe_datasets
-from autoprune.dense import input_label
-from autoprune.device import AUTO, resolve_device
 from autoprune.errors import UserError
-from autoprune.latency import LatencySettings
 from autoprune.models import describe_models, list_torchvision_models
-from autoprune.pick import write_trial_config
-from autoprune.pipeline import list_layers, prune_to_folder, train_baseline
 from autoprune.progress import Reporter, RichReporter
-from autoprune.runtimes import get_runtime, list_runtimes
+from autoprune.runtimes import LatencySettings, get_runtime, list_runtimes
 from autoprune.sparsity import describe_sparsity_types
 from autoprune.study import (
     SEARCH_ADMM,
     SearchSettings,
+    best_config_yaml,
+    default_storage,
+    load_autoprune_study,
     parse_budget,
     print_summary,
     run_search,
+    study_record,
+    trial_config_yaml,
 )
-from autoprune.study.configs import best_config_yaml, trial_config_yaml
-from autoprune.study.records import study_record
-from autoprune.study.storage import default_storage, load_autoprune_study
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 1  # the reader of stdout went away (`| head`): Python's and rich's status for it
@@ -177,7 +183,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         budget=parse_budget(args.budget) if args.budget is not None else 0.02, trials=args.trials, device=args.device,
         latency_batch=args.latency_batch, channels_last=_on(args.channels_last), fold_bn=_on(args.fold_bn),
         steady_memory=_on(args.steady_memory),
-        channel_multiple=args.channel_multiple or AUTO, threads=args.threads,
+        channel_multiple=args.channel_multiple or "auto", threads=args.threads,
         study_name=args.study_name, storage=args.storage, resume=args.resume, space=args.space, admm=admm,
         min_speedup=args.min_speedup, runs_dir=args.runs_dir, stale_after=args.stale_after,
         checkpoint=args.checkpoint, data_dir=args.data_dir,
@@ -254,7 +260,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    check_writable(args.out, what="--out")
     r = write_trial_config(args.study, args.storage or default_storage(args.runs_dir), trial=args.trial,
                            pick=args.pick, out=args.out)
     if args.json:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from autoprune._version import __version__
+from autoprune import __version__
 from autoprune.runtimes import list_runtimes
+
+__all__ = ["build_parser", "prepare_argv"]
 
 
 def _add_common_data(p: argparse.ArgumentParser) -> None:

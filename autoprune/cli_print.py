@@ -7,16 +7,17 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from autoprune.latency import LatencySettings
-from autoprune.pipeline import PruneSummary
-from autoprune.runtimes import get_runtime
+from autoprune import PruneResult
+from autoprune.runtimes import LatencySettings, get_runtime
+
+__all__ = ["print_bench", "print_prune_summary"]
 
 
-def print_prune_summary(s: PruneSummary) -> None:
-    """``autoprune prune``'s summary."""
+def print_prune_summary(s: PruneResult) -> None:
+    """``autoprune prune``'s summary (of what :func:`autoprune.prune_to_folder` returned)."""
     console = Console()
-    d, p = s.dense, s.pruned
-    console.print(f"[bold]{s.method}[/bold] pruning of {s.model} on {s.dataset} ({s.device}, {s.seconds:.1f} s)")
+    d, p = s.dense_scores, s.pruned_scores
+    console.print(f"[bold]{s.method}[/bold] pruning of {s.model_name} on {s.dataset} ({s.device}, {s.seconds:.1f} s)")
     console.print(f"  accuracy   dense val {d.val_acc:.2%} / test {d.test_acc:.2%}   ->   "
                   f"pruned val {p.val_acc:.2%} / test {p.test_acc:.2%}   "
                   f"(drop {s.val_drop*100:+.2f} / {s.test_drop*100:+.2f} points)")
@@ -30,12 +31,12 @@ def print_prune_summary(s: PruneSummary) -> None:
                       "-" if layer.rate is None else f"{layer.rate:.2f}", f"{layer.sparsity:.1%}",
                       f"{layer.macs:,} / {layer.macs_dense:,}")
     console.print(table)
-    if s.residuals:
-        last = s.residuals[-1].residual
+    if s.history.iterations:
+        last = s.history.iterations[-1].residual
         console.print(f"  ADMM residual ||W-Z||/||W|| after the last iteration: max {max(last.values()):.3g}")
-    for note in s.notes:
+    for note in s.history.notes:
         console.print(f"  note: {note}")
-    r = s.deploy
+    r = s.deploy.report if s.deploy is not None else None
     if r is not None:
         console.print(f"  deployable model: {r.speedup:.2f}x faster than dense ({r.pruned.latency_ms:.3g} ms vs "
                       f"{r.dense.latency_ms:.3g} ms, batch {r.batch_size} {r.dtype}, "

@@ -1,4 +1,4 @@
-"""Pruning configurations: per-layer targets, ADMM settings, and their YAML form.
+"""Pruning configurations: per-layer targets, the schedule (:class:`Schedule`), and their YAML form.
 
 The YAML format (read by ``autoprune prune --config``, written by later tools)::
 
@@ -99,8 +99,17 @@ ADMM_PARAMS = {
 
 
 @dataclass(frozen=True)
-class AdmmSettings:
-    """The ADMM schedule (defaults follow the StructADMM authors' progressive code).
+class Schedule:
+    """How much training each phase of a prune gets, and the ADMM penalty: the one schedule
+    record of the config file (``admm:``), the CLI, a study and the Python API
+    (``autoprune.Schedule``). Its fields are the keys stored in configs, studies and
+    ``result.json``. The defaults follow the StructADMM authors' progressive code (a config
+    without ``admm:`` gets them); the search's and the Python API's default is
+    :meth:`for_budget` of 5 epochs (6 x 0.25 + 3.5, rho 3).
+
+    ``epochs`` and ``retrain_epochs`` are in the train function's own unit for the Python API
+    (epochs or steps); :meth:`for_loop` takes them under the API's former names
+    (``admm_amount``, ``retrain_amount``), with its former defaults.
 
     Args:
         iters: ADMM iterations (W-step, Z-step, U-step each).
@@ -133,12 +142,12 @@ class AdmmSettings:
         if self.rho_max < self.rho:
             raise ConfigError(f"The 'rho_max' ADMM setting must be >= rho ({self.rho:g}). Got {self.rho_max} instead.")
 
-    def replace(self, **changes: Any) -> AdmmSettings:
+    def replace(self, **changes: Any) -> Schedule:
         """Return a copy with the given (non-None) fields changed."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
-    def for_budget(cls, epochs: float, **changes: Any) -> AdmmSettings:
+    def for_budget(cls, epochs: float, **changes: Any) -> Schedule:
         """ADMM's best measured schedule for a run of ``epochs`` training epochs in all.
 
         Six ADMM iterations share 30% of the budget (W-steps of ``epochs / 20``) at rho 3
@@ -158,6 +167,37 @@ class AdmmSettings:
         base = cls(iters=iters, epochs=step, rho=3.0, rho_growth=1.3, retrain_epochs=epochs - iters * step, lr=0.05)
         return base.replace(**changes)
 
+    @classmethod
+    def for_loop(cls, iters: int = 6, admm_amount: float = 0.25, retrain_amount: float = 3.5, rho: float = 3.0,
+                 rho_growth: float = 1.3, rho_max: float = 100.0, **changes: Any) -> Schedule:
+        """A schedule in the Python API's own words, with its defaults: ``iters`` W-steps of
+        ``admm_amount`` each, then ``retrain_amount`` of masked retraining, in the train
+        function's unit (what ``autoprune.Schedule(iters, admm_amount, retrain_amount, rho, ...)``
+        was before the one record). The other fields are :meth:`for_budget` (5)'s; ``changes``
+        replace any."""
+        return cls.for_budget(5.0).replace(iters=iters, epochs=admm_amount, retrain_epochs=retrain_amount, rho=rho,
+                                           rho_growth=rho_growth, rho_max=rho_max, **changes)
+
+    def w_step_amount(self, per_epoch: int | None = None) -> float:
+        """Training per W-step in epochs (the train function's unit): ``epochs``, or ``steps``
+        over ``per_epoch`` batches per epoch where ``steps`` is set."""
+        return self.epochs if self.steps is None else self.steps / max(per_epoch or 1, 1)
+
+    def in_epochs(self, per_epoch: int) -> Schedule:
+        """This schedule with its W-step in epochs: ``steps`` (where set) become epochs of
+        ``per_epoch`` batches."""
+        return self if self.steps is None else dataclasses.replace(self, epochs=self.w_step_amount(per_epoch),
+                                                                   steps=None)
+
+    def total_amount(self, per_epoch: int | None = None) -> float:
+        """The training every method spends in all (what magnitude pruning spends on retraining)."""
+        return self.iters * self.w_step_amount(per_epoch) + self.retrain_epochs
+
+
+#: The name of :class:`Schedule` before it was the one schedule record (configs, studies and
+#: imports of earlier versions).
+AdmmSettings = Schedule
+
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -169,7 +209,7 @@ class PruneConfig:
     checkpoint: str | None = None
     data_dir: str | None = None
     seed: int = 0
-    admm: AdmmSettings = field(default_factory=AdmmSettings)
+    admm: Schedule = field(default_factory=Schedule)
     channel_multiple: int = 1  # kept channels of each pruned group rounded to a multiple of this (1: exact rates)
     origin: dict[str, Any] | None = None  # where the config came from (study, trial, measured metrics); informational
 
@@ -189,10 +229,10 @@ class PruneConfig:
         admm_raw = raw.get("admm") or {}
         if not isinstance(admm_raw, dict):
             raise ConfigError(f"{source}: 'admm' must be a mapping.")
-        fields = {f.name for f in dataclasses.fields(AdmmSettings)}
+        fields = {f.name for f in dataclasses.fields(Schedule)}
         reject_unknown_keys(admm_raw, fields, f"{source}: admm")
         try:
-            admm = AdmmSettings(**admm_raw)
+            admm = Schedule(**admm_raw)
         except TypeError as exc:  # wrong value types
             raise ConfigError(f"{source}: admm: {exc}") from None
         ckpt = raw.get("checkpoint")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["AutopruneError", "ConfigError", "NonFiniteLossError", "UnknownNameError", "UserError", "first_line",
+           "first_sentence", "unknown_name"]
+
 
 class AutopruneError(Exception):
     """Base class of every error autoprune raises on purpose."""

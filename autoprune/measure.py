@@ -1,14 +1,18 @@
 """Measure a pruned configuration: compact it, check it computes what the masked model computes,
 and time it beside dense in the runtime (:func:`measure_pruned`).
 
-One service for ``autoprune bench``, the deployable folder (:func:`autoprune.deploy.build_deployable`)
-and :func:`autoprune.make_deployable`: masks -> compaction (channels removed, each sparse layer's
-fastest kernel measured in the runtime: :func:`autoprune.compact.compact_model`) -> the outputs
-checked against the masked model -> dense and compacted timed in interleaved rounds
-(:func:`autoprune.runtimes.compare_latency`). The search's probe
-(:class:`autoprune.study.probe.ConfigProbe`) times architectures before any training, from a
-model whose weights do not matter, and caches them by signature: it compacts and times through
-the same two functions, without the output check.
+One service for ``autoprune bench``, the deployable folder (:func:`autoprune.deploy.build_deployable`),
+:func:`autoprune.make_deployable` and the search's probe, in two steps:
+
+* :func:`compact_masked`: masks -> compaction (channels removed, each sparse layer's fastest
+  kernel measured in the runtime: :func:`autoprune.compact.compact_model`);
+* :func:`time_side_by_side`: dense and compacted (or any models) timed in interleaved rounds
+  in the runtime (:func:`autoprune.runtimes.compare_latency`).
+
+:func:`measure_pruned` runs both with the outputs checked against the masked model between
+them. The search's probe (:class:`autoprune.study.probe.ConfigProbe`) times architectures
+before any training, from a model whose weights do not matter, and caches them by signature:
+it calls the same two steps, without the output check.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.runtimes import compare_latency
 
-__all__ = ["Measured", "measure_pruned", "verify_compaction"]
+__all__ = ["Measured", "compact_masked", "measure_pruned", "time_side_by_side", "verify_compaction"]
 
 
 @dataclass
@@ -84,8 +88,8 @@ def measure_pruned(masked: nn.Module, projector: Projector, dense: nn.Module, ch
     reporter = reporter or Reporter()
     reporter.log(f"compacting: channel removal and per-layer kernels measured on {device_description(device)} "
                  f"at batch {latency.batch_size}")
-    result = compact_model(copy.deepcopy(masked), projector, example, device=device, latency=latency,
-                           force_form=force_form)
+    result = compact_masked(copy.deepcopy(masked), projector, shape, device=device, latency=latency,
+                            force_form=force_form)
     notes: list[str] = []
     model = result.model
     if fp32 and latency.dtype != "fp32":
@@ -93,10 +97,33 @@ def measure_pruned(masked: nn.Module, projector: Projector, dense: nn.Module, ch
     model = model.to(device).eval()
     diff = verify_compaction(masked, model, check_inputs, device)
     reporter.log("timing dense against compacted (interleaved)")
-    timed = compare_latency({"dense": copy.deepcopy(dense).eval(), "pruned": copy.deepcopy(model)}, shape,
-                            device=device, settings=latency)
+    timed = time_side_by_side({"dense": copy.deepcopy(dense).eval(), "pruned": copy.deepcopy(model)}, shape,
+                              device=device, latency=latency)
     return Measured(model=model, compact=result, max_abs_diff=diff, dense=timed["dense"], pruned=timed["pruned"],
                     notes=notes)
+
+
+def compact_masked(masked: nn.Module, projector: Projector, input_shape: tuple[int, ...], *, device: torch.device,
+                   latency: LatencySettings, force_form: str | None = None) -> CompactResult:
+    """The compacted model of ``masked`` (``projector``'s hard masks applied; it is moved to the
+    CPU and may be changed: pass a copy to keep it): channels removed, each sparse layer in the
+    kernel form measured fastest in ``latency``'s runtime on ``device`` at its batch and dtype.
+
+    Args:
+        input_shape: One sample's shape (the batch dimension excluded).
+        force_form: A kernel form used wherever it is a candidate, instead of measuring.
+    """
+    example = torch.zeros(1, *input_shape)
+    return compact_model(masked, projector, example, device=device, latency=latency, force_form=force_form)
+
+
+def time_side_by_side(models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,
+                      latency: LatencySettings, rounds: int | None = None) -> dict[str, LatencyResult]:
+    """``models`` (name -> model) timed in interleaved rounds in ``latency``'s runtime on
+    ``device``, on inputs of ``input_shape`` (one sample's) at its batch; ``rounds`` defaults
+    to the runtime's (a third of ``latency.repeats``). Pair two results with
+    :func:`autoprune.latency.latency_ratio`."""
+    return compare_latency(models, tuple(input_shape), device=device, settings=latency, rounds=rounds)
 
 
 def _rebuild_in_fp32(masked: nn.Module, projector: Projector, example: torch.Tensor,

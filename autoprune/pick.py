@@ -37,11 +37,11 @@ from typing import Any
 
 import optuna
 
-from autoprune.atomic import write_text_atomic
+from autoprune.atomic import check_writable, write_text_atomic
 from autoprune.errors import UserError
+from autoprune.study.loop import best_config_yaml
 from autoprune.study.records import StudyRecord, TrialRecord, study_record
 from autoprune.study.storage import load_autoprune_study, redact
-from autoprune.study.loop import best_config_yaml
 
 __all__ = ["PICKS", "feasible_front", "pick_trial", "write_trial_config"]
 
@@ -177,9 +177,10 @@ def write_trial_config(
         ``{"study", "storage", "trial", "pick", "summary", "metrics", "out"}``.
 
     Raises:
-        UserError: an unknown study (the message lists the storage's studies), a storage
+        UserError: an ``out`` that cannot be written (checked first), an unknown study (the message lists the storage's studies), a storage
             that cannot be opened, or anything :func:`pick_trial` refuses.
     """
+    check_writable(out, what="--out")
     if pick not in PICKS and trial is None:
         raise UserError(f"unknown --pick '{pick}'; use one of: {', '.join(PICKS)}.")
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+__all__ = ["LogReporter", "Reporter", "RichReporter", "Task"]
+
 
 class Task:
     """A handle on one running task: advance it and attach short status fields."""

@@ -28,7 +28,7 @@ import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.utils._pytree as pytree
@@ -36,6 +36,9 @@ from torch import nn
 
 from autoprune.atomic import staged_folder, write_text_atomic
 from autoprune.errors import UserError
+
+if TYPE_CHECKING:
+    from autoprune.deploy.card import DeployReport
 
 __all__ = ["EXAMPLE_FILE", "MODULE_FILE", "Deployable", "load_pruned", "save_pruned"]
 
@@ -48,6 +51,9 @@ REPORT_FILE = "report.json"
 @dataclass
 class Deployable:
     """A compacted model: channels removed, each sparse layer in the kernel measured fastest.
+    What both builders return: :func:`autoprune.make_deployable` (a user's model) and
+    :func:`autoprune.deploy.build_deployable` (the CLI's folder of a registry model, which
+    also sets ``report`` and ``out_dir``).
 
     Attributes:
         model: The compacted model (a plain ``nn.Module``, float32, on ``device``).
@@ -59,6 +65,11 @@ class Deployable:
         batch: The batch the latencies were measured at.
         device: Where it was measured.
         example_inputs: The example batch (export traces it).
+        report: The deployable folder's report card (``report.json``: accuracy, latency,
+            MACs and parameters beside dense, the checks and exports; see
+            :class:`autoprune.deploy.DeployReport`), for a folder built by
+            :func:`~autoprune.deploy.build_deployable`; None from :func:`~autoprune.make_deployable`.
+        out_dir: The folder it was built into (with ``report``).
     """
 
     model: nn.Module
@@ -69,8 +80,18 @@ class Deployable:
     batch: int
     device: str
     example_inputs: torch.Tensor = field(repr=False)
+    report: DeployReport | None = field(default=None, repr=False)
+    out_dir: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, with_out_dir: bool = False) -> dict[str, Any]:
+        """What the folder's ``report.json`` says of it: the report card where there is one
+        (``with_out_dir`` adds ``out_dir``, as ``autoprune prune --json`` prints it), else the
+        measurements (kernels, output difference, speedup, latencies, batch, device, input shape)."""
+        if self.report is not None:
+            out = self.report.to_dict()
+            if with_out_dir:
+                out["out_dir"] = self.out_dir
+            return out
         return {"kernels": self.kernels, "max_abs_diff": self.max_abs_diff, "speedup": self.speedup,
                 "latency_ms": self.latency_ms, "batch": self.batch, "device": self.device,
                 "input_shape": list(self.example_inputs.shape[1:])}

@@ -21,14 +21,21 @@ import torch
 from torch import nn
 
 from autoprune import admm
-from autoprune.admm import EvalFn, PruneHistory, Schedule, TrainFn
-from autoprune.config import AdmmSettings
+from autoprune.admm import EvalFn, PruneHistory, TrainFn
+from autoprune.config import Schedule
 from autoprune.data import make_loader
 from autoprune.errors import UserError
 from autoprune.progress import Reporter
 from autoprune.projection import Projector
 from autoprune.steering import frozen_weights
-from autoprune.train import ClassifierTrainer, evaluate, fresh_batchnorm, recalibrate_batchnorm, seed_everything, steps_for
+from autoprune.train import (
+    ClassifierTrainer,
+    evaluate,
+    fresh_batchnorm,
+    recalibrate_batchnorm,
+    seed_everything,
+    steps_for,
+)
 
 __all__ = ["DIRECTIONS", "ClassifierTask", "FunctionTask", "Task", "metric_drop", "model_fingerprint"]
 
@@ -78,18 +85,18 @@ class Task:
         """The metric of the dense model on validation data."""
         return self.score(self.dense().to(device), device)
 
-    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings, *, method: str, seed: int,
+    def prune(self, model: nn.Module, projector: Projector, settings: Schedule, *, method: str, seed: int,
               device: torch.device, reporter: Reporter | None = None,
               on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
         """Prune ``model`` in place (ADMM or magnitude, hard prune, masked retraining)."""
         raise NotImplementedError
 
     # -- the search's rungs (autoprune.study.rungs) --------------------------------------
-    def trial_amount(self, settings: AdmmSettings) -> float:
+    def trial_amount(self, settings: Schedule) -> float:
         """A trial's whole training, in the training loop's unit."""
         raise NotImplementedError
 
-    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings,  # noqa: ANN401
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: Schedule,  # noqa: ANN401
                     seed: int) -> float:
         """Recompute the BatchNorm statistics of a hard-pruned ``model`` without training a
         weight; returns what it cost, in the training loop's unit (0 without BatchNorm)."""
@@ -99,7 +106,7 @@ class Task:
         """The metric the screen rung scores with (default: :meth:`score`)."""
         return self.score(model, device)
 
-    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings, *,
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: Schedule, *,
                 seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
         """Masked retraining of ``model`` for ``amount``; returns the training actually run, in the
         loop's unit, and the mean training loss (NaN where the loop returns none)."""
@@ -133,22 +140,22 @@ class ClassifierTask(Task):
     def test_score(self, model: nn.Module, device: torch.device) -> float | None:
         return evaluate(model, self.splits.test, device=device)
 
-    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings, *, method: str, seed: int,
+    def prune(self, model: nn.Module, projector: Projector, settings: Schedule, *, method: str, seed: int,
               device: torch.device, reporter: Reporter | None = None,
               on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
         seed_everything(seed)
         return admm.prune(model, projector, self.splits.train, settings, method=method, device=device, seed=seed,
                           reporter=reporter, val_set=self.splits.val, on_hard_prune=on_hard_prune)
 
-    def trial_amount(self, settings: AdmmSettings) -> float:
+    def trial_amount(self, settings: Schedule) -> float:
         per_epoch = self._per_epoch(settings)
-        return Schedule.from_settings(settings, per_epoch).total
+        return settings.total_amount(per_epoch)
 
-    def _per_epoch(self, settings: AdmmSettings) -> int:
+    def _per_epoch(self, settings: Schedule) -> int:
         return len(make_loader(self.splits.train, batch_size=settings.batch_size, shuffle=False,
                                drop_last=len(self.splits.train) > settings.batch_size))
 
-    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings,  # noqa: ANN401
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: Schedule,  # noqa: ANN401
                     seed: int) -> float:
         # at most 5% of an epoch (two batches at least): on a small training set 16 batches would be most of it
         batches = min(fidelity.screen_batches, max(2, math.ceil(0.05 * self._per_epoch(settings))))
@@ -167,7 +174,7 @@ class ClassifierTask(Task):
         rows = torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[:size].sort().values
         return torch.utils.data.Subset(val, rows.tolist())
 
-    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings, *,
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: Schedule, *,
                 seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
         if amount <= 0:
             return 0.0, float("nan")
@@ -192,7 +199,8 @@ class FunctionTask(Task):
             prune without one; :meth:`score` then refuses).
         metric: The metric's name (``accuracy``, ``mAP``, ``IoU``, ``loss``...).
         direction: ``"maximize"`` or ``"minimize"``.
-        schedule: How much ``train`` each phase gets (default: :class:`~autoprune.admm.Schedule`).
+        schedule: How much ``train`` each phase gets (default: :meth:`Schedule.for_budget` of 5,
+            6 x 0.25 + 3.5, in ``train``'s unit).
         test: ``test(model) -> float`` on held-out data, reported beside (optional).
     """
 
@@ -216,7 +224,7 @@ class FunctionTask(Task):
         self._example = example_inputs[:1].detach().cpu()
         self.train, self.evaluate, self.test = train, evaluate, test
         self.metric, self.direction = metric.strip(), direction
-        self.schedule = schedule or Schedule()
+        self.schedule = schedule or Schedule.for_budget(5.0)
         self.methods = ("admm", "magnitude")
         self._dense_scores: dict[str, float] = {}
 
@@ -254,20 +262,20 @@ class FunctionTask(Task):
             self._dense_scores[str(device)] = self.score(self.dense(), device)
         return self._dense_scores[str(device)]
 
-    def prune(self, model: nn.Module, projector: Projector, settings: AdmmSettings | None = None, *, method: str,
+    def prune(self, model: nn.Module, projector: Projector, settings: Schedule | None = None, *, method: str,
               seed: int, device: torch.device, reporter: Reporter | None = None,
               on_hard_prune: Callable[[float], None] | None = None) -> tuple[dict[str, torch.Tensor], PruneHistory]:
         seed_everything(seed)
         model.to(device)
-        schedule = self.schedule if settings is None else Schedule.from_settings(settings)
+        schedule = self.schedule if settings is None else settings
         return admm.prune_with(model, projector, schedule, train=self.train,
                                evaluate=None if self.evaluate is None else (lambda m: self.score(m, device)),
                                method=method, reporter=reporter, on_hard_prune=on_hard_prune)
 
-    def trial_amount(self, settings: AdmmSettings | None) -> float:
-        return (self.schedule if settings is None else Schedule.from_settings(settings)).total
+    def trial_amount(self, settings: Schedule | None) -> float:
+        return (self.schedule if settings is None else settings).total_amount()
 
-    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: AdmmSettings | None,  # noqa: ANN401
+    def recalibrate(self, model: nn.Module, device: torch.device, fidelity: Any, settings: Schedule | None,  # noqa: ANN401
                     seed: int) -> float:
         """The user's ``train`` for ``screen_amount`` of a trial's training with every optimizer
         step undone (:func:`autoprune.steering.frozen_weights`): only the BatchNorm statistics,
@@ -286,7 +294,7 @@ class FunctionTask(Task):
         model.eval()
         return amount
 
-    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: AdmmSettings | None,
+    def retrain(self, model: nn.Module, masks: dict[str, torch.Tensor], amount: float, settings: Schedule | None,
                 *, seed: int, device: torch.device, reporter: Reporter | None = None) -> tuple[float, float]:
         if amount <= 0:
             return 0.0, float("nan")

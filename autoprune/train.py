@@ -138,7 +138,7 @@ class ClassifierTrainer:
     Args:
         dataset: The training set.
         settings: ``lr``, ``momentum``, ``weight_decay`` and ``batch_size`` (an
-            :class:`~autoprune.config.AdmmSettings` or :class:`TrainSettings`).
+            :class:`~autoprune.config.Schedule` or :class:`TrainSettings`).
         description: The progress bar's label.
         on_loss: Receives the mean training loss of each epoch.
     """

@@ -13,7 +13,7 @@ Methods (``METHODS``):
 
 * ``admm``: StructADMM as :func:`autoprune.admm.prune_with` runs it (W-step: SGD on the loss
   plus the ADMM penalty; Z-step: projection; U-step; ρ growing x1.3), hard prune, masked
-  retraining; autoprune's schedule for the length (:meth:`AdmmSettings.for_budget`: 6 W-steps
+  retraining; autoprune's schedule for the length (:meth:`Schedule.for_budget`: 6 W-steps
   over 30% of the epochs at ρ 3, then 70% masked retraining).
 * ``admm-progressive``: progressive ADMM as the authors' code runs it (arXiv 1810.07378): three
   stages whose targets rise geometrically (kept fraction ``(1 - rate)^(s/3)``), each an ADMM
@@ -72,8 +72,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoprune import admm
-from autoprune.admm import Schedule
-from autoprune.config import AdmmSettings, LayerTarget
+from autoprune.config import LayerTarget, Schedule
 from autoprune.data import make_loader
 from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset
@@ -103,8 +102,8 @@ class Bench:
     weight_decay: float = 5e-4
     dense_epochs: int = 30
 
-    def settings(self, **changes: object) -> AdmmSettings:
-        return AdmmSettings(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+    def settings(self, **changes: object) -> Schedule:
+        return Schedule(lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
                             batch_size=self.batch_size).replace(**changes)
 
 
@@ -200,20 +199,20 @@ class Job:
     def targets(self, rate: float | None = None) -> dict[str, LayerTarget]:
         return uniform_targets(self.graph, self.kind, self.rate if rate is None else rate)
 
-    def trainer(self, settings: AdmmSettings, seed: int, what: str) -> ClassifierTrainer:
+    def trainer(self, settings: Schedule, seed: int, what: str) -> ClassifierTrainer:
         return ClassifierTrainer(self.ctx.train, settings, device=DEVICE, seed=seed, description=what)
 
     def val_acc(self, model: nn.Module) -> float:
         return evaluate(model, self.ctx.val, device=DEVICE)
 
 
-def _admm_run(job: Job, settings: AdmmSettings, *, retrain_settings: AdmmSettings | None = None,
+def _admm_run(job: Job, settings: Schedule, *, retrain_settings: Schedule | None = None,
               w_step: admm.TrainFn | None = None, rate: float | None = None,
               hold: dict[str, torch.Tensor] | None = None, seed_offset: int = 0) -> dict:
     """One ADMM run (W/Z/U, hard prune, masked retraining) through :func:`admm.prune_with`."""
     graph = job.graph
     projector = Projector(job.model, graph, uniform_targets(graph, job.kind, job.rate if rate is None else rate))
-    schedule = Schedule.from_settings(settings, job.ctx.per_epoch)
+    schedule = settings.in_epochs(job.ctx.per_epoch)
     train = w_step or job.trainer(settings, job.seed + 1000 + seed_offset, "ADMM W-step")
     retrain = job.trainer(retrain_settings or settings, job.seed + 5000 + seed_offset, "masked retraining")
     if hold is not None:  # earlier stages' pruned weights stay at zero through the W-steps
@@ -237,7 +236,7 @@ def _holding(train: admm.TrainFn, model: nn.Module, masks: dict[str, torch.Tenso
 
 
 def m_admm(job: Job) -> dict:
-    return _admm_run(job, AdmmSettings.for_budget(job.length, **_common(job)))
+    return _admm_run(job, Schedule.for_budget(job.length, **_common(job)))
 
 
 def _common(job: Job) -> dict:
@@ -257,19 +256,19 @@ def _split(fraction: float) -> Callable[[Job], dict]:
 
 
 def m_admm_rho_matched(job: Job) -> dict:
-    base = AdmmSettings.for_budget(job.length, **_common(job))
+    base = Schedule.for_budget(job.length, **_common(job))
     steps = steps_for(base.epochs, job.ctx.per_epoch)
     rho = 2.0 / (0.5 * base.lr * steps)  # the cosine schedule's mean lr is half its peak
     return _admm_run(job, base.replace(rho=rho, rho_max=max(base.rho_max, rho)))
 
 
 def m_admm_retrain_lr(job: Job) -> dict:
-    base = AdmmSettings.for_budget(job.length, **_common(job))
+    base = Schedule.for_budget(job.length, **_common(job))
     return _admm_run(job, base, retrain_settings=base.replace(lr=0.01))
 
 
 def m_admm_kd(job: Job) -> dict:
-    base = AdmmSettings.for_budget(job.length, **_common(job))
+    base = Schedule.for_budget(job.length, **_common(job))
     teacher = job.dense.eval()
     w_step = KDTrainer(job.ctx.train, base, teacher, seed=job.seed + 1000)
     return _admm_run(job, base, w_step=w_step)
@@ -280,7 +279,7 @@ def m_admm_progressive(job: Job, stages: int = 3) -> dict:
     out: dict = {"stages": []}
     for s in range(1, stages + 1):
         rate = 1 - (1 - job.rate) ** (s / stages) if s < stages else job.rate
-        settings = AdmmSettings.for_budget(job.length / stages, **_common(job))
+        settings = Schedule.for_budget(job.length / stages, **_common(job))
         res = _admm_run(job, settings, rate=rate, hold=held, seed_offset=100 * s)
         held = res.pop("masks")
         out["stages"].append({"rate": rate, "hard_val_acc": res["hard_val_acc"], "final_residual": res["final_residual"]})
@@ -292,8 +291,8 @@ def m_admm_progressive(job: Job, stages: int = 3) -> dict:
 def m_magnitude(job: Job) -> dict:
     graph = job.graph
     projector = Projector(job.model, graph, job.targets())
-    settings = AdmmSettings.for_budget(job.length, **_common(job))
-    schedule = Schedule.from_settings(settings, job.ctx.per_epoch)
+    settings = Schedule.for_budget(job.length, **_common(job))
+    schedule = settings.in_epochs(job.ctx.per_epoch)
     retrain = job.trainer(settings, job.seed + 5000, "masked retraining")
     seed_everything(job.seed)
     masks, history = admm.prune_with(job.model, projector, schedule, train=retrain, evaluate=job.val_acc,
@@ -369,7 +368,7 @@ class KDTrainer:
     """``train(model, epochs)`` like :class:`ClassifierTrainer`, with the loss half cross-entropy,
     half distillation from ``teacher`` (KL at temperature 4, scaled by T²)."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, settings: AdmmSettings, teacher: nn.Module, *,
+    def __init__(self, dataset: torch.utils.data.Dataset, settings: Schedule, teacher: nn.Module, *,
                  seed: int, alpha: float = 0.5, temperature: float = 4.0) -> None:
         self.dataset, self.s, self.teacher, self.seed = dataset, settings, teacher, seed
         self.alpha, self.t = alpha, temperature
@@ -417,9 +416,9 @@ class Method:
 def m_gmp_library(job: Job) -> dict:
     """``gmp`` as autoprune runs it (:mod:`autoprune.gradual` through :func:`admm.prune_with`): the
     same schedule as :func:`m_gmp`, to show the library's method is the one the table measured."""
-    settings = AdmmSettings.for_budget(job.length, **_common(job))
+    settings = Schedule.for_budget(job.length, **_common(job))
     projector = Projector(job.model, job.graph, job.targets())
-    schedule = Schedule.from_settings(settings, job.ctx.per_epoch)
+    schedule = settings.in_epochs(job.ctx.per_epoch)
     retrain = job.trainer(settings, job.seed + 5000, "gradual magnitude pruning")
     seed_everything(job.seed)
     masks, _ = admm.prune_with(job.model, projector, schedule, train=retrain, method="gmp",

@@ -28,7 +28,7 @@ from autoprune.study.probe import ConfigProbe
 from autoprune.latency import LatencySettings
 from autoprune.admm import apply_masks, masked_retrain
 from autoprune.train import run_epochs, evaluate, TrainSettings, train_model, ClassifierTrainer
-from autoprune.config import AdmmSettings, LayerTarget
+from autoprune.config import LayerTarget, Schedule
 from scipy.stats import spearmanr
 
 torch.set_num_threads(1)
@@ -80,7 +80,7 @@ for k in range(10):
         if "filter" in v.types and rng.rand() < 0.8:
             ch[v.name] = ("filter", float(rng.choice(space.rates(v))))
     configs.append(("rand%d" % k, ch))
-settings = AdmmSettings(lr=0.05, batch_size=64)
+settings = Schedule(lr=0.05, batch_size=64)
 rows = []
 for name, ch in configs:
     targets = space.targets_from_params(space.params_of(ch))

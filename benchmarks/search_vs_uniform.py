@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from autoprune.checkpoint import Checkpoint, load_checkpoint  # noqa: E402
-from autoprune.config import AdmmSettings, LayerTarget  # noqa: E402
+from autoprune.config import LayerTarget, Schedule  # noqa: E402
 from autoprune.data import DatasetSplits  # noqa: E402
 from autoprune.dense import build_model, example_input, load_dataset  # noqa: E402
 from autoprune.device import resolve_channel_multiple, resolve_device  # noqa: E402
@@ -179,7 +179,7 @@ class Point:
         return 1.0 / self.ratio
 
 
-def magnitude_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int,  # noqa: ANN001
+def magnitude_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: Schedule, seed: int,  # noqa: ANN001
                     rates: tuple[float, ...]) -> tuple[list[Point], list[torch.nn.Module]]:
     """autoprune's magnitude projection + masked retraining of every uniform rate."""
     out, configs, models = [], [], []
@@ -212,7 +212,7 @@ def torch_pruning_model(task: ClassifierTask, graph, rate: float) -> torch.nn.Mo
     return model
 
 
-def torch_pruning_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: AdmmSettings, seed: int,  # noqa: ANN001
+def torch_pruning_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: Schedule, seed: int,  # noqa: ANN001
                         rates: tuple[float, ...]) -> tuple[list[Point], list[torch.nn.Module]]:
     """Torch-Pruning at every uniform rate, fine-tuned for the epochs of one trial."""
     out, models = [], []
@@ -234,7 +234,7 @@ def torch_pruning_sweep(task: ClassifierTask, graph, probe: ConfigProbe, admm: A
 
 # -- the search ---------------------------------------------------------------------
 def search(task: ClassifierTask, model: str, dataset: str, budget: float, seed: int, mode: Mode, batch: int,
-           work: Path, device: str, method: str, admm: AdmmSettings, epoch_budget: float | None) -> dict[str, Any]:
+           work: Path, device: str, method: str, admm: Schedule, epoch_budget: float | None) -> dict[str, Any]:
     settings = SearchSettings(
         model=model, dataset=dataset, budget=budget, trials=mode.trials, device=device, latency_batch=batch,
         seed=seed, study_name=f"{model}-{budget}-{seed}".replace(":", "-"), storage=f"sqlite:///{work / 'optuna.db'}",
@@ -274,7 +274,7 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
                         latency=latency_settings(batch, base), input_shape=shape)
     dense_val = task.score(dense_model, device)
     dense_test = task.test_score(dense_model, device)
-    admm = AdmmSettings.for_budget(mode.epochs, lr=mode.lr)
+    admm = Schedule.for_budget(mode.epochs, lr=mode.lr)
     sweep_epochs = len(mode.rates) * mode.epochs
     log(f"{model}: dense {100 * dense_val:.2f}% val, {100 * dense_test:.2f}% test, {len(splits.train)} training and "
         f"{len(splits.val)} validation images, latency batch {batch}, channel multiple {cm}")
@@ -377,7 +377,7 @@ def ceiling_search(task, model, budget, seed, mode, batch, work, device, method,
     return out
 
 
-def retrain_test(task: ClassifierTask, probe: ConfigProbe, targets, admm: AdmmSettings, method: str, seed: int,  # noqa: ANN001
+def retrain_test(task: ClassifierTask, probe: ConfigProbe, targets, admm: Schedule, method: str, seed: int,  # noqa: ANN001
                  mode: Mode) -> float:
     """The search's best configuration pruned again as a full trial does (the hard prune, then the
     trial's whole schedule), scored on the test split (the search records validation accuracy only)."""

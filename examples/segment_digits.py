@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = SegNet(width=16 if args.small else 32)
     train(model, 3 if args.small else 10)  # the "trained model" a user starts from
     example = d["val_x"][:1]
-    schedule = autoprune.Schedule(iters=2, admm_amount=0.25, retrain_amount=1.0 if args.small else 2.5)
+    schedule = autoprune.Schedule.for_loop(iters=2, admm_amount=0.25, retrain_amount=1.0 if args.small else 2.5)
     result = autoprune.search(model, example, train=train, evaluate=iou, metric="IoU", direction="maximize",
                               budget=args.budget, trials=4 if args.small else 24, schedule=schedule,
                               runs_dir=args.runs_dir, study_name="segment-digits-small" if args.small else None,

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = make_accuracy(d["val_x"], d["val_y"])
     model = torchvision.models.resnet18(num_classes=10)
     train(model, 40 if small else 300)  # the user's trained model
-    schedule = autoprune.Schedule(iters=2, admm_amount=10, retrain_amount=10 if small else 80)  # in steps
+    schedule = autoprune.Schedule.for_loop(iters=2, admm_amount=10, retrain_amount=10 if small else 80)  # in steps
     result = autoprune.search(model, d["val_x"][:1], train=train, evaluate=accuracy, metric="accuracy",
                               budget=args.budget or ("3%" if small else "2%"), trials=2 if small else 30,
                               schedule=schedule,

@@ -23,7 +23,7 @@ import copy
 import torch
 from torch import nn
 
-from autoprune.groups import out_channels_fn, is_grouped_conv, trace_dependencies
+from autoprune.groups import is_grouped_conv, out_channels_fn, trace_dependencies
 from autoprune.norms import unmask_statistics
 from autoprune.projection import Projector
 

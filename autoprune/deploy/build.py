@@ -57,24 +57,25 @@ from autoprune.latency import LatencyResult, LatencySettings, device_description
 from autoprune.measure import measure_pruned
 from autoprune.progress import Reporter
 from autoprune.runtimes import get_runtime
+from autoprune.saving import Deployable
 from autoprune.stats import LayerStats
 from autoprune.train import evaluate
 
 if TYPE_CHECKING:
-    from autoprune.pipeline import PruneOutcome, PruneSummary
+    from autoprune.pruning import PruneResult
 
 __all__ = ["build_deployable", "count_stored"]
 
 
-def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, device: torch.device,
+def build_deployable(pruned: PruneResult, out_dir: str | os.PathLike, *, device: torch.device,
                      latency: LatencySettings, force: bool = False, reporter: Reporter | None = None,
-                     force_form: str | None = None) -> DeployReport:
+                     force_form: str | None = None) -> Deployable:
     """Turn a finished prune into a deployable model folder and report on it (the steps are
     in the module's docstring); nothing is left under ``out_dir`` when a step fails.
 
     Args:
-        outcome: What :func:`autoprune.pipeline.run_prune` returned (masked model,
-            projector, splits, summary with the checkpoint path).
+        pruned: What :func:`autoprune.pipeline.run_prune` returned (masked model,
+            projector, splits, the checkpoint path, the scores).
         out_dir: The folder to create.
         device: Where kernels are chosen, latency measured and accuracy evaluated.
         latency: Batch size, dtype and repeats of the measurements.
@@ -84,25 +85,29 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
             (``dense``, ``shape-gemm``, ``csr``; for tests and known choices).
 
     Returns:
-        The report (:meth:`DeployReport.to_dict` is ``report.json``), with ``out_dir``.
+        The :class:`~autoprune.saving.Deployable` (what :func:`autoprune.make_deployable`
+        returns), with ``out_dir`` and ``report``, the folder's card (:class:`DeployReport`;
+        ``to_dict()`` is ``report.json``).
 
     Raises:
         UserError: ``out_dir`` exists and is not empty (without ``force``), or the prune
-            outcome lacks its projector or splits.
+            result lacks its projector or splits.
         RuntimeError: the compacted or reloaded model disagrees with the masked one (a bug).
     """
     reporter = reporter or Reporter()
     out = Path(out_dir)
     _check_out_dir(out, force)
-    if outcome.projector is None or outcome.splits is None:
-        raise UserError("this prune outcome has no projector or dataset splits; run it with autoprune.pipeline.run_prune.")
+    if pruned.projector is None or pruned.splits is None or pruned.checkpoint is None:
+        raise UserError("this prune result has no projector, dataset splits or checkpoint; run it with "
+                        "autoprune.pipeline.run_prune.")
     t_start = time.perf_counter()
     device = torch.device(device)
-    splits, summary = outcome.splits, outcome.summary
+    splits = pruned.splits
     xb = _first_batch(splits.val)
-    ckpt = load_checkpoint(summary.checkpoint, weights_for=WeightsFor(summary.model, splits.name, splits.in_channels,
-                                                                     splits.num_classes, tuple(splits.image_size)))
-    m = measure_pruned(outcome.model, outcome.projector, ckpt.build(), xb, device=device, latency=latency,
+    ckpt = load_checkpoint(pruned.checkpoint, weights_for=WeightsFor(pruned.model_name, splits.name,
+                                                                    splits.in_channels, splits.num_classes,
+                                                                    tuple(splits.image_size)))
+    m = measure_pruned(pruned.model, pruned.projector, ckpt.build(), xb, device=device, latency=latency,
                        force_form=force_form, reporter=reporter)
     model, result, notes, diff = m.model, m.compact, m.notes, m.max_abs_diff
     reporter.log("evaluating")
@@ -114,13 +119,15 @@ def build_deployable(outcome: PruneOutcome, out_dir: str | os.PathLike, *, devic
         reporter.log("reloading and checking the saved model and exported programs")
         checks = Checks(masked_max_abs_diff=diff, reloaded_test_acc=_check_reload(tmp, splits.test, device, test_acc),
                         **check_programs(exports, model, xb))
-        report = _report(summary, ckpt, model, result, device, latency, m.dense, m.pruned,
+        report = _report(pruned, ckpt, model, result, device, latency, m.dense, m.pruned,
                          val_acc, test_acc, checks, exports, notes)
         report = replace(report, seconds=time.perf_counter() - t_start)
         write_card(report, tmp)
     reporter.log(f"deployable model in {out}: {report.speedup:.2f}x faster than dense, test accuracy "
-                 f"{100 * test_acc:.1f}% (dense {100 * summary.dense.test_acc:.1f}%)")
-    return replace(report, out_dir=str(out))
+                 f"{100 * test_acc:.1f}% (dense {100 * pruned.dense_test_score:.1f}%)")
+    return Deployable(model=model, kernels={k: c.form for k, c in result.choices.items()}, max_abs_diff=diff,
+                      speedup=report.speedup, latency_ms={"dense": m.dense.median_ms, "pruned": m.pruned.median_ms},
+                      batch=latency.batch_size, device=str(device), example_inputs=xb, report=report, out_dir=str(out))
 
 
 # -- the steps ---------------------------------------------------------------------------
@@ -185,7 +192,7 @@ def _layer_rows(layers: list[LayerStats], model: nn.Module, choices: dict[str, L
     return rows
 
 
-def _report(summary: PruneSummary, ckpt: Checkpoint, model: nn.Module, result: CompactResult,
+def _report(pruned: PruneResult, ckpt: Checkpoint, model: nn.Module, result: CompactResult,
             device: torch.device, latency: LatencySettings, dense_lat: LatencyResult, pruned_lat: LatencyResult,
             val_acc: float, test_acc: float, checks: Checks, exports: dict[str, Any],
             notes: list[str]) -> DeployReport:
@@ -195,9 +202,9 @@ def _report(summary: PruneSummary, ckpt: Checkpoint, model: nn.Module, result: C
              "report_md": REPORT_MD_FILE}
     files.update({key: entry.file for key, entry in entries.items() if entry.file is not None})
     stored = count_stored(model)
-    dense, masked = summary.dense, summary.pruned
+    dense, masked = pruned.dense_scores, pruned.pruned_scores
     return DeployReport(
-        model=summary.model, dataset=summary.dataset, checkpoint=summary.checkpoint, method=summary.method,
+        model=pruned.model_name, dataset=pruned.dataset, checkpoint=pruned.checkpoint, method=pruned.method,
         device=str(device), device_description=device_description(device), dtype=latency.dtype,
         stored_dtype="fp32", batch_size=latency.batch_size, channels_last=latency.channels_last,
         fold_bn=latency.fold_bn, steady_memory=dense_lat.steady_memory,
@@ -211,6 +218,6 @@ def _report(summary: PruneSummary, ckpt: Checkpoint, model: nn.Module, result: C
         mac_ratio=dense.macs_dense / max(masked.macs, 1),
         param_ratio=dense.params / max(stored, 1),
         dense_latency=dense_lat, pruned_latency=pruned_lat, kernels_reverted=result.reverted,
-        layers=_layer_rows(summary.layers, model, result.choices), checks=checks, exports=entries, files=files,
+        layers=_layer_rows(pruned.layers, model, result.choices), checks=checks, exports=entries, files=files,
         notes=notes, runtime=latency.runtime, runtime_detail=get_runtime(latency.runtime).describe(device, latency),
     )

@@ -124,9 +124,11 @@ class Checks:
 
 @dataclass(frozen=True)
 class DeployReport:
-    """What :func:`~autoprune.deploy.build_deployable` measured and wrote.
+    """The report card of a deployable folder: what :func:`~autoprune.deploy.build_deployable`
+    measured and wrote, carried by the :class:`~autoprune.saving.Deployable` it returns
+    (``deployable.report``).
 
-    :meth:`to_dict` is ``report.json``; ``out_dir`` (the folder) is not part of it.
+    :meth:`to_dict` is ``report.json``.
     """
 
     model: str
@@ -155,12 +157,11 @@ class DeployReport:
     files: dict[str, str]  # role -> file name in the folder
     notes: list[str] = field(default_factory=list)
     seconds: float | None = None
-    out_dir: str | None = None
     runtime: str = "torch"  # where both were timed (autoprune.runtimes)
     runtime_detail: str = ""  # e.g. "onnxruntime 1.31.1, CPUExecutionProvider, 2 threads"
 
-    def to_dict(self, *, with_out_dir: bool = False) -> dict[str, Any]:
-        """``report.json`` as plain data; ``with_out_dir`` adds ``out_dir`` (what ``--json`` prints)."""
+    def to_dict(self) -> dict[str, Any]:
+        """``report.json`` as plain data."""
         out: dict[str, Any] = {
             "model": self.model,
             "dataset": self.dataset,
@@ -192,8 +193,6 @@ class DeployReport:
             "notes": list(self.notes),
             "seconds": self.seconds,
         }
-        if with_out_dir:
-            out["out_dir"] = self.out_dir
         return out
 
 

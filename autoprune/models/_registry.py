@@ -23,7 +23,11 @@ from torch import nn
 
 from autoprune.errors import UserError, unknown_name
 from autoprune.models._timm_models import create_timm_model, timm_input
-from autoprune.models._torchvision_models import create_torchvision_model, list_torchvision_models, torchvision_input
+from autoprune.models._torchvision_models import (
+    create_torchvision_model,
+    list_torchvision_models,
+    torchvision_input,
+)
 from autoprune.models._user import create_user_model
 
 ModelBuilder = Callable[..., nn.Module]

@@ -45,6 +45,8 @@ from autoprune.runtimes._openvino import OpenVinoRuntime  # isort: skip
 
 __all__ = [
     "DEFAULT_RUNTIME",
+    "LatencyResult",
+    "LatencySettings",
     "OnnxRuntime",
     "OpenVinoRuntime",
     "Prepared",

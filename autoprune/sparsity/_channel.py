@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from autoprune.sparsity._base import GroupSparsity, squares, register_sparsity
+from autoprune.sparsity._base import GroupSparsity, register_sparsity, squares
 
 
 @register_sparsity

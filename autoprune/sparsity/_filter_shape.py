@@ -11,10 +11,10 @@ from torch import Tensor
 from autoprune.sparsity._base import (
     SparsityType,
     combinations,
-    squares,
     gemm_view,
     keep_count,
     register_sparsity,
+    squares,
     topk_mask,
 )
 

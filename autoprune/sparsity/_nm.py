@@ -14,9 +14,9 @@ from autoprune.sparsity._base import (
     FEASIBLE_LIMIT,
     SparsityType,
     combinations,
-    squares,
     gemm_view,
     register_sparsity,
+    squares,
 )
 
 _PATTERN = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")

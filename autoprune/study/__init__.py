@@ -19,19 +19,19 @@ this package is what it and ``autoprune search`` run.
 """
 
 from autoprune.study.callbacks import ArtifactsCallback, SearchCallback, SearchEnd, TrackerCallback
-from autoprune.study.configs import best_config_yaml
+from autoprune.study.configs import best_config_yaml, trial_config_yaml
 from autoprune.study.loop import run_search
 from autoprune.study.records import StudyMeta, StudyRecord, TrialRecord, study_record
 from autoprune.study.settings import SEARCH_ADMM, SearchSettings, parse_budget
 from autoprune.study.space import SearchSpace
 from autoprune.study.space_file import load_space
-from autoprune.study.storage import DEFAULT_STORAGE, open_storage
+from autoprune.study.storage import DEFAULT_STORAGE, default_storage, load_autoprune_study, open_storage
 from autoprune.study.summary import SearchResult, print_summary
 
 __all__ = [
+    "ArtifactsCallback",
     "DEFAULT_STORAGE",
     "SEARCH_ADMM",
-    "ArtifactsCallback",
     "SearchCallback",
     "SearchEnd",
     "SearchResult",
@@ -42,10 +42,13 @@ __all__ = [
     "TrackerCallback",
     "TrialRecord",
     "best_config_yaml",
+    "default_storage",
+    "load_autoprune_study",
     "load_space",
     "open_storage",
     "parse_budget",
     "print_summary",
     "run_search",
     "study_record",
+    "trial_config_yaml",
 ]

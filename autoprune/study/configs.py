@@ -7,7 +7,7 @@ and what it measured.
 
 from __future__ import annotations
 
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
+from autoprune.config import LayerTarget, PruneConfig, Schedule
 from autoprune.study.records import StudyRecord, TrialRecord
 from autoprune.study.storage import redact
 
@@ -18,7 +18,7 @@ def trial_config(record: StudyRecord, trial: TrialRecord, *, data_dir: str | Non
     layers = {k: LayerTarget(v["type"], v.get("rate")) for k, v in trial.targets.items()}
     return PruneConfig(
         model=meta.model, dataset=meta.dataset, layers=layers, checkpoint=meta.checkpoint, data_dir=data_dir,
-        seed=meta.seed, admm=AdmmSettings(**meta.admm), channel_multiple=meta.channel_multiple,
+        seed=meta.seed, admm=Schedule(**meta.admm), channel_multiple=meta.channel_multiple,
         origin={
             "study": meta.name, "storage": redact(record.storage), "trial": trial.number,
             "budget": meta.budget, "budget_mode": meta.budget_mode,

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.admm import apply_masks
-from autoprune.config import AdmmSettings, LayerTarget
+from autoprune.config import LayerTarget, Schedule
 from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencyCache, LatencySettings
 from autoprune.method_rule import AUTO, choose_method
@@ -72,7 +72,7 @@ class SearchContext:
     device: torch.device
     latency: LatencySettings
     cache: LatencyCache
-    admm: AdmmSettings
+    admm: Schedule
     min_speedup: float
     abandon_drop: float | None  # absolute drop after the hard prune beyond which a trial stops (None: never)
     reporter: Reporter

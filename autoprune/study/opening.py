@@ -29,7 +29,7 @@ import torch
 
 from autoprune._version import __version__
 from autoprune.checkpoint import Checkpoint, load_checkpoint
-from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.config import PruneConfig, Schedule
 from autoprune.dense import build_model, example_input, existing_checkpoint, load_dataset, weights_for
 from autoprune.device import resolve_channel_multiple, resolve_device
 from autoprune.errors import UserError
@@ -145,7 +145,7 @@ def _with_epoch_budget(parts: _Parts, s: SearchSettings, study: optuna.Study) ->
     fid = Fidelity.from_dict(parts.meta.fidelity)
     budget = parse_epoch_budget(s.epoch_budget)
     if budget == "auto":
-        budget = AUTO_BUDGET_TRIALS * parts.task.trial_amount(AdmmSettings(**parts.meta.admm))
+        budget = AUTO_BUDGET_TRIALS * parts.task.trial_amount(Schedule(**parts.meta.admm))
     meta = dataclasses.replace(parts.meta, fidelity=dataclasses.replace(fid, epoch_budget=budget).to_dict())
     study.set_user_attr(STUDY_ATTR, meta.to_dict())
     return dataclasses.replace(parts, meta=meta)
@@ -161,7 +161,7 @@ def _attach(s: SearchSettings, parts: _Parts, storage: Any, url: str, creator: b
         meta=meta, space=parts.space, task=parts.task, graph=parts.graph,
         device=parts.device, latency=latency_settings(meta.latency_batch, meta),
         cache=LatencyCache(Path(s.runs_dir) / "latency_cache.json"),
-        admm=s.admm if creator else AdmmSettings(**meta.admm), min_speedup=s.min_speedup,
+        admm=s.admm if creator else Schedule(**meta.admm), min_speedup=s.min_speedup,
         abandon_drop=s.abandon_drop, reporter=reporter, method=meta.trial_method,
         fidelity=Fidelity.from_dict(meta.fidelity),
     )

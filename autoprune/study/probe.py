@@ -7,7 +7,10 @@ trial's latency first, and its sampler screens candidate moves by measured laten
 proposing one. Both go through :class:`ConfigProbe`, whose measurements are cached by the
 configuration's *signature* (what the targets amount to after rounding and coupling; see
 :meth:`autoprune.projection.Projector.signature`), so a configuration is timed once per
-study and device however it was written.
+study and device however it was written. It compacts and times through the one "measure a
+configuration" service (:func:`autoprune.measure.compact_masked`,
+:func:`autoprune.measure.time_side_by_side`), without the output check of
+:func:`~autoprune.measure.measure_pruned`: its models' weights do not matter.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from autoprune.admm import apply_masks
-from autoprune.compact import CompactResult, compact_model
+from autoprune.compact import CompactResult
 from autoprune.config import LayerTarget
 from autoprune.groups import ChannelGraph
 from autoprune.latency import (
@@ -34,8 +37,8 @@ from autoprune.latency import (
     latency_ratio,
     percentile,
 )
+from autoprune.measure import compact_masked, time_side_by_side
 from autoprune.projection import Projector
-from autoprune.runtimes import compare_latency
 from autoprune.stats import layer_stats, model_counts
 
 if TYPE_CHECKING:
@@ -184,8 +187,7 @@ class ConfigProbe:
         masked = self.build()
         projector = self.projector(targets, masked)
         apply_masks(masked, projector.hard_masks())
-        example = torch.zeros(1, *self.input_shape)
-        return compact_model(masked, projector, example, device=self.device, latency=self.settings)
+        return compact_masked(masked, projector, self.input_shape, device=self.device, latency=self.settings)
 
     def compacted(self, targets: dict[str, LayerTarget]) -> torch.nn.Module:
         """The deployable model of ``targets`` from magnitude-projected dense weights."""
@@ -203,7 +205,7 @@ class ConfigProbe:
         if rounds is not None:
             settings = dataclasses.replace(settings, repeats=3 * rounds, min_seconds=settings.min_seconds * rounds / 10)
         named = {f"m{i}": m for i, m in enumerate(models)}
-        timed = compare_latency(named, self.input_shape, device=self.device, settings=settings, rounds=rounds)
+        timed = time_side_by_side(named, self.input_shape, device=self.device, latency=settings, rounds=rounds)
         return [RatioStats.of(timed[k], timed["m0"]) for k in named]
 
     def latency_ratio(self, targets: dict[str, LayerTarget]) -> float:
@@ -218,8 +220,8 @@ class ConfigProbe:
         if cached is not None:
             return cached
         result = self._compact(targets)
-        timed = compare_latency({"dense": self.build(), "config": result.model}, self.input_shape,
-                                device=self.device, settings=self.settings)
+        timed = time_side_by_side({"dense": self.build(), "config": result.model}, self.input_shape,
+                                  device=self.device, latency=self.settings)
         d, c = timed["dense"], timed["config"]
         out = ConfigLatency(latency_ratio(c, d), c.p90_ms / d.median_ms, c.median_ms, d.median_ms,
                             {n: ch.form for n, ch in result.choices.items()})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from autoprune.config import AdmmSettings
+from autoprune.config import Schedule
 from autoprune.device import parse_channel_multiple
 from autoprune.errors import UserError
 from autoprune.params import Interval, NonEmpty, Options, Param, validate_params
@@ -50,7 +50,7 @@ AUTO_BUDGET_TRIALS = 9
 # best measured schedule for this budget); with magnitude (the default), all 5 epochs are
 # masked retraining after a one-shot magnitude prune, which was level or ahead at equal
 # epochs (benchmarks/results/admm_vs_magnitude.md).
-SEARCH_ADMM = AdmmSettings.for_budget(5.0)
+SEARCH_ADMM = Schedule.for_budget(5.0)
 
 
 def parse_budget(text: str | float) -> float:
@@ -126,7 +126,7 @@ class SearchSettings:
     storage: str | None = None  # default: sqlite:///runs/optuna.db
     resume: bool = False
     space: str | None = None  # YAML file, "auto", or None: the model's shipped file, else auto
-    admm: AdmmSettings = field(default_factory=lambda: SEARCH_ADMM)
+    admm: Schedule = field(default_factory=lambda: SEARCH_ADMM)
     # how each trial prunes: "magnitude" (one-shot, then every epoch masked retraining) or "admm"
     trial_method: str = "magnitude"
     # multi-fidelity trials (autoprune.study.rungs): each configuration scored at a screen (BatchNorm

@@ -124,7 +124,7 @@ def test_prune_through_the_users_loop_leaves_a_plain_model_and_no_step_moves_a_m
         result = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "shape:0.6", "fc": "irregular:0.7"},
                                  train=make_train(data, calls), example_inputs=data["x"][:1],
                                  evaluate=make_accuracy(data), method="admm",
-                                 schedule=Schedule(iters=2, admm_amount=0.5, retrain_amount=1.0))
+                                 schedule=Schedule.for_loop(iters=2, admm_amount=0.5, retrain_amount=1.0))
     finally:
         handle.remove()
     model = result.model
@@ -178,7 +178,7 @@ def test_the_admm_penalty_reaches_the_users_optimizer(data, trained, optimizer):
         projector = Projector(model, graph, {"fc": LayerTarget("irregular", 0.75)})
         torch.manual_seed(0)
         admm_phase(model, projector, make_train(data, optimizer=optimizer),
-                   Schedule(iters=4, admm_amount=0.5, retrain_amount=0.0, rho=rho, rho_growth=1.0))
+                   Schedule.for_loop(iters=4, admm_amount=0.5, retrain_amount=0.0, rho=rho, rho_growth=1.0))
         distance[rho] = _distance_to_sparse_set(model, projector)
     assert distance[5.0] < 0.5 * distance[1e-9], distance
 
@@ -189,7 +189,7 @@ def test_a_train_function_that_steps_no_optimizer_is_a_user_error(data, trained)
 
     with pytest.raises(autoprune.UserError, match=r"train\(\) ran no optimizer step.*optimizer.step\(\)"):
         autoprune.prune(trained, {"conv1": "filter:0.5"}, train=lazy, example_inputs=data["x"][:1],
-                        schedule=Schedule(iters=1, admm_amount=1, retrain_amount=1))
+                        schedule=Schedule.for_loop(iters=1, admm_amount=1, retrain_amount=1))
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -230,7 +230,7 @@ def test_bad_input_raises_one_user_error_that_says_what_to_fix(data, trained, tm
 def deployable(data, trained):  # noqa: ANN001, ANN201
     pruned = autoprune.prune(trained, {"conv1": "filter:0.5", "conv2": "filter:0.5"}, train=make_train(data),
                              example_inputs=data["x"][:1], evaluate=make_accuracy(data), method="magnitude",
-                             schedule=Schedule(iters=0, retrain_amount=1.0))
+                             schedule=Schedule.for_loop(iters=0, retrain_amount=1.0))
     return autoprune.make_deployable(pruned, data["vx"][:32], batch=64)
 
 
@@ -411,7 +411,7 @@ def test_the_cli_and_the_api_run_the_same_search(tmp_path, digits_baseline, monk
                  "--retrain-epochs", "0.5", "--rho", "3"]) == 0
     result = autoprune.search("digits-cnn", dataset="digits", budget="2%", trials=3, study_name="api", storage=url,
                               tracking=False, checkpoint=ckpt,
-                              schedule=Schedule(iters=2, admm_amount=0.25, retrain_amount=0.5, rho=3.0))
+                              schedule=Schedule.for_loop(iters=2, admm_amount=0.25, retrain_amount=0.5, rho=3.0))
     cli, api = _trials(url, "cli"), _trials(url, "api")
     assert len(cli) == 3 and cli == api
     assert result.record.meta.metric == "accuracy" and result.record.meta.direction == "maximize"
@@ -432,7 +432,7 @@ def test_a_metric_to_minimize_counts_its_drop_upward(data, trained, tmp_path):
 
     result = autoprune.search(trained, data["x"][:1], train=make_train(data), evaluate=val_loss, metric="val_loss",
                               direction="minimize", budget=0.3, trials=3, runs_dir=tmp_path / "runs",
-                              schedule=Schedule(iters=0, retrain_amount=0.5), tracking=False, study_name="loss")
+                              schedule=Schedule.for_loop(iters=0, retrain_amount=0.5), tracking=False, study_name="loss")
     meta = result.record.meta
     assert (meta.metric, meta.direction, meta.objectives) == ("val_loss", "minimize", ("val_loss", "latency_ms"))
     study = optuna.load_study(study_name="loss", storage=f"sqlite:///{tmp_path / 'runs' / 'optuna.db'}")

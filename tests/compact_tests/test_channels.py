@@ -20,8 +20,6 @@ from autoprune.models import create_model, list_models
 from autoprune.projection import Projector
 
 
-
-
 def _check(model_name: str, size: int, target: LayerTarget, randomize_bn, channels: int = 3) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     model = create_model(model_name, in_channels=channels, num_classes=10, image_size=(size, size)).eval()

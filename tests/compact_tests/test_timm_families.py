@@ -22,8 +22,8 @@ from autoprune.groups import ChannelGraph
 from autoprune.latency import LatencySettings, compare_latency, latency_ratio
 from autoprune.models import create_model
 from autoprune.projection import Projector
-from autoprune.study.space_file import load_space
 from autoprune.sparsity import get_sparsity, list_sparsity_types
+from autoprune.study.space_file import load_space
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("timm") is None,
                                 reason="timm is not installed (pip install -e '.[timm]')")

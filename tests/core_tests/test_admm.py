@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
+from autoprune.config import LayerTarget, PruneConfig, Schedule
 from autoprune.pipeline import run_prune
 from autoprune.sparsity import keep_count
 
 CONVS = ["features.0", "features.3", "features.7", "features.10"]
-SHORT = AdmmSettings(iters=6, epochs=0.5, rho=1.0, rho_growth=1.3, retrain_epochs=2)  # the README's quick start
+SHORT = Schedule(iters=6, epochs=0.5, rho=1.0, rho_growth=1.3, retrain_epochs=2)  # the README's quick start
 
 
 def _prune(ckpt, layers, settings, method="admm", seed=0):  # noqa: ANN001, ANN202
@@ -39,7 +39,7 @@ def test_admm_prepares_the_weights_for_the_hard_prune(digits_baseline):
     """At 75% filter, ADMM moves W onto the sparse set: the hard prune then costs little,
     while a one-shot magnitude prune of the dense weights collapses to about chance."""
     ckpt, _ = digits_baseline
-    settings = AdmmSettings(iters=8, epochs=0.5, rho=2.0, rho_growth=1.0, retrain_epochs=2)
+    settings = Schedule(iters=8, epochs=0.5, rho=2.0, rho_growth=1.0, retrain_epochs=2)
     layers = {"features.*": LayerTarget("filter", 0.75)}
     admm = _prune(ckpt, layers, settings).to_dict()
     mag = _prune(ckpt, layers, settings, method="magnitude").to_dict()
@@ -52,7 +52,7 @@ def test_admm_prepares_the_weights_for_the_hard_prune(digits_baseline):
 # rho matched to the W-step: with lr 0.01, momentum 0.9 and a cosine restarted every
 # iteration, one 1-epoch W-step (20 SGD steps on digits) closes about 98% of the gap
 # to Z - U at rho = 3 (for the penalty alone); rho 1 closes 40%, rho 8 overshoots by a third.
-CONVERGED = AdmmSettings(iters=6, epochs=1.0, rho=3.0, rho_growth=1.0, retrain_epochs=1)
+CONVERGED = Schedule(iters=6, epochs=1.0, rho=3.0, rho_growth=1.0, retrain_epochs=1)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_converged_admm_makes_the_hard_prune_almost_free(equal_epochs_75_filter)
 
 def test_masked_retraining_keeps_pruned_weights_at_zero(digits_baseline):
     ckpt, _ = digits_baseline
-    settings = AdmmSettings(iters=1, steps=3, rho=1.0, retrain_epochs=1)
+    settings = Schedule(iters=1, steps=3, rho=1.0, retrain_epochs=1)
     out = _prune(ckpt, {"features.3": LayerTarget("irregular", 0.9), "features.7": LayerTarget("shape", 0.5),
                         "classifier.1": LayerTarget("2:4")}, settings)
     named = dict(out.model.named_parameters())
@@ -91,7 +91,7 @@ def test_masked_retraining_keeps_pruned_weights_at_zero(digits_baseline):
 
 def test_same_seed_same_result_on_cpu(digits_baseline):
     ckpt, _ = digits_baseline
-    settings = AdmmSettings(iters=2, steps=4, rho=1.0, retrain_epochs=0.3)
+    settings = Schedule(iters=2, steps=4, rho=1.0, retrain_epochs=0.3)
     a = _prune(ckpt, {"features.*": LayerTarget("filter", 0.5)}, settings).model.state_dict()
     b = _prune(ckpt, {"features.*": LayerTarget("filter", 0.5)}, settings).model.state_dict()
     for k in a:
@@ -101,5 +101,5 @@ def test_same_seed_same_result_on_cpu(digits_baseline):
 def test_tiny_schedule_reports_non_convergence(digits_baseline):
     ckpt, _ = digits_baseline
     s = _prune(ckpt, {"features.*": LayerTarget("filter", 0.75)},
-               AdmmSettings(iters=2, steps=3, rho=1e-3, retrain_epochs=0.2)).to_dict()
+               Schedule(iters=2, steps=3, rho=1e-3, retrain_epochs=0.2)).to_dict()
     assert any("did not converge" in note for note in s["notes"])

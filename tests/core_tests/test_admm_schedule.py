@@ -1,4 +1,4 @@
-"""ADMM's schedule for a budget of a few epochs: AdmmSettings.for_budget and equal-epoch accounting."""
+"""ADMM's schedule for a budget of a few epochs: Schedule.for_budget and equal-epoch accounting."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 import autoprune.train
 from autoprune import admm
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig
+from autoprune.config import LayerTarget, PruneConfig, Schedule
 from autoprune.errors import ConfigError
 from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset, run_prune
@@ -22,7 +22,7 @@ STORED_FIELDS = ["iters", "epochs", "steps", "rho", "rho_growth", "rho_max", "re
 
 
 def test_for_budget_at_five_epochs_is_the_measured_schedule():
-    s = AdmmSettings.for_budget(5)
+    s = Schedule.for_budget(5)
     assert (s.iters, s.epochs, s.retrain_epochs) == (6, 0.25, 3.5)
     assert (s.rho, s.rho_growth, s.lr) == (3.0, 1.3, 0.05)
     assert (s.momentum, s.weight_decay, s.batch_size, s.steps) == (0.9, 5e-4, 64, None)
@@ -30,27 +30,27 @@ def test_for_budget_at_five_epochs_is_the_measured_schedule():
 
 @pytest.mark.parametrize("budget", [1, 2.5, 3, 5, 10, 22])
 def test_for_budget_spends_exactly_the_budget(budget):
-    s = AdmmSettings.for_budget(budget)
+    s = Schedule.for_budget(budget)
     assert s.iters * s.epochs + s.retrain_epochs == pytest.approx(budget, abs=1e-12)
     assert s.iters * s.epochs == pytest.approx(0.3 * budget)
 
 
 def test_for_budget_changes_replace_fields_and_none_is_ignored():
-    s = AdmmSettings.for_budget(10, lr=0.01, batch_size=32, rho=None)
+    s = Schedule.for_budget(10, lr=0.01, batch_size=32, rho=None)
     assert (s.lr, s.batch_size, s.rho, s.epochs, s.retrain_epochs) == (0.01, 32, 3.0, 0.5, 7.0)
 
 
 @pytest.mark.parametrize("budget", [0, -1.0])
 def test_for_budget_refuses_an_empty_budget(budget):
     with pytest.raises(ConfigError, match="budget"):
-        AdmmSettings.for_budget(budget)
+        Schedule.for_budget(budget)
 
 
 def test_for_budget_adds_no_stored_field_and_round_trips():
     """Studies keep ``dict(settings.__dict__)`` and configs the YAML form: both must read back equal."""
-    assert [f.name for f in dataclasses.fields(AdmmSettings)] == STORED_FIELDS
-    s = AdmmSettings.for_budget(5)
-    assert AdmmSettings(**dict(s.__dict__)) == s
+    assert [f.name for f in dataclasses.fields(Schedule)] == STORED_FIELDS
+    s = Schedule.for_budget(5)
+    assert Schedule(**dict(s.__dict__)) == s
     cfg = PruneConfig(model="lenet5", dataset="digits", layers={"features.*": LayerTarget("filter", 0.5)}, admm=s)
     assert PruneConfig.from_dict(cfg.to_dict()).admm == s
 
@@ -74,7 +74,7 @@ def _record_epochs(monkeypatch) -> list[tuple[float, int | None]]:  # noqa: ANN0
 def test_admm_and_magnitude_train_for_the_same_epochs(monkeypatch, budget):
     calls = _record_epochs(monkeypatch)
     splits = load_dataset("digits")
-    settings = AdmmSettings.for_budget(budget)
+    settings = Schedule.for_budget(budget)
     spent = {}
     for method in ("admm", "magnitude"):
         calls.clear()
@@ -99,9 +99,9 @@ def test_for_budget_converges_where_the_former_search_schedule_collapsed(digits_
     """
     ckpt, _ = digits_baseline
     layers = {"features.*": LayerTarget("filter", 0.9), "classifier.1": LayerTarget("filter", 0.9)}
-    former = AdmmSettings(iters=6, epochs=0.5, rho=1.0, rho_growth=1.3, retrain_epochs=2.0, lr=0.01)
+    former = Schedule(iters=6, epochs=0.5, rho=1.0, rho_growth=1.3, retrain_epochs=2.0, lr=0.01)
     out = {}
-    for name, settings in (("former", former), ("budget", AdmmSettings.for_budget(5))):
+    for name, settings in (("former", former), ("budget", Schedule.for_budget(5))):
         cfg = PruneConfig(model="digits-cnn", dataset="digits", layers=layers, checkpoint=str(ckpt), admm=settings)
         out[name] = run_prune(cfg, method="admm", device=torch.device("cpu")).to_dict()
     former_s, budget_s = out["former"], out["budget"]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.config import AdmmSettings, LayerTarget, PruneConfig, resolve_layer_targets
+from autoprune.config import LayerTarget, PruneConfig, Schedule, resolve_layer_targets
 from autoprune.errors import ConfigError, UserError
 
 LAYERS = ["features.0", "features.3", "features.7", "features.10", "classifier.1", "classifier.4"]
@@ -14,7 +14,7 @@ def test_yaml_round_trip(tmp_path):
         dataset="digits",
         layers={"features.0": LayerTarget("filter", 0.5), "features.*": LayerTarget("shape", 0.7)},
         checkpoint="runs/x.pt",
-        admm=AdmmSettings(iters=3, rho=0.01),
+        admm=Schedule(iters=3, rho=0.01),
         channel_multiple=8,
     )
     path = tmp_path / "c.yaml"

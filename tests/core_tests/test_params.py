@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from autoprune.config import AdmmSettings
+from autoprune.config import Schedule
 from autoprune.errors import ConfigError, UserError
 from autoprune.params import Interval, NonEmpty, Options, Param, check_param, validate_params
 from autoprune.study import SearchSettings
@@ -76,10 +76,10 @@ def test_search_settings_are_checked_before_any_work(changes, message) -> None: 
 
 def test_admm_settings_name_the_setting_and_the_range() -> None:
     with pytest.raises(ConfigError, match=r"^The 'momentum' ADMM setting must be in \[0, 1\)\. Got 1 instead\.$"):
-        AdmmSettings(momentum=1)
+        Schedule(momentum=1)
     with pytest.raises(ConfigError, match=r"'rho_max' ADMM setting must be >= rho \(3\)"):
-        AdmmSettings(rho=3.0, rho_max=2.0)
-    assert AdmmSettings(iters=2.0, batch_size=32).iters == 2.0  # YAML's 2.0 is a whole number, as before
+        Schedule(rho=3.0, rho_max=2.0)
+    assert Schedule(iters=2.0, batch_size=32).iters == 2.0  # YAML's 2.0 is a whole number, as before
 
 
 def test_search_settings_are_frozen() -> None:

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 from torch.utils.data import TensorDataset
 

@@ -18,7 +18,13 @@ from torch import nn
 from autoprune.compact import compact_model
 from autoprune.compact.kernels import CSRConv2d, CSRLinear, SemiStructuredLinear, ShapeSparseConv2d
 from autoprune.config import LayerTarget, PruneConfig
-from autoprune.deploy import build_deployable, describe_architecture, export_programs, load_pruned, save_registry_model
+from autoprune.deploy import (
+    build_deployable,
+    describe_architecture,
+    export_programs,
+    load_pruned,
+    save_registry_model,
+)
 from autoprune.errors import UserError
 from autoprune.latency import LatencySettings
 from autoprune.models import create_model

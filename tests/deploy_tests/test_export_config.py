@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.config import PruneConfig, Schedule
 from autoprune.errors import UserError
 from autoprune.pick import feasible_front, pick_trial, write_trial_config
 from autoprune.study.records import (
@@ -33,7 +33,7 @@ def _meta(name: str = "s") -> StudyMeta:
         name=name, model="digits-cnn", dataset="digits", checkpoint="runs/baselines/digits-cnn-digits.pt",
         device="cpu", device_description="cpu:test", budget=BUDGET, budget_mode="absolute", latency_batch=32,
         dtype="fp32", space="auto", space_spec={}, sampler="tpe", seed=0,
-        admm=dict(AdmmSettings(iters=2, epochs=0.5, rho=1.0).__dict__), dense_accuracy=DENSE_ACC,
+        admm=dict(Schedule(iters=2, epochs=0.5, rho=1.0).__dict__), dense_accuracy=DENSE_ACC,
         dense_test_accuracy=0.98, dense_latency_ms=10.0, dense_latency_p90_ms=11.0, dense_macs=4.8e6,
         dense_params=3e5,
     )
@@ -227,7 +227,7 @@ def test_export_from_a_real_search(digits_baseline, tmp_path) -> None:
     space = tmp_path / "space.yaml"
     space.write_text("types: [filter, shape]\nrate: {low: 0.3, high: 0.7, step: 0.2}\n")
     settings = SearchSettings(checkpoint=str(digits_baseline[0]), runs_dir=str(tmp_path / "runs"), trials=5,
-                              latency_batch=32, admm=AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25),
+                              latency_batch=32, admm=Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25),
                               study_name="e", storage=url, space=str(space), budget=0.99, min_speedup=0.01,
                               rungs=False)  # every trial trained fully: a rung may stop one beaten by a faster trial
     record = run_search(settings).record

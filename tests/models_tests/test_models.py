@@ -11,6 +11,7 @@ from torch import nn
 
 from autoprune.errors import UserError
 from autoprune.models import (
+    _registry,
     check_model_input,
     create_model,
     describe_models,
@@ -18,7 +19,6 @@ from autoprune.models import (
     list_torchvision_models,
     register_model,
 )
-from autoprune.models import _registry
 
 SMALL_IMAGE_MODELS = {"digits-cnn", "lenet5"}
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import yaml
 
 import autoprune.admm
-from autoprune.config import AdmmSettings, LayerTarget
+from autoprune.config import LayerTarget, Schedule
 from autoprune.groups import ChannelGraph
 from autoprune.pipeline import build_model, example_input, load_dataset
 from autoprune.projection import Projector
 from autoprune.study import SearchSettings, run_search
 from autoprune.study.records import REASON_ATTR, SIGNATURE_ATTR
 
-FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
+FAST = Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 
 
 def test_rates_that_round_to_one_channel_block_share_a_signature() -> None:

@@ -187,11 +187,11 @@ def test_a_model_without_batchnorm_costs_nothing_at_the_screen() -> None:
 
 # -- a study's epochs add up to what the trainer ran ----------------------------------------
 def _settings(tmp_path, baseline, **kw):  # noqa: ANN001, ANN003, ANN202
-    from autoprune.config import AdmmSettings
+    from autoprune.config import Schedule
     from autoprune.study import SearchSettings
 
     base = dict(checkpoint=str(baseline), runs_dir=str(tmp_path / "runs"), trials=8, latency_batch=32,
-                admm=AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.75), study_name="r",
+                admm=Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.75), study_name="r",
                 storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     base.update(kw)
     return SearchSettings(**base)

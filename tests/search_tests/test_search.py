@@ -16,13 +16,13 @@ import optuna
 import pytest
 import yaml
 
-from autoprune.config import AdmmSettings, PruneConfig
+from autoprune.config import PruneConfig, Schedule
 from autoprune.errors import UserError
 from autoprune.study import SearchSettings, run_search, study_record
 from autoprune.study.records import TARGETS_ATTR, TRIAL_ATTR
 from autoprune.study.storage import open_storage
 
-FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
+FAST = Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 FAST_ARGS = ["--admm-iters", "1", "--admm-epochs", "0.25", "--retrain-epochs", "0.25", "--latency-batch", "32",
              "--no-tracking"]
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,8 +106,9 @@ def test_best_config_is_the_fastest_feasible_and_prune_reads_it(tmp_path, digits
     assert cfg.origin["metrics"]["speedup"] == pytest.approx(best.remeasured["speedup"])
     assert cfg.origin["metrics"]["speedup_in_search"] == pytest.approx(best.speedup)
     assert {k: v.to_dict() for k, v in cfg.layers.items()} == best.targets
-    from autoprune.pipeline import run_prune
     import torch
+
+    from autoprune.pipeline import run_prune
 
     outcome = run_prune(cfg, device=torch.device("cpu"), overrides={"iters": 1, "epochs": 0.1, "retrain_epochs": 0.1})
     assert {s["name"] for s in outcome.to_dict()["layers"] if s["type"] != "dense"} == set(best.targets)
@@ -505,7 +506,7 @@ def run_trial(trial, ctx, real=objective.run_trial):
     now["trial"] = trial.number
     return real(trial, ctx)
 
-def compare_latency(*args, real=probe.compare_latency, **kw):
+def time_side_by_side(*args, real=probe.time_side_by_side, **kw):
     if phase == "latency" and now["trial"] == 1:
         die()
     return real(*args, **kw)
@@ -523,7 +524,7 @@ def on_trial_end(self, record, trial, real=TrackerCallback.on_trial_end):
         die()
     return real(self, record, trial)
 
-objective.run_trial, probe.compare_latency = run_trial, compare_latency
+objective.run_trial, probe.time_side_by_side = run_trial, time_side_by_side
 ClassifierTask.prune, TrackerCallback.on_trial_end = prune, on_trial_end
 sys.exit(main(sys.argv[2:]))
 """

@@ -7,8 +7,8 @@ import torch
 
 from autoprune.groups import ChannelGraph
 from autoprune.models import create_model
-from autoprune.study.space_file import auto_space
 from autoprune.sparsity import get_sparsity
+from autoprune.study.space_file import auto_space
 
 
 @pytest.mark.parametrize(("model", "channels", "size"), [("digits-cnn", 1, 8), ("lenet5", 1, 28)])

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from autoprune.cli import main
-from autoprune.config import AdmmSettings
+from autoprune.config import Schedule
 from autoprune.study import SearchCallback, SearchSettings, TrackerCallback, run_search
 from autoprune.tracking import Tracker
 
@@ -47,7 +47,7 @@ def test_an_outage_is_survived_and_backfilled_by_autoprune_sync(tmp_path, digits
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     s = SearchSettings(budget=0.5, trials=TRIALS, checkpoint=str(digits_baseline[0]), study_name="outage",
                        storage=storage, runs_dir=str(tmp_path / "runs"), latency_batch=32, min_speedup=0.01,
-                       admm=AdmmSettings(iters=1, epochs=0.25, retrain_epochs=0.25))
+                       admm=Schedule(iters=1, epochs=0.25, retrain_epochs=0.25))
     result = run_search(s, callbacks=[TrackerCallback(Tracker(url, warn=warnings.append)), ServerGoesAway()])
     # the search went on to the end without MLflow, and said so once
     assert sum(1 for t in result.record.trials if t.state in ("COMPLETE", "PRUNED")) == TRIALS

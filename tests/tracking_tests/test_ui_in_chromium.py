@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autoprune.config import AdmmSettings
+from autoprune.config import Schedule
 from autoprune.study import SearchSettings, run_search
 from autoprune.study.records import SIGNATURE_ATTR, StudyRecord
 from autoprune.tracking import Tracker
 from autoprune.tracking.keys import trial_run_name
 
-FAST = AdmmSettings(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
+FAST = Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.25)
 RENDER_BUDGET_MS = 15000  # Chromium's virtual time for the page's scripts and requests
 INSTALL_TIMEOUT_S = 600
 
