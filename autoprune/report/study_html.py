@@ -149,30 +149,11 @@ def write_report(
     path = Path(path)
     meta = record.meta
     chosen = chosen if chosen is not None else record.best_feasible()
-    n_complete = len(record.completed)
-    best = record.best_feasible()
     parts: list[str] = []
     add = parts.append
 
     add(f"<h1>autoprune study {html.escape(meta.name)}</h1>")
-    repeats = sum(1 for t in record.trials if t.repeat_of is not None)
-    summary = (
-        f"{len(record.trials)} trials: {n_complete} completed, {len(record.feasible)} within the budget, "
-        f"{len(record.front)} on the Pareto front"
-        + (f", {repeats} repeated an earlier configuration (counted once)." if repeats else ".")
-    )
-    if best is not None:
-        summary += (
-            f" Fastest within the budget: trial {best.number}, {final_speedup_label(best)} "
-            f"({number(best.latency_ms, '.4g')} ms) at {meta.metric} {meta.fmt(best.accuracy)}."
-        )
-    uniform = record.best_uniform()
-    if uniform is not None and best is not None and not best.is_dense:
-        summary += (
-            f" Fastest uniform configuration within the budget: trial {uniform.number} "
-            f"({uniform.sparsity_summary()}), {final_speedup_label(uniform)}; the search's best is "
-            f"{best.final_speedup / uniform.final_speedup:.2f}× it."
-        )
+    summary = _summary_line(record)
     add(f"<p>{html.escape(summary)}</p>")
 
     add("<h2>Settings</h2><table class='settings'>")
@@ -218,3 +199,28 @@ def write_report(
         "</head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
     return write_text_atomic(path, doc)
+
+
+def _summary_line(record: StudyRecord) -> str:
+    """The report's first paragraph: trials, the fastest within the budget, the best uniform."""
+    meta = record.meta
+    best = record.best_feasible()
+    repeats = sum(1 for t in record.trials if t.repeat_of is not None)
+    summary = (
+        f"{len(record.trials)} trials: {len(record.completed)} completed, {len(record.feasible)} within the budget, "
+        f"{len(record.front)} on the Pareto front"
+        + (f", {repeats} repeated an earlier configuration (counted once)." if repeats else ".")
+    )
+    if best is not None:
+        summary += (
+            f" Fastest within the budget: trial {best.number}, {final_speedup_label(best)} "
+            f"({number(best.latency_ms, '.4g')} ms) at {meta.metric} {meta.fmt(best.accuracy)}."
+        )
+    uniform = record.best_uniform()
+    if uniform is not None and best is not None and not best.is_dense:
+        summary += (
+            f" Fastest uniform configuration within the budget: trial {uniform.number} "
+            f"({uniform.sparsity_summary()}), {final_speedup_label(uniform)}; the search's best is "
+            f"{best.final_speedup / uniform.final_speedup:.2f}× it."
+        )
+    return summary
