@@ -21,10 +21,13 @@ Registered: ``torch`` (eager, the default), ``onnxruntime``, ``torch-compile``. 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import torch
 from torch import nn
 
-from autoprune.latency import LatencyResult, LatencySettings
+from autoprune.latency import LatencyResult, LatencySettings, compare_calls
 from autoprune.runtimes._base import (
     DEFAULT_RUNTIME,
     Prepared,
@@ -60,6 +63,7 @@ __all__ = [
     "list_runtimes",
     "measure_latency",
     "register_runtime",
+    "time_saved_program",
     "unregister_runtime",
 ]
 
@@ -70,6 +74,23 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     """Several models timed side by side in ``settings.runtime`` (interleaved rounds; see
     :func:`autoprune.latency.compare_latency`, which the default ``torch`` runtime is)."""
     return get_runtime(settings.runtime).compare(models, input_shape, device=device, settings=settings, rounds=rounds)
+
+
+def time_saved_program(dense: nn.Module, folder: Path, input_shape: tuple[int, ...], *, device: torch.device,
+                       settings: LatencySettings, rounds: int | None = None) -> dict[str, LatencyResult] | None:
+    """The deployable folder's own exported program (``model.onnx`` for ONNX Runtime and OpenVINO)
+    timed side by side with the dense model in ``settings.runtime``: ``{"dense", "saved"}``, or
+    None where the runtime runs the model itself (``torch``, ``torch-compile``) or the folder
+    lacks the file."""
+    runtime = get_runtime(settings.runtime)
+    path = None if runtime.program_file is None else Path(folder) / runtime.program_file
+    if path is None or not path.is_file():
+        return None
+    settings = dataclasses.replace(settings, runtime=runtime.name)
+    prepared = {"dense": runtime.prepare(dense, input_shape, device=device, settings=settings),
+                "saved": runtime.prepare_file(path, input_shape, device=device, settings=settings)}
+    return compare_calls({k: p.run for k, p in prepared.items()}, device=device, settings=settings, rounds=rounds,
+                         cuda_events=all(p.cuda_events for p in prepared.values()))
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,

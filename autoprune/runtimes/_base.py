@@ -15,6 +15,7 @@ import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, TypeVar
 
 import torch
@@ -67,6 +68,8 @@ class Runtime(abc.ABC):
     kernel_forms: ClassVar[frozenset[str] | None] = None
     # LatencySettings.channels_last / steady_memory apply (the model runs as torch tensors in this process)
     torch_layout: ClassVar[bool] = True
+    # the deployable folder's file this runtime runs as saved (``model.onnx``); None: it runs the module
+    program_file: ClassVar[str | None] = None
 
     def missing(self) -> str | None:
         """None when the runtime can be used in this environment; else one line: what is
@@ -95,6 +98,12 @@ class Runtime(abc.ABC):
                 settings: LatencySettings) -> Prepared:
         """``model`` (not modified) in the form this runtime runs, bound to a timing batch of
         ``settings.batch_size`` inputs of ``input_shape``, warmed up once."""
+
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...], *, device: torch.device,
+                     settings: LatencySettings) -> Prepared:
+        """The deployable folder's own exported program (the file :attr:`program_file` names, at
+        ``path``) as this runtime runs it, bound to a timing batch like :meth:`prepare`."""
+        raise NotImplementedError(f"runtime '{self.name}' runs the model itself, not a saved file")
 
     def compare(self, models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings, rounds: int | None = None) -> dict[str, LatencyResult]:

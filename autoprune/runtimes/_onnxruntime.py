@@ -48,8 +48,12 @@ def exported_onnx(model: nn.Module, input_shape: tuple[int, ...], settings: Late
 def exported_session(model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                      settings: LatencySettings) -> Any:  # noqa: ANN401 - an onnxruntime.InferenceSession
     """An ONNX Runtime session of ``model`` exported by :func:`exported_onnx`."""
+    return onnx_session(exported_onnx(model, input_shape, settings), device=device, settings=settings)
+
+
+def onnx_session(data: bytes, *, device: torch.device, settings: LatencySettings) -> Any:  # noqa: ANN401
+    """An ONNX Runtime session of an ONNX model (its bytes), set up as every timing here is."""
     ort = _ort()
-    data = exported_onnx(model, input_shape, settings)
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
@@ -99,34 +103,47 @@ class OnnxRuntime(Runtime):
             return f"onnxruntime {self.version()}, CUDAExecutionProvider"
         return f"onnxruntime {self.version()}, CPUExecutionProvider, {cpu_threads(settings)}"
 
+    program_file = "model.onnx"
+
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> Prepared:
-        session = exported_session(model, input_shape, device=device, settings=settings)
-        name = session.get_inputs()[0].name
-        x = torch.randn(settings.batch_size, *input_shape)
+        return _prepared(exported_session(model, input_shape, device=device, settings=settings), input_shape,
+                         device=device, settings=settings)
 
-        def infer(inp: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {name: inp.detach().cpu().float().numpy()})[0])
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...], *, device: torch.device,
+                     settings: LatencySettings) -> Prepared:
+        return _prepared(onnx_session(Path(path).read_bytes(), device=device, settings=settings), input_shape,
+                         device=device, settings=settings)
 
-        if device.type == "cuda":
-            import numpy as np
 
-            xd = x.to(device)
-            binding = session.io_binding()
-            binding.bind_input(name=name, device_type="cuda", device_id=device.index or 0, element_type=np.float32,
-                               shape=tuple(xd.shape), buffer_ptr=xd.data_ptr())
-            for out in session.get_outputs():
-                binding.bind_output(out.name, "cuda", device.index or 0)
+def _prepared(session: Any, input_shape: tuple[int, ...], *, device: torch.device,  # noqa: ANN401
+              settings: LatencySettings) -> Prepared:
+    """A session bound to a timing batch of ``settings.batch_size`` random inputs, run once."""
+    name = session.get_inputs()[0].name
+    x = torch.randn(settings.batch_size, *input_shape)
 
-            def run() -> object:
-                session.run_with_iobinding(binding)  # returns when the GPU is done
-                return xd  # keeps the bound input alive
+    def infer(inp: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: inp.detach().cpu().float().numpy()})[0])
 
-        else:
-            feed = {name: x.numpy()}
+    if device.type == "cuda":
+        import numpy as np
 
-            def run() -> object:
-                return session.run(None, feed)
+        xd = x.to(device)
+        binding = session.io_binding()
+        binding.bind_input(name=name, device_type="cuda", device_id=device.index or 0, element_type=np.float32,
+                           shape=tuple(xd.shape), buffer_ptr=xd.data_ptr())
+        for out in session.get_outputs():
+            binding.bind_output(out.name, "cuda", device.index or 0)
 
-        run()  # the first run allocates the session's buffers
-        return Prepared(run=run, infer=infer, cuda_events=False)
+        def run() -> object:
+            session.run_with_iobinding(binding)  # returns when the GPU is done
+            return xd  # keeps the bound input alive
+
+    else:
+        feed = {name: x.numpy()}
+
+        def run() -> object:
+            return session.run(None, feed)
+
+    run()  # the first run allocates the session's buffers
+    return Prepared(run=run, infer=infer, cuda_events=False)

@@ -7,6 +7,7 @@ CPUs that have it), the input shape fixed at the latency batch. fp32, CPU only.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,12 +24,14 @@ def _ov() -> Any:  # noqa: ANN401 - the module
     return openvino
 
 
-def compiled_model(model: nn.Module, input_shape: tuple[int, ...], *, batch: int | None,
+def compiled_model(model: nn.Module | bytes, input_shape: tuple[int, ...], *, batch: int | None,
                    settings: LatencySettings) -> Any:  # noqa: ANN401 - an openvino.CompiledModel
-    """``model`` compiled for OpenVINO's CPU plugin; ``batch`` fixes the input's batch (None: dynamic)."""
+    """``model`` (a module, exported by :func:`exported_onnx`, or an ONNX model's bytes) compiled
+    for OpenVINO's CPU plugin; ``batch`` fixes the input's batch (None: dynamic)."""
     ov = _ov()
     core = ov.Core()
-    graph = core.read_model(model=exported_onnx(model, input_shape, settings), weights=b"")
+    data = model if isinstance(model, bytes) else exported_onnx(model, input_shape, settings)
+    graph = core.read_model(model=data, weights=b"")
     if batch is not None:
         graph.reshape({graph.inputs[0].any_name: [batch, *input_shape]})
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32",
@@ -68,7 +71,13 @@ class OpenVinoRuntime(Runtime):
     def describe(self, device: torch.device, settings: LatencySettings) -> str:
         return f"openvino {self.version()}, CPU plugin, {cpu_threads(settings)}"
 
-    def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
+    program_file = "model.onnx"
+
+    def prepare_file(self, path: Path, input_shape: tuple[int, ...], *, device: torch.device,
+                     settings: LatencySettings) -> Prepared:
+        return self.prepare(Path(path).read_bytes(), input_shape, device=device, settings=settings)
+
+    def prepare(self, model: nn.Module | bytes, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> Prepared:
         timed = compiled_model(model, input_shape, batch=settings.batch_size, settings=settings)
         dynamic: list[Any] = []  # compiled on first use: for outputs at other batch sizes
