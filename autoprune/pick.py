@@ -108,7 +108,7 @@ def _no_feasible_message(record: StudyRecord) -> str:
                 f"(autoprune search --study-name {meta.name} --resume --trials N).")
     best = max(pruned, key=lambda t: (t.merit, -t.latency_ms))
     return (f"no pruned trial of study '{meta.name}' is within the budget ({budget}); the most accurate pruned "
-            f"trial is {best.number} ({meta.fmt(best.accuracy)}, drop {meta.fmt_drop(best.accuracy_drop)}, "
+            f"trial is {best.number} ({meta.fmt(best.score)}, drop {meta.fmt_drop(best.score_drop)}, "
             f"{best.latency_ms:.3g} ms): export it with --trial {best.number}, or search with a larger --budget.")
 
 
@@ -135,7 +135,7 @@ def pick_trial(record: StudyRecord, *, trial: int | None = None, pick: str = "fa
             numbers = sorted(by_number)
             have = f"trials {numbers[0]}–{numbers[-1]}" if numbers else "no trials"
             raise UserError(f"study '{name}' has no trial {trial} (it has {have}).")
-        if chosen.state != "COMPLETE" or chosen.accuracy is None or chosen.latency_ms is None:
+        if chosen.state != "COMPLETE" or chosen.score is None or chosen.latency_ms is None:
             reason = f" ({chosen.stop_reason})" if chosen.stop_reason else ""
             raise UserError(f"trial {trial} of study '{name}' is {chosen.state}{reason}, not COMPLETE; "
                             f"export a completed trial.")
@@ -195,7 +195,7 @@ def write_trial_config(
         "pick": "trial" if trial is not None else pick,
         "summary": chosen.sparsity_summary(),
         "metrics": {
-            "val_accuracy": chosen.accuracy, "accuracy_drop": chosen.accuracy_drop, "feasible": chosen.feasible,
+            "val_accuracy": chosen.score, "accuracy_drop": chosen.score_drop, "feasible": chosen.feasible,
             "latency_ms": chosen.latency_ms, "latency_p90_ms": chosen.latency_p90_ms, "speedup": chosen.speedup,
             "macs": chosen.macs, "params_nonzero": chosen.params_count, "sparsity": chosen.sparsity,
             "dense_val_accuracy": record.meta.dense_accuracy, "dense_latency_ms": record.meta.dense_latency_ms,

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = cwd / f"{rt}.yaml"
             autoprune(cwd, "export", "--study", found["meta"]["name"], "--out", str(config))
             out["searches"][rt] = {"study": found["meta"]["name"], "best_trial": best["number"],
-                                   "summary": best["summary"], "accuracy": best["accuracy"],
+                                   "summary": best["summary"], "accuracy": best["score"],
                                    "search_speedup": (best.get("remeasured") or {}).get("speedup") or best["speedup"],
                                    "targets": best["targets"], "seconds": time.perf_counter() - s0,
                                    "config": config.read_text()}

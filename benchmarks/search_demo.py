@@ -41,14 +41,14 @@ def one_run(extra: list[str]) -> dict:
         "latency_batch": summary["meta"]["latency_batch"],
         "device": summary["meta"]["device_description"],
         "best_feasible": None if best is None else {
-            "trial": best["number"], "speedup": _final(best), "search_speedup": best["speedup"], "val_accuracy": best["accuracy"],
-            "accuracy_drop": best["accuracy_drop"], "latency_ms": best["latency_ms"], "summary": best["summary"],
+            "trial": best["number"], "speedup": _final(best), "search_speedup": best["speedup"], "val_accuracy": best["score"],
+            "accuracy_drop": best["score_drop"], "latency_ms": best["latency_ms"], "summary": best["summary"],
         },
         "best_uniform": None if summary.get("best_uniform") is None else {
             "trial": summary["best_uniform"]["number"], "speedup": _final(summary["best_uniform"]),
-            "val_accuracy": summary["best_uniform"]["accuracy"], "summary": summary["best_uniform"]["summary"]},
+            "val_accuracy": summary["best_uniform"]["score"], "summary": summary["best_uniform"]["summary"]},
         "epochs": summary.get("epochs"),
-        "front": [{"trial": t["number"], "accuracy": t["accuracy"], "speedup": t["speedup"], "feasible": t["feasible"],
+        "front": [{"trial": t["number"], "accuracy": t["score"], "speedup": t["speedup"], "feasible": t["feasible"],
                    "summary": t["summary"]} for t in summary["front"]],
     }
 

@@ -334,7 +334,7 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
                 "torch_pruning": _side(t_best, final("torch-pruning"), tests.get("torch-pruning")),
                 "search": None if best is None or best.is_dense else {
                     "trial": best.number, "summary": best.sparsity_summary(), "targets": best.targets,
-                    "val": best.accuracy, "test": tests.get("search"), "in_search_speedup": best.speedup,
+                    "val": best.score, "test": tests.get("search"), "in_search_speedup": best.speedup,
                     "remeasured": best.remeasured, "final": final("search"), "proposal": best.proposal},
                 "search_best_uniform": _uniform(rec),
                 "epochs": {"search": rec.epochs_spent(), "magnitude": sum(p.epochs for p in mag),
@@ -379,7 +379,7 @@ def ceiling_search(task, model, budget, seed, mode, batch, work, device, method,
     best = rec.best_feasible()
     out = {"epochs": rec.epochs_spent(), "trials": len([t for t in rec.trials if t.state != "WAITING"])}
     if best is not None and not best.is_dense:
-        out.update({"trial": best.number, "summary": best.sparsity_summary(), "val": best.accuracy,
+        out.update({"trial": best.number, "summary": best.sparsity_summary(), "val": best.score,
                     "speedup": best.final_speedup, "targets": best.targets})
     log(f"  ceiling: {out}")
     return out
@@ -402,7 +402,7 @@ def _side(p: Point | None, fin: dict[str, float] | None, test: float | None) -> 
 
 def _uniform(rec) -> dict[str, Any] | None:  # noqa: ANN001
     u = rec.best_uniform()
-    return None if u is None else {"trial": u.number, "summary": u.sparsity_summary(), "val": u.accuracy,
+    return None if u is None else {"trial": u.number, "summary": u.sparsity_summary(), "val": u.score,
                                    "speedup": u.final_speedup}
 
 

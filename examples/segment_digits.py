@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
         out["note"] = "no pruned configuration within the budget was faster than dense"
         print(json.dumps(out))
         return out
-    out.update(best_iou=best.accuracy, best_speedup_in_search=best.final_speedup, best=best.sparsity_summary())
+    out.update(best_iou=best.score, best_speedup_in_search=best.final_speedup, best=best.sparsity_summary())
     pruned = autoprune.prune(model, result.best_config, train=train, example_inputs=example, evaluate=iou,
                              metric="IoU")
     deployable = autoprune.make_deployable(pruned, d["val_x"][:64])

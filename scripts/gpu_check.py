@@ -636,7 +636,7 @@ class Check:
             "dense_ms": meta.get("dense_latency_ms"), "device": meta.get("device_description"),
             "channel_multiple": meta.get("channel_multiple"), "interrupted": r.get("interrupted"),
             "best": None if best is None else {"trial": best["number"], "speedup": best.get("speedup"),
-                                               "accuracy": best.get("accuracy"), "summary": best.get("summary")},
+                                               "accuracy": best.get("score"), "summary": best.get("summary")},
         }
         if step.status == "pass" and total < int(step.info["trials"]):
             step.fail(f"only {total} of {step.info['trials']} trials ran")

@@ -102,13 +102,13 @@ def pareto_figure(record: StudyRecord, chosen: TrialRecord | None = None) -> go.
         fig.add_trace(
             go.Scatter(
                 x=[t.latency_ms for t in trials],
-                y=[k * t.accuracy for t in trials],
+                y=[k * t.score for t in trials],
                 mode="markers",
                 name=name,
                 marker={"color": colour, "symbol": symbol, "size": 9, "line": {"width": 1, "color": "white"}},
                 customdata=[
                     [t.number, speedup_label(t), "<br>".join(html.escape(x) for x in layers_text(t, "\n").split("\n")),
-                     meta.fmt_drop(t.accuracy_drop)]
+                     meta.fmt_drop(t.score_drop)]
                     for t in trials
                 ],
                 hovertemplate=(
@@ -144,7 +144,7 @@ def _reference_traces(fig: go.Figure, record: StudyRecord, done: list[TrialRecor
     fig.add_trace(
         go.Scatter(
             x=[t.latency_ms for t in front],
-            y=[k * t.accuracy for t in front],
+            y=[k * t.score for t in front],
             mode="lines",
             name="Pareto front",
             line={"color": _FRONT_COLOUR, "width": 2, "dash": "dot"},
@@ -156,7 +156,7 @@ def _reference_traces(fig: go.Figure, record: StudyRecord, done: list[TrialRecor
         fig.add_trace(
             go.Scatter(
                 x=[t.latency_ms for t in uniform],
-                y=[k * t.accuracy for t in uniform],
+                y=[k * t.score for t in uniform],
                 mode="lines+markers",
                 name="uniform (one rate on every layer)",
                 line={"color": _UNIFORM_COLOUR, "width": 1.5},
@@ -166,11 +166,11 @@ def _reference_traces(fig: go.Figure, record: StudyRecord, done: list[TrialRecor
                                "latency %{x:.4g} ms (%{customdata[1]})<extra></extra>"),
             )
         )
-    if chosen is not None and chosen.latency_ms is not None and chosen.accuracy is not None:
+    if chosen is not None and chosen.latency_ms is not None and chosen.score is not None:
         fig.add_trace(
             go.Scatter(
                 x=[chosen.latency_ms],
-                y=[k * chosen.accuracy],
+                y=[k * chosen.score],
                 mode="markers",
                 name=f"chosen (trial {chosen.number})",
                 marker={"color": "rgba(0,0,0,0)", "symbol": "circle", "size": 20,

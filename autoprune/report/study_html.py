@@ -101,8 +101,8 @@ def _trial_table(record: StudyRecord, chosen: TrialRecord | None) -> str:
         cells = [
             f"<td>{t.number}</td>",
             f"<td class='l'>{html.escape(t.state)}</td>",
-            f"<td>{html.escape(m.fmt(t.accuracy))}</td>",
-            f"<td>{html.escape(m.fmt_drop(t.accuracy_drop))}</td>",
+            f"<td>{html.escape(m.fmt(t.score))}</td>",
+            f"<td>{html.escape(m.fmt_drop(t.score_drop))}</td>",
             f"<td>{number(t.latency_ms, '.4g')}</td>",
             f"<td>{speedup_label(t)}</td>",
             f"<td>{si_count(t.macs)}</td>",
@@ -177,7 +177,7 @@ def write_report(
     else:
         if chosen is not None:
             add(
-                f"<p>Trial {chosen.number}: {html.escape(meta.metric)} {html.escape(meta.fmt(chosen.accuracy))}, "
+                f"<p>Trial {chosen.number}: {html.escape(meta.metric)} {html.escape(meta.fmt(chosen.score))}, "
                 f"{number(chosen.latency_ms, '.4g')} ms, {html.escape(speedup_label(chosen))}, "
                 f"{html.escape(chosen.sparsity_summary())}.</p>"
             )
@@ -214,7 +214,7 @@ def _summary_line(record: StudyRecord) -> str:
     if best is not None:
         summary += (
             f" Fastest within the budget: trial {best.number}, {final_speedup_label(best)} "
-            f"({number(best.latency_ms, '.4g')} ms) at {meta.metric} {meta.fmt(best.accuracy)}."
+            f"({number(best.latency_ms, '.4g')} ms) at {meta.metric} {meta.fmt(best.score)}."
         )
     uniform = record.best_uniform()
     if uniform is not None and best is not None and not best.is_dense:

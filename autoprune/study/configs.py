@@ -26,7 +26,7 @@ def trial_config(record: StudyRecord, trial: TrialRecord, *, data_dir: str | Non
             **({"runtime": meta.runtime} if meta.runtime != "torch" else {}),  # torch: configs as before
             "trial_method": meta.trial_method, "metric": meta.metric,
             "metrics": {
-                "val_accuracy": trial.accuracy, "accuracy_drop": trial.accuracy_drop,
+                "val_accuracy": trial.score, "accuracy_drop": trial.score_drop,
                 "latency_ms": trial.latency_ms, "latency_p90_ms": trial.latency_p90_ms,
                 # the end-of-search re-measurement where there is one (see remeasure), else the trial's own
                 "speedup": trial.final_speedup, "speedup_in_search": trial.speedup,

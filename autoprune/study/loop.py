@@ -251,7 +251,7 @@ def trial_line(t: TrialRecord, meta: StudyMeta) -> str:
     climbed = rung_path(t, meta)
     if t.state == "COMPLETE":
         ok = "within budget" if t.feasible else "over budget"
-        return (f"{head} → {meta.metric} {meta.fmt(t.accuracy)} (drop {meta.fmt_drop(t.accuracy_drop)}), "
+        return (f"{head} → {meta.metric} {meta.fmt(t.score)} (drop {meta.fmt_drop(t.score_drop)}), "
                 f"{t.latency_ms:.3g} ms "
                 f"({t.speedup:.2f}x), {ok}" + (f"; {climbed}" if climbed and t.repeat_of is None else ""))
     return f"{head} → {t.state.lower()}: {t.stop_reason}" + (f" [{climbed}]" if climbed else "")

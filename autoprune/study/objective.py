@@ -50,6 +50,7 @@ from autoprune.study.records import (
     TRIAL_ATTR,
     StudyMeta,
     TrialRecord,
+    renamed_scores,
 )
 from autoprune.study.rungs import FULL, RUNGS, SCREEN, SHORT, Fidelity, Reference, decide
 from autoprune.study.slots import SlotStorage
@@ -159,7 +160,7 @@ def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  #
     and :func:`~autoprune.study.records.study_record` reads a repeat of a complete trial
     back as complete, so autoprune's own tables count it as before."""
     known = set(TrialRecord.__dataclass_fields__)
-    for key, value in prior.user_attrs[TRIAL_ATTR].items():
+    for key, value in renamed_scores(prior.user_attrs[TRIAL_ATTR]).items():
         if key in known and key not in ("number", "state", "targets", "seconds", "repeat_of", "epochs"):
             setattr(rec, key, value)
     rec.repeat_of = prior.number
@@ -168,7 +169,7 @@ def _reuse(trial: Any, prior: Any, rec: TrialRecord, allowed: float) -> None:  #
     if prior.state == TrialState.PRUNED:
         raise TrialStopped(f"same configuration as trial {prior.number}, which stopped: "
                            f"{prior.user_attrs.get(REASON_ATTR, 'stopped early')}")
-    SlotStorage.set_constraint(trial, CONSTRAINT, rec.accuracy_drop - allowed)
+    SlotStorage.set_constraint(trial, CONSTRAINT, rec.score_drop - allowed)
     raise TrialStopped(repeat_reason(prior.number))
 
 
@@ -202,17 +203,17 @@ def run_trial(trial: Any, ctx: SearchContext) -> tuple[float, float]:  # noqa: A
         acc = _climb(trial, rec, targets, ctx, t0)
     else:
         acc = _prune_and_score(trial, rec, targets, ctx, t0)
-    rec.feasible = rec.accuracy_drop <= allowed + 1e-12
+    rec.feasible = rec.score_drop <= allowed + 1e-12
     rec.seconds = time.perf_counter() - t0
     _record(trial, rec)
-    SlotStorage.set_constraint(trial, CONSTRAINT, rec.accuracy_drop - allowed)
+    SlotStorage.set_constraint(trial, CONSTRAINT, rec.score_drop - allowed)
     return acc, rec.latency_ms
 
 
 def _dense(trial: Any, rec: TrialRecord, meta: StudyMeta, allowed: float, t0: float) -> tuple[float, float]:  # noqa: ANN401
     """The dense configuration's trial: the study's own dense measurements."""
     rec.is_dense = True
-    rec.accuracy, rec.accuracy_drop = meta.dense_accuracy, 0.0
+    rec.score, rec.score_drop = meta.dense_accuracy, 0.0
     rec.latency_ms, rec.latency_p90_ms, rec.speedup = meta.dense_latency_ms, meta.dense_latency_p90_ms, 1.0
     rec.macs, rec.params_count, rec.sparsity = meta.dense_macs, meta.dense_params, 0.0
     rec.feasible, rec.seconds, rec.epochs = True, time.perf_counter() - t0, 0.0
@@ -251,7 +252,7 @@ def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarge
     method = rec.method = ctx.method_for(targets)
 
     def check(hard_acc: float) -> None:
-        rec.hard_prune_accuracy = hard_acc
+        rec.hard_prune_score = hard_acc
         drop = meta.drop(hard_acc)
         if ctx.abandon_drop is not None and drop > ctx.abandon_drop:
             # what ADMM's W-steps trained before the hard prune (magnitude pruning: nothing yet)
@@ -267,7 +268,7 @@ def _prune_and_score(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarge
                                 reporter=ctx.reporter, on_hard_prune=check)
     rec.epochs = ctx.trial_amount
     acc = ctx.task.score(model, ctx.device)
-    rec.accuracy, rec.accuracy_drop = acc, meta.drop(acc)
+    rec.score, rec.score_drop = acc, meta.drop(acc)
     _sizes(rec, model, targets, ctx)
     rec.residuals = [sum(it.residual.values()) / max(len(it.residual), 1) for it in history.iterations]
     rec.train_losses = [it.train_loss for it in history.iterations] + list(history.retrain_losses)
@@ -308,7 +309,7 @@ def _climb(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: S
 
     rec.epochs += task.recalibrate(model, device, fid, ctx.admm, meta.seed)
     score = task.screen_score(model, device, fid)
-    rec.hard_prune_accuracy = score
+    rec.hard_prune_score = score
     _rung(trial, rec, SCREEN, score, t0)
     if ctx.abandon_drop is not None and meta.drop(score) > ctx.abandon_drop:
         raise TrialStopped(f"{meta.metric} after the hard prune is {meta.fmt(score)}, {meta.fmt_drop(meta.drop(score))} "
@@ -339,7 +340,7 @@ def _climb(trial: Any, rec: TrialRecord, targets: dict[str, LayerTarget], ctx: S
         rec.epochs += spent
         retrain_losses.append(loss)
     acc = task.score(model, device)
-    rec.accuracy, rec.accuracy_drop = acc, meta.drop(acc)
+    rec.score, rec.score_drop = acc, meta.drop(acc)
     rec.train_losses = retrain_losses
     _rung(trial, rec, FULL, acc, t0)
     _sizes(rec, model, targets, ctx)

@@ -139,16 +139,22 @@ class StudyMeta:
 
 @dataclass
 class TrialRecord:
-    """One trial as measured. Accuracies are fractions; latency is ms per batch."""
+    """One trial as measured: the study's metric (``score``, named by ``StudyMeta.metric``;
+    accuracy as a fraction for the built-in loop), latency in ms per batch. ``accuracy``,
+    ``accuracy_drop`` and ``hard_prune_accuracy`` are the former names of the three scores,
+    kept as aliases (studies stored before the renaming are read back under the new names)."""
 
     number: int
     state: str  # COMPLETE, PRUNED (stopped early), FAIL, RUNNING, WAITING
     params: dict[str, Any] = field(default_factory=dict)  # Optuna's parameters
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # layer -> {type, rate}
     is_dense: bool = False
-    accuracy: float | None = None  # validation accuracy after retraining
-    accuracy_drop: float | None = None  # dense - accuracy (absolute)
-    hard_prune_accuracy: float | None = None  # right after the hard prune, before retraining
+    # the study's metric (its name: StudyMeta.metric; accuracy for the built-in loop, the user's
+    # otherwise) on validation data after retraining, how much worse than dense it is (absolute,
+    # along the metric's direction) and its value right after the hard prune, before retraining
+    score: float | None = None
+    score_drop: float | None = None
+    hard_prune_score: float | None = None
     latency_ms: float | None = None  # median, compacted model, on the study's device and batch
     latency_p90_ms: float | None = None
     speedup: float | None = None  # dense latency / latency
@@ -175,10 +181,18 @@ class TrialRecord:
     stopped_at: str | None = None  # the rung where the promotion rule stopped it ("screen", "short")
     method: str | None = None  # how it pruned (admm, magnitude, gmp; None: older studies, the study's trial method)
 
+    accuracy = property(lambda self: self.score, lambda self, v: setattr(self, "score", v),
+                        doc="Former name of :attr:`score`.")
+    accuracy_drop = property(lambda self: self.score_drop, lambda self, v: setattr(self, "score_drop", v),
+                             doc="Former name of :attr:`score_drop`.")
+    hard_prune_accuracy = property(lambda self: self.hard_prune_score,
+                                   lambda self, v: setattr(self, "hard_prune_score", v),
+                                   doc="Former name of :attr:`hard_prune_score`.")
+
     @property
     def merit(self) -> float:
         """Higher is better whatever the metric's direction: minus the drop from dense."""
-        return -self.accuracy_drop if self.accuracy_drop is not None else float("-inf")
+        return -self.score_drop if self.score_drop is not None else float("-inf")
 
     @property
     def final_speedup(self) -> float | None:
@@ -210,7 +224,7 @@ class StudyRecord:
 
     @property
     def completed(self) -> list[TrialRecord]:
-        return [t for t in self.trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None]
+        return [t for t in self.trials if t.state == "COMPLETE" and t.score is not None and t.latency_ms is not None]
 
     @property
     def front(self) -> list[TrialRecord]:
@@ -247,7 +261,7 @@ class StudyRecord:
         trained = [t for t in self.completed if t.rungs and t.repeat_of is None and not t.is_dense]
         out: dict[str, Any] = {"pairs": 0}
         for rung in ("screen", "short"):
-            pairs = [(r["score"], t.accuracy) for t in trained for r in t.rungs if r["rung"] == rung]
+            pairs = [(r["score"], t.score) for t in trained for r in t.rungs if r["rung"] == rung]
             sign = 1.0 if self.meta.direction == "maximize" else -1.0
             out[rung] = rank_correlation([sign * a for a, _ in pairs], [sign * b for _, b in pairs])
             out["pairs"] = max(out["pairs"], len(pairs))
@@ -271,7 +285,7 @@ def si_count(value: float | None) -> str:
 def mark_pareto(trials: list[TrialRecord]) -> None:
     """Set ``pareto`` on the completed trials no other completed trial dominates; a repeated
     configuration (``repeat_of``) counts once, as the trial that ran it."""
-    done = [t for t in trials if t.state == "COMPLETE" and t.accuracy is not None and t.latency_ms is not None
+    done = [t for t in trials if t.state == "COMPLETE" and t.score is not None and t.latency_ms is not None
             and t.repeat_of is None]
     for t in trials:
         t.pareto = False
@@ -289,6 +303,15 @@ def _worker(owner: Any) -> str | None:  # noqa: ANN401 - a stored user attribute
     return f"{owner['host']}:{owner['pid']}"
 
 
+#: the trial record's former names of its scores (studies stored before the renaming use them)
+FORMER_SCORE_KEYS = {"accuracy": "score", "accuracy_drop": "score_drop", "hard_prune_accuracy": "hard_prune_score"}
+
+
+def renamed_scores(measured: dict[str, Any]) -> dict[str, Any]:
+    """A trial's stored measurements with the scores under their current names."""
+    return {FORMER_SCORE_KEYS.get(k, k): v for k, v in measured.items()}
+
+
 def study_record(study: Any, storage: str) -> StudyRecord:
     """Rebuild the records of an Optuna study created by ``autoprune search``."""
     raw = study.user_attrs.get(STUDY_ATTR)
@@ -300,7 +323,7 @@ def study_record(study: Any, storage: str) -> StudyRecord:
     frozen = study.get_trials(deepcopy=False)
     state_of = {ft.number: ft.state.name for ft in frozen}
     for ft in frozen:
-        measured = dict(ft.user_attrs.get(TRIAL_ATTR, {}))
+        measured = renamed_scores(ft.user_attrs.get(TRIAL_ATTR, {}))
         known = set(TrialRecord.__dataclass_fields__) - {"number", "state", "params", "targets", "stop_reason", "pareto",
                                                          "proposal", "remeasured", "worker"}
         rec = TrialRecord(
@@ -315,9 +338,9 @@ def study_record(study: Any, storage: str) -> StudyRecord:
             **{k: v for k, v in measured.items() if k in known},
         )
         if rec.state == "COMPLETE" and ft.values is not None:
-            rec.accuracy, rec.latency_ms = float(ft.values[0]), float(ft.values[1])
-            if rec.accuracy_drop is None:
-                rec.accuracy_drop = meta.drop(rec.accuracy)
+            rec.score, rec.latency_ms = float(ft.values[0]), float(ft.values[1])
+            if rec.score_drop is None:
+                rec.score_drop = meta.drop(rec.score)
         elif rec.state == "PRUNED" and state_of.get(rec.repeat_of) == "COMPLETE":
             # a repeat of a complete trial: stopped in Optuna (each configuration once on its
             # fronts), complete here with the result it reused (older studies stored it complete)

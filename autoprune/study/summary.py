@@ -145,8 +145,8 @@ def print_summary(result: SearchResult) -> None:
         rows.append(best)
     for t in rows:
         again = f"{t.remeasured['speedup']:.2f}x" if t.remeasured else "–"
-        table.add_row(f"{t.number}{' *' if t is best else ''}", meta.fmt(t.accuracy),
-                      meta.fmt_drop(t.accuracy_drop, sign=True).split()[0], f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x",
+        table.add_row(f"{t.number}{' *' if t is best else ''}", meta.fmt(t.score),
+                      meta.fmt_drop(t.score_drop, sign=True).split()[0], f"{t.latency_ms:.3g}", f"{t.speedup:.2f}x",
                       again, si_count(t.macs), si_count(t.params_count), t.sparsity_summary(),
                       "yes" if t.feasible else "no")
     console.print(table)
@@ -161,12 +161,12 @@ def print_summary(result: SearchResult) -> None:
         console.print("[yellow]no pruned configuration within the budget was faster than dense yet[/yellow]")
     else:
         console.print(f"[green]best within budget: trial {best.number}, {speedup_text(best)} faster, "
-                      f"{meta.metric} {meta.fmt(best.accuracy)} (drop {meta.fmt_drop(best.accuracy_drop)})[/green]")
+                      f"{meta.metric} {meta.fmt(best.score)} (drop {meta.fmt_drop(best.score_drop)})[/green]")
     uniform = rec.best_uniform()
     if uniform is not None and best is not None and not best.is_dense:
         ratio = best.final_speedup / uniform.final_speedup
         console.print(f"  best uniform: trial {uniform.number} ({uniform.sparsity_summary()}), {speedup_text(uniform)}, "
-                      f"{meta.fmt(uniform.accuracy)}; the search's best is {ratio:.2f}x the best uniform")
+                      f"{meta.fmt(uniform.score)}; the search's best is {ratio:.2f}x the best uniform")
     for line in effort_lines(rec):
         console.print(f"  {line}")
     if result.best_config is not None:

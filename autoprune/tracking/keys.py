@@ -152,9 +152,9 @@ def trial_metrics(trial: TrialRecord, metric: str = "accuracy") -> list[tuple[st
     under its own name: ``accuracy``, ``accuracy_drop``, ``hard_prune_accuracy``), then the
     ADMM residual and the training loss as histories (step = iteration / epoch index)."""
     scalars = {
-        metric: trial.accuracy,
-        f"{metric}_drop": trial.accuracy_drop,
-        f"hard_prune_{metric}": trial.hard_prune_accuracy,
+        metric: trial.score,
+        f"{metric}_drop": trial.score_drop,
+        f"hard_prune_{metric}": trial.hard_prune_score,
         "latency_ms": trial.latency_ms,
         "latency_p90_ms": trial.latency_p90_ms,
         "speedup": trial.speedup,
@@ -248,9 +248,9 @@ def trial_run_name(trial: TrialRecord, *, chosen: bool = False, meta: StudyMeta 
         listed = " ".join(f"{label} {','.join(layers)}" for label, layers in groups.items())
         counted = " ".join(label + (f"×{len(layers)}" if len(layers) > 1 else "") for label, layers in groups.items())
         what = listed if len(listed) <= 56 else counted
-    if trial.state == "COMPLETE" and trial.accuracy is not None:
+    if trial.state == "COMPLETE" and trial.score is not None:
         speed = trial.final_speedup
-        shown = meta.fmt(trial.accuracy) if meta is not None else f"{100 * trial.accuracy:.1f}%"
+        shown = meta.fmt(trial.score) if meta is not None else f"{100 * trial.score:.1f}%"
         result = (f"{speed:.2f}x " if speed is not None else "") + shown
         if trial.feasible is False:
             result += " over budget"

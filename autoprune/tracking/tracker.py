@@ -335,7 +335,7 @@ class Tracker(GuardedClient):
             "n_feasible": len(record.feasible),
             "n_pareto": len(record.front),
             "best_feasible_speedup": best.speedup if best else None,
-            f"best_feasible_{record.meta.metric}": best.accuracy if best else None,
+            f"best_feasible_{record.meta.metric}": best.score if best else None,
             "best_feasible_latency_ms": best.latency_ms if best else None,
         }
         step = len(record.trials)
@@ -345,7 +345,7 @@ class Tracker(GuardedClient):
             speedup = f"{best.speedup:.2f}x, " if best.speedup is not None else ""
             tags["mlflow.note.content"] = (
                 f"Fastest within the budget: trial {best.number} ({speedup}{best.latency_ms:.4g} ms) at "
-                f"{record.meta.metric} {record.meta.fmt(best.accuracy)}; {len(record.front)} trials on the Pareto front."
+                f"{record.meta.metric} {record.meta.fmt(best.score)}; {len(record.front)} trials on the Pareto front."
             )
         self._log(parent, metrics=metrics, tags=tags)
         self._call("set_experiment_tag", runs.experiment_id, NOTE_TAG, _study_description(record, best))
@@ -389,5 +389,5 @@ def _study_description(record: StudyRecord, best: TrialRecord | None) -> str:
         return text + "No pruned trial kept the budget."
     speed = best.final_speedup
     return text + (f"Chosen: trial {best.number} ({best.sparsity_summary()}), validation {m.metric} "
-                   f"{m.fmt(best.accuracy)}, {best.latency_ms:.4g} ms" + (f", {speed:.2f}x faster than dense" if speed else "")
+                   f"{m.fmt(best.score)}, {best.latency_ms:.4g} ms" + (f", {speed:.2f}x faster than dense" if speed else "")
                    + ". Runs: filter `tags.chosen = 'true'`, `tags.outcome = 'within-budget'` or `tags.pareto = 'true'`.")

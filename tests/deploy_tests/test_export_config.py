@@ -44,7 +44,7 @@ def _trial(number: int, acc: float | None, lat: float | None, *, state: str = "C
     drop = None if acc is None else DENSE_ACC - acc
     targets = {} if dense else {k: {**v, "rate": rate} for k, v in FILTER.items()}
     return TrialRecord(
-        number=number, state=state, targets=targets, is_dense=dense, accuracy=acc, accuracy_drop=drop,
+        number=number, state=state, targets=targets, is_dense=dense, score=acc, score_drop=drop,
         latency_ms=lat, latency_p90_ms=None if lat is None else lat * 1.1,
         speedup=None if lat is None else 10.0 / lat, feasible=None if drop is None else drop <= BUDGET + 1e-12,
         stop_reason=reason,

@@ -19,6 +19,7 @@ import pytest
 from autoprune.cli import main
 from autoprune.config import PruneConfig
 from autoprune.study import SearchResult, SearchSettings, best_config_yaml, run_search, study_record
+from autoprune.study.records import FORMER_SCORE_KEYS
 from autoprune.study.storage import load_autoprune_study
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "pre_reno_study"
@@ -62,6 +63,12 @@ def test_the_record_and_summary_of_an_old_study_are_what_it_wrote(url: str) -> N
     # the summary's effort: nothing counted, no rung to correlate
     assert now.pop("epochs") == {"budget": None, "per_full_trial": None, "spent": 0.0}
     assert now.pop("rung_correlation") == {"pairs": 0, "screen": None, "short": None}
+    # the trial record's scores are named for what they are since (score, score_drop,
+    # hard_prune_score: the study's metric, whatever it is); the old summary's values, renamed
+    for trial in [*summary["front"], summary["best_feasible"], summary["best_uniform"]]:
+        if trial is not None:
+            for former, name in FORMER_SCORE_KEYS.items():
+                trial[name] = trial.pop(former)
     assert now == summary
 
 

@@ -585,7 +585,7 @@ def test_the_same_command_after_a_sigkill_finishes_exactly_the_trials_asked(tmp_
         assert not measured
     elif phase == "training":  # its latency measured, not yet scored
         assert one.state == optuna.trial.TrialState.RUNNING and measured["latency_ms"] > 0
-        assert measured.get("hard_prune_accuracy") is None and measured.get("accuracy") is None
+        assert measured.get("hard_prune_score") is None and measured.get("score") is None
     else:  # finished in the storage; MLflow has the dense trial's run and not this one's
         assert one.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         assert sorted(_trial_runs(client, study)) == [0]

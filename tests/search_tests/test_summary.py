@@ -20,8 +20,8 @@ def _meta() -> StudyMeta:
 
 def _trial(n: int, acc: float, ms: float, *, proposal: str = "ascent", remeasured: float | None = None,
            epochs: float = 5.0) -> TrialRecord:
-    t = TrialRecord(number=n, state="COMPLETE", targets={"conv": {"type": "filter", "rate": 0.5}}, accuracy=acc,
-                    accuracy_drop=0.90 - acc, latency_ms=ms, speedup=10.0 / ms, feasible=0.90 - acc <= 0.02,
+    t = TrialRecord(number=n, state="COMPLETE", targets={"conv": {"type": "filter", "rate": 0.5}}, score=acc,
+                    score_drop=0.90 - acc, latency_ms=ms, speedup=10.0 / ms, feasible=0.90 - acc <= 0.02,
                     proposal=proposal, epochs=epochs,
                     rungs=[{"rung": "screen", "score": acc - 0.3, "epochs": 0.02},
                            {"rung": "short", "score": acc - 0.05, "epochs": 1.02},

@@ -217,7 +217,7 @@ def test_mlflow_limits_are_respected(sqlite_uri, record):
         number=7,
         state="COMPLETE",
         targets=layers,
-        accuracy=0.9,
+        score=0.9,
         latency_ms=2.0,
         residuals=[1.0 / (i + 1) for i in range(2500)],
     )
