@@ -254,7 +254,7 @@ def best_within(points: list[Point], dense_val: float, budget: float) -> Point |
 
 def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], device: torch.device, method: str,
               work: Path, data_dir: str | None, log, ceiling: bool,  # noqa: ANN001
-              checkpoint: str | None = None) -> list[dict[str, Any]]:
+              checkpoint: str | None = None, on_row=None) -> list[dict[str, Any]]:  # noqa: ANN001
     t_model = time.perf_counter()
     whole = load_dataset(mode.dataset, data_dir=data_dir)
     splits = subset_splits(whole, mode.train_subset, mode.val_subset)
@@ -360,6 +360,8 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
                 f"{_fmt_ratio(row['ratio_vs_magnitude'])}, {_fmt_ratio(row['ratio_vs_torch_pruning'])}; epochs "
                 f"search {row['epochs']['search']:.3g} / sweep {sweep_epochs:g} ({found['seconds']:.0f} s search)")
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
         log(f"{model} seed {seed} done in {time.perf_counter() - t_seed:.0f} s")
     log(f"{model} done in {time.perf_counter() - t_model:.0f} s")
     return rows
@@ -476,6 +478,8 @@ def markdown(out: dict[str, Any]) -> str:
         f"side-by-side timing of dense and the winners ({FINAL_ROUNDS} rounds; p10–p90 of the per-round ratios in "
         "brackets). Each winner's validation / test accuracy beside it. Epochs: what each side trained, every rung "
         "of every search trial counted (the screen's BatchNorm passes included).",
+        *(["", f"**Partial: {len(rows)} of the {out['rows_planned']} rows planned** (the run was cut short; "
+           f"every row written is complete)."] if len(rows) < out.get("rows_planned", len(rows)) else []),
         "",
         "| model | budget | seed | dense val/test % | magnitude best | TP best | search best | search / magnitude | "
         "search / TP | epochs search / mag / TP | trials: full / short / screen |",
@@ -609,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         "dense_epochs": args.dense_epochs, "trials": args.trials}.items() if v is not None})
     if args.checkpoint is not None and "," in mode.models:
         ap.error("--checkpoint takes one model (--models NAME)")
+    if args.checkpoint is not None:  # the header says how the given dense model was trained
+        mode = dataclasses.replace(mode, dense_epochs=int(load_checkpoint(args.checkpoint).epochs))
     budgets = [parse_budget(b) for b in (args.budgets or ("10%" if args.tiny else "0.5%,1%")).split(",")]
     seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",")]
     device = resolve_device(args.device)
@@ -622,28 +628,35 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
+    planned = len(mode.models.split(",")) * len(seeds) * len(budgets)
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def write(done: list[dict[str, Any]]) -> dict[str, Any]:
+        """The results so far (every finished row is written at once: a run cut short keeps them)."""
+        out = {
+            "command": "python benchmarks/search_vs_uniform.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "mode": asdict(mode), "method": args.trial_method, "seconds": time.perf_counter() - t0,
+            "sweep_epochs": len(mode.rates) * mode.epochs, "budget_trials": AUTO_BUDGET_TRIALS,
+            "machine": {"device": device_description(device), "platform": platform.platform(),
+                        "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
+            "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "torch_pruning": tp.__version__,
+                         "commit": _commit()},
+            "correlations": {m: pooled_correlations(done, m) for m in sorted({r["model"] for r in done})},
+            "rows": done, "rows_planned": planned,
+        }
+        (dest / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str))
+        (dest / f"{args.name}.md").write_text(markdown(out))
+        return out
+
     with tempfile.TemporaryDirectory(prefix="autoprune-svu-") as scratch:
         work = Path(args.keep or scratch)
         work.mkdir(parents=True, exist_ok=True)
         for model in mode.models.split(","):
             rows += run_model(model, mode, seeds, budgets, device, args.trial_method, work / model.replace(":", "-"),
-                              args.data_dir, log, args.ceiling, args.checkpoint)
-    out = {
-        "command": "python benchmarks/search_vs_uniform.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "mode": asdict(mode), "method": args.trial_method, "seconds": time.perf_counter() - t0,
-        "sweep_epochs": len(mode.rates) * mode.epochs, "budget_trials": AUTO_BUDGET_TRIALS,
-        "machine": {"device": device_description(device), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "torch_pruning": tp.__version__,
-                     "commit": _commit()},
-        "correlations": {m: pooled_correlations(rows, m) for m in sorted({r["model"] for r in rows})},
-        "rows": rows,
-    }
-    dest = Path(args.out)
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str))
-    (dest / f"{args.name}.md").write_text(markdown(out))
-    print(markdown(out))
+                              args.data_dir, log, args.ceiling, args.checkpoint,
+                              on_row=lambda model_rows: write(rows + model_rows))
+    print(markdown(write(rows)))
     return 0
 
 
