@@ -20,7 +20,7 @@ from autoprune.params import Interval, NonEmpty, Options, Param, validate_params
 from autoprune.task import Task
 
 SAMPLERS = ("tpe", "nsga2", "random")
-TRIAL_METHODS = ("magnitude", "admm", "gmp", "auto")
+TRIAL_METHODS = ("admm", "magnitude", "gmp", "auto")
 BUDGET_MODES = ("absolute", "relative")
 DEFAULT_TRIALS = 30  # trials of the embedded default take seconds: room for the ladder, the ascent and local steps
 

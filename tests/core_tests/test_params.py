@@ -60,7 +60,7 @@ def test_validate_params_checks_in_declared_order_with_the_callers_error() -> No
     [
         ({"trials": 0}, "--trials must be at least 1. Got 0 instead."),
         ({"sampler": "annealing"}, "unknown sampler 'annealing'; use one of: tpe, nsga2, random."),
-        ({"trial_method": "lottery"}, "unknown --trial-method 'lottery'; use one of: admm, magnitude."),
+        ({"trial_method": "lottery"}, "unknown --trial-method 'lottery'; use one of: admm, magnitude, gmp, auto."),
         ({"budget": 1.5}, "--budget must be in (0, 1). Got 1.5 instead."),
         ({"abandon_drop": 0}, "--abandon-drop must be in (0, 1]. Got 0 instead."),
         ({"stale_after": 0}, "--stale-after must be > 0. Got 0 instead."),
