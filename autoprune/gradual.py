@@ -26,7 +26,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 
 from autoprune.config import LayerTarget
 from autoprune.projection import Projector
-from autoprune.steering import StepCount, _ours
+from autoprune.steering import StepCount, _on_our_grads, _ours
 
 __all__ = ["GRADUAL_RAMP", "GRADUAL_UPDATES", "gradual_pruning", "gradual_rate"]
 
@@ -66,7 +66,7 @@ def gradual_pruning(model: nn.Module, projector: Projector, total_steps: int, *,
         The count of optimizer steps over the model's pruned parameters.
     """
     named = dict(model.named_parameters())
-    by_id = {id(p): p for p in named.values()}
+    by_id = {id(p): n for n, p in named.items()}
     end = max(1, round(ramp * max(total_steps, 1)))
     every = max(1, end // max(updates, 1))
     count = StepCount()
@@ -84,17 +84,10 @@ def gradual_pruning(model: nn.Module, projector: Projector, total_steps: int, *,
         state["masks"] = {n: m.to(named[n].dtype) for n, m in step.hard_masks().items() if n in named}
         state["fraction"] = fraction
 
-    @torch.no_grad()
-    def pre(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
-        ours = _ours(opt, by_id)
-        if not ours:
-            return
-        count.steps += 1
-        masks = current()
-        for n, m in masks.items():
-            p = named[n]
-            if p.grad is not None:
-                p.grad.mul_(m.to(p.grad.dtype))
+    def mask_grad(p: torch.nn.Parameter) -> None:
+        m = current().get(by_id[id(p)])
+        if m is not None:
+            p.grad.mul_(m.to(p.grad.dtype))
 
     @torch.no_grad()
     def post(opt: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -112,7 +105,8 @@ def gradual_pruning(model: nn.Module, projector: Projector, total_steps: int, *,
                 if torch.is_tensor(value) and value.shape == p.shape:
                     value.mul_(m.to(value.dtype))
 
-    handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+    handles = [register_optimizer_step_pre_hook(_on_our_grads(by_id, count, mask_grad)),
+               register_optimizer_step_post_hook(post)]
     try:
         yield count
     finally:
