@@ -254,7 +254,11 @@ def best_within(points: list[Point], dense_val: float, budget: float) -> Point |
 
 def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], device: torch.device, method: str,
               work: Path, data_dir: str | None, log, ceiling: bool,  # noqa: ANN001
-              checkpoint: str | None = None, on_row=None) -> list[dict[str, Any]]:  # noqa: ANN001
+              checkpoint: str | None = None, on_row=None,  # noqa: ANN001
+              cells: set[tuple[int, float]] | None = None) -> list[dict[str, Any]]:
+    """The rows of one model: per seed, both uniform sweeps, then per budget a search and the final
+    side-by-side timing. ``cells`` keeps only those (seed, budget) rows (a seed none of them names is
+    skipped, sweeps included)."""
     t_model = time.perf_counter()
     whole = load_dataset(mode.dataset, data_dir=data_dir)
     splits = subset_splits(whole, mode.train_subset, mode.val_subset)
@@ -281,6 +285,9 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
 
     rows = []
     for seed in seeds:
+        seed_budgets = [b for b in budgets if cells is None or (seed, b) in cells]
+        if not seed_budgets:
+            continue
         t_seed = time.perf_counter()
         t0 = time.perf_counter()
         mag, mag_models = magnitude_sweep(task, graph, probe, admm, seed, mode.rates)
@@ -290,7 +297,7 @@ def run_model(model: str, mode: Mode, seeds: list[int], budgets: list[float], de
         tp_s = time.perf_counter() - t0
         for p in mag + tp_points:
             log(f"  seed {seed} uniform {p.side} {p.label}: {100 * p.val:.2f}% val, {p.speedup:.2f}x")
-        for budget in budgets:
+        for budget in seed_budgets:
             wdir = work / f"{model}-{seed}-{budget}".replace(":", "-")
             wdir.mkdir(parents=True, exist_ok=True)
             found = search(task, model, mode.dataset, budget, seed, mode, batch, wdir, str(device), method, admm,
@@ -470,6 +477,8 @@ def markdown(out: dict[str, Any]) -> str:
         f"trial, {mode['trials']} search trials with "
         f"rungs (short rung {mode['short_rung']:g} of a trial) and an epoch budget of one sweep; trial method "
         f"`{out['method']}`; wall time {out['seconds'] / 60:.1f} min. Command: `{out['command']}`.",
+        *([""] + [f"Rows merged from an earlier run (commit {e['commit']}, {e['seconds'] / 60:.1f} min, "
+                  f"{e['rows']} rows): `{e['command']}`." for e in out.get("earlier", [])]),
         "",
         "Uniform: filter pruning at one rate on every prunable layer, the first conv included, the output layer "
         "kept; *magnitude* is autoprune's magnitude projection + masked retraining (kept channels rounded to the "
@@ -603,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS), help="folder for <name>.{md,json}")
     ap.add_argument("--name", default="search_vs_uniform", help="file name stem of the results")
     ap.add_argument("--keep", default=None, help="keep the work folders (dense models, studies) here")
+    ap.add_argument("--cells", default=None,
+                    help="only these rows, SEED:BUDGET comma-separated (e.g. 1:1%%,2:0.5%%): finish a run cut short")
+    ap.add_argument("--merge", action="append", default=[], metavar="JSON",
+                    help="an earlier run's results (same mode): its rows come first in this run's files")
     args = ap.parse_args(argv)
     from autoprune.study.settings import parse_budget
 
@@ -617,6 +630,19 @@ def main(argv: list[str] | None = None) -> int:
         mode = dataclasses.replace(mode, dense_epochs=int(load_checkpoint(args.checkpoint).epochs))
     budgets = [parse_budget(b) for b in (args.budgets or ("10%" if args.tiny else "0.5%,1%")).split(",")]
     seeds = [int(s) for s in (args.seeds or ("0" if args.tiny else "0,1,2")).split(",")]
+    cells = None
+    if args.cells:
+        try:
+            cells = {(int(c.split(":")[0]), parse_budget(c.split(":")[1])) for c in args.cells.split(",")}
+        except (IndexError, ValueError) as exc:
+            ap.error(f"--cells {args.cells!r}: expected SEED:BUDGET pairs such as 1:1%,2:0.5% ({exc})")
+        seeds = sorted({c[0] for c in cells})
+        budgets = sorted({c[1] for c in cells})
+    earlier = [json.loads(Path(f).read_text()) for f in args.merge]
+    for e in earlier:
+        if e["mode"] != asdict(mode) or e["method"] != args.trial_method:
+            ap.error(f"--merge: {e['command']!r} ran another mode or trial method; its rows cannot join this table")
+    prior_rows = [r for e in earlier for r in e["rows"]]
     device = resolve_device(args.device)
     import optuna
     import torch_pruning as tp
@@ -628,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
 
-    planned = len(mode.models.split(",")) * len(seeds) * len(budgets)
+    planned = len(prior_rows) + len(mode.models.split(",")) * (
+        len(cells) if cells is not None else len(seeds) * len(budgets))
     dest = Path(args.out)
     dest.mkdir(parents=True, exist_ok=True)
 
@@ -642,8 +669,11 @@ def main(argv: list[str] | None = None) -> int:
                         "cpus": os.cpu_count(), "threads": torch.get_num_threads()},
             "versions": {"torch": torch.__version__, "optuna": optuna.__version__, "torch_pruning": tp.__version__,
                          "commit": _commit()},
-            "correlations": {m: pooled_correlations(done, m) for m in sorted({r["model"] for r in done})},
-            "rows": done, "rows_planned": planned,
+            "correlations": {m: pooled_correlations(prior_rows + done, m)
+                             for m in sorted({r["model"] for r in prior_rows + done})},
+            "rows": prior_rows + done, "rows_planned": planned,
+            "earlier": [{"command": e["command"], "seconds": e["seconds"], "commit": e["versions"]["commit"],
+                         "rows": len(e["rows"])} for e in earlier],
         }
         (dest / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str))
         (dest / f"{args.name}.md").write_text(markdown(out))
@@ -655,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in mode.models.split(","):
             rows += run_model(model, mode, seeds, budgets, device, args.trial_method, work / model.replace(":", "-"),
                               args.data_dir, log, args.ceiling, args.checkpoint,
-                              on_row=lambda model_rows: write(rows + model_rows))
+                              on_row=lambda model_rows: write(rows + model_rows), cells=cells)
     print(markdown(write(rows)))
     return 0
 
