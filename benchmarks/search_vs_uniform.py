@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         budgets = sorted({c[1] for c in cells})
     earlier = [json.loads(Path(f).read_text()) for f in args.merge]
     for e in earlier:
-        if e["mode"] != asdict(mode) or e["method"] != args.trial_method:
+        if e["mode"] != json.loads(json.dumps(asdict(mode))) or e["method"] != args.trial_method:
             ap.error(f"--merge: {e['command']!r} ran another mode or trial method; its rows cannot join this table")
     prior_rows = [r for e in earlier for r in e["rows"]]
     device = resolve_device(args.device)
