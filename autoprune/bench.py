@@ -179,7 +179,8 @@ def run_bench(
     targets, skipped = _bench_targets(graph, config, uniform)
     if channel_multiple is None:
         channel_multiple = config.channel_multiple if config is not None else AUTO
-    channel_multiple = resolve_channel_multiple(channel_multiple, device, latency.dtype)
+    channel_multiple = resolve_channel_multiple(channel_multiple, device, latency.dtype, runtime=runtime.name,
+                                                threads=latency.threads)
     masked = copy.deepcopy(model)
     projector = Projector(masked, graph, targets, channel_multiple=channel_multiple)
     apply_masks(masked, projector.hard_masks())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from autoprune.errors import UserError
@@ -74,10 +76,19 @@ def parse_channel_multiple(value: int | str | None, *, option: str = "--channel-
     return n
 
 
-def resolve_channel_multiple(value: int | str | None, device: torch.device, dtype: str = "fp32") -> int:
-    """The block size to round kept channels to: ``auto`` (or None) is the device's
-    :func:`channel_block`; an integer is taken as given."""
+def resolve_channel_multiple(value: int | str | None, device: torch.device, dtype: str = "fp32", *,
+                             runtime: str | None = None, threads: int | None = None,
+                             log: Callable[[str], None] | None = None) -> int:
+    """The block size to round kept channels to: ``auto`` (or None) is the block of the
+    device's convs in ``runtime`` (``torch`` or None: :func:`channel_block`; another runtime's is
+    measured there once and cached, :mod:`autoprune.runtimes.blocks`); an integer is taken as given."""
     value = parse_channel_multiple(value)
-    if value is None or value == AUTO:
+    if value is not None and value != AUTO:
+        return int(value)
+    if runtime is None or runtime == "torch":
         return channel_block(device, dtype)
-    return int(value)
+    from autoprune.latency import LatencySettings  # the runtimes build on this module
+    from autoprune.runtimes import get_runtime
+
+    return get_runtime(runtime).channel_block(torch.device(device), LatencySettings(dtype=dtype, threads=threads),
+                                              log=log)

@@ -5,7 +5,8 @@ A :class:`Runtime` answers three questions about where a model is deployed: can 
 (:meth:`~Runtime.prepare`: fold BatchNorm, export, build a session or a compiled program),
 and how long does it take (:meth:`~Runtime.compare`: several prepared models timed side by
 side with the interleaved rounds and statistics of :func:`autoprune.latency.compare_calls`,
-the same for every runtime).
+the same for every runtime). :meth:`~Runtime.channel_block` is the block its convs work in
+(measured in the runtime, :mod:`autoprune.runtimes.blocks`).
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ class Runtime(abc.ABC):
         """The deployable folder's own exported program (the file :attr:`program_file` names, at
         ``path``) as this runtime runs it, bound to a timing batch like :meth:`prepare`."""
         raise NotImplementedError(f"runtime '{self.name}' runs the model itself, not a saved file")
+
+    def channel_block(self, device: torch.device, settings: LatencySettings,
+                      log: Callable[[str], None] | None = None) -> int:
+        """The channel count this runtime's convs work in whole blocks of on ``device``
+        (``--channel-multiple auto``): measured in the runtime the first time, then cached
+        (:func:`autoprune.runtimes.blocks.measured_block`)."""
+        from autoprune.runtimes.blocks import measured_block
+
+        return measured_block(self.name, torch.device(device), settings, log=log).block
 
     def compare(self, models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings, rounds: int | None = None) -> dict[str, LatencyResult]:

@@ -7,6 +7,7 @@ import functools
 import torch
 from torch import nn
 
+from autoprune.device import channel_block
 from autoprune.latency import (
     DTYPES,
     LatencyResult,
@@ -49,6 +50,11 @@ class TorchRuntime(Runtime):
                 settings: LatencySettings) -> Prepared:
         prepared = prepare_for_timing(model, input_shape, device=device, settings=settings)
         return prepared_call(prepared, _input(input_shape, device, settings), device=device, settings=settings)
+
+    def channel_block(self, device: torch.device, settings: LatencySettings, log=None) -> int:  # noqa: ANN001
+        """The device's block (:func:`autoprune.device.channel_block`: the CPU's vector width,
+        measured in eager torch in ``benchmarks/results/channel_steps.md``)."""
+        return channel_block(torch.device(device), settings.dtype)
 
     # today's functions, unchanged: the torch runtime *is* autoprune.latency
     def compare(self, models: dict[str, nn.Module], input_shape: tuple[int, ...], *, device: torch.device,

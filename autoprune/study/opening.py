@@ -238,7 +238,8 @@ def _create(s: SearchSettings, storage: Any, name: str, device: torch.device,  #
         admm=dict(s.admm.__dict__), versions=versions(), channels_last=s.channels_last, fold_bn=s.fold_bn,
         trial_method=s.trial_method, steady_memory=s.steady_memory, runtime=s.runtime,
         fidelity=fidelity.to_dict(), val_size=val_size,
-        channel_multiple=resolve_channel_multiple(s.channel_multiple, device, s.dtype), threads=s.threads,
+        channel_multiple=resolve_channel_multiple(s.channel_multiple, device, s.dtype, runtime=s.runtime,
+                                                  threads=s.threads, log=reporter.log), threads=s.threads,
         **dense,
     )
     try:
@@ -369,8 +370,9 @@ def check_compatible(study: optuna.Study, s: SearchSettings) -> StudyMeta:
         "sampler": (s.sampler, meta.sampler), "seed": (s.seed, meta.seed),
         "space": (space_id(s.space), space_id(meta.space)),
         "admm": (dict(s.admm.__dict__), meta.admm),
-        "channel_multiple": (resolve_channel_multiple(s.channel_multiple, torch.device(meta.device), meta.dtype),
-                             meta.channel_multiple),
+        "channel_multiple": (resolve_channel_multiple(s.channel_multiple, torch.device(meta.device), meta.dtype,
+                                                      runtime=meta.runtime, threads=meta.threads)
+                             if "channel_multiple" in s.given else None, meta.channel_multiple),
         "channels_last": (s.channels_last, meta.channels_last), "fold_bn": (s.fold_bn, meta.fold_bn),
         "steady_memory": (s.steady_memory, meta.steady_memory), "runtime": (s.runtime, meta.runtime),
         "trial_method": (s.trial_method, meta.trial_method),
