@@ -5,6 +5,11 @@ latency cache is reused), times it, and writes the figures to
 ``benchmarks/results/search_demo.{json,md}``:
 
     .venv/bin/python benchmarks/search_demo.py [--runs 1] [--extra "--trials 20"]
+        [--versus "--trial-method auto"] [--name search_demo]
+
+``--versus ARGS`` adds a second side: each run is the plain command, then the command with
+ARGS added, alternating (the same machine state for both), and the table gives each side's
+runs and medians.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -62,21 +68,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--extra", default="", help="extra arguments for autoprune search")
+    ap.add_argument("--versus", default=None, help="a second side: these arguments added (runs alternate)")
+    ap.add_argument("--name", default="search_demo", help="results file stem")
     args = ap.parse_args()
-    runs = [one_run(shlex.split(args.extra)) for _ in range(args.runs)]
+    sides = [args.extra] + ([f"{args.extra} {args.versus}".strip()] if args.versus is not None else [])
+    runs = []
+    for i in range(args.runs):
+        for side in sides:
+            runs.append({**one_run(shlex.split(side)), "side": side})
+            print(f"run {i + 1}, side '{side}': {runs[-1]['wall_seconds']:.0f} s", flush=True)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    out = {"command": "autoprune search --budget 2% " + args.extra, "machine": platform.processor() or platform.machine(),
+    out = {"command": "autoprune search --budget 2% " + args.extra, "sides": sides,
+           "machine": platform.processor() or platform.machine(),
            "cpus": cpus, "threads": os.environ.get("OMP_NUM_THREADS"), "runs": runs}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "search_demo.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2))
     lines = [f"# `{out['command'].strip()}` (fresh folder, baseline training included)", "",
              f"{runs[0]['device']}, {out['cpus']} CPU(s) usable" +
              (f", OMP_NUM_THREADS={out['threads']}" if out["threads"] else ""), "",
              "Speedups are the end-of-search side-by-side re-measurements; *best uniform* is the fastest of the "
-             "search's own uniform ladder within the budget; epochs count every rung of every trial.", "",
-             "| run | wall s | trials complete / stopped early / failed | dense val % | latency batch | "
-             "best feasible speedup | its val % (drop) | best uniform | best / uniform | epochs spent / budget |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "search's own uniform ladder within the budget; epochs count every rung of every trial."
+             + (" The sides alternate run by run." if len(sides) > 1 else ""), "",
+             "| run | " + ("arguments | " if len(sides) > 1 else "") + "wall s | trials complete / stopped early / "
+             "failed | dense val % | latency batch | best feasible speedup | its val % (drop) | best uniform | "
+             "best / uniform | epochs spent / budget |",
+             "|---|" + ("---|" if len(sides) > 1 else "") + "---|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs):
         b, t = r["best_feasible"], r["trials"]
         best = "none" if b is None else f"{b['speedup']:.2f}x (trial {b['trial']}: {b['summary']})"
@@ -85,10 +101,22 @@ def main() -> None:
         uni = "none" if u is None else f"{u['speedup']:.2f}x ({u['summary']})"
         ratio = "-" if b is None or u is None else f"{b['speedup'] / u['speedup']:.2f}"
         spent = "-" if ep.get("spent") is None else f"{ep['spent']:.1f} / {ep.get('budget')}"
-        lines.append(f"| {i + 1} | {r['wall_seconds']:.0f} | {t['complete']} / {t['pruned']} / {t['failed']} | "
-                     f"{100 * r['dense_val_accuracy']:.1f} | {r['latency_batch']} | {best} | {acc} | {uni} | {ratio} | "
-                     f"{spent} |")
-    (RESULTS / "search_demo.md").write_text("\n".join(lines) + "\n")
+        side = f"`{r['side'] or '(none)'}` | " if len(sides) > 1 else ""
+        lines.append(f"| {i // len(sides) + 1} | {side}{r['wall_seconds']:.0f} | {t['complete']} / {t['pruned']} / "
+                     f"{t['failed']} | {100 * r['dense_val_accuracy']:.1f} | {r['latency_batch']} | {best} | {acc} | "
+                     f"{uni} | {ratio} | {spent} |")
+    if len(sides) > 1:
+        lines += ["", "| arguments | runs | median wall s | median best speedup | median best / uniform |",
+                  "|---|---|---|---|---|"]
+        for side in sides:
+            rs = [r for r in runs if r["side"] == side]
+            best = [r["best_feasible"]["speedup"] for r in rs if r["best_feasible"]]
+            ratio = [r["best_feasible"]["speedup"] / r["best_uniform"]["speedup"] for r in rs
+                     if r["best_feasible"] and r["best_uniform"]]
+            med = (lambda xs: f"{statistics.median(xs):.2f}" if xs else "-")  # noqa: E731
+            lines.append(f"| `{side or '(none)'}` | {len(rs)} | {statistics.median(r['wall_seconds'] for r in rs):.0f}"
+                         f" | {med(best)}x | {med(ratio)} |")
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
