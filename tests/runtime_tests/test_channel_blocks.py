@@ -95,3 +95,32 @@ def test_the_block_is_measured_in_the_runtime_itself(runtime, monkeypatch) -> No
     assert prepared == [8, 12, 16, 20]  # one conv per count, prepared (exported, compiled) by the runtime
     assert sorted(found.times_ms) == [8, 12, 16, 20] and all(t > 0 for t in found.times_ms.values())
     assert found.block == block_from_times(found.times_ms)
+
+
+def test_a_search_for_a_runtime_rounds_to_that_runtime_s_block(tmp_path, monkeypatch, digits_baseline) -> None:  # noqa: ANN001
+    """``search --runtime onnxruntime`` (channel multiple ``auto``) measures ONNX Runtime's block,
+    says so, and stores it in the study; torch's study keeps the CPU's vector width."""
+    if not get_runtime("onnxruntime").available():
+        pytest.skip(get_runtime("onnxruntime").missing())
+    from autoprune.config import Schedule
+    from autoprune.progress import Reporter
+    from autoprune.study import SearchSettings, run_search
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    other = 4 if channel_block(CPU, "fp32") != 4 else 8  # a block torch's rule would not give
+    monkeypatch.setattr(blocks, "measure_block", lambda runtime, device, settings: BlockMeasurement(other, {}))
+    logged: list[str] = []
+
+    class Log(Reporter):
+        def log(self, message: str) -> None:
+            logged.append(message)
+
+    found = {}
+    for runtime in ("onnxruntime", "torch"):
+        s = SearchSettings(checkpoint=str(digits_baseline[0]), runs_dir=str(tmp_path / "runs"), trials=1,
+                           latency_batch=8, runtime=runtime, study_name=runtime, rungs=False,
+                           admm=Schedule(iters=1, epochs=0.1, rho=1.0, retrain_epochs=0.1),
+                           storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+        found[runtime] = run_search(s, reporter=Log()).record.meta.channel_multiple
+    assert found == {"onnxruntime": other, "torch": channel_block(CPU, "fp32")}
+    assert sum("measuring the channel block of onnxruntime" in m for m in logged) == 1
