@@ -68,7 +68,7 @@ def search(
     device: str = "cpu",
     trials: int | None = None,
     schedule: Schedule | None = None,
-    method: str = "magnitude",
+    method: str = "auto",
     rungs: bool = True,
     short_rung: float = 0.2,
     epoch_budget: float | str | None = "auto",
@@ -116,9 +116,10 @@ def search(
             + 3.5, rho 3; ``Schedule.for_loop(iters, admm_amount, retrain_amount, rho)`` writes
             one in these words). For a registry model it is the built-in loop's, in epochs,
             with its learning rate and batch size.
-        method: How each trial prunes: ``"magnitude"`` (one-shot, then all the
-            schedule's training is masked retraining), ``"admm"``, or ``"auto"`` (per trial,
-            the one of the two the equal-epoch table shows best: :mod:`autoprune.method_rule`).
+        method: How each trial prunes: ``"auto"`` (the default: per trial, the one of
+            ``"magnitude"`` and ``"admm"`` the equal-epoch table shows best for its targets and
+            schedule, :mod:`autoprune.method_rule`), ``"magnitude"`` (one-shot, then all the
+            schedule's training is masked retraining) or ``"admm"``.
         rungs: Score each configuration cheaply first (the hard prune with BatchNorm
             statistics recomputed by ``train`` with its optimizer steps undone, then a short
             masked retraining) and train the full schedule only for those predicted to reach

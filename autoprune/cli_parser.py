@@ -165,9 +165,10 @@ def _search_command(sub: argparse._SubParsersAction) -> None:  # noqa: SLF001 - 
     p.add_argument("--retrain-epochs", type=float, default=None, help="masked retraining epochs per trial (default: 3.5)")
     p.add_argument("--rho", type=float, default=None, help="initial ADMM penalty (default: 3 for short schedules)")
     p.add_argument("--trial-method", default=None, choices=["magnitude", "admm", "gmp", "auto"],
-                   help="how each trial prunes: magnitude (one-shot, then all its epochs masked retraining; the "
-                        "default), admm (ADMM, hard prune, retraining), gmp (gradual magnitude pruning) or auto "
-                        "(per trial, the one benchmarks/results/admm_vs_magnitude_fmnist.md shows best)")
+                   help="how each trial prunes: auto (the default: per trial, the one "
+                        "benchmarks/results/admm_vs_magnitude_fmnist.md shows best for its targets and schedule), "
+                        "magnitude (one-shot, then all its epochs masked retraining), admm (ADMM, hard prune, "
+                        "retraining) or gmp (gradual magnitude pruning)")
     p.add_argument("--rungs", action=argparse.BooleanOptionalAction, default=None,
                    help="score each configuration at a screen (hard prune + BatchNorm recalibration, no training) "
                         "and a short retraining before its full schedule, training only those predicted to reach "

@@ -47,9 +47,10 @@ AUTO_BUDGET_TRIALS = 9
 
 # A trial's training: 5 epochs in all at the dense training's lr 0.05. With --trial-method
 # admm, 6 ADMM W-steps of 0.25 epoch at rho 3 and 3.5 epochs of masked retraining (ADMM's
-# best measured schedule for this budget); with magnitude (the default), all 5 epochs are
-# masked retraining after a one-shot magnitude prune, which was level or ahead at equal
-# epochs (benchmarks/results/admm_vs_magnitude.md).
+# best measured schedule for this budget); with magnitude, all 5 epochs are masked retraining
+# after a one-shot magnitude prune; with gmp, 5 epochs of gradual magnitude pruning. The
+# default, auto, picks per trial the one the equal-epoch table shows best
+# (benchmarks/results/admm_vs_magnitude_fmnist.md, autoprune.method_rule).
 SEARCH_ADMM = Schedule.for_budget(5.0)
 
 
@@ -127,8 +128,10 @@ class SearchSettings:
     resume: bool = False
     space: str | None = None  # YAML file, "auto", or None: the model's shipped file, else auto
     admm: Schedule = field(default_factory=lambda: SEARCH_ADMM)
-    # how each trial prunes: "magnitude" (one-shot, then every epoch masked retraining) or "admm"
-    trial_method: str = "magnitude"
+    # how each trial prunes: "auto" (per trial, the method the equal-epoch table shows best for its
+    # targets and schedule: autoprune.method_rule), "magnitude" (one-shot, then every epoch masked
+    # retraining), "gmp" (gradual magnitude pruning) or "admm"
+    trial_method: str = "auto"
     # multi-fidelity trials (autoprune.study.rungs): each configuration scored at a screen (BatchNorm
     # recalibration, no training), then a short retraining, before the full schedule; False: every
     # configuration faster than dense is trained fully, as before
