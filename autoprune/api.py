@@ -116,10 +116,11 @@ def search(
             + 3.5, rho 3; ``Schedule.for_loop(iters, admm_amount, retrain_amount, rho)`` writes
             one in these words). For a registry model it is the built-in loop's, in epochs,
             with its learning rate and batch size.
-        method: How each trial prunes: ``"auto"`` (the default: per trial, the one of
-            ``"magnitude"`` and ``"admm"`` the equal-epoch table shows best for its targets and
-            schedule, :mod:`autoprune.method_rule`), ``"magnitude"`` (one-shot, then all the
-            schedule's training is masked retraining) or ``"admm"``.
+        method: How each trial prunes: ``"magnitude"`` (one-shot, then all the schedule's
+            training is masked retraining), ``"admm"``, or ``"auto"`` (the default: the rule of
+            :mod:`autoprune.method_rule`, which reads the equal-epoch table by epochs; your
+            ``train``'s unit is not known to be the epoch, so here it runs ``"magnitude"`` and
+            says why).
         rungs: Score each configuration cheaply first (the hard prune with BatchNorm
             statistics recomputed by ``train`` with its optimizer steps undone, then a short
             masked retraining) and train the full schedule only for those predicted to reach
@@ -273,9 +274,9 @@ def prune(
         schedule: Training per phase in ``train``'s unit (default: the config's stored
             schedule, else :meth:`Schedule.for_budget(5) <autoprune.Schedule.for_budget>`).
         method: ``"admm"`` or ``"magnitude"`` (default: how the search that wrote the config
-            pruned its trials, else ``"auto"``: the one of the two that the equal-epoch table
-            shows best for the config and the schedule, :mod:`autoprune.method_rule`; ``"gmp"``
-            needs autoprune's built-in loop).
+            pruned its trials, else ``"auto"``: :mod:`autoprune.method_rule`, which reads the
+            equal-epoch table by epochs; your ``train``'s unit is not known to be the epoch, so
+            it runs ``"magnitude"`` and says why; ``"gmp"`` needs autoprune's built-in loop).
         device: Where to train (the model is moved there).
         seed: Seeds Python, NumPy and torch before pruning (default: the config's, else 0).
         channel_multiple: Kept channels rounded to a multiple of this (default: the config's, else 1).

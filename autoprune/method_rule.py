@@ -85,15 +85,23 @@ def _nearest_cell(row: str, rate: float, epochs: float) -> tuple[str, float, int
     return row, min(rates, key=lambda q: (abs(q - rate), q)), length
 
 
-def choose_method(targets: Mapping[str, LayerTarget], epochs: float,
+def choose_method(targets: Mapping[str, LayerTarget], epochs: float | None,
                   available: Iterable[str] = ("admm", "magnitude", "gmp")) -> MethodChoice:
     """The method the table shows best for pruning ``targets`` with ``epochs`` of training in
-    all (see the module docstring), among ``available``."""
+    all (see the module docstring), among ``available``. ``epochs`` None: the length is not
+    known in epochs (your own loop's unit may be steps) and no cell can be read: ``magnitude``
+    (one-shot, then all the training masked retraining), which needs no split of the schedule
+    between W-steps and retraining (ADMM trained with a third of a 30-step schedule left for
+    retraining lost 38 points where magnitude kept the budget: ``examples/torchvision_classifier.py``)."""
     allowed = list(available)
     found = table_row(targets)
     if found is None:
         return MethodChoice(allowed[0], f"method: {allowed[0]} (the config prunes nothing the table measured)")
     row, rate = found
+    if epochs is None:
+        pick = "magnitude" if "magnitude" in allowed else allowed[0]
+        return MethodChoice(pick, f"method: {pick} - your loop's unit is not known to be the epoch, so "
+                                  f"{TABLE_FILE} (by epochs) cannot be read; {pick} needs no split of the schedule")
     cell = _nearest_cell(row, rate, epochs)
     scores = {m: v for m, v in TABLE[cell].items() if m in allowed}
     if not scores:

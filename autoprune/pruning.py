@@ -178,6 +178,11 @@ def check_method(method: str) -> str:
     return method
 
 
+def _epochs(task: Task, settings: Schedule | None) -> float | None:
+    """A prune's training in epochs, or None where the task's unit is not known to be the epoch."""
+    return task.trial_amount(settings) if getattr(task, "amount_unit_is_epoch", True) else None
+
+
 def resolve_method(method: str, task: Task, targets: Mapping[str, LayerTarget], settings: Schedule | None,
                    reporter: Reporter) -> str:
     """``method``, or for ``auto`` the one the equal-epoch table shows best for ``targets`` and the
@@ -189,7 +194,7 @@ def resolve_method(method: str, task: Task, targets: Mapping[str, LayerTarget], 
             raise UserError(f"method '{method}' needs autoprune's built-in training loop; with your own train use "
                             f"one of: {', '.join(available)}.")
         return method
-    choice = choose_method(targets, task.trial_amount(settings), available)
+    choice = choose_method(targets, _epochs(task, settings), available)
     reporter.log(choice.reason)
     return choice.method
 

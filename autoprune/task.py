@@ -64,6 +64,7 @@ class Task:
     metric: str = "accuracy"
     direction: str = "maximize"
     methods: tuple[str, ...] = admm.METHODS  # the prune methods its loop can run
+    amount_unit_is_epoch: bool = True  # its training amounts are epochs (the equal-epoch table's unit)
 
     def dense(self) -> nn.Module:
         """A fresh copy of the dense model on the CPU (its weights never change)."""
@@ -226,6 +227,7 @@ class FunctionTask(Task):
         self.metric, self.direction = metric.strip(), direction
         self.schedule = schedule or Schedule.for_budget(5.0)
         self.methods = ("admm", "magnitude")
+        self.amount_unit_is_epoch = False  # the user's unit (epochs or steps): the method rule cannot tell
         self._dense_scores: dict[str, float] = {}
 
     def dense(self) -> nn.Module:

@@ -66,3 +66,21 @@ def test_rates_and_lengths_between_cells_read_the_nearest():
     assert choice.method == _best(("filter", 0.9, 40))
     assert "nearest measured rate, 90%" in choice.reason and "this prune trains 60 epochs" in choice.reason
     assert table_row({"a": LayerTarget("2:4")}) == ("irregular", 0.5)
+
+
+def test_a_length_in_an_unknown_unit_reads_no_cell():
+    # your own loop's amounts may be steps: no cell of the table (by epochs) can be read
+    choice = choose_method({"a": LayerTarget("filter", 0.75)}, None, ("admm", "magnitude"))
+    assert choice.method == "magnitude" and "not known to be the epoch" in choice.reason
+    assert choose_method({"a": LayerTarget("filter", 0.75)}, 4, ("admm", "magnitude")).method == "admm"  # known: read
+    assert choose_method({"a": LayerTarget("filter", 0.75)}, None, ("admm",)).method == "admm"
+
+
+def test_a_search_or_prune_with_your_own_loop_does_not_read_its_unit_as_epochs():
+    import torch
+
+    from autoprune.pruning import _epochs
+    from autoprune.task import FunctionTask
+
+    task = FunctionTask(torch.nn.Conv2d(1, 2, 3), torch.zeros(1, 1, 8, 8), lambda m, n: None, None)
+    assert task.amount_unit_is_epoch is False and _epochs(task, None) is None

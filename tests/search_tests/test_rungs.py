@@ -191,6 +191,7 @@ def _settings(tmp_path, baseline, **kw):  # noqa: ANN001, ANN003, ANN202
     from autoprune.study import SearchSettings
 
     base = dict(checkpoint=str(baseline), runs_dir=str(tmp_path / "runs"), trials=8, latency_batch=32,
+                trial_method="magnitude",  # the rung accounting below is one-shot magnitude's (auto: its own test)
                 admm=Schedule(iters=1, epochs=0.25, rho=1.0, retrain_epochs=0.75), study_name="r",
                 storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     base.update(kw)

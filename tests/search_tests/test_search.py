@@ -570,6 +570,7 @@ def test_the_same_command_after_a_sigkill_finishes_exactly_the_trials_asked(tmp_
             "--study-name", study, "--storage", storage, "--runs-dir", str(tmp_path / "runs"),
             "--admm-iters", "1", "--admm-epochs", "0.5", "--retrain-epochs", "1", "--latency-batch", "32",
             "--min-speedup", "0.01", "--json",
+            "--trial-method", "magnitude",  # a hard prune, then retraining: the training phase's kill point
             "--no-rungs"]  # every trial is trained (a rung's stop would leave no training phase to kill in)
     killed = subprocess.Popen([sys.executable, "-c", _KILLED_AT, phase, *args], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True, cwd=tmp_path)
