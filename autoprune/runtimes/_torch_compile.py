@@ -34,6 +34,22 @@ def _cpp_compiler_problem() -> str | None:
     return None
 
 
+#: compiles of one forward's code dynamo keeps before it falls back to eager (default 8)
+RECOMPILE_LIMIT = 4096
+
+
+def _room_for_many_models() -> None:
+    """Every model prepared here is another compile of the same ``forward`` code (one per
+    module class), which dynamo counts against ``recompile_limit``: past its default of 8 it
+    warns once and runs the model *eagerly*, so a search or a suite that times many
+    configurations would time eager torch under this runtime's name. Raise the limits."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
+    if hasattr(dynamo_config, "accumulated_recompile_limit"):
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, RECOMPILE_LIMIT)
+
+
 @register_runtime
 class TorchCompileRuntime(Runtime):
     """torch.compile (inductor) on frozen eval weights."""
@@ -56,6 +72,7 @@ class TorchCompileRuntime(Runtime):
 
     def prepare(self, model: nn.Module, input_shape: tuple[int, ...], *, device: torch.device,
                 settings: LatencySettings) -> Prepared:
+        _room_for_many_models()
         eager = prepare_for_timing(model, input_shape, device=device, settings=settings)
         for p in eager.parameters():
             p.requires_grad_(False)

@@ -124,3 +124,21 @@ def test_a_search_for_a_runtime_rounds_to_that_runtime_s_block(tmp_path, monkeyp
         found[runtime] = run_search(s, reporter=Log()).record.meta.channel_multiple
     assert found == {"onnxruntime": other, "torch": channel_block(CPU, "fp32")}
     assert sum("measuring the channel block of onnxruntime" in m for m in logged) == 1
+
+
+@pytest.mark.slow
+def test_torch_compile_compiles_every_model_it_prepares_not_only_the_first_eight() -> None:
+    """Each model prepared is another compile of the same forward code; past dynamo's default
+    recompile limit (8) it would run eagerly under torch-compile's name (the channel-block
+    measurement prepares 16 convs, a suite dozens of models)."""
+    import torch._dynamo.utils as dynamo_utils
+    from torch import nn
+
+    rt = get_runtime("torch-compile")
+    if not rt.supports(CPU):
+        pytest.skip(rt.unsupported(CPU, "fp32"))
+    before = dynamo_utils.counters["stats"]["unique_graphs"]
+    for c in range(4, 4 + 10):
+        rt.prepare(nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU()), (c, 6, 6), device=CPU,
+                   settings=LatencySettings(batch_size=2, threads=1))
+    assert dynamo_utils.counters["stats"]["unique_graphs"] - before == 10
