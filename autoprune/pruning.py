@@ -180,7 +180,7 @@ def check_method(method: str) -> str:
 
 def _epochs(task: Task, settings: Schedule | None) -> float | None:
     """A prune's training in epochs, or None where the task's unit is not known to be the epoch."""
-    return task.trial_amount(settings) if getattr(task, "amount_unit_is_epoch", True) else None
+    return task.rule_epochs(settings)
 
 
 def resolve_method(method: str, task: Task, targets: Mapping[str, LayerTarget], settings: Schedule | None,

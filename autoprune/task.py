@@ -93,6 +93,11 @@ class Task:
         raise NotImplementedError
 
     # -- the search's rungs (autoprune.study.rungs) --------------------------------------
+    def rule_epochs(self, settings: Schedule | None) -> float | None:
+        """A prune's whole training in epochs, as :func:`autoprune.method_rule.choose_method`
+        reads it; None where the loop's unit is not known to be the epoch."""
+        return self.trial_amount(settings) if self.amount_unit_is_epoch else None
+
     def trial_amount(self, settings: Schedule) -> float:
         """A trial's whole training, in the training loop's unit."""
         raise NotImplementedError

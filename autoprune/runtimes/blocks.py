@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune.atomic import write_text_atomic
 from autoprune.latency import LatencySettings, compare_calls, device_description
 
 __all__ = ["COUNTS", "BlockMeasurement", "block_from_times", "cache_file", "measure_block", "measured_block"]
@@ -146,16 +147,13 @@ def measured_block(runtime: str, device: torch.device, settings: LatencySettings
     found = (measure or measure_block)(runtime, torch.device(device), settings)
     found = BlockMeasurement(found.block, found.times_ms, key, found.measured_at)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             table = json.loads(path.read_text())
         except (OSError, ValueError):
             table = {}
         table[key] = {"block": found.block, "times_ms": {str(c): t for c, t in found.times_ms.items()},
                       "measured_at": found.measured_at}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(table, indent=1, sort_keys=True))
     except OSError:
         pass  # an unwritable cache only means measuring again next time
     return found

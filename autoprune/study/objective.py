@@ -91,8 +91,7 @@ class SearchContext:
         """How a trial of ``targets`` prunes (``auto`` resolved by the table for the trial's schedule)."""
         if self.method != AUTO:
             return self.method
-        epochs = self.trial_amount if getattr(self.task, "amount_unit_is_epoch", True) else None
-        return choose_method(targets, epochs, self.task.methods).method
+        return choose_method(targets, self.task.rule_epochs(self.admm), self.task.methods).method
 
     @property
     def input_shape(self) -> tuple[int, ...]:
